@@ -1,0 +1,80 @@
+"""Where a non-finite value was born.
+
+Healthy steps pay one `isfinite` on the per-variant loss and gradient norm (and, only when
+parameters could have grown large enough to overflow, on the parameters). When that check
+fails, the step is replayed with probes that look at every intermediate in the order it
+was computed (data, forward layer by layer, loss, backward in backprop order), and the first
+non-finite one is named for each failing variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FirstNonfinite:
+    step: int
+    phase: str  # forward | backward | update
+    where: str  # a parameter (`layer3.W`), an activation (`layer3.tanh`), `loss`, `data.x`
+    kind: str  # nan | inf
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _kind(a: np.ndarray) -> str:
+    return "nan" if np.isnan(a).any() else "inf"
+
+
+class Locator:
+    """Collects, per stacked variant, the first non-finite array a probe is shown."""
+
+    def __init__(self, positions: Sequence[int]) -> None:
+        self.pending = set(positions)
+        self.found: dict[int, tuple[str, str, str]] = {}
+
+    def see(self, phase: str, name: str, a: np.ndarray, shared: bool = False) -> None:
+        """`a` has the variant axis first, unless `shared` (the same data for every variant)."""
+        if not self.pending:
+            return
+        for v in sorted(self.pending):
+            part = a if shared else a[v]
+            if not np.isfinite(part).all():
+                self.found[v] = (phase, name, _kind(part))
+                self.pending.discard(v)
+
+    def probe(self, phase: str) -> Callable[[str, np.ndarray], None]:
+        return lambda name, a: self.see(phase, name, a)
+
+
+def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    """Replay a step's forward and backward with probes; (phase, where, kind) per position.
+
+    Deterministic replay gives the same values as the step that failed, so this finds the
+    birthplace without the healthy steps keeping anything extra.
+    """
+    loc = Locator(positions)
+    loc.see("forward", "data.x", x, shared=True)
+    loc.see("forward", "data.y", y, shared=True)
+    out, cache = model.forward(params, x, probe=loc.probe("forward"))
+    loss, dout = task.loss(out, y)
+    loc.see("forward", "loss", loss)
+    loc.see("backward", "loss", dout)
+    model.backward(params, cache, dout, probe=loc.probe("backward"))
+    # A failing check with every value finite: the norm itself overflowed (cannot happen
+    # with gradlab.norms) or a probe is missing; name the step rather than guess a layer.
+    for v in loc.pending:
+        loc.found[v] = ("backward", "gradient norm", "inf")
+    return loc.found
+
+
+def locate_update(params: dict[str, np.ndarray], positions: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    """The first parameter (in update order) that the step made non-finite, per position."""
+    loc = Locator(positions)
+    for name, p in params.items():
+        loc.see("update", name, p)
+    return loc.found

@@ -1,0 +1,122 @@
+"""Every file gradlab writes goes through here: atomically (temporary name, then rename).
+
+A reader (or a run killed half-way) never sees a half-written file: either the old content,
+the new content, or no file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT/SIGTERM) until the block ends, so writes in flight finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if received:
+            handler = old[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif received[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with deferred_interrupt():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def _json_safe(obj: Any) -> Any:
+    """JSON has no NaN or inf: write them as strings a reader can parse back."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any) -> str:
+    return json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, dumps_json(obj))
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def format_number(x: float) -> str:
+    """Shortest text that reads back to the same float32/float64 value."""
+    if isinstance(x, (int,)) and not isinstance(x, bool):
+        return str(x)
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(x)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for row in rows:
+        w.writerow([format_number(v) if not isinstance(v, str) else v for v in row])
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[float]]]:
+    """Read a numeric CSV written by write_csv: header and rows of floats."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        r = csv.reader(fh)
+        header = next(r)
+        rows = [[float(v) for v in row] for row in r if row]
+    return header, rows

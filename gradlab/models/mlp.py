@@ -1,0 +1,94 @@
+"""A deep multilayer perceptron: `depth` linear layers, a bias on each, an activation
+between them (none after the last).
+
+Functional: parameters live in a flat, ordered mapping (`layer0.W`, `layer0.b`, ...), each
+with the variant axis first. `forward` returns the output and a cache; `backward` returns
+gradients with the same names. An optional `probe(name, array)` sees every intermediate in
+the order it is computed; the divergence locator uses it to find where a NaN was born, and
+healthy steps pass no probe, so they pay nothing for it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .activations import activation
+from .init import init_weight
+from .layers import linear_backward, linear_forward
+
+Probe = Optional[Callable[[str, np.ndarray], None]]
+
+
+class MLP:
+    kind = "mlp"
+
+    def __init__(self, depth: int, width: int, input_dim: int, output_dim: int,
+                 activation_name: str = "tanh", init_scheme: str = "xavier", gain: float = 1.0,
+                 dtype: str = "float32") -> None:
+        self.depth = depth
+        self.activation = activation_name
+        self.init_scheme = init_scheme
+        self.gain = gain
+        self.dtype = np.dtype(dtype)
+        dims = [input_dim] + [width] * (depth - 1) + [output_dim]
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(depth):
+            self.shapes[f"layer{i}.W"] = (dims[i], dims[i + 1])
+            self.shapes[f"layer{i}.b"] = (dims[i + 1],)
+        self._act, self._act_back = activation(activation_name)
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.shapes)
+
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One set of initial parameters, without the variant axis; biases start at zero."""
+        params = {}
+        for name, shape in self.shapes.items():
+            if name.endswith(".W"):
+                w = init_weight(rng, shape, self.init_scheme, self.gain)
+            else:
+                w = np.zeros(shape)
+            params[name] = w.astype(self.dtype)
+        return params
+
+    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None):
+        """x: (B, in) shared by all variants, or (V, B, in). Returns (V, B, out) and a cache."""
+        cache = []
+        h = x
+        last = self.depth - 1
+        for i in range(self.depth):
+            z = linear_forward(h, params[f"layer{i}.W"], params[f"layer{i}.b"])
+            if probe:
+                probe(f"layer{i}.linear", z)
+            if i == last:
+                cache.append((h, None))
+                return z, cache
+            h_next, saved = self._act(z)
+            if probe:
+                probe(f"layer{i}.{self.activation}", h_next)
+            cache.append((h, saved))
+            h = h_next
+        raise AssertionError("unreachable")
+
+    def backward(self, params: dict[str, np.ndarray], cache: list, dout: np.ndarray,
+                 probe: Probe = None) -> dict[str, np.ndarray]:
+        """Gradients of the loss for every parameter, given dL/d(output) (V, B, out)."""
+        grads: dict[str, np.ndarray] = {}
+        dz = dout
+        for i in range(self.depth - 1, -1, -1):
+            x_in, _ = cache[i]
+            dx, dW, db = linear_backward(dz, x_in, params[f"layer{i}.W"], need_dx=i > 0)
+            grads[f"layer{i}.W"], grads[f"layer{i}.b"] = dW, db
+            if probe:
+                probe(f"layer{i}.W", dW)
+                probe(f"layer{i}.b", db)
+            if i > 0:
+                if probe:
+                    probe(f"layer{i - 1}.{self.activation}", dx)
+                dz = self._act_back(dx, cache[i - 1][1])
+                if probe:
+                    probe(f"layer{i - 1}.linear", dz)
+        return {name: grads[name] for name in self.shapes}  # forward order, as everywhere else

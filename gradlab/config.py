@@ -1,0 +1,650 @@
+"""Experiment configuration: the schema (pydantic), the loader and the resolved form.
+
+Every value is range-checked here, once, so that the engine can trust what it is given.
+Types are strict: YAML `true` is not an integer and `"3"` is not a number.
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gradlab.errors import UserError
+from gradlab.io import _json_safe
+
+Activation = Literal["tanh", "relu", "sigmoid", "gelu", "identity"]
+InitScheme = Literal["normal", "xavier", "he", "orthogonal"]
+DType = Literal["float32", "float64"]
+
+# Upper bounds keep a typo (an extra zero or three) from becoming an hour of swapping; the
+# memory estimate below is the real guard.
+Size = Annotated[int, Field(ge=1, le=1_000_000)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class InitConfig(_Strict):
+    """Weight initialisation: `scheme` sets the base std (or orthogonality), `gain` scales it."""
+
+    scheme: InitScheme = "xavier"
+    gain: Positive = 1.0
+
+
+class ModelConfig(_Strict):
+    kind: Literal["mlp"] = "mlp"
+    depth: Annotated[int, Field(ge=1, le=10_000)] = 8
+    width: Size = 64
+    activation: Activation = "tanh"
+    init: InitConfig = InitConfig()
+
+
+class TaskConfig(_Strict):
+    """`teacher`: regress the output of a fixed random teacher network on Gaussian inputs."""
+
+    kind: Literal["teacher"] = "teacher"
+    batch_size: Size = 64
+    input_dim: Size = 16
+    output_dim: Size = 1
+    teacher_depth: Annotated[int, Field(ge=1, le=100)] = 2
+    teacher_width: Size = 32
+    noise: NonNegative = 0.0
+
+
+class OptimizerConfig(_Strict):
+    """SGD exactly as torch.optim.SGD defines momentum, dampening, nesterov, weight decay."""
+
+    kind: Literal["sgd"] = "sgd"
+    lr: Positive = 0.01
+    momentum: NonNegative = 0.0
+    dampening: NonNegative = 0.0
+    nesterov: bool = False
+    weight_decay: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> "OptimizerConfig":
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+        return self
+
+
+class TrainConfig(_Strict):
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] = 200
+    optimizer: OptimizerConfig = OptimizerConfig()
+    dtype: DType = "float32"
+
+
+class ClipNone(_Strict):
+    """The baseline: gradients go to the optimizer untouched."""
+
+    method: Literal["none"]
+
+
+class ClipNorm(_Strict):
+    """Clip by global norm, as torch.nn.utils.clip_grad_norm_: scale every gradient by
+    max_norm / (total_norm + eps) when that is below 1."""
+
+    method: Literal["norm"]
+    max_norm: Positive
+    norm_type: float = 2.0
+    eps: NonNegative = 1e-6
+
+    @field_validator("norm_type", mode="before")
+    @classmethod
+    def _inf_string(cls, v: object) -> object:
+        # YAML spells infinity `.inf`; users write `inf`. Accept both, nothing else textual.
+        if isinstance(v, str) and v.strip().lower() in ("inf", "+inf", ".inf", "infinity"):
+            return math.inf
+        return v
+
+    @field_validator("norm_type")
+    @classmethod
+    def _p(cls, v: float) -> float:
+        if math.isnan(v) or v < 1:
+            raise ValueError("norm_type must be a number >= 1 or inf")
+        return v
+
+
+class ClipValue(_Strict):
+    """Clip every gradient element to [-clip_value, clip_value] (torch's clip_grad_value_)."""
+
+    method: Literal["value"]
+    clip_value: Positive
+
+
+ClipConfig = Annotated[Union[ClipNone, ClipNorm, ClipValue], Field(discriminator="method")]
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _default_clipping() -> list:
+    return [ClipNone(method="none"), ClipNorm(method="norm", max_norm=1.0)]
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: every clipping variant x every seed."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1)]] = None
+    seeds: Optional[Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=10_000)]] = None
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    train: TrainConfig = TrainConfig()
+    clipping: Annotated[list[ClipConfig], Field(min_length=1, max_length=1000)] = Field(
+        default_factory=_default_clipping
+    )
+
+    @model_validator(mode="after")
+    def _resolve_seeds(self) -> "ExperimentConfig":
+        if self.seed is not None and self.seeds is not None:
+            raise ValueError("give either `seed` or `seeds`, not both")
+        seeds = self.seeds if self.seeds is not None else [self.seed if self.seed is not None else 0]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        object.__setattr__(self, "seeds", list(seeds))
+        object.__setattr__(self, "seed", None)
+        ids = [variant_id(c) for c in self.clipping]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"clipping lists the same variant twice: {', '.join(dup)}")
+        return self
+
+    def resolved(self) -> dict:
+        """The resolved config as plain data (what config.yaml holds and the hash covers)."""
+        return self.model_dump(mode="json", exclude={"seed"})
+
+
+def format_threshold(x: float) -> str:
+    """1.0 -> '1', 0.1 -> '0.1', 1e-05 -> '1e-05': short, stable, file-name safe."""
+    return f"{x:g}" if math.isfinite(x) else ("inf" if x > 0 else "nan")
+
+
+def variant_id(c: Union[ClipNone, ClipNorm, ClipValue]) -> str:
+    """Stable name of one clipping variant, used in run ids: none, norm-1, norm-p1-1, value-0.1."""
+    if isinstance(c, ClipNorm):
+        p = "" if c.norm_type == 2.0 else f"p{format_threshold(c.norm_type)}-"
+        e = "" if c.eps == 1e-6 else f"-eps{format_threshold(c.eps)}"
+        return f"norm-{p}{format_threshold(c.max_norm)}{e}"
+    if isinstance(c, ClipValue):
+        return f"value-{format_threshold(c.clip_value)}"
+    return "none"
+
+
+def threshold_of(c: Union[ClipNone, ClipNorm, ClipValue]) -> float | None:
+    if isinstance(c, ClipNorm):
+        return c.max_norm
+    if isinstance(c, ClipValue):
+        return c.clip_value
+    return None
+
+
+def run_id(c: Union[ClipNone, ClipNorm, ClipValue], seed: int) -> str:
+    return f"{variant_id(c)}-s{seed}"
+
+
+# ----------------------------------------------------------------------------- loading
+
+KeyPath = tuple[Union[str, int], ...]
+
+MAX_CONFIG_BYTES = 1_000_000
+MAX_ALIASES = 100
+# A config has a few dozen values; 10_000 seeds is the largest legitimate list. The budget
+# bounds what aliases can expand to (billion laughs) and recursive anchors.
+MAX_VALUES = 100_000
+MAX_NESTING = 32
+_TOO_DEEP = f"nested more than {MAX_NESTING} levels deep; a config needs 3"
+
+_YAML = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_YAML + t for t in ("null", "bool", "int", "float", "str", "timestamp")}
+_METHODS = [get_args(m.model_fields["method"].annotation)[0] for m in get_args(get_args(ClipConfig)[0])]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs and deep nesting while composing, before any
+    value is constructed."""
+
+    def __init__(self, stream: str, file: str) -> None:
+        super().__init__(stream)
+        self.file, self.aliases, self.depth = file, 0, 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        line = self.peek_event().start_mark.line + 1
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise UserError(f"more than {MAX_ALIASES} aliases (*name); a config needs none",
+                                file=self.file, line=line)
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise UserError(_TOO_DEEP, file=self.file, line=line)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+# PyYAML follows YAML 1.1, where `1e-3` is a string; users mean a number (as YAML 1.2 does).
+# The dumper learns the same rule so that a string such as "1e3" gets quoted.
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        _YAML + "float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    )
+
+
+def _one_line(text: str) -> str:
+    """User text echoed in a message: newlines and control characters escaped."""
+    return repr(text)[1:-1]
+
+
+def _dotted(path: Sequence[Union[str, int]]) -> str:
+    return _one_line(".".join(map(str, path)))
+
+
+def _show(v: Any) -> str:
+    """A value as the user wrote it in YAML, short."""
+    if isinstance(v, bool) or v is None:
+        return "null" if v is None else str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, str):
+        v = _one_line(v)
+        return f"`{v if len(v) <= 40 else v[:37] + '...'}`"
+    return str(v)
+
+
+def _show_typed(v: Any) -> str:
+    s = _show(v)
+    return s if v is None or isinstance(v, (list, tuple, dict)) else f"{s} ({type(v).__name__})"
+
+
+class _Tree:
+    """Plain data from a composed YAML node tree, with the 1-based line of every key path."""
+
+    def __init__(self, loader: _Loader) -> None:
+        self.loader, self.lines, self.count = loader, {}, 0
+
+    def fail(self, message: str, node: yaml.Node, path: KeyPath) -> UserError:
+        return UserError(message, file=self.loader.file, key=_dotted(path) or None, line=node.start_mark.line + 1)
+
+    def check_tag(self, node: yaml.Node, path: KeyPath) -> None:
+        allowed = _SCALAR_TAGS if isinstance(node, yaml.ScalarNode) else {
+            _YAML + ("seq" if isinstance(node, yaml.SequenceNode) else "map")}
+        if node.tag not in allowed:
+            what = "merge keys (<<)" if node.tag == _YAML + "merge" else "YAML tag " + node.tag.replace(_YAML, "!!")
+            raise self.fail(f"unsupported {what}; a config holds only plain values, lists and mappings", node, path)
+
+    def build(self, node: yaml.Node, path: KeyPath = ()) -> Any:
+        self.count += 1
+        # Name only the top-level key: the full path of an expanded alias means nothing.
+        if self.count > MAX_VALUES:
+            raise self.fail(f"the document holds more than {MAX_VALUES} values (through aliases?)", node, path[:1])
+        if len(path) > MAX_NESTING:  # only reachable through a recursive anchor
+            raise self.fail(_TOO_DEEP, node, path[:1])
+        self.check_tag(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                self.lines[path + (i,)] = item.start_mark.line + 1
+                items.append(self.build(item, path + (i,)))
+            return items
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                self.check_tag(key_node, path)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise self.fail("a key must be a plain name, not a list or mapping", key_node, path)
+                # The key as written: `on:` or `1:` are names here, not YAML 1.1 booleans/ints.
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if key in out:
+                    first = self.lines[path + (key,)]
+                    raise self.fail(f"duplicate key `{_dotted(path + (key,))}` (lines {first} and {line})",
+                                    key_node, path + (key,))
+                self.lines[path + (key,)] = line
+                out[key] = self.build(value_node, path + (key,))
+            return out
+        try:
+            return self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError, LookupError, AttributeError):  # e.g. `!!int abc`
+            raise self.fail(f"cannot read {_show(node.value)} as {node.tag.replace(_YAML, '!!')}", node, path) from None
+
+
+def _yaml_error(e: yaml.YAMLError, text: str, file: str) -> UserError:
+    """One line, no YAML context dump."""
+    if isinstance(e, yaml.reader.ReaderError):
+        line = text[: e.position].count("\n") + 1
+        return UserError(f"character U+{e.character:04X} is not allowed in YAML", file=file, line=line)
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if "\\t" in problem or "tab" in problem:
+        message = "tab character in indentation; YAML indents with spaces only"
+    else:
+        context = getattr(e, "context", None)
+        message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    return UserError(message, file=file, line=mark.line + 1 if mark else None)
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
+    try:
+        loader = _Loader(text, file)
+        node = loader.get_single_node()
+    except yaml.YAMLError as e:
+        raise _yaml_error(e, text, file) from None
+    if node is None:
+        return None, {}
+    tree = _Tree(loader)
+    return tree.build(node), tree.lines
+
+
+def _read_text(path: Path) -> str:
+    file = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the path may be /dev/zero
+    except FileNotFoundError:
+        raise UserError("no such file", file=file) from None
+    except IsADirectoryError:
+        raise UserError("is a directory, expected a YAML file", file=file) from None
+    except PermissionError:
+        raise UserError("permission denied: cannot read this file", file=file) from None
+    except OSError as e:
+        raise UserError(f"cannot read: {e.strerror or e}", file=file) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        size = max(len(raw), path.stat().st_size)
+        raise UserError(f"config is {size / 1e6:.1f} MB; a config is a few hundred bytes", file=file)
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise UserError("is UTF-16 text; save it as UTF-8", file=file)
+    if b"\0" in raw:
+        raise UserError("is not a text file (it contains NUL bytes: binary or UTF-16?); save the config as UTF-8",
+                        file=file)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"is not UTF-8 text (byte 0x{raw[e.start]:02x})", file=file, line=line) from None
+
+
+def _schema_default(path: Sequence[Union[str, int]]) -> Any:
+    """The default mapping or list at `path`, so that `--set clipping.1.max_norm=2` edits the
+    default clipping list when the file has none."""
+    cur: Any = ExperimentConfig.model_construct(name="_").model_dump()
+    for part in path:
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            return {}
+    return cur if isinstance(cur, (dict, list)) else {}
+
+
+def _apply_override(data: dict, text: str, sources: dict[KeyPath, str]) -> None:
+    """`--set key.path=value`: digit parts index lists, missing mappings are created."""
+    key, eq, raw = text.partition("=")
+    parts = [p.strip() for p in key.split(".")]
+    if not eq or not all(parts):
+        raise UserError("expected key.path=value, e.g. --set model.depth=64", file="--set", key=_one_line(text))
+    source = f"--set {_one_line(text)}"
+    try:
+        value, _ = _parse_yaml(raw, source)
+    except UserError as e:
+        e.line, e.key = None, e.key or _one_line(key.strip())  # the line of a one-line option says nothing
+        raise
+    node: Any = data
+    path: list[Union[str, int]] = []
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not (part.isascii() and part.isdigit() and int(part) < len(node)):
+                raise UserError(f"`{_dotted(path)}` is a list of {len(node)}; {_show(part)} is not an index in it",
+                                file=source, key=_dotted(path + [part]))
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise UserError(f"`{_dotted(path)}` is {_show_typed(node)}, not a mapping or a list",
+                            file=source, key=_dotted(path + [part]))
+        path.append(part)
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and part not in node:
+                node[part] = _schema_default(path)
+            node = node[part]
+    sources[tuple(path)] = source
+
+
+def _locate(path: KeyPath, file: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> dict:
+    """Where a value came from: the option that set it (or an ancestor), else the file and
+    the line of the path or of its nearest ancestor written in the file."""
+    prefixes = [path[:n] for n in range(len(path), -1, -1)]
+    for p in prefixes:
+        if p in sources:
+            return {"file": sources[p], "line": None}
+    if path and path not in lines:  # a key the file does not have, made by `--set path.below=...`
+        below = [s for k, s in sources.items() if k[: len(path)] == path]
+        if below:
+            return {"file": below[0], "line": None}
+    return {"file": file, "line": next((lines[p] for p in prefixes if p in lines), None)}
+
+
+# ----------------------------------------------------------------------------- validation errors
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "float_type": "a number", "string_type": "a string", "bool_type": "true or false",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
+def _unwrap(tp: Any) -> Any:
+    """Annotated[X, ...] and Optional[X] -> X."""
+    while True:
+        args = get_args(tp)
+        if get_origin(tp) is Annotated:
+            tp = args[0]
+        elif get_origin(tp) is Union and type(None) in args:
+            tp = next(a for a in args if a is not type(None))
+        else:
+            return tp
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the schema model that a pydantic loc (with union tags) points at."""
+    tp: Any = ExperimentConfig
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation if part in tp.model_fields else None
+        elif get_origin(tp) is list:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is Union:  # the clipping union: `part` is the method tag
+            tp = next((m for m in get_args(tp) if part in get_args(m.model_fields["method"].annotation)), None)
+        else:
+            return []
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _data_path(loc: tuple, data: Any) -> KeyPath:
+    """The pydantic loc as a key path of the data: without the union tags pydantic inserts."""
+    path: list[Union[str, int]] = []
+    cur = data
+    for i, part in enumerate(loc):
+        if isinstance(cur, dict) and part not in cur and i < len(loc) - 1:
+            continue
+        path.append(part)
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            cur = None
+    return tuple(path)
+
+
+def _one_of(allowed: Sequence[str], got: Any) -> str:
+    close = difflib.get_close_matches(got, allowed, n=1) if isinstance(got, str) else []
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    return f"must be one of {', '.join(allowed)}; got {_show(got)}{hint}"
+
+
+def _unknown_key(key: Any, fields: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), fields, n=1)
+    hint = f"did you mean `{close[0]}`?" if close else f"allowed keys: {', '.join(fields)}"
+    return f"unknown key {_show(str(key))}; {hint}"
+
+
+def _describe(err: dict) -> tuple[str, KeyPath]:
+    """A short message for one pydantic error, and the sub-key (if any) it is really about."""
+    kind, v, ctx, loc = err["type"], err.get("input"), err.get("ctx") or {}, err["loc"]
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}, got {_show_typed(v)}", ()
+    if kind in _BOUNDS:
+        op, bound = _BOUNDS[kind][0], ctx[_BOUNDS[kind][1]]
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"must be {op} {bound}, got {_show(v)}", ()
+    if kind == "finite_number":
+        return f"must be finite, got {_show(v)}", ()
+    if kind == "missing":
+        return "required key is missing", ()
+    if kind == "extra_forbidden":
+        return _unknown_key(loc[-1], _fields_at(loc[:-1])), ()
+    if kind == "literal_error":
+        return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), ()
+    if kind == "union_tag_invalid":
+        return _one_of(_METHODS, ctx["tag"]), ("method",)
+    if kind == "union_tag_not_found":
+        return f"required key is missing; must be one of {', '.join(_METHODS)}", ("method",)
+    if kind == "string_pattern_mismatch":  # NAME_PATTERN is the only pattern
+        return f"must be 1-64 letters, digits, - or _; got {_show(v)}", ()
+    if kind in ("too_short", "too_long"):
+        n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
+        bound = "at least" if kind == "too_short" else "at most"
+        return f"must have {bound} {n} item{'s' * (n != 1)}, got {ctx['actual_length']}", ()
+    if kind == "value_error":
+        # A model-level check: point at the first field of that model the message names.
+        message = str(ctx["error"])
+        fields = _fields_at(loc)
+        named = next((w for w in re.findall(r"\w+", message) if w in fields), None)
+        return message, (named,) if named else ()
+    return err["msg"][:1].lower() + err["msg"][1:], ()
+
+
+def _user_error(exc: ValidationError, data: dict, locate: Any) -> UserError:
+    errors = exc.errors()
+    message, sub = _describe(errors[0])
+    path = _data_path(errors[0]["loc"], data) + sub
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})"
+    return UserError(message, key=_dotted(path) or None, **locate(path))
+
+
+# ----------------------------------------------------------------------------- memory
+
+_ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def _parameter_count(cfg: ExperimentConfig) -> int:
+    m, t = cfg.model, cfg.task
+    dims = [t.input_dim] + [m.width] * (m.depth - 1) + [t.output_dim]
+    return sum(a * b + b for a, b in zip(dims, dims[1:]))
+
+
+def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
+    """What one seed's lockstep training holds: per variant, parameters, gradients and two
+    optimizer buffers (4P), three activation-sized arrays per layer, and the metrics."""
+    v, m = len(cfg.clipping), cfg.model
+    arrays = 4 * _parameter_count(cfg) + 3 * cfg.task.batch_size * m.width * m.depth
+    metrics = 8 * cfg.train.steps * v * (m.depth * 2 + 10)
+    return _ITEMSIZE[cfg.train.dtype] * v * arrays + metrics
+
+
+def available_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def _check_memory(cfg: ExperimentConfig, file: str, line: Optional[int]) -> None:
+    need, have = estimate_memory_bytes(cfg), available_memory_bytes()
+    if need <= 0.8 * have:
+        return
+    v, p = len(cfg.clipping), _parameter_count(cfg)
+    params = f"{p:,}" if p < 10**6 else f"{p:.2g}".replace("e+", "e")
+    raise UserError(
+        f"this experiment needs about {need / 2**30:.1f} GiB ({v} variant{'s' * (v != 1)} x {params} parameters "
+        f"with gradients, optimizer state and activations), more than 80% of the {have / 2**30:.1f} GiB available; "
+        "reduce model.width, model.depth, task.batch_size, train.steps or the clipping list",
+        file=file, key="model", line=line,
+    )
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None
+                ) -> ExperimentConfig:
+    """Read, override (`--set`, `--seeds`), validate and size-check a config; every problem
+    is one UserError naming the file (or option), the key path and the line."""
+    path = Path(path)
+    file = str(path)
+    data, lines = _parse_yaml(_read_text(path), file)
+    if data is None:
+        raise UserError("empty config", file=file)
+    if not isinstance(data, dict):
+        raise UserError(f"the top level must be a mapping of keys, got {_show_typed(data)}", file=file)
+    sources: dict[KeyPath, str] = {}
+    for item in overrides:
+        _apply_override(data, item, sources)
+    if seeds is not None:
+        data.pop("seed", None)
+        data["seeds"] = list(seeds)
+        sources[("seeds",)] = "--seeds " + ",".join(map(str, seeds))
+    if "name" not in data and re.match(NAME_PATTERN, path.stem):
+        data["name"] = path.stem
+
+    def locate(p: KeyPath) -> dict:
+        return _locate(p, file, lines, sources)
+
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise _user_error(e, data, locate) from None
+    _check_memory(cfg, **locate(("model",)))
+    return cfg
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """First 8 hex digits of the sha256 of the canonical JSON of the resolved config."""
+    text = json.dumps(_json_safe(cfg.resolved()), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def experiment_dir(cfg: ExperimentConfig, out: Union[str, os.PathLike] = "outputs") -> Path:
+    return Path(out) / f"{cfg.name}-{config_hash(cfg)}"
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML; load_config reads it back to an equal config."""
+    return yaml.dump(cfg.resolved(), Dumper=_Dumper, sort_keys=False)

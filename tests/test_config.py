@@ -1,0 +1,381 @@
+"""The config loader: every user mistake is one UserError naming file (or option), key and line."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradlab.config import (
+    ExperimentConfig,
+    config_hash,
+    dump_yaml,
+    estimate_memory_bytes,
+    experiment_dir,
+    load_config,
+)
+from gradlab.errors import UserError
+
+
+@pytest.fixture
+def write(tmp_path):
+    def _write(text: str | bytes, name: str = "exp.yaml"):
+        p = tmp_path / name
+        p.write_bytes(text.encode() if isinstance(text, str) else text)
+        return p
+
+    return _write
+
+
+def refused(path, *args, **kwargs) -> UserError:
+    with pytest.raises(UserError) as info:
+        load_config(path, *args, **kwargs)
+    return info.value
+
+
+# ----------------------------------------------------------------------------- happy paths
+
+
+def test_defaults_filled_and_resolved_form(write):
+    cfg = load_config(write("name: demo\nmodel:\n  depth: 3\n"))
+    assert cfg.name == "demo" and cfg.model.depth == 3 and cfg.model.width == 64
+    assert cfg.train.optimizer.lr == 0.01 and [c.method for c in cfg.clipping] == ["none", "norm"]
+    resolved = cfg.resolved()
+    assert resolved["seeds"] == [0] and "seed" not in resolved
+
+
+def test_seed_becomes_seeds(write):
+    assert load_config(write("name: a\nseed: 7\n")).resolved()["seeds"] == [7]
+
+
+def test_name_defaults_to_file_stem(write):
+    assert load_config(write("seed: 1\n", "deep-tanh_1.yaml")).name == "deep-tanh_1"
+    e = refused(write("seed: 1\n", "my exp.yaml"))
+    assert e.key == "name" and "missing" in e.message
+
+
+@pytest.mark.parametrize("text", ["norm_type: inf", "norm_type: .inf", "norm_type: Infinity"])
+def test_norm_type_inf_accepted(write, text):
+    cfg = load_config(write(f"name: a\nclipping:\n  - {{method: norm, max_norm: 1, {text}}}\n"))
+    assert cfg.clipping[0].norm_type == math.inf
+
+
+def test_exponent_without_dot_is_a_number(write):
+    # YAML 1.1 (PyYAML) would read `1e-3` as a string.
+    assert load_config(write("name: a\ntrain: {optimizer: {lr: 1e-3}}\n")).train.optimizer.lr == 1e-3
+
+
+# ----------------------------------------------------------------------------- validation errors
+
+
+@pytest.mark.parametrize(
+    "text, key, line, fragment",
+    [
+        ("model:\n  depth: true\n", "model.depth", 3, "must be an integer, got true (bool)"),
+        ("model:\n  depth: \"3\"\n", "model.depth", 3, "must be an integer, got `3` (str)"),
+        ("model:\n  depth: 2.5\n", "model.depth", 3, "must be an integer, got 2.5 (float)"),
+        ("train:\n  steps: 10\n  optimizer:\n    lr: .nan\n", "train.optimizer.lr", 5, "must be finite, got nan"),
+        ("train:\n  optimizer:\n    lr: .inf\n", "train.optimizer.lr", 4, "must be finite, got inf"),
+        ("model:\n  width: 0\n", "model.width", 3, "must be >= 1, got 0"),
+        ("model:\n  width: -1\n", "model.width", 3, "must be >= 1, got -1"),
+        ("clipping:\n  - method: none\n  - {method: norm, max_norm: -3}\n", "clipping.1.max_norm", 4,
+         "must be > 0, got -3"),
+        ("clipping:\n  - method: none\n  - method: norm\n", "clipping.1.max_norm", 4, "required key is missing"),
+        ("model: 3\n", "model", 2, "must be a mapping, got 3 (int)"),
+    ],
+)
+def test_strict_types_and_ranges(write, text, key, line, fragment):
+    p = write("name: a\n" + text)
+    e = refused(p)
+    assert (e.key, e.line) == (key, line)
+    assert fragment in e.message
+    assert str(e) == f"{p}:{line}: {key}: {e.message}"
+
+
+def test_str_of_user_error_has_file_line_key(write):
+    p = write("name: a\nmodel:\n  depth: true\n")
+    assert str(refused(p)) == f"{p}:3: model.depth: must be an integer, got true (bool)"
+
+
+def test_several_errors_are_counted(write):
+    e = refused(write("name: a\nmodel:\n  depth: true\n  width: 0\n  activation: x\n"))
+    assert e.key == "model.depth" and e.message.endswith("(and 2 more problems)")
+
+
+@pytest.mark.parametrize(
+    "text, key, line, fragment",
+    [
+        ("modle:\n  depth: 3\n", "modle", 2, "unknown key `modle`; did you mean `model`?"),
+        ("model:\n  widht: 3\n", "model.widht", 3, "unknown key `widht`; did you mean `width`?"),
+        ("clipping:\n  - {method: norm, max_norm: 1, max_nrom: 2}\n", "clipping.0.max_nrom", 3,
+         "did you mean `max_norm`?"),
+        ("model:\n  zzz: 3\n", "model.zzz", 3, "allowed keys: kind, depth, width, activation, init"),
+    ],
+)
+def test_unknown_keys(write, text, key, line, fragment):
+    e = refused(write("name: a\n" + text))
+    assert (e.key, e.line) == (key, line) and fragment in e.message
+
+
+def test_bad_literal_with_suggestion(write):
+    e = refused(write("name: a\nmodel:\n  activation: tahn\n"))
+    assert (e.key, e.line) == ("model.activation", 3)
+    assert e.message == "must be one of tanh, relu, sigmoid, gelu, identity; got `tahn` (did you mean `tanh`?)"
+
+
+def test_bad_or_missing_clipping_method_lists_methods(write):
+    e = refused(write("name: a\nclipping:\n  - method: none\n  - method: nrom\n"))
+    assert (e.key, e.line) == ("clipping.1.method", 4)
+    assert "none, norm, value" in e.message and "did you mean `norm`" in e.message
+    e = refused(write("name: a\nclipping:\n  - max_norm: 1\n"))
+    assert e.key == "clipping.0.method" and "none, norm, value" in e.message
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a b", "", "x" * 65])
+def test_bad_names(write, name):
+    e = refused(write(f"name: '{name}'\n"))
+    assert (e.key, e.line) == ("name", 1) and "letters, digits" in e.message
+
+
+def test_seed_and_seeds_together(write):
+    e = refused(write("name: a\nseed: 1\nseeds: [1, 2]\n"))
+    assert e.key == "seed" and e.line == 2 and "either `seed` or `seeds`" in e.message
+
+
+def test_duplicate_seeds(write):
+    e = refused(write("name: a\nseeds: [1, 1]\n"))
+    assert (e.key, e.line) == ("seeds", 2) and "distinct" in e.message
+
+
+def test_duplicate_clipping_variants(write):
+    e = refused(write("name: a\nclipping:\n  - {method: norm, max_norm: 1}\n  - {method: norm, max_norm: 1.0}\n"))
+    assert (e.key, e.line) == ("clipping", 2) and "norm-1" in e.message
+
+
+def test_nesterov_names_its_mapping(write):
+    e = refused(write("name: a\ntrain:\n  optimizer:\n    nesterov: true\n"))
+    assert e.key == "train.optimizer.nesterov" and e.line == 4 and "momentum" in e.message
+
+
+# ----------------------------------------------------------------------------- YAML level
+
+
+def test_duplicate_key_names_both_lines(write):
+    e = refused(write("name: a\nmodel:\n  depth: 3\n  width: 4\n\n\n  depth: 5\n"))
+    assert (e.key, e.line) == ("model.depth", 7)
+    assert e.message == "duplicate key `model.depth` (lines 3 and 7)"
+
+
+def test_python_tags_refused_and_never_executed(write, tmp_path):
+    target = tmp_path / "pwned"
+    e = refused(write(f"name: a\nmodel: !!python/object/apply:os.mkdir [{target}]\n"))
+    assert not target.exists()
+    assert (e.key, e.line) == ("model", 2) and "unsupported YAML tag !!python/object/apply:os.mkdir" in e.message
+    e = refused(write("name: !!python/name:os.system\n"))
+    assert e.line == 1 and "!!python/name:os.system" in e.message
+
+
+def _laughs(levels: int, fan: int) -> str:
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * fan) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels, fan, fragment", [(9, 9, "more than 100000 values"), (5, 30, "more than 100 aliases")])
+def test_billion_laughs_refused_quickly(write, levels, fan, fragment):
+    start = time.perf_counter()
+    e = refused(write(_laughs(levels, fan)))
+    assert time.perf_counter() - start < 2
+    assert fragment in e.message
+
+
+def test_recursive_anchor_and_deep_nesting_refused(write):
+    assert "levels deep" in refused(write("a: &x [1, *x]\n")).message
+    assert "levels deep" in refused(write("a: " + "[" * 500 + "]" * 500 + "\n")).message
+
+
+def test_syntax_error_gives_its_line(write):
+    e = refused(write("name: a\nmodel:\n  depth: 3\n  width: [1, 2\nseed: 0\n"))
+    assert e.line == 5 and e.message.startswith("YAML syntax error") and "\n" not in str(e)
+
+
+def test_tab_indentation(write):
+    e = refused(write("name: a\nmodel:\n\tdepth: 3\n"))
+    assert e.line == 3 and "tab" in e.message and "spaces" in e.message
+
+
+def test_several_documents_refused(write):
+    assert refused(write("name: a\n---\nname: b\n")).line == 2
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_empty_config(write, text):
+    assert refused(write(text)).message == "empty config"
+
+
+def test_top_level_must_be_a_mapping(write):
+    assert refused(write("- a\n- b\n")).message == "the top level must be a mapping of keys, got a list"
+
+
+_YAMLISH = st.lists(st.sampled_from(
+    ["name: a\n", "model:\n", "  depth: 3\n", "  - ", "{", "}", "[", "]", ": ", "&x ", "*x ", "!!int ", "!!set ",
+     "? ", "<<: ", "\t", "\n", "-", "'", '"', "#", "---\n", "!foo ", "|\n  x\n", ".nan", "1e400", "\x85", "\x07"]),
+    max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=_YAMLISH, item=_YAMLISH)
+def test_any_text_gives_a_config_or_one_line_user_error(tmp_path_factory, text, item):
+    p = tmp_path_factory.getbasetemp() / "fuzz.yaml"
+    p.write_text(text, encoding="utf-8")
+    try:
+        load_config(p, [f"model.depth={item}", f"{item}=1"])
+    except UserError as e:
+        assert "\n" not in str(e) and "\r" not in str(e)
+
+
+# ----------------------------------------------------------------------------- the file itself
+
+
+def test_missing_file(tmp_path):
+    p = tmp_path / "nope.yaml"
+    e = refused(p)
+    assert e.file == str(p) and e.message == "no such file"
+
+
+def test_directory(tmp_path):
+    assert refused(tmp_path).message == "is a directory, expected a YAML file"
+
+
+def test_unreadable(write, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # chmod 0 would not stop root, who runs the tests in some containers.
+    monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+    assert "permission denied" in refused(write("name: a\n")).message
+
+
+def test_binary_file(write):
+    assert "NUL" in refused(write(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")).message
+
+
+def test_utf16_file(write):
+    assert "UTF-16" in refused(write("name: a\n".encode("utf-16"))).message
+
+
+def test_not_utf8(write):
+    e = refused(write("name: a\n# caf\xe9\n".encode("latin-1")))
+    assert "UTF-8" in e.message and e.line == 2
+
+
+def test_too_big(write):
+    e = refused(write("# " + "x" * 2_000_000 + "\n"))
+    assert "MB; a config is a few hundred bytes" in e.message
+
+
+# ----------------------------------------------------------------------------- --set and --seeds
+
+
+def test_set_happy_path(write):
+    cfg = load_config(
+        write("name: a\nclipping:\n  - {method: none}\n  - {method: norm, max_norm: 1}\n"),
+        ["model.depth=5", "train.optimizer.lr=0.5", "train.optimizer.momentum=0.9", "train.optimizer.nesterov=true",
+         "clipping.1.max_norm=2", "model.activation=relu", "seeds=[1, 2]"],
+    )
+    assert cfg.model.depth == 5 and isinstance(cfg.model.depth, int)
+    assert cfg.train.optimizer.lr == 0.5 and cfg.train.optimizer.nesterov is True
+    assert cfg.clipping[1].max_norm == 2.0 and cfg.model.activation == "relu" and cfg.seeds == [1, 2]
+
+
+def test_set_indexes_the_default_clipping_list(write):
+    cfg = load_config(write("name: a\n"), ["clipping.1.max_norm=3"])
+    assert [c.method for c in cfg.clipping] == ["none", "norm"] and cfg.clipping[1].max_norm == 3.0
+
+
+@pytest.mark.parametrize("item", ["model.depth", "=3", ".depth=3", "model..depth=3"])
+def test_set_needs_key_equals_value(write, item):
+    e = refused(write("name: a\n"), [item])
+    assert e.file == "--set" and e.key == item and "key.path=value" in e.message
+
+
+def test_set_unknown_key_names_the_option(write):
+    e = refused(write("name: a\n"), ["model.widht=3"])
+    assert e.file == "--set model.widht=3" and e.line is None and "did you mean `width`?" in e.message
+    e = refused(write("name: a\n"), ["modle.depth=3"])
+    assert e.file == "--set modle.depth=3" and "did you mean `model`?" in e.message
+
+
+def test_set_bad_value_names_the_option(write):
+    e = refused(write("name: a\nmodel:\n  depth: 3\n"), ["model.depth=abc"])
+    assert str(e) == "--set model.depth=abc: model.depth: must be an integer, got `abc` (str)"
+
+
+@pytest.mark.parametrize("item, fragment", [("clipping.5.max_norm=1", "not an index"),
+                                            ("name.x=1", "not a mapping or a list"),
+                                            ("model.depth=[1", "YAML syntax error"),
+                                            ("name=!!python/name:os.system", "unsupported YAML tag")])
+def test_set_bad_path_or_value(write, item, fragment):
+    e = refused(write("name: a\n"), [item])
+    assert e.file == f"--set {item}" and fragment in e.message and e.line is None
+
+
+def test_seeds_override(write):
+    cfg = load_config(write("name: a\nseed: 3\n"), seeds=[0, 1, 2])
+    assert cfg.seeds == [0, 1, 2] and "seed" not in cfg.resolved()
+    e = refused(write("name: a\n"), seeds=[4, 4])
+    assert e.file == "--seeds 4,4" and e.key == "seeds" and "distinct" in e.message
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_memory_refusal_is_fast(write):
+    start = time.perf_counter()
+    e = refused(write("name: a\nseed: 0\nmodel:\n  width: 1000000\n  depth: 10000\n"))
+    assert time.perf_counter() - start < 1
+    assert (e.key, e.line) == ("model", 3)
+    assert "GiB" in e.message and "reduce model.width" in e.message
+
+
+def test_memory_message_and_estimate(write, monkeypatch):
+    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    cfg = load_config(write("name: a\n"))  # the defaults fit in 1 GiB
+    m, t = cfg.model, cfg.task
+    params = (t.input_dim * m.width + m.width) + (m.depth - 2) * (m.width**2 + m.width) + (m.width * t.output_dim + 1)
+    expected = 4 * 2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + 8 * cfg.train.steps * 2 * (2 * m.depth + 10)
+    assert estimate_memory_bytes(cfg) == expected
+    e = refused(write("name: a\nmodel: {width: 4096, depth: 16}\n"))
+    assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message
+
+
+# ----------------------------------------------------------------------------- hash and round trip
+
+
+def test_hash_ignores_key_order_and_tracks_values(write):
+    a = load_config(write("name: a\nmodel: {depth: 3, width: 8}\nseed: 1\n", "a.yaml"))
+    b = load_config(write("seed: 1\nmodel: {width: 8, depth: 3}\nname: a\n", "b.yaml"))
+    c = load_config(write("name: a\nmodel: {depth: 3, width: 9}\nseed: 1\n", "c.yaml"))
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+    assert len(config_hash(a)) == 8 and int(config_hash(a), 16) >= 0
+    assert experiment_dir(a, "out").as_posix() == f"out/a-{config_hash(a)}"
+
+
+@pytest.mark.parametrize("name", ["demo", "1e3", "yes", "123", "null"])
+def test_dump_yaml_round_trip(write, name):
+    cfg = load_config(
+        write(f"name: '{name}'\nseeds: [0, 5]\nclipping:\n  - {{method: none}}\n"
+              "  - {method: norm, max_norm: 0.5, norm_type: inf}\n  - {method: value, clip_value: 1e-3}\n")
+    )
+    again = load_config(write(dump_yaml(cfg), "again.yaml"))
+    assert again == cfg and config_hash(again) == config_hash(cfg) and again.name == name
+
+
+def test_config_is_frozen(write):
+    cfg = load_config(write("name: a\n"))
+    assert isinstance(cfg, ExperimentConfig)
+    with pytest.raises(Exception):
+        cfg.name = "b"

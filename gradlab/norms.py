@@ -57,18 +57,23 @@ def _fill_norms(row: np.ndarray, flat: np.ndarray, p: float) -> None:
 
 
 def total_norm(norms: np.ndarray, p: float = 2.0) -> np.ndarray:
-    """Combine per-tensor norms (n, V) into the global norm (V,), as if all were concatenated."""
-    if norms.shape[0] == 0:
-        return np.zeros(norms.shape[1])
+    """Combine per-tensor norms (n, V) into the global norm (V,), as if all were concatenated.
+
+    Each variant is reduced along a contiguous row, so its result does not depend on how
+    many other variants share the stack (bit-identical stacked and single runs).
+    """
+    rows = np.ascontiguousarray(norms.T)
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0])
     with np.errstate(all="ignore"):
         if math.isinf(p):
-            t = norms.max(axis=0)
+            t = rows.max(axis=1)
         else:
-            m = norms.max(axis=0)
+            m = rows.max(axis=1, keepdims=True)
             safe = np.where((m > 0) & np.isfinite(m), m, 1.0)
-            t = safe * np.sum((norms / safe) ** p, axis=0) ** (1.0 / p)
-            t = np.where(m == 0, 0.0, t)
+            t = safe[:, 0] * np.sum((rows / safe) ** p, axis=1) ** (1.0 / p)
+            t = np.where(m[:, 0] == 0, 0.0, t)
         # NaN wins over inf, as in torch.
-        t = np.where(np.isnan(norms).any(axis=0), np.nan, t)
-        t = np.where(np.isinf(norms).any(axis=0) & ~np.isnan(t), np.inf, t)
+        t = np.where(np.isnan(rows).any(axis=1), np.nan, t)
+        t = np.where(np.isinf(rows).any(axis=1) & ~np.isnan(t), np.inf, t)
     return t

@@ -1,0 +1,243 @@
+"""The `gradlab` command: a thin Typer layer that parses, calls the library and prints.
+
+Start-up stays light: NumPy, pydantic, Rich's progress and matplotlib are imported inside the
+commands that need them. Every user error leaves as one line on stderr and exit code 2;
+Ctrl-C as exit 130 after the finished runs are on disk; anything else is a bug (exit 1),
+its traceback in a log file (or on screen with --debug / GRADLAB_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="A lab for exploding gradients and gradient clipping: train deep networks with and "
+    "without clipping, locate where NaNs are born, plot gradient norms over time.",
+)
+
+SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
+                      help="Override one config value (repeatable), e.g. --set model.depth=64.")
+SeedsOpt = typer.Option(None, "--seeds", metavar="0,1,2", help="Replace the config's seeds.")
+OutOpt = typer.Option(Path("outputs"), "--out", help="Where experiment directories go.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or table; print only the experiment path.")
+
+
+def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
+    """`0,1,2` -> [0, 1, 2]; anything else is a UserError naming --seeds."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    seeds = []
+    for p in parts:
+        if not p.isdigit():
+            what = "an empty item" if not p else f"`{p}`"
+            raise UserError(f"expected non-negative integers separated by commas (e.g. 0,1,2), got {what}",
+                            key="--seeds")
+        seeds.append(int(p))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be distinct, got {text}", key="--seeds")
+    return seeds
+
+
+def _load(config: Path, sets: Optional[List[str]], seeds: Optional[str]):
+    from .config import load_config
+
+    return load_config(config, sets or (), parse_seeds(seeds))
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    con = Console(stderr=stderr, highlight=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con.width = 160  # a log file or pipe: do not squeeze the table to 80 columns
+    return con
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    set_: Optional[List[str]] = SetOpt,
+    seeds: Optional[str] = SeedsOpt,
+    out: Path = OutOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute runs that are already complete."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Train every run of CONFIG (each clipping variant x each seed) and write the experiment directory."""
+    cfg = _load(config, set_, seeds)
+    from .experiment import run_experiment, prepare, collect_reports
+
+    progress = None if quiet else _RichProgress()
+    try:
+        if progress:
+            with progress:
+                exp = run_experiment(cfg, out, force=force, progress=progress)
+        else:
+            exp = run_experiment(cfg, out, force=force)
+    except KeyboardInterrupt:
+        exp = prepare(cfg, out)
+        n = len(collect_reports(exp))
+        print(f"gradlab: interrupted; {n} complete run(s) kept in {exp} (run the same command to resume)",
+              file=sys.stderr)
+        raise SystemExit(130)
+    _print_outcome(exp, quiet)
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    set_: Optional[List[str]] = SetOpt,
+    seeds: Optional[str] = SeedsOpt,
+    out: Path = OutOpt,
+) -> None:
+    """Check CONFIG and print its resolved form; trains nothing, writes nothing."""
+    cfg = _load(config, set_, seeds)
+    from .config import dump_yaml, estimate_memory_bytes, experiment_dir
+
+    runs = len(cfg.clipping) * len(cfg.seeds)
+    sys.stdout.write(dump_yaml(cfg))
+    print(f"# valid: {runs} run(s) ({len(cfg.clipping)} variant(s) x {len(cfg.seeds)} seed(s)), "
+          f"about {estimate_memory_bytes(cfg) / 2**20:.1f} MiB per seed; would write {experiment_dir(cfg, out)}/")
+
+
+@app.command()
+def plot(
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment directory (default: the most recent under --out)."),
+    out: Path = OutOpt,
+) -> None:
+    """(Re)draw every plot of an experiment from its directory."""
+    from .experiment import find_experiment, collect_reports, finish
+
+    exp = find_experiment(experiment, out)
+    if not collect_reports(exp):
+        raise UserError("no complete run to plot yet", file=str(exp))
+    for p in finish(exp):
+        print(p)
+
+
+@app.command()
+def report(
+    experiment: Optional[Path] = typer.Argument(None, help="Experiment directory (default: the most recent under --out)."),
+    out: Path = OutOpt,
+) -> None:
+    """Print the NaN-divergence table of an experiment and (re)write its report.md."""
+    from .experiment import find_experiment, write_summary
+    from .report import write_report
+
+    exp = find_experiment(experiment, out)
+    write_summary(exp)
+    write_report(exp)
+    _print_outcome(exp, quiet=False)
+
+
+def _print_outcome(exp: Path, quiet: bool) -> None:
+    if quiet:
+        print(exp)
+        return
+    from rich.table import Table
+
+    from .experiment import collect_reports
+    from .report import COLUMNS, findings, missing_runs, table_rows
+
+    reports = collect_reports(exp)
+    # run id already says method, threshold and seed; report.md has every column.
+    keep = ("run", "diverged", "step", "phase", "where", "max grad norm", "final loss", "clip fraction")
+    idx = [COLUMNS.index(c) for c in keep]
+    table = Table(title="NaN-divergence report", title_justify="left")
+    for c in keep:
+        table.add_column(c, no_wrap=True, justify="left" if c in ("run", "diverged", "phase", "where") else "right")
+    for row in table_rows(reports):
+        table.add_row(*(row[i] for i in idx), style="red" if row[4] == "yes" else None)
+    con = _console()
+    con.print(table)
+    con.print(findings(reports), soft_wrap=True)
+    missing = missing_runs(exp, reports)
+    if missing:
+        con.print(f"not finished: {', '.join(missing)}")
+    con.print(f"experiment: {exp}  (report: {exp / 'report.md'})", soft_wrap=True)
+
+
+class _RichProgress:
+    """experiment.Progress drawn as a Rich progress bar over all steps to compute."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=_console(stderr=True), transient=False)
+        self._task = None
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None:
+        if n_skipped:
+            self._bar.console.print(f"{n_skipped} run(s) already complete: skipped (--force recomputes them)")
+        self._task = self._bar.add_task(f"{n_runs} run(s)", total=total_steps)
+
+    def seed_start(self, seed: int, n_variants: int) -> None:
+        self._bar.update(self._task, description=f"seed {seed}: {n_variants} variant(s)")
+
+    def step(self, n_alive: int) -> None:
+        self._bar.advance(self._task)
+
+    def seed_done(self, seed: int, skipped_steps: int) -> None:
+        self._bar.advance(self._task, skipped_steps)  # every variant diverged early
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: maps every outcome to SPEC.md's exit codes."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("GRADLAB_DEBUG") == "1" or "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
+    except UserError as e:
+        _fail(str(e), 2)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130)
+    except Exception as e:
+        # Usage errors of Typer's (vendored) click: duck-typed, the class is not public.
+        if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
+            ctx = getattr(e, "ctx", None)
+            cmd = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "gradlab" else ""
+            _fail(f"{e.format_message()}", e.exit_code, f"gradlab{cmd}")
+        if debug:
+            raise
+        _bug(e)
+
+
+def _fail(message: str, code: int, who: str = "gradlab") -> None:
+    print(f"{who}: error: {message}" if code != 130 else f"{who}: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _bug(e: Exception) -> None:
+    """A bug: keep the traceback for the report, not on the user's screen."""
+    import tempfile
+    import traceback
+
+    fd, log = tempfile.mkstemp(prefix="gradlab-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    _fail(f"internal error ({type(e).__name__}: {e}); this is a bug. The traceback is in {log}; "
+          "rerun with --debug to see it", 1)
+
+
+if __name__ == "__main__":
+    main()

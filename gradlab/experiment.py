@@ -1,0 +1,176 @@
+"""An experiment on disk: plan its runs, skip the complete ones, train the rest, write it all.
+
+Layout (SPEC.md): outputs/<name>-<hash8>/{config.yaml, summary.json, report.md,
+runs/<run_id>/{metrics.csv, layer_norms.csv, report.json}, plots/*.png}. A run is complete
+when its report.json exists (written last); anything else in a run folder is redone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import io
+from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
+from .errors import UserError
+from .metrics import METRIC_COLUMNS
+
+
+@dataclass
+class SeedPlan:
+    seed: int
+    todo: list[int]  # indices into cfg.clipping still to compute
+    done: list[int] = field(default_factory=list)
+
+
+class Progress:
+    """What the experiment tells its caller while it runs; the CLI draws it, the API ignores it."""
+
+    def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None: ...
+    def seed_start(self, seed: int, n_variants: int) -> None: ...
+    def step(self, n_alive: int) -> None: ...
+    def seed_done(self, seed: int, skipped_steps: int) -> None: ...
+
+
+def run_dir(exp: Path, rid: str) -> Path:
+    return exp / "runs" / rid
+
+
+def is_complete(exp: Path, rid: str) -> bool:
+    return (run_dir(exp, rid) / "report.json").is_file()
+
+
+def plan(cfg: ExperimentConfig, exp: Path, force: bool = False) -> list[SeedPlan]:
+    plans = []
+    for seed in cfg.seeds:
+        p = SeedPlan(seed, [])
+        for i, c in enumerate(cfg.clipping):
+            (p.done if not force and is_complete(exp, run_id(c, seed)) else p.todo).append(i)
+        plans.append(p)
+    return plans
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an --out that cannot hold results, before anything is written."""
+    out = Path(out)
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{probe} is a file, not a directory", key="--out")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {probe} (permission denied)", key="--out")
+
+
+def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
+    """Create (or reuse) the experiment directory and write its resolved config."""
+    check_writable(Path(out))
+    exp = experiment_dir(cfg, out)
+    text = dump_yaml(cfg)
+    cfg_path = exp / "config.yaml"
+    if not cfg_path.is_file() or cfg_path.read_text(encoding="utf-8") != text:
+        io.write_text(cfg_path, text)
+    return exp
+
+
+def write_run(exp: Path, result) -> None:
+    """A run's three files; report.json last, since its presence marks the run complete."""
+    d = run_dir(exp, result.run_id)
+    for leftover in d.glob(".*.tmp"):  # from a process killed mid-write
+        leftover.unlink(missing_ok=True)
+    io.write_csv(d / "metrics.csv", METRIC_COLUMNS, result.metrics_rows)
+    io.write_csv(d / "layer_norms.csv", ["step", *result.param_names], result.layer_rows)
+    io.write_json(d / "report.json", result.report())
+
+
+def collect_reports(exp: Path) -> list[dict]:
+    """Every complete run's report, in config order (seed, then variant)."""
+    reports = []
+    for path in sorted((exp / "runs").glob("*/report.json")):
+        try:
+            reports.append(io.read_json(path))
+        except (OSError, ValueError):
+            continue  # unreadable: the run is not complete and will be redone
+    return sorted(reports, key=lambda r: (r.get("seed", 0), r.get("variant_index", 0)))
+
+
+def write_summary(exp: Path) -> list[dict]:
+    reports = collect_reports(exp)
+    io.write_json(exp / "summary.json", reports)
+    return reports
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force: bool = False,
+                   progress: Optional[Progress] = None, plots: bool = True) -> Path:
+    """Train every run of `cfg` not yet complete under `out`; write summary, report, plots.
+
+    Returns the experiment directory. Ctrl-C (KeyboardInterrupt) propagates after the runs
+    finished so far are on disk.
+    """
+    from .train import train_seed  # the engine is needed only here, not by `validate`
+
+    progress = progress or Progress()
+    exp = prepare(cfg, out)
+    plans = plan(cfg, exp, force)
+    steps = cfg.train.steps
+    todo_runs = sum(len(p.todo) for p in plans)
+    progress.start(sum(steps for p in plans if p.todo), todo_runs, len(cfg.clipping) * len(plans) - todo_runs)
+    try:
+        for p in plans:
+            if not p.todo:
+                continue
+            progress.seed_start(p.seed, len(p.todo))
+            counter = _StepCounter(progress)
+            results = train_seed(cfg, p.seed, [cfg.clipping[i] for i in p.todo], p.todo, on_step=counter)
+            for r in results:
+                write_run(exp, r)
+            progress.seed_done(p.seed, steps - counter.n)
+    finally:
+        write_summary(exp)
+    finish(exp, plots=plots)
+    return exp
+
+
+class _StepCounter:
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.n = progress, 0
+
+    def __call__(self, n_alive: int) -> None:
+        self.n += 1
+        self.progress.step(n_alive)
+
+
+def finish(exp: Path, plots: bool = True) -> list[Path]:
+    """report.md and (unless plots=False) the plots, from the directory alone."""
+    from .report import write_report
+
+    drawn: list[Path] = []
+    if plots:
+        from .plots import draw_experiment
+
+        drawn = draw_experiment(exp)
+    write_report(exp)
+    return drawn
+
+
+def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
+    """An experiment directory given on the command line, or the most recent under `out`."""
+    if path is None:
+        root = Path(out)
+        cands = [d for d in root.glob("*/config.yaml")] if root.is_dir() else []
+        if not cands:
+            raise UserError(f"no experiment found under {root}/; run `gradlab run CONFIG` first",
+                            file=str(root))
+        return max(cands, key=lambda p: p.stat().st_mtime).parent
+    path = Path(path)
+    if not path.exists():
+        raise UserError("no such experiment directory", file=str(path))
+    if not path.is_dir():
+        raise UserError("is a file; expected an experiment directory (outputs/<name>-<hash8>/)", file=str(path))
+    if not (path / "config.yaml").is_file():
+        raise UserError("not a gradlab experiment directory (no config.yaml)", file=str(path))
+    return path

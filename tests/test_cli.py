@@ -1,0 +1,195 @@
+"""The real CLI, end to end: files written, exit codes, resume, bad input, Ctrl-C."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gradlab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+# The quickstart, shortened: still diverges (seeds 0 and 1) within 30 steps.
+SMALL = ["--set", "train.steps=30", "--seeds", "0,1"]
+
+
+def cli(*args, cwd=None):
+    """Run `gradlab ARGS` in-process; returns the exit code."""
+    old = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    finally:
+        os.chdir(old)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert cli("run", QUICKSTART, *SMALL, "--out", out, "--quiet") == 0
+    (exp,) = [d for d in out.iterdir() if d.is_dir()]
+    return exp
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_writes_the_experiment_directory(experiment):
+    assert experiment.name.startswith("quickstart-") and len(experiment.name) == len("quickstart-") + 8
+    for f in ("config.yaml", "summary.json", "report.md"):
+        assert (experiment / f).is_file(), f
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert [r["run_id"] for r in summary] == ["none-s0", "norm-1-s0", "norm-10-s0", "none-s1", "norm-1-s1", "norm-10-s1"]
+    for r in summary:
+        d = experiment / "runs" / r["run_id"]
+        assert json.loads((d / "report.json").read_text()) == r
+        for key in ("run_id", "seed", "method", "threshold", "diverged", "divergence_step", "first_nonfinite",
+                    "max_grad_norm", "final_loss", "steps_completed", "clip_fraction"):
+            assert key in r
+        rows = read_csv(d / "metrics.csv")
+        assert list(rows[0]) == ["step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite"]
+        layer = read_csv(d / "layer_norms.csv")
+        assert list(layer[0])[:3] == ["step", "layer0.W", "layer0.b"] and len(layer) == len(rows)
+    plots = {p.name for p in (experiment / "plots").glob("*.png")}
+    assert {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s1.png"} <= plots
+    assert not list(experiment.rglob("*.tmp"))
+
+
+def test_baseline_diverges_located_and_clipped_runs_hit_the_threshold(experiment):
+    summary = {r["run_id"]: r for r in json.loads((experiment / "summary.json").read_text())}
+    none = summary["none-s0"]
+    assert none["diverged"] and none["first_nonfinite"]["phase"] in ("forward", "backward", "update")
+    assert none["first_nonfinite"]["where"] and none["first_nonfinite"]["step"] == none["divergence_step"]
+    rows = read_csv(experiment / "runs" / "none-s0" / "metrics.csv")
+    assert rows[-1]["nonfinite"] == "1" and int(rows[-1]["step"]) == none["divergence_step"]
+    for rid in ("norm-1-s0", "norm-1-s1"):
+        assert not summary[rid]["diverged"] and summary[rid]["steps_completed"] == 30
+        for row in read_csv(experiment / "runs" / rid / "metrics.csv"):
+            if row["clipped"] == "1":
+                assert float(row["clipped_norm"]) == pytest.approx(1.0, rel=1e-5)
+                assert float(row["grad_norm"]) > 1.0
+            else:
+                assert row["clipped_norm"] == row["grad_norm"]
+
+
+def test_report_md_has_table_findings_and_plots(experiment):
+    text = (experiment / "report.md").read_text()
+    assert "| run | method | threshold | seed | diverged |" in text
+    assert "| none-s0 | none | - | 0 | yes |" in text
+    assert "diverged in 2 of 2 seeds" in text
+    assert "![grad_norm](plots/grad_norm.png)" in text
+
+
+def test_rerun_skips_complete_runs_and_force_recomputes(experiment, capsys):
+    out = experiment.parent
+    before = {p: p.stat().st_mtime_ns for p in experiment.rglob("report.json")}
+    assert cli("run", QUICKSTART, *SMALL, "--out", out) == 0
+    assert "6 run(s) already complete" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in experiment.rglob("report.json")} == before
+    report = (experiment / "runs" / "norm-1-s1" / "report.json").read_text()
+    assert cli("run", QUICKSTART, *SMALL, "--out", out, "--force", "--quiet") == 0
+    after = {p: p.stat().st_mtime_ns for p in experiment.rglob("report.json")}
+    assert all(after[p] != before[p] for p in before)
+    assert (experiment / "runs" / "norm-1-s1" / "report.json").read_text() == report  # same numbers
+
+
+def test_a_missing_run_is_redone_alone(experiment):
+    victim = experiment / "runs" / "norm-10-s1" / "report.json"
+    kept = experiment / "runs" / "none-s0" / "report.json"
+    text, t_kept = victim.read_text(), kept.stat().st_mtime_ns
+    victim.unlink()
+    assert cli("run", QUICKSTART, *SMALL, "--out", experiment.parent, "--quiet") == 0
+    assert victim.read_text() == text and kept.stat().st_mtime_ns == t_kept
+
+
+def test_plot_and_report_work_from_the_directory_alone(experiment, capsys):
+    for p in (experiment / "plots").glob("*.png"):
+        p.unlink()
+    (experiment / "report.md").unlink()
+    assert cli("plot", experiment) == 0
+    assert (experiment / "plots" / "grad_norm.png").stat().st_size > 10_000
+    assert cli("report", experiment) == 0
+    out = capsys.readouterr().out
+    assert "none-s0" in out and "forward" in out or "backward" in out
+    assert (experiment / "report.md").is_file()
+    assert cli("report", "--out", experiment.parent) == 0  # no argument: the most recent
+
+
+def test_validate_prints_resolved_config_and_writes_nothing(tmp_path, capsys):
+    assert cli("validate", QUICKSTART, "--set", "model.depth=4", cwd=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "depth: 4" in out and "seeds:" in out and "valid: 9 run(s)" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD = [
+    (["run", "missing.yaml"], "missing.yaml: no such file"),
+    (["run", "."], "is a directory"),
+    (["run", QUICKSTART, "--set", "model.depth"], "--set"),
+    (["run", QUICKSTART, "--set", "model.depht=3"], "did you mean `depth`"),
+    (["run", QUICKSTART, "--set", "model.depth=abc"], "must be an integer"),
+    (["run", QUICKSTART, "--set", "model.depth=0"], "model.depth"),
+    (["run", QUICKSTART, "--seeds", "-1"], "--seeds"),
+    (["run", QUICKSTART, "--seeds", "1,,2"], "--seeds"),
+    (["run", QUICKSTART, "--seeds", "abc"], "--seeds"),
+    (["run", QUICKSTART, "--bogus"], "No such option"),
+    (["validate", "bad.yaml"], "bad.yaml:3: model.depth: must be an integer, got true (bool)"),
+    (["plot", "nowhere"], "nowhere: no such experiment directory"),
+    (["report", "nowhere"], "nowhere: no such experiment directory"),
+    (["plot"], "no experiment found"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(map(str, a)) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    (tmp_path / "bad.yaml").write_text("name: bad\nmodel:\n  depth: true\n")
+    before = set(tmp_path.rglob("*"))
+    assert cli(*args, cwd=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert set(tmp_path.rglob("*")) == before
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("")
+    assert cli("run", QUICKSTART, *SMALL, "--out", tmp_path / "f" / "sub") == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_foreign_directory_is_refused(tmp_path, capsys):
+    assert cli("report", tmp_path) == 2
+    assert "not a gradlab experiment directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path):
+    """SIGINT mid-experiment: exit 130, no traceback, complete runs kept, no temp files; the
+    same command then finishes only what is missing."""
+    args = [sys.executable, "-m", "gradlab.cli", "run", str(QUICKSTART), "--seeds", "0,1,2,3,4,5,6,7",
+            "--set", "train.steps=300", "--out", str(tmp_path), "--quiet"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(tmp_path.rglob("report.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    done = list(tmp_path.rglob("report.json"))
+    assert 3 <= len(done) < 24
+    assert not list(tmp_path.rglob("*.tmp"))
+    for r in done:
+        json.loads(r.read_text())
+        assert (r.parent / "metrics.csv").is_file()

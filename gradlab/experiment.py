@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import io
-from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
+from .config import ExperimentConfig, dump_yaml, experiment_dir, run_id
 from .errors import UserError
 from .metrics import METRIC_COLUMNS
 
@@ -131,7 +131,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             progress.seed_done(p.seed, steps - counter.n)
     finally:
         write_summary(exp)
-    finish(exp, plots=plots)
+    finish(exp, plots=plots, only_stale=not force)
     return exp
 
 
@@ -144,7 +144,7 @@ class _StepCounter:
         self.progress.step(n_alive)
 
 
-def finish(exp: Path, plots: bool = True) -> list[Path]:
+def finish(exp: Path, plots: bool = True, only_stale: bool = False) -> list[Path]:
     """report.md and (unless plots=False) the plots, from the directory alone."""
     from .report import write_report
 
@@ -152,7 +152,7 @@ def finish(exp: Path, plots: bool = True) -> list[Path]:
     if plots:
         from .plots import draw_experiment
 
-        drawn = draw_experiment(exp)
+        drawn = draw_experiment(exp, only_stale=only_stale)
     write_report(exp)
     return drawn
 

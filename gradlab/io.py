@@ -44,6 +44,16 @@ def deferred_interrupt() -> Iterator[None]:
                 raise KeyboardInterrupt
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by the owner only; results should get the usual mode.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically: a temporary file in the same folder, then rename."""
     path = Path(path)
@@ -52,6 +62,7 @@ def write_bytes(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), _FILE_MODE)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -91,7 +91,8 @@ def render(exp: Path, reports: list[dict]) -> str:
         "",
         f"{m['kind']} depth {m['depth']} width {m['width']} {m['activation']}, init {m['init']['scheme']} "
         f"x {m['init']['gain']:g}; task {cfg['task']['kind']}, batch {cfg['task']['batch_size']}; "
-        f"{o['kind']} lr {o['lr']:g}, {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
+        f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
+        + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
         "",
         "## Findings",
         "",
@@ -108,8 +109,11 @@ def render(exp: Path, reports: list[dict]) -> str:
         lines += ["", f"Not finished yet: {', '.join(missing)}."]
     lines += ["", "A run diverges at the first step where a NaN or inf appears in the forward pass, "
               "the loss, a gradient or a parameter after the update; `where` names the tensor in "
-              "which it was born, in the order the values were computed.", ""]
-    plots = sorted((exp / "plots").glob("*.png")) if (exp / "plots").is_dir() else []
+              "which it was born, in the order the values were computed. Steps count from 0; "
+              "the final loss of a diverged run is its last finite loss.", ""]
+    # The overview plots first, then one heatmap per run.
+    plots = sorted((exp / "plots").glob("*.png"), key=lambda p: (p.name.startswith("heatmap_"), p.name)) \
+        if (exp / "plots").is_dir() else []
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

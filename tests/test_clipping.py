@@ -160,3 +160,28 @@ def test_total_norm_combines_like_concatenation():
         t = total_norm(param_norms(g, p), p)
         for v in range(2):
             assert t[v] == pytest.approx(ref_norm({k: x[v] for k, x in g.items()}, p), rel=1e-12)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 3.0, math.inf])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+def test_matches_torch_clip_grad_norm(p, max_norm):
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(3)
+    g = {"w": r.standard_normal((4, 3)), "b": r.standard_normal(3)}
+    ts = [torch.nn.Parameter(torch.zeros(v.shape, dtype=torch.float64)) for v in g.values()]
+    for t, v in zip(ts, g.values()):
+        t.grad = torch.tensor(v)
+    t_total = torch.nn.utils.clip_grad_norm_(ts, max_norm, norm_type=p)
+    clipped, total = clip_grad_norm(g, max_norm, norm_type=p)
+    assert total == pytest.approx(float(t_total), rel=1e-12)
+    for t, k in zip(ts, g):
+        np.testing.assert_allclose(clipped[k], t.grad.numpy(), rtol=1e-12)
+
+
+def test_matches_torch_clip_grad_value():
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(4).standard_normal((5, 5))
+    t = torch.nn.Parameter(torch.zeros(5, 5, dtype=torch.float64))
+    t.grad = torch.tensor(g)
+    torch.nn.utils.clip_grad_value_([t], 0.3)
+    np.testing.assert_array_equal(clip_grad_value({"g": g}, 0.3)["g"], t.grad.numpy())

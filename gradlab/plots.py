@@ -228,6 +228,9 @@ def _describe_config(cfg: dict, fallback_name: str) -> str:
     opt, lr = get("train", "optimizer", "kind"), get("train", "optimizer", "lr")
     if opt is not None:
         parts.append(f"{opt} lr {lr:g}" if isinstance(lr, (int, float)) else str(opt))
+        momentum = get("train", "optimizer", "momentum")
+        if isinstance(momentum, (int, float)) and momentum:
+            parts[-1] += f" momentum {momentum:g}"
     return f"{name} — {', '.join(parts)}" if parts else name
 
 

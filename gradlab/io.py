@@ -21,27 +21,21 @@ from typing import Any, Iterable, Iterator, Sequence
 
 @contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT/SIGTERM) until the block ends, so writes in flight finish."""
+    """Hold SIGINT/SIGTERM until the block ends, so that a write in flight finishes; then
+    deliver the signal to the handler that was in place (KeyboardInterrupt for Ctrl-C)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if received:
-            handler = old[received[0]]
-            if callable(handler):
-                handler(received[0], None)
-            elif received[0] == signal.SIGINT:
-                raise KeyboardInterrupt
+            signal.raise_signal(received[0])
 
 
 def _umask() -> int:

@@ -193,3 +193,14 @@ def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path):
     for r in done:
         json.loads(r.read_text())
         assert (r.parent / "metrics.csv").is_file()
+
+
+def test_a_signal_during_a_write_is_delivered_after_it(tmp_path):
+    from gradlab import io
+
+    target = tmp_path / "f.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with io.deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            io.write_text(target, "complete")
+    assert target.read_text() == "complete"

@@ -44,19 +44,48 @@ class InitConfig(_Strict):
     gain: Positive = 1.0
 
 
+RECURRENT = ("rnn", "lstm", "gru")
+
+
 class ModelConfig(_Strict):
-    kind: Literal["mlp"] = "mlp"
+    """An MLP, or a stack of recurrent layers (torch's RNN/LSTM/GRU) with a linear head.
+
+    For recurrent models `init` is the recurrent weights' (W_hh) init, orthogonal by default
+    (its gain sets the spectral radius: the classic explosion knob), and `input_init` the
+    input weights' (W_ih), Glorot by default. `activation` of an Elman RNN is tanh or relu.
+    """
+
+    kind: Literal["mlp", "rnn", "lstm", "gru"] = "mlp"
     depth: Annotated[int, Field(ge=1, le=10_000)] = 8
     width: Size = 64
     activation: Activation = "tanh"
-    init: InitConfig = InitConfig()
+    init: Optional[InitConfig] = None
+    input_init: Optional[InitConfig] = None
+
+    @model_validator(mode="after")
+    def _defaults_by_kind(self) -> "ModelConfig":
+        recurrent = self.kind in RECURRENT
+        if self.kind == "rnn" and self.activation not in ("tanh", "relu"):
+            raise ValueError(f"activation of an rnn must be tanh or relu (as torch.nn.RNN), got {self.activation}")
+        if self.kind in ("lstm", "gru") and self.activation != "tanh":
+            raise ValueError(f"activation: an {self.kind}'s gates are fixed (sigmoid and tanh); leave activation out")
+        if not recurrent and self.input_init is not None:
+            raise ValueError("input_init applies to recurrent models only; an mlp has one init")
+        if self.init is None:
+            object.__setattr__(self, "init", InitConfig(scheme="orthogonal" if recurrent else "xavier"))
+        if recurrent and self.input_init is None:
+            object.__setattr__(self, "input_init", InitConfig(scheme="xavier"))
+        return self
 
 
-class TaskConfig(_Strict):
-    """`teacher`: regress the output of a fixed random teacher network on Gaussian inputs."""
-
-    kind: Literal["teacher"] = "teacher"
+class _Task(_Strict):
     batch_size: Size = 64
+
+
+class TeacherTask(_Task):
+    """Regress the output of a fixed random teacher network on Gaussian inputs."""
+
+    kind: Literal["teacher"]
     input_dim: Size = 16
     output_dim: Size = 1
     teacher_depth: Annotated[int, Field(ge=1, le=100)] = 2
@@ -64,10 +93,59 @@ class TaskConfig(_Strict):
     noise: NonNegative = 0.0
 
 
-class OptimizerConfig(_Strict):
+class SpiralsTask(_Task):
+    """Two interleaved spirals in the plane: two-class classification (for MLPs)."""
+
+    kind: Literal["spirals"]
+    turns: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1.5
+    noise: NonNegative = 0.05
+
+
+SeqLen = Annotated[int, Field(ge=2, le=100_000)]
+
+
+class AddingTask(_Task):
+    """Sum the two marked values of a sequence (Hochreiter & Schmidhuber 1997)."""
+
+    kind: Literal["adding"]
+    seq_len: SeqLen = 50
+
+
+class CopyTask(_Task):
+    """Read `copy_len` symbols, wait, then reproduce them after a delimiter (copying memory)."""
+
+    kind: Literal["copy"]
+    seq_len: SeqLen = 30
+    copy_len: Annotated[int, Field(ge=1, le=10_000)] = 5
+    n_symbols: Annotated[int, Field(ge=2, le=1000)] = 8
+
+    @model_validator(mode="after")
+    def _room(self) -> "CopyTask":
+        if self.seq_len < 2 * self.copy_len + 1:
+            raise ValueError(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
+                             f"(the symbols, a delimiter, the recall), got {self.seq_len}")
+        return self
+
+
+class TemporalOrderTask(_Task):
+    """Classify the order of two marked symbols among distractors (Pascanu et al. 2013)."""
+
+    kind: Literal["temporal_order"]
+    seq_len: Annotated[int, Field(ge=10, le=100_000)] = 50
+
+
+TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask],
+                       Field(discriminator="kind")]
+SEQUENCE_TASKS = ("adding", "copy", "temporal_order")
+
+Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Eps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class SGDConfig(_Strict):
     """SGD exactly as torch.optim.SGD defines momentum, dampening, nesterov, weight decay."""
 
-    kind: Literal["sgd"] = "sgd"
+    kind: Literal["sgd"]
     lr: Positive = 0.01
     momentum: NonNegative = 0.0
     dampening: NonNegative = 0.0
@@ -75,16 +153,65 @@ class OptimizerConfig(_Strict):
     weight_decay: NonNegative = 0.0
 
     @model_validator(mode="after")
-    def _nesterov(self) -> "OptimizerConfig":
+    def _nesterov(self) -> "SGDConfig":
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
         return self
 
 
+class AdamConfig(_Strict):
+    """Adam as torch.optim.Adam (L2 weight decay added to the gradient)."""
+
+    kind: Literal["adam"]
+    lr: Positive = 0.001
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+    eps: Eps = 1e-8
+    weight_decay: NonNegative = 0.0
+    amsgrad: bool = False
+
+
+class AdamWConfig(AdamConfig):
+    """AdamW as torch.optim.AdamW (decoupled weight decay)."""
+
+    kind: Literal["adamw"]  # type: ignore[assignment]
+    weight_decay: NonNegative = 0.01
+
+
+class RMSpropConfig(_Strict):
+    """RMSprop as torch.optim.RMSprop (alpha, eps outside the root, centered, momentum)."""
+
+    kind: Literal["rmsprop"]
+    lr: Positive = 0.01
+    alpha: Beta = 0.99
+    eps: Eps = 1e-8
+    weight_decay: NonNegative = 0.0
+    momentum: NonNegative = 0.0
+    centered: bool = False
+
+
+OptimizerConfig = Annotated[Union[SGDConfig, AdamConfig, AdamWConfig, RMSpropConfig], Field(discriminator="kind")]
+
+
+def _default_kind(data: Any, key: str, kind: str) -> Any:
+    """A mapping under `key` without `kind` gets the default kind: `task: {batch_size: 8}`
+    means the teacher task, `optimizer: {lr: 0.1}` SGD."""
+    if isinstance(data, dict) and isinstance(data.get(key), dict) and "kind" not in data[key]:
+        return {**data, key: {"kind": kind, **data[key]}}
+    return data
+
+
 class TrainConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _sgd_by_default(cls, data: Any) -> Any:
+        return _default_kind(data, "optimizer", "sgd")
+
     steps: Annotated[int, Field(ge=1, le=10_000_000)] = 200
-    optimizer: OptimizerConfig = OptimizerConfig()
+    optimizer: OptimizerConfig = SGDConfig(kind="sgd")
     dtype: DType = "float32"
+    # Truncated BPTT: the hidden state is detached every `tbptt` steps (counted from the
+    # end of the sequence), so no gradient flows back further than that. Recurrent only.
+    tbptt: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
 
 
 class ClipNone(_Strict):
@@ -141,11 +268,16 @@ class ExperimentConfig(_Strict):
     seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1)]] = None
     seeds: Optional[Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=10_000)]] = None
     model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = TeacherTask(kind="teacher")
     train: TrainConfig = TrainConfig()
     clipping: Annotated[list[ClipConfig], Field(min_length=1, max_length=1000)] = Field(
         default_factory=_default_clipping
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_by_default(cls, data: Any) -> Any:
+        return _default_kind(data, "task", "teacher")
 
     @model_validator(mode="after")
     def _resolve_seeds(self) -> "ExperimentConfig":
@@ -156,6 +288,12 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"seeds must be distinct, got {seeds}")
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
+        sequence = self.task.kind in SEQUENCE_TASKS
+        if sequence != (self.model.kind in RECURRENT):
+            need = "a recurrent kind (rnn, lstm, gru)" if sequence else "kind mlp"
+            raise ValueError(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}")
+        if self.train.tbptt is not None and not sequence:
+            raise ValueError("train.tbptt (truncated backprop through time) applies to recurrent models only")
         ids = [variant_id(c) for c in self.clipping]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -209,7 +347,11 @@ _TOO_DEEP = f"nested more than {MAX_NESTING} levels deep; a config needs 3"
 
 _YAML = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_YAML + t for t in ("null", "bool", "int", "float", "str", "timestamp")}
-_METHODS = [get_args(m.model_fields["method"].annotation)[0] for m in get_args(get_args(ClipConfig)[0])]
+
+
+def _tag_of(model: type) -> str:
+    """The discriminator field of a union member: clipping variants by method, the rest by kind."""
+    return "method" if "method" in model.model_fields else "kind"
 
 
 class _Loader(yaml.SafeLoader):
@@ -463,8 +605,8 @@ def _unwrap(tp: Any) -> Any:
             return tp
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """Field names of the schema model that a pydantic loc (with union tags) points at."""
+def _schema_at(loc: tuple) -> Any:
+    """The schema type a pydantic loc points at; a union tag in the loc selects its member."""
     tp: Any = ExperimentConfig
     for part in loc:
         tp = _unwrap(tp)
@@ -472,12 +614,22 @@ def _fields_at(loc: tuple) -> list[str]:
             tp = tp.model_fields[part].annotation if part in tp.model_fields else None
         elif get_origin(tp) is list:
             tp = get_args(tp)[0]
-        elif get_origin(tp) is Union:  # the clipping union: `part` is the method tag
-            tp = next((m for m in get_args(tp) if part in get_args(m.model_fields["method"].annotation)), None)
+        elif get_origin(tp) is Union:  # a discriminated union: `part` is the tag
+            tp = next((m for m in get_args(tp) if part in get_args(m.model_fields[_tag_of(m)].annotation)), None)
         else:
-            return []
-    tp = _unwrap(tp)
+            return None
+    return _unwrap(tp)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the schema model that a pydantic loc (with union tags) points at."""
+    tp = _schema_at(loc)
     return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _tags(loc: tuple, tag: str) -> list[str]:
+    """The allowed values of the discriminator `tag` of the union at `loc`."""
+    return [get_args(m.model_fields[tag].annotation)[0] for m in get_args(_schema_at(loc))]
 
 
 def _data_path(loc: tuple, data: Any) -> KeyPath:
@@ -485,7 +637,7 @@ def _data_path(loc: tuple, data: Any) -> KeyPath:
     path: list[Union[str, int]] = []
     cur = data
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and part not in cur and i < len(loc) - 1:
+        if get_origin(_schema_at(loc[:i])) is Union:
             continue
         path.append(part)
         try:
@@ -524,10 +676,12 @@ def _describe(err: dict) -> tuple[str, KeyPath]:
         return _unknown_key(loc[-1], _fields_at(loc[:-1])), ()
     if kind == "literal_error":
         return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), ()
-    if kind == "union_tag_invalid":
-        return _one_of(_METHODS, ctx["tag"]), ("method",)
-    if kind == "union_tag_not_found":
-        return f"required key is missing; must be one of {', '.join(_METHODS)}", ("method",)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = ctx["discriminator"].strip("'")
+        allowed = re.findall(r"'([^']*)'", ctx.get("expected_tags", "")) or _tags(loc, tag)
+        if kind == "union_tag_invalid":
+            return _one_of(allowed, ctx["tag"]), (tag,)
+        return f"required key is missing; must be one of {', '.join(allowed)}", (tag,)
     if kind == "string_pattern_mismatch":  # NAME_PATTERN is the only pattern
         return f"must be 1-64 letters, digits, - or _; got {_show(v)}", ()
     if kind in ("too_short", "too_long"):
@@ -557,18 +711,41 @@ def _user_error(exc: ValidationError, data: dict, locate: Any) -> UserError:
 _ITEMSIZE = {"float32": 4, "float64": 8}
 
 
+def task_dims(task: Any) -> tuple[int, int]:
+    """(features per example or time step, outputs or classes) of a task: the model's size."""
+    if task.kind == "teacher":
+        return task.input_dim, task.output_dim
+    if task.kind == "copy":  # one-hot of blank, the symbols, the delimiter; classes: blank + symbols
+        return task.n_symbols + 2, task.n_symbols + 1
+    return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4)}[task.kind]
+
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def _parameter_count(cfg: ExperimentConfig) -> int:
-    m, t = cfg.model, cfg.task
-    dims = [t.input_dim] + [m.width] * (m.depth - 1) + [t.output_dim]
-    return sum(a * b + b for a, b in zip(dims, dims[1:]))
+    m = cfg.model
+    n_in, n_out = task_dims(cfg.task)
+    if m.kind == "mlp":
+        dims = [n_in] + [m.width] * (m.depth - 1) + [n_out]
+        return sum(a * b + b for a, b in zip(dims, dims[1:]))
+    g, h = _GATES[m.kind], m.width
+    layers = sum(g * h * (fan_in + h + 2) for fan_in in [n_in] + [h] * (m.depth - 1))
+    return layers + h * n_out + n_out
 
 
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     """What one seed's lockstep training holds: per variant, parameters, gradients and two
-    optimizer buffers (4P), three activation-sized arrays per layer, and the metrics."""
+    optimizer buffers (4P), the activations the backward pass keeps (three per layer for an
+    MLP; gates, states and their gradients at every time step for recurrent layers), and
+    the metrics."""
     v, m = len(cfg.clipping), cfg.model
-    arrays = 4 * _parameter_count(cfg) + 3 * cfg.task.batch_size * m.width * m.depth
-    metrics = 8 * cfg.train.steps * v * (m.depth * 2 + 10)
+    if m.kind == "mlp":
+        saved = 3 * m.width * m.depth
+    else:
+        saved = cfg.task.seq_len * m.width * m.depth * (2 * _GATES[m.kind] + 4)
+    arrays = 4 * _parameter_count(cfg) + cfg.task.batch_size * saved
+    metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 10)
     return _ITEMSIZE[cfg.train.dtype] * v * arrays + metrics
 
 

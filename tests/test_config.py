@@ -346,7 +346,7 @@ def test_memory_message_and_estimate(write, monkeypatch):
     cfg = load_config(write("name: a\n"))  # the defaults fit in 1 GiB
     m, t = cfg.model, cfg.task
     params = (t.input_dim * m.width + m.width) + (m.depth - 2) * (m.width**2 + m.width) + (m.width * t.output_dim + 1)
-    expected = 4 * 2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + 8 * cfg.train.steps * 2 * (2 * m.depth + 10)
+    expected = 4 * 2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + 8 * cfg.train.steps * 2 * (4 * m.depth + 10)
     assert estimate_memory_bytes(cfg) == expected
     e = refused(write("name: a\nmodel: {width: 4096, depth: 16}\n"))
     assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message
@@ -379,3 +379,30 @@ def test_config_is_frozen(write):
     assert isinstance(cfg, ExperimentConfig)
     with pytest.raises(Exception):
         cfg.name = "b"
+
+
+def test_recurrent_memory_estimate_counts_torch_parameters(write):
+    """rnn/lstm/gru layers hold gates x hidden x (input + hidden + 2 biases), as in torch."""
+    from gradlab.config import _parameter_count
+
+    cfg = load_config(write("name: a\nmodel: {kind: lstm, depth: 2, width: 8}\ntask: {kind: adding, seq_len: 10}\n"))
+    assert _parameter_count(cfg) == 4 * 8 * (2 + 8 + 2) + 4 * 8 * (8 + 8 + 2) + 8 * 1 + 1
+    e = refused(write("name: a\nmodel: {kind: gru, width: 20000, depth: 4}\ntask: {kind: adding, seq_len: 1000}\n"))
+    assert e.key == "model" and "GiB" in e.message
+
+
+def test_task_and_optimizer_kinds(write):
+    cfg = load_config(write("name: a\nmodel: {kind: gru}\ntask: {kind: copy, seq_len: 12, copy_len: 3}\n"
+                            "train:\n  optimizer: {kind: adamw}\n"))
+    assert cfg.model.init.scheme == "orthogonal" and cfg.model.input_init.scheme == "xavier"
+    assert cfg.train.optimizer.weight_decay == 0.01 and cfg.train.optimizer.betas == [0.9, 0.999]
+    e = refused(write("name: a\ntask: {kind: addng}\n"))
+    assert e.key == "task.kind" and e.line == 2 and "did you mean `adding`" in e.message
+    e = refused(write("name: a\nmodel: {kind: rnn}\ntask: {kind: adding, seq_lem: 3}\n"))
+    assert e.key == "task.seq_lem" and "did you mean `seq_len`" in e.message
+    e = refused(write("name: a\ntrain:\n  optimizer: {kind: adam, betas: [0.9, 1.5]}\n"))
+    assert e.key == "train.optimizer.betas.1" and e.line == 3
+    e = refused(write("name: a\ntask: {kind: adding}\n"))
+    assert "needs a recurrent kind" in e.message
+    e = refused(write("name: a\nmodel: {kind: rnn, activation: gelu}\ntask: {kind: adding}\n"))
+    assert e.key == "model.activation" and e.line == 2

@@ -134,3 +134,89 @@ def test_stacked_variants_match_single_runs_bit_for_bit():
         assert np.array_equal(o1[0], out[v])
         for k in grads:
             assert np.array_equal(g1[k][0], grads[k][v]), k
+
+
+# ----------------------------------------------------------------------------- recurrent
+from gradlab.models.recurrent import Recurrent  # noqa: E402
+
+
+def _recurrent_check(kind, V, per_step=False, depth=2, activation="tanh", tbptt=None, T=5):
+    model = Recurrent(kind, depth, 4, 3, 2, per_step=per_step, activation_name=activation,
+                      gain=1.1, dtype="float64", tbptt=tbptt)
+    params = stack(model.init(rng(8)), V)
+    r = rng(9)
+    for k in params:  # variants differ; biases nonzero
+        params[k] += 0.2 * r.standard_normal(params[k].shape)
+    x = r.standard_normal((T, 3, 3))
+    y = r.standard_normal((V, T, 3, 2) if per_step else (V, 3, 2))
+    if activation == "relu":
+        x *= 3.0
+
+    def loss():
+        out, _ = model.forward(params, x)
+        return float(np.sum(out * y))
+
+    out, cache = model.forward(params, x)
+    grads = model.backward(params, cache, y.copy())
+    assert list(grads) == model.param_names
+    return model, params, x, y, loss, grads
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("V", [1, 3])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_recurrent_models(kind, V, per_step):
+    _, params, _, _, loss, grads = _recurrent_check(kind, V, per_step)
+    check_gradients(loss, params, grads, samples=10)
+
+
+def test_relu_rnn():
+    _, params, _, _, loss, grads = _recurrent_check("rnn", 2, activation="relu")
+    check_gradients(loss, params, grads, samples=10)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_truncated_bptt_stops_gradients_at_the_boundary(kind):
+    """With tbptt = K and a head on the last step, gradient reaches only the last K steps."""
+    _, params, x, y, _, full = _recurrent_check(kind, 1, depth=1, T=6)
+    trunc_model = Recurrent(kind, 1, 4, 3, 2, gain=1.1, dtype="float64", tbptt=2)
+    out, cache = trunc_model.forward(params, x)
+    trunc = trunc_model.backward(params, cache, y.copy())
+    # head gradients are untouched by truncation; recurrent ones change
+    np.testing.assert_allclose(trunc["head.W"], full["head.W"])
+    assert not np.allclose(trunc[f"{kind}.0.W_hh"], full[f"{kind}.0.W_hh"])
+    # K >= T is full BPTT
+    long_model = Recurrent(kind, 1, 4, 3, 2, gain=1.1, dtype="float64", tbptt=6)
+    out, cache = long_model.forward(params, x)
+    np.testing.assert_allclose(long_model.backward(params, cache, y.copy())[f"{kind}.0.W_hh"], full[f"{kind}.0.W_hh"])
+    norms = {}  # dL/dh_t is zero before the boundary, nonzero after it
+    trunc_model.backward(params, cache, y.copy(), dh_norms=norms)
+    assert norms[f"{kind}.0"].shape == (1, 6)
+    assert np.all(norms[f"{kind}.0"][0, :4] == 0) and np.all(norms[f"{kind}.0"][0, 4:] > 0)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_recurrent_stacked_equals_single_bit_for_bit(kind):
+    model = Recurrent(kind, 2, 8, 3, 2, dtype="float32", gain=1.2)
+    params = stack(model.init(rng(10)), 3)
+    r = rng(11)
+    for k in params:
+        params[k][1:] += np.float32(0.05) * r.standard_normal(params[k][1:].shape, dtype=np.float32)
+    x = r.standard_normal((7, 4, 3), dtype=np.float32)
+    dout = r.standard_normal((3, 4, 2), dtype=np.float32)
+    out, cache = model.forward(params, x)
+    grads = model.backward(params, cache, dout)
+    for v in range(3):
+        single = {k: p[v:v + 1].copy() for k, p in params.items()}
+        o1, c1 = model.forward(single, x)
+        g1 = model.backward(single, c1, dout[v:v + 1].copy())
+        assert np.array_equal(o1[0], out[v])
+        for k in grads:
+            assert np.array_equal(g1[k][0], grads[k][v]), k
+
+
+def test_recurrent_init_spectral_radius_is_the_gain():
+    model = Recurrent("rnn", 1, 32, 3, 1, gain=1.3, dtype="float64")
+    W = model.init(rng(12))["rnn.0.W_hh"]
+    assert np.max(np.abs(np.linalg.eigvals(W))) == pytest.approx(1.3, rel=1e-9)
+    np.testing.assert_allclose(W @ W.T, 1.69 * np.eye(32), atol=1e-10)

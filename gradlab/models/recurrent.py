@@ -1,0 +1,298 @@
+"""Stacked recurrent networks: Elman RNN, LSTM and GRU, as torch.nn.RNN / LSTM / GRU define
+them, with a linear head on the last hidden state or on every step.
+
+Parameters per layer l use torch's names, shapes and gate order, so weights map one to one:
+`<kind>.<l>.W_ih` (G*H, in), `W_hh` (G*H, H), `b_ih`, `b_hh` (G*H,), with G = 1 (rnn),
+4 (lstm: i, f, g, o) or 3 (gru: r, z, n); then `head.W` (H, O) and `head.b` (O,). Like every
+gradlab model they carry the variant axis V first.
+
+Inputs are time-major, (T, B, in), shared by all variants. The input projections of all
+steps are one matmul per layer; only the recurrence runs step by step. Backpropagation
+through time collects the per-step gate gradients and turns them into weight gradients with
+one matmul per weight, again outside the time loop.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from .activations import activation
+from .init import init_weight, orthogonal
+
+Probe = Optional[Callable[[str, np.ndarray], None]]
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return a.swapaxes(-1, -2)
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    """In place: sigmoid(a) = (1 + tanh(a / 2)) / 2, which cannot overflow."""
+    a *= 0.5
+    np.tanh(a, out=a)
+    a += 1.0
+    a *= 0.5
+    return a
+
+
+class Recurrent:
+    def __init__(self, kind: str, depth: int, width: int, input_dim: int, output_dim: int,
+                 per_step: bool = False, activation_name: str = "tanh",
+                 init_scheme: str = "orthogonal", gain: float = 1.0,
+                 input_scheme: str = "xavier", input_gain: float = 1.0,
+                 dtype: str = "float32", tbptt: Optional[int] = None) -> None:
+        self.kind, self.depth, self.width = kind, depth, width
+        self.per_step, self.tbptt = per_step, tbptt
+        self.init_scheme, self.gain = init_scheme, gain
+        self.input_scheme, self.input_gain = input_scheme, input_gain
+        self.dtype = np.dtype(dtype)
+        self.G = GATES[kind]
+        self._act, self._act_back = activation(activation_name if kind == "rnn" else "tanh")
+        gh = self.G * width
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for l in range(depth):
+            p = f"{kind}.{l}"
+            self.shapes[f"{p}.W_ih"] = (gh, input_dim if l == 0 else width)
+            self.shapes[f"{p}.W_hh"] = (gh, width)
+            self.shapes[f"{p}.b_ih"] = (gh,)
+            self.shapes[f"{p}.b_hh"] = (gh,)
+        self.shapes["head.W"] = (width, output_dim)
+        self.shapes["head.b"] = (output_dim,)
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.shapes)
+
+    def layer_names(self) -> list[str]:
+        return [f"{self.kind}.{l}" for l in range(self.depth)]
+
+    # ------------------------------------------------------------------ init
+    def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Recurrent weights: each gate's (H, H) block orthogonal (or `init_scheme`) x gain, so
+        the gain is the block's spectral radius; input weights per gate block by
+        `input_scheme`; biases zero; head Glorot."""
+        H = self.width
+        params = {}
+        for name, shape in self.shapes.items():
+            if name.endswith(".W_hh") or name.endswith(".W_ih"):
+                recurrent = name.endswith(".W_hh")
+                scheme = self.init_scheme if recurrent else self.input_scheme
+                gain = self.gain if recurrent else self.input_gain
+                fan_in = shape[1]
+                blocks = [self._block(rng, (fan_in, H), scheme, gain) for _ in range(self.G)]
+                w = np.concatenate(blocks, axis=0)
+            elif name == "head.W":
+                w = init_weight(rng, shape, "xavier", 1.0)
+            else:
+                w = np.zeros(shape)
+            params[name] = w.astype(self.dtype)
+        return params
+
+    @staticmethod
+    def _block(rng, shape: tuple[int, int], scheme: str, gain: float) -> np.ndarray:
+        """One gate's (H, fan_in) block in torch's layout."""
+        if scheme == "orthogonal":
+            return gain * orthogonal(rng, (shape[1], shape[0]))
+        return init_weight(rng, shape, scheme, gain).T
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None):
+        """x: (T, B, in). Returns (V, B, O), or (V, T, B, O) with per_step, and a cache."""
+        caches = []
+        seq = x
+        for l in range(self.depth):
+            p = f"{self.kind}.{l}"
+            cache = self._layer_forward(params, p, seq, probe)
+            caches.append(cache)
+            seq = cache["H"]
+        W, b = params["head.W"], params["head.b"]
+        top = seq if self.per_step else seq[:, -1]
+        out = np.matmul(top, W[:, None] if self.per_step else W)
+        out += b[:, None, None, :] if self.per_step else b[:, None, :]
+        if probe:
+            probe("head.linear", out)
+        return out, {"x": x, "layers": caches}
+
+    def _layer_forward(self, params, p: str, seq: np.ndarray, probe: Probe) -> dict:
+        W_ih, W_hh, b_ih, b_hh = (params[f"{p}.{n}"] for n in ("W_ih", "W_hh", "b_ih", "b_hh"))
+        V, H = W_hh.shape[0], self.width
+        T, B = seq.shape[-3], seq.shape[-2]
+        # Input projections of every step at once: (V, T, B, G*H).
+        A = np.matmul(seq.reshape(*seq.shape[:-3], T * B, seq.shape[-1]), _t(W_ih)).reshape(V, T, B, -1)
+        A += b_ih[:, None, None, :]
+        Hs = np.empty((V, T, B, H), dtype=self.dtype)
+        gates = np.empty_like(A)  # post-nonlinearity gates (rnn: the pre-activation's act saved)
+        extra = np.empty((V, T, B, H), dtype=self.dtype) if self.kind != "rnn" else None
+        cells = np.empty((V, T, B, H), dtype=self.dtype) if self.kind == "lstm" else None
+        h = np.zeros((V, B, H), dtype=self.dtype)
+        c = np.zeros((V, B, H), dtype=self.dtype) if self.kind == "lstm" else None
+        W_hhT = _t(W_hh)
+        at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
+        for t in range(T):
+            pre = np.matmul(h, W_hhT)
+            pre += b_hh[:, None, :]
+            if self.kind == "rnn":
+                pre += A[:, t]
+                if probe:
+                    probe(at("pre", t), pre)
+                h, saved = self._act(pre)
+                gates[:, t] = h if saved is None else saved
+            elif self.kind == "lstm":
+                pre += A[:, t]
+                if probe:
+                    probe(at("gates", t), pre)
+                i, f, g, o = np.split(pre, 4, axis=-1)
+                _sigmoid(i), _sigmoid(f), np.tanh(g, out=g), _sigmoid(o)
+                gates[:, t] = pre
+                c = f * c
+                c += i * g
+                cells[:, t] = c
+                if probe:
+                    probe(at("c", t), c)
+                tc = np.tanh(c, out=extra[:, t])
+                h = o * tc
+            else:  # gru: the candidate's recurrent part is gated by r, so keep it apart
+                a_r, a_z, a_n = np.split(A[:, t], 3, axis=-1)
+                h_r, h_z, h_n = np.split(pre, 3, axis=-1)
+                if probe:
+                    probe(at("gates", t), pre)
+                gt = gates[:, t]
+                r, z, n = np.split(gt, 3, axis=-1)
+                np.add(a_r, h_r, out=r), np.add(a_z, h_z, out=z)
+                _sigmoid(r), _sigmoid(z)
+                extra[:, t] = h_n  # W_hn h + b_hn, needed for dr
+                np.multiply(r, h_n, out=n)
+                n += a_n
+                np.tanh(n, out=n)
+                h = n + z * (h - n)  # (1 - z) n + z h
+            if probe:
+                probe(at("h", t), h)
+            Hs[:, t] = h
+        return {"seq": seq, "A": A, "H": Hs, "gates": gates, "extra": extra, "cells": cells}
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, params: dict[str, np.ndarray], cache: dict, dout: np.ndarray,
+                 probe: Probe = None, dh_norms: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Gradients of every parameter by backpropagation through time (truncated every
+        `tbptt` steps when set). With `dh_norms` (a dict), stores for each layer the per-step
+        norm of dL/dh_t, (V, T) float64: the gradient flowing back through time."""
+        layers = cache["layers"]
+        top = layers[-1]["H"]
+        V, T, B, H = top.shape
+        W = params["head.W"]
+        grads: dict[str, np.ndarray] = {}
+        dH = np.zeros((V, T, B, H), dtype=self.dtype)
+        if self.per_step:
+            flat = top.reshape(V, T * B, H)
+            grads["head.W"] = np.matmul(_t(flat), dout.reshape(V, T * B, -1))
+            grads["head.b"] = dout.sum(axis=(1, 2))
+            np.matmul(dout, _t(W)[:, None], out=dH)
+        else:
+            grads["head.W"] = np.matmul(_t(top[:, -1]), dout)
+            grads["head.b"] = dout.sum(axis=1)
+            dH[:, -1] = np.matmul(dout, _t(W))
+        if probe:
+            probe("head.W", grads["head.W"])
+            probe("head.b", grads["head.b"])
+        for l in range(self.depth - 1, -1, -1):
+            p = f"{self.kind}.{l}"
+            dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0)
+            if dh_norms is not None:  # dH now holds the total dL/dh_t of every step
+                flat = dH.reshape(V, T, B * H)
+                dh_norms[p] = np.sqrt(np.vecdot(flat, flat), dtype=np.float64)
+            dH = dH_below
+        return {name: grads[name] for name in self.shapes}
+
+    def _layer_backward(self, params, p: str, c: dict, dH: np.ndarray, grads: dict,
+                        probe: Probe, need_dx: bool) -> Optional[np.ndarray]:
+        """One layer's BPTT. `dH` (V, T, B, H) holds dL/dh_t from above and is overwritten
+        with the total dL/dh_t; the weight gradients go into `grads`; returns dL/d(input)."""
+        W_ih, W_hh = params[f"{p}.W_ih"], params[f"{p}.W_hh"]
+        Hs, gates, extra, cells, seq = c["H"], c["gates"], c["extra"], c["cells"], c["seq"]
+        V, T, B, Hd = Hs.shape
+        dA = np.empty_like(c["A"])  # d(loss)/d(input projection) at every step
+        dGh = np.empty_like(dA) if self.kind == "gru" else dA  # the recurrent part's (differs for gru)
+        dh_next = np.zeros((V, B, Hd), dtype=self.dtype)
+        dc_next = np.zeros((V, B, Hd), dtype=self.dtype) if self.kind == "lstm" else None
+        at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
+        K = self.tbptt
+        for t in range(T - 1, -1, -1):
+            if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
+                # A truncation boundary between t and t + 1: no gradient crosses it.
+                dh_next[...] = 0.0
+                if dc_next is not None:
+                    dc_next[...] = 0.0
+            dh = dH[:, t]
+            dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
+            if probe:
+                probe(at("h", t), dh)
+            h_prev = Hs[:, t - 1] if t > 0 else None
+            if self.kind == "rnn":
+                dA[:, t] = self._act_back(dh, gates[:, t])
+            elif self.kind == "lstm":
+                i, f, g, o = np.split(gates[:, t], 4, axis=-1)
+                tc = extra[:, t]
+                di, df, dg, do = np.split(dA[:, t], 4, axis=-1)
+                np.multiply(dh, tc, out=do)
+                dc = dh * o
+                dc *= 1.0 - tc * tc
+                dc += dc_next
+                np.multiply(dc, g, out=di)
+                np.multiply(dc, i, out=dg)
+                if t > 0:
+                    np.multiply(dc, cells[:, t - 1], out=df)
+                else:
+                    df[...] = 0.0
+                np.multiply(dc, f, out=dc_next)
+                di *= i * (1.0 - i)
+                df *= f * (1.0 - f)
+                dg *= 1.0 - g * g
+                do *= o * (1.0 - o)
+            else:  # gru
+                r, z, n = np.split(gates[:, t], 3, axis=-1)
+                dr, dz, dn = np.split(dA[:, t], 3, axis=-1)
+                hr, hz, hn = np.split(dGh[:, t], 3, axis=-1)
+                prev = h_prev if h_prev is not None else 0.0
+                np.multiply(dh, 1.0 - z, out=dn)
+                dn *= 1.0 - n * n
+                np.multiply(dh, prev - n, out=dz)
+                dz *= z * (1.0 - z)
+                np.multiply(dn, extra[:, t], out=dr)
+                dr *= r * (1.0 - r)
+                hr[...] = dr
+                hz[...] = dz
+                np.multiply(dn, r, out=hn)
+            if probe:
+                probe(at("gates", t), dA[:, t])
+                self._probe_step(p, t, probe, dA[:, t], dGh[:, t], h_prev, seq[..., t, :, :])
+            # dL/dh_{t-1} through the recurrence
+            dh_next = np.matmul(dGh[:, t], W_hh)
+            if self.kind == "gru":
+                dh_next += dh * z
+        # Weight gradients: one matmul each over all steps (h_{-1} = 0 adds nothing).
+        TB = T * B
+        G = dA.shape[-1]
+        dGh_f = dGh.reshape(V, TB, G)
+        grads[f"{p}.W_hh"] = np.matmul(_t(dGh[:, 1:].reshape(V, (T - 1) * B, G)),
+                                       Hs[:, :-1].reshape(V, (T - 1) * B, Hd)) if T > 1 \
+            else np.zeros_like(W_hh)
+        grads[f"{p}.b_hh"] = dGh_f.sum(axis=1)
+        dA_f = dA.reshape(V, TB, G)
+        x_f = seq.reshape(*seq.shape[:-3], TB, seq.shape[-1])
+        grads[f"{p}.W_ih"] = np.matmul(_t(dA_f), x_f)
+        grads[f"{p}.b_ih"] = dA_f.sum(axis=1)
+        if need_dx:
+            return np.matmul(dA_f, W_ih).reshape(V, T, B, -1)
+        return None
+
+    def _probe_step(self, p, t, probe, dA_t, dGh_t, h_prev, x_t) -> None:
+        """Locate mode only: each step's contribution to the weight gradients."""
+        if h_prev is not None:
+            probe(f"{p}.W_hh @ t={t}", np.matmul(_t(dGh_t), h_prev))
+        probe(f"{p}.b_hh @ t={t}", dGh_t.sum(axis=1))
+        probe(f"{p}.W_ih @ t={t}", np.matmul(_t(dA_t), x_t))
+        probe(f"{p}.b_ih @ t={t}", dA_t.sum(axis=1))

@@ -3,14 +3,16 @@
 Healthy steps pay one `isfinite` on the per-variant loss and gradient norm (and, only when
 parameters could have grown large enough to overflow, on the parameters). When that check
 fails, the step is replayed with probes that look at every intermediate in the order it
-was computed (data, forward layer by layer, loss, backward in backprop order), and the first
-non-finite one is named for each failing variant.
+was computed (data, forward layer by layer and step by step, loss, backward in backprop
+order: through time from the last step to the first), and the first non-finite one is
+named for each failing variant.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+import re
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -19,8 +21,14 @@ import numpy as np
 class FirstNonfinite:
     step: int
     phase: str  # forward | backward | update
-    where: str  # a parameter (`layer3.W`), an activation (`layer3.tanh`), `loss`, `data.x`
+    where: str  # a parameter (`layer3.W`), an activation (`layer3.tanh`, `lstm.1.h @ t=37`), `loss`, `data.x`
     kind: str  # nan | inf
+    t: Optional[int] = None  # the time step, for values inside a recurrence
+
+    @classmethod
+    def at(cls, step: int, phase: str, where: str, kind: str) -> "FirstNonfinite":
+        m = re.search(r" @ t=(\d+)$", where)
+        return cls(step, phase, where, kind, int(m.group(1)) if m else None)
 
     def to_dict(self) -> dict:
         return asdict(self)

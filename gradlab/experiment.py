@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 from . import io
 from .config import ExperimentConfig, dump_yaml, experiment_dir, run_id
 from .errors import UserError
-from .metrics import METRIC_COLUMNS
 
 
 @dataclass
@@ -82,8 +81,10 @@ def write_run(exp: Path, result) -> None:
     d = run_dir(exp, result.run_id)
     for leftover in d.glob(".*.tmp"):  # from a process killed mid-write
         leftover.unlink(missing_ok=True)
-    io.write_csv(d / "metrics.csv", METRIC_COLUMNS, result.metrics_rows)
+    io.write_csv(d / "metrics.csv", result.columns, result.metrics_rows)
     io.write_csv(d / "layer_norms.csv", ["step", *result.param_names], result.layer_rows)
+    if result.flow_rows:
+        io.write_csv(d / "bptt_norms.csv", ["step", "layer", "t", "grad_norm"], result.flow_rows)
     io.write_json(d / "report.json", result.report())
 
 

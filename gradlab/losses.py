@@ -1,17 +1,63 @@
-"""Losses over a stack of variants: each returns the per-variant loss (V,) and dL/d(out)."""
+"""Losses over a stack of variants: each returns the per-variant loss (V,) and dL/d(out).
+
+`out` has the variant axis first; targets are shared by every variant and broadcast over it.
+Everything stays in out's dtype: constants are Python scalars, which never promote.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 
+def one_hot(labels: np.ndarray, n: int, dtype) -> np.ndarray:
+    """labels (...) int in [0, n) -> (..., n) of 0/1 in `dtype`."""
+    return np.eye(n, dtype=dtype)[labels]
+
+
 def mse(out: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean squared error over batch and outputs; out is (V, B, O), y is (B, O)."""
+    """Mean squared error over every non-variant entry; out is (V, ..., O), y is (..., O)."""
     diff = out - y
-    n = diff.shape[1] * diff.shape[2]
-    loss = np.vecdot(diff.reshape(diff.shape[0], -1), diff.reshape(diff.shape[0], -1)) / n
+    n = math.prod(diff.shape[1:])
+    flat = diff.reshape(diff.shape[0], -1)
+    loss = np.vecdot(flat, flat) / n
     diff *= 2.0 / n  # reuse the buffer: dL/d(out) = 2 (out - y) / n
     return loss, diff
 
 
-LOSSES = {"mse": mse}
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax cross-entropy, mean over every position; logits (V, ..., C), labels int (...).
+
+    Returns the loss (V,) and dL/dlogits = (softmax - onehot) / N, N = labels.size.
+    """
+    if logits.shape[1:-1] != labels.shape:
+        raise ValueError(f"logits {logits.shape} need labels of shape {logits.shape[1:-1]}, got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integers, got {labels.dtype}")
+    n = labels.size
+    idx = np.broadcast_to(labels[None, ..., None], logits.shape[:-1] + (1,))
+    # Overflow and NaN are results here (a diverging run), to be reported, not warned about.
+    with np.errstate(all="ignore"):
+        # Subtracting the max keeps exp <= 1: huge finite logits give a finite loss.
+        p = logits - logits.max(axis=-1, keepdims=True)
+        picked = np.take_along_axis(p, idx, axis=-1)[..., 0]
+        np.exp(p, out=p)
+        total = p.sum(axis=-1)
+        # A -inf logit outside the label has probability 0 and leaves the loss finite, but it
+        # is a diverged network all the same: 0 * min turns it (and any NaN) into NaN.
+        nll = np.log(total) - picked + 0.0 * logits.min(axis=-1)
+        loss = nll.sum(axis=tuple(range(1, nll.ndim))) / n
+        p /= total[..., None]
+        p -= one_hot(labels, logits.shape[-1], logits.dtype)
+        p *= 1.0 / n
+    return loss, p
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-variant fraction (V,) float64 of positions whose argmax logit is the label."""
+    hit = logits.argmax(axis=-1) == labels
+    return hit.mean(axis=tuple(range(1, hit.ndim)), dtype=np.float64)
+
+
+LOSSES = {"mse": mse, "cross_entropy": softmax_cross_entropy}

@@ -7,54 +7,106 @@ in the stack at the start, so dropping a diverged variant never shifts another's
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
+from .clipping import ClipStats
+
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
-_VALUES = METRIC_COLUMNS[1:]
+INTEGER_COLUMNS = ("clipped", "nonfinite")
+
+
+@dataclass
+class StepValues:
+    """Per-variant values of one step, arrays over the current stack."""
+
+    loss: np.ndarray
+    stats: ClipStats
+    norms: np.ndarray  # (n_tensors, V): each tensor's gradient L2 norm before clipping
+    accuracy: Optional[np.ndarray] = None
+    flow: Optional[dict[str, np.ndarray]] = None  # layer -> (V, T): norm of dL/dh_t
+    update_norm: Optional[np.ndarray] = None
+
+    def take(self, idx) -> "StepValues":
+        """The values of a subset of the variants."""
+        def part(f, v):
+            if v is None:
+                return None
+            if f == "stats":
+                return v.take(idx)
+            if f == "norms":
+                return v[:, idx]
+            if f == "flow":
+                return {k: a[idx] for k, a in v.items()}
+            return v[idx]
+        return replace(self, **{f.name: part(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
 class Recorder:
-    def __init__(self, steps: int, n_variants: int, param_names: Sequence[str]) -> None:
+    def __init__(self, steps: int, n_variants: int, param_names: Sequence[str], accuracy: bool = False) -> None:
+        self.columns = METRIC_COLUMNS + (("accuracy",) if accuracy else ())
         self.param_names = list(param_names)
-        self.values = np.full((steps, n_variants, len(_VALUES)), np.nan)
+        self.values = np.full((steps, n_variants, len(self.columns) - 1), np.nan)
         self.layer = np.full((steps, n_variants, len(self.param_names)), np.nan)
         self.rows = np.zeros(n_variants, dtype=np.int64)
+        # Gradient flow through time: the first healthy step and the latest healthy one.
+        self.flow_first: dict[int, tuple[int, dict]] = {}
+        self.flow_last: dict[int, tuple[int, dict]] = {}
 
-    def log(self, step: int, ids: np.ndarray, loss, stats, update_norm, norms: np.ndarray,
-            nonfinite: np.ndarray | None = None) -> None:
+    def log(self, step: int, ids: np.ndarray, v: StepValues, nonfinite=None) -> None:
         """One row for each variant in `ids` (their places in the initial stack)."""
         row = self.values[step]
-        for k, col in enumerate((loss, stats.grad_norm, stats.clipped_norm, stats.clip_coef,
-                                 stats.clipped, update_norm)):
+        s = v.stats
+        cols = [v.loss, s.grad_norm, s.clipped_norm, s.clip_coef, s.clipped,
+                np.nan if v.update_norm is None else v.update_norm, 0.0 if nonfinite is None else nonfinite]
+        if len(self.columns) > len(METRIC_COLUMNS):
+            cols.append(np.nan if v.accuracy is None else v.accuracy)
+        for k, col in enumerate(cols):
             row[ids, k] = col
-        row[ids, 6] = 0.0 if nonfinite is None else nonfinite
-        self.layer[step, ids] = norms.T
+        self.layer[step, ids] = v.norms.T
         self.rows[ids] = step + 1
 
-    def metrics_rows(self, v: int) -> list[list]:
-        return [[s] + [self._cell(k, x) for k, x in enumerate(self.values[s, v])]
-                for s in range(int(self.rows[v]))]
+    def log_flow(self, step: int, ids: np.ndarray, flow: Optional[dict[str, np.ndarray]]) -> None:
+        """Keep dL/dh_t norms of a healthy step: the first one seen and the latest."""
+        if flow is None:
+            return
+        for pos, i in enumerate(ids):
+            snap = (step, {layer: a[pos].copy() for layer, a in flow.items()})
+            self.flow_first.setdefault(int(i), snap)
+            self.flow_last[int(i)] = snap
 
-    @staticmethod
-    def _cell(k: int, x: float):
-        # 0/1 columns are integers in the CSV, the rest floats.
-        return int(x) if _VALUES[k] in ("clipped", "nonfinite") and math.isfinite(x) else float(x)
+    def metrics_rows(self, v: int) -> list[list]:
+        names = self.columns[1:]
+        return [[s] + [int(x) if names[k] in INTEGER_COLUMNS and math.isfinite(x) else float(x)
+                       for k, x in enumerate(self.values[s, v])]
+                for s in range(int(self.rows[v]))]
 
     def layer_rows(self, v: int) -> list[list]:
         return [[s, *map(float, self.layer[s, v])] for s in range(int(self.rows[v]))]
 
+    def flow_rows(self, v: int) -> list[list]:
+        """Rows of bptt_norms.csv: step, layer, t, norm of dL/dh_t (first and last healthy step)."""
+        snaps = [self.flow_first[v]] if v in self.flow_first else []
+        if v in self.flow_last and self.flow_last[v][0] != snaps[0][0]:
+            snaps.append(self.flow_last[v])
+        return [[step, layer, t, float(x)] for step, flows in snaps for layer, a in flows.items()
+                for t, x in enumerate(a)]
+
     def summary(self, v: int) -> dict:
-        """max_grad_norm, final_loss, steps_completed, clip_fraction of variant v."""
+        """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy)."""
         n = int(self.rows[v])
         vals = self.values[:n, v]
         healthy = vals[vals[:, 6] == 0]
         g = vals[:, 1][np.isfinite(vals[:, 1])]
         loss = healthy[:, 0][np.isfinite(healthy[:, 0])]
-        return {
+        out = {
             "max_grad_norm": float(g.max()) if g.size else math.nan,
             "final_loss": float(loss[-1]) if loss.size else None,
             "steps_completed": int(len(healthy)),
             "clip_fraction": float(healthy[:, 4].mean()) if len(healthy) else 0.0,
         }
+        if "accuracy" in self.columns:
+            out["final_accuracy"] = float(healthy[-1, 7]) if len(healthy) else None
+        return out

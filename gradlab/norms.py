@@ -40,6 +40,15 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
     return out
 
 
+def row_norms(a: np.ndarray) -> np.ndarray:
+    """L2 norms along the last axis, float64, same shape as a[..., 0]; without overflow."""
+    out = np.empty(a.shape[:-1], dtype=np.float64)
+    flat = a.reshape(-1, a.shape[-1])
+    with np.errstate(all="ignore"):
+        _fill_norms(out.reshape(-1), flat, 2.0)
+    return out
+
+
 def _fill_norms(row: np.ndarray, flat: np.ndarray, p: float) -> None:
     """One tensor's p-norm for each variant (rows of `flat`) into `row`."""
     if flat.shape[1] == 0:

@@ -13,7 +13,23 @@ import numpy as np
 from .norms import param_norms, total_norm
 
 
-class SGD:
+class Optimizer:
+    """What all optimizers share: a state of nested dicts whose arrays have the variant axis."""
+
+    @staticmethod
+    def select(state: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
+        """The state of a smaller stack (after variants were dropped)."""
+        # intp, so that an empty `keep` still indexes (np.asarray([]) is float64).
+        return _take(state, np.asarray(keep, dtype=np.intp))
+
+
+def _take(node: Any, keep: np.ndarray) -> Any:
+    if isinstance(node, dict):
+        return {k: _take(v, keep) for k, v in node.items()}
+    return node[keep] if isinstance(node, np.ndarray) else node
+
+
+class SGD(Optimizer):
     """torch.optim.SGD, exactly: with g the (clipped) gradient,
 
         g = g + weight_decay * p
@@ -54,13 +70,145 @@ class SGD:
         state["step"] += 1
         return self.lr * total_norm(param_norms(directions))
 
-    @staticmethod
-    def select(state: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
-        """The state of a smaller stack (after variants were dropped)."""
-        return {"step": state["step"], "buf": {k: v[list(keep)] for k, v in state["buf"].items()}}
+
+def _lerp_(avg: np.ndarray, x: np.ndarray, weight: float, scratch: np.ndarray) -> None:
+    """avg += weight * (x - avg) in place: torch's lerp_ (one multiply fewer than the EMA form)."""
+    avg += np.multiply(np.subtract(x, avg, out=scratch), weight, out=scratch)
 
 
-def build_optimizer(cfg) -> SGD:
-    if cfg.kind == "sgd":
-        return SGD(cfg.lr, cfg.momentum, cfg.dampening, cfg.nesterov, cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.kind!r}")
+class _Adaptive(Optimizer):
+    """Optimizers whose step `d` is built in a per-parameter scratch buffer, then p -= d.
+
+    Subclasses name their buffers and compute `d`; the norm returned is that of the `d`
+    applied, and no parameter-sized array is allocated after `init`. All scalars are Python
+    floats, which never promote a float32 array (a float64 numpy scalar would).
+    """
+
+    def _buffers(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], t: int) -> np.ndarray:
+        """The step d for one parameter at step t (from 1), written into b["scratch"]."""
+        raise NotImplementedError
+
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"step": 0, **{b: {k: np.zeros_like(v) for k, v in params.items()}
+                              for b in ("scratch", *self._buffers())}}
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
+        """Apply one step in place; `grads` may be overwritten. Returns ||d|| per variant."""
+        state["step"] = t = state["step"] + 1
+        names = ("scratch", *self._buffers())
+        steps = {}
+        for k, p in params.items():
+            steps[k] = d = self._step(p, grads[k], {b: state[b][k] for b in names}, t)
+            p -= d
+        return total_norm(param_norms(steps))
+
+
+class Adam(_Adaptive):
+    """torch.optim.Adam, exactly: with g the (clipped) gradient and t the step from 1,
+
+        g = g + weight_decay * p                          (L2, in the gradient)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g^2
+        v_max = max(v_max, v) (amsgrad), used below in place of v
+        d = lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        p = p - d
+    """
+
+    decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+        self.lr, self.eps, self.weight_decay, self.amsgrad = float(lr), float(eps), float(weight_decay), amsgrad
+        self.beta1, self.beta2 = (float(b) for b in betas)
+
+    def _buffers(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+
+    def _step(self, p, g, b, t):
+        s, m, v = b["scratch"], b["exp_avg"], b["exp_avg_sq"]
+        if self.weight_decay and not self.decoupled:
+            g += np.multiply(p, self.weight_decay, out=s)
+        _lerp_(m, g, 1.0 - self.beta1, s)
+        v *= self.beta2
+        v += np.multiply(np.square(g, out=s), 1.0 - self.beta2, out=s)
+        if self.amsgrad:
+            v = np.maximum(b["max_exp_avg_sq"], v, out=b["max_exp_avg_sq"])
+        bias_correction1, bias_correction2 = 1.0 - self.beta1 ** t, 1.0 - self.beta2 ** t
+        np.sqrt(v, out=s)
+        s /= bias_correction2 ** 0.5
+        s += self.eps
+        np.divide(m, s, out=s)
+        s *= self.lr / bias_correction1
+        if self.weight_decay and self.decoupled:
+            # p * (1 - lr * wd) - d, as one step so that its norm is the whole change;
+            # g is spent, so it holds the decay.
+            s += np.multiply(p, self.lr * self.weight_decay, out=g)
+        return s
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW, exactly: Adam with decoupled weight decay, p = p * (1 - lr * weight_decay)
+    before the Adam step (the gradient is not touched)."""
+
+    decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
+        super().__init__(lr, betas, eps, weight_decay, amsgrad)
+
+
+class RMSprop(_Adaptive):
+    """torch.optim.RMSprop, exactly: with g the (clipped) gradient,
+
+        g = g + weight_decay * p
+        v = alpha * v + (1 - alpha) * g^2
+        a = alpha * a + (1 - alpha) * g;  avg = sqrt(v - a^2) + eps   (centered)
+                                          avg = sqrt(v) + eps         (otherwise)
+        buf = momentum * buf + g / avg;   d = lr * buf                (momentum > 0)
+                                          d = lr * g / avg            (otherwise)
+        p = p - d
+    """
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False) -> None:
+        self.lr, self.alpha, self.eps = float(lr), float(alpha), float(eps)
+        self.weight_decay, self.momentum, self.centered = float(weight_decay), float(momentum), centered
+
+    def _buffers(self) -> tuple[str, ...]:
+        return (("square_avg",) + (("grad_avg",) if self.centered else ())
+                + (("momentum_buffer",) if self.momentum > 0 else ()))
+
+    def _step(self, p, g, b, t):
+        s, v = b["scratch"], b["square_avg"]
+        if self.weight_decay:
+            g += np.multiply(p, self.weight_decay, out=s)
+        v *= self.alpha
+        v += np.multiply(np.square(g, out=s), 1.0 - self.alpha, out=s)
+        if self.centered:
+            a = b["grad_avg"]
+            _lerp_(a, g, 1.0 - self.alpha, s)
+            np.sqrt(np.subtract(v, np.square(a, out=s), out=s), out=s)
+        else:
+            np.sqrt(v, out=s)
+        s += self.eps
+        np.divide(g, s, out=s)
+        if self.momentum > 0:
+            buf = b["momentum_buffer"]
+            buf *= self.momentum
+            buf += s
+            return np.multiply(buf, self.lr, out=s)
+        s *= self.lr
+        return s
+
+
+_KINDS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+
+
+def build_optimizer(cfg) -> Optimizer:
+    """The optimizer `cfg.kind` names, given the config's other fields (named as the arguments)."""
+    if cfg.kind not in _KINDS:
+        raise ValueError(f"unknown optimizer {cfg.kind!r}")
+    return _KINDS[cfg.kind](**{k: v for k, v in cfg if k != "kind"})

@@ -16,7 +16,7 @@ import numpy as np
 from .clipping import Clipper, group_order
 from .config import ExperimentConfig, run_id, threshold_of, variant_id
 from .divergence import FirstNonfinite, locate_step, locate_update
-from .metrics import Recorder
+from .metrics import Recorder, StepValues
 from .models import build_model, stack
 from .norms import param_norms
 from .optim import build_optimizer
@@ -32,8 +32,10 @@ class RunResult:
     variant_index: int
     clip: Any
     param_names: list[str]
+    columns: tuple[str, ...]
     metrics_rows: list[list]
     layer_rows: list[list]
+    flow_rows: list[list]  # empty for models without recurrence
     first_nonfinite: Optional[FirstNonfinite]
     summary: dict
     steps: int
@@ -64,6 +66,45 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
             "task": np.random.default_rng(task)}
 
 
+class _Stack:
+    """The variants still training: their parameters, optimizer state and clipping rules.
+
+    Positions in `alive` refer to the initial stack, so records never shift when a diverged
+    variant is dropped.
+    """
+
+    def __init__(self, p0: dict[str, np.ndarray], clips: Sequence[Any], opt, dtype: str) -> None:
+        self.params = stack(p0, len(clips))
+        self.clipper = Clipper(clips)
+        self.clipper.init(self.params)
+        self.opt = opt
+        self.state = opt.init(self.params)
+        self.alive = np.arange(len(clips))
+        self.failures: dict[int, FirstNonfinite] = {}
+        # Parameters cannot overflow while max|p0| plus the sum of update norms stays below
+        # half the dtype's range: only past that is a finiteness scan of them needed.
+        self.limit = float(np.finfo(dtype).max) / 2
+        self.reach = np.full(len(clips), max(float(np.abs(p).max()) for p in p0.values()))
+
+    def drop(self, found: dict[int, tuple[str, str, str]], step: int) -> np.ndarray:
+        """Record where each failing variant's first non-finite value was born; drop them."""
+        for pos, (phase, where, kind) in found.items():
+            self.failures[int(self.alive[pos])] = FirstNonfinite.at(step, phase, where, kind)
+        keep = np.asarray([i for i in range(len(self.alive)) if i not in found], dtype=np.int64)
+        self.params = {k: v[keep] for k, v in self.params.items()}
+        self.state = self.opt.select(self.state, keep)
+        self.clipper = self.clipper.select(keep)
+        self.alive = self.alive[keep]
+        return keep
+
+    def update(self, grads: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+        """The optimizer step; returns the update norms and the variants it made non-finite."""
+        update_norm = self.opt.update(self.params, grads, self.state)
+        self.reach[self.alive] += update_norm
+        risky = np.flatnonzero(~(self.reach[self.alive] < self.limit))
+        return update_norm, (locate_update(self.params, risky) if risky.size else {})
+
+
 def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = None,
                indices: Sequence[int] | None = None,
                on_step: Callable[[int], None] | None = None) -> list[RunResult]:
@@ -75,79 +116,50 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     clips = list(cfg.clipping) if clips is None else list(clips)
     indices = list(range(len(clips))) if indices is None else list(indices)
     order = group_order(clips)  # variants sharing a rule sit together: views, not copies
-    dtype = cfg.train.dtype
+    dtype, steps = cfg.train.dtype, cfg.train.steps
     rng = seed_streams(seed)
     task = build_task(cfg.task, dtype, rng["task"])
-    model = build_model(cfg.model, task.input_dim, task.output_dim, dtype)
+    model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
     p0 = model.init(rng["init"])
-    steps = cfg.train.steps
-
-    params = stack(p0, len(order))
-    clipper = Clipper([clips[i] for i in order])
-    clipper.init(params)
-    opt = build_optimizer(cfg.train.optimizer)
-    state = opt.init(params)
-    rec = Recorder(steps, len(order), model.param_names)
-    alive = np.arange(len(order))  # positions in the initial stack still training
-    failures: dict[int, FirstNonfinite] = {}
-    # Parameters cannot overflow while max|p0| plus the sum of update norms stays below half
-    # the dtype's range: only past that is a finiteness scan of the parameters needed.
-    limit = float(np.finfo(dtype).max) / 2
-    reach = np.full(len(order), max(float(np.abs(p).max()) for p in p0.values()))
-
-    def drop(found: dict[int, tuple[str, str, str]], step: int) -> np.ndarray:
-        nonlocal params, state, clipper, alive
-        for pos, (phase, where, kind) in found.items():
-            failures[int(alive[pos])] = FirstNonfinite(step, phase, where, kind)
-        keep = [i for i in range(len(alive)) if i not in found]
-        params = {k: v[keep] for k, v in params.items()}
-        state = opt.select(state, keep)
-        clipper = clipper.select(keep)
-        alive = alive[keep]
-        return np.asarray(keep, dtype=np.int64)
+    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype)
+    rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification)
+    recurrent = hasattr(model, "layer_names")
 
     data = rng["data"]
     with np.errstate(all="ignore"):  # overflow is a result here; the checks below catch it
         for step in range(steps):
             x, y = task.batch(data)
-            out, cache = model.forward(params, x)
+            out, cache = model.forward(run.params, x)
             loss, dout = task.loss(out, y)
-            grads = model.backward(params, cache, dout)
+            flow = {} if recurrent else None
+            grads = model.backward(run.params, cache, dout, dh_norms=flow)
             norms = param_norms(grads)
-            stats = clipper(grads, norms)
-            bad = ~(np.isfinite(loss) & np.isfinite(stats.grad_norm))
+            vals = StepValues(loss, run.clipper(grads, norms), norms, task.accuracy(out, y), flow)
+            bad = ~(np.isfinite(loss) & np.isfinite(vals.stats.grad_norm))
             if bad.any():
-                found = locate_step(model, task, params, x, y, np.flatnonzero(bad))
-                rec.log(step, alive[bad], loss[bad], stats.take(bad), np.nan, norms[:, bad], 1.0)
-                keep = drop(found, step)
-                if not len(alive):
+                found = locate_step(model, task, run.params, x, y, np.flatnonzero(bad))
+                rec.log(step, run.alive[bad], vals.take(bad), nonfinite=1.0)
+                keep = run.drop(found, step)
+                if not run.alive.size:
                     break
-                grads = {k: g[keep] for k, g in grads.items()}
-                loss, stats, norms = loss[keep], stats.take(keep), norms[:, keep]
-            update_norm = opt.update(params, grads, state)
-            reach[alive] += update_norm
-            nonfinite = None
-            risky = np.flatnonzero(~(reach[alive] < limit))
-            if risky.size:
-                found = locate_update(params, risky)
-                if found:
-                    nonfinite = np.zeros(len(alive))
-                    nonfinite[list(found)] = 1.0
-            rec.log(step, alive, loss, stats, update_norm, norms, nonfinite)
-            if nonfinite is not None:
-                drop(found, step)
-                if not len(alive):
+                grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
+            rec.log_flow(step, run.alive, vals.flow)
+            vals.update_norm, found = run.update(grads)
+            rec.log(step, run.alive, vals, nonfinite=np.isin(np.arange(len(run.alive)), list(found)))
+            if found:
+                run.drop(found, step)
+                if not run.alive.size:
                     break
             if on_step:
-                on_step(len(alive))
+                on_step(len(run.alive))
 
     results = []
     for pos, i in enumerate(order):
-        fn = failures.get(pos)
+        fn = run.failures.get(pos)
         results.append(RunResult(
             run_id=run_id(clips[i], seed), seed=seed, variant_index=indices[i], clip=clips[i],
-            param_names=model.param_names, metrics_rows=rec.metrics_rows(pos),
-            layer_rows=rec.layer_rows(pos), first_nonfinite=fn,
+            param_names=model.param_names, columns=rec.columns, metrics_rows=rec.metrics_rows(pos),
+            layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
             summary=rec.summary(pos), steps=steps))
     results.sort(key=lambda r: r.variant_index)
     return results

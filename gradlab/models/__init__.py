@@ -3,17 +3,24 @@ variant axis. `build_model` maps a config to a model; `stack` gives every varian
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .mlp import MLP
+from .recurrent import Recurrent
 
 
-def build_model(cfg, input_dim: int, output_dim: int, dtype: str):
-    """The model a ModelConfig describes, sized for the task's input and output."""
+def build_model(cfg, task, dtype: str, tbptt: Optional[int] = None):
+    """The model a ModelConfig describes, sized for the task's inputs and outputs."""
     if cfg.kind == "mlp":
-        return MLP(cfg.depth, cfg.width, input_dim, output_dim, cfg.activation,
+        return MLP(cfg.depth, cfg.width, task.input_dim, task.output_dim, cfg.activation,
                    cfg.init.scheme, cfg.init.gain, dtype)
-    raise ValueError(f"unknown model kind {cfg.kind!r}")
+    return Recurrent(cfg.kind, cfg.depth, cfg.width, task.input_dim, task.output_dim,
+                     per_step=task.per_step, activation_name=cfg.activation,
+                     init_scheme=cfg.init.scheme, gain=cfg.init.gain,
+                     input_scheme=cfg.input_init.scheme, input_gain=cfg.input_init.gain,
+                     dtype=dtype, tbptt=tbptt)
 
 
 def stack(params: dict[str, np.ndarray], V: int) -> dict[str, np.ndarray]:
@@ -21,4 +28,4 @@ def stack(params: dict[str, np.ndarray], V: int) -> dict[str, np.ndarray]:
     return {k: np.repeat(v[None], V, axis=0) for k, v in params.items()}
 
 
-__all__ = ["MLP", "build_model", "stack"]
+__all__ = ["MLP", "Recurrent", "build_model", "stack"]

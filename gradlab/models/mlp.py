@@ -74,8 +74,9 @@ class MLP:
         raise AssertionError("unreachable")
 
     def backward(self, params: dict[str, np.ndarray], cache: list, dout: np.ndarray,
-                 probe: Probe = None) -> dict[str, np.ndarray]:
-        """Gradients of the loss for every parameter, given dL/d(output) (V, B, out)."""
+                 probe: Probe = None, dh_norms: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Gradients of the loss for every parameter, given dL/d(output) (V, B, out).
+        (`dh_norms` is the recurrent models' gradient-through-time record: an MLP has none.)"""
         grads: dict[str, np.ndarray] = {}
         dz = dout
         for i in range(self.depth - 1, -1, -1):

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .activations import activation
+from ..norms import row_norms
 from .init import init_weight, orthogonal
 
 Probe = Optional[Callable[[str, np.ndarray], None]]
@@ -202,8 +203,7 @@ class Recurrent:
             p = f"{self.kind}.{l}"
             dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0)
             if dh_norms is not None:  # dH now holds the total dL/dh_t of every step
-                flat = dH.reshape(V, T, B * H)
-                dh_norms[p] = np.sqrt(np.vecdot(flat, flat), dtype=np.float64)
+                dh_norms[p] = row_norms(dH.reshape(V, T, B * H))
             dH = dH_below
         return {name: grads[name] for name in self.shapes}
 

@@ -148,12 +148,13 @@ def _print_outcome(exp: Path, quiet: bool) -> None:
     from rich.table import Table
 
     from .experiment import collect_reports
-    from .report import COLUMNS, findings, missing_runs, table_rows
+    from .report import columns, findings, missing_runs, table_rows
 
     reports = collect_reports(exp)
     # run id already says method, threshold and seed; report.md has every column.
-    keep = ("run", "diverged", "step", "phase", "where", "max grad norm", "final loss", "clip fraction")
-    idx = [COLUMNS.index(c) for c in keep]
+    cols = columns(reports)
+    keep = [c for c in cols if c not in ("method", "threshold", "seed")]
+    idx = [cols.index(c) for c in keep]
     table = Table(title="NaN-divergence report", title_justify="left")
     for c in keep:
         table.add_column(c, no_wrap=True, justify="left" if c in ("run", "diverged", "phase", "where") else "right")

@@ -26,8 +26,14 @@ def _num(x, fmt: str = ".3g") -> str:
     return format(x, fmt) if math.isfinite(x) else str(x)
 
 
+def columns(reports: list[dict]) -> tuple[str, ...]:
+    """The table's columns: accuracy only for classification tasks."""
+    return COLUMNS + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ())
+
+
 def table_rows(reports: list[dict]) -> list[list[str]]:
-    """One row of strings per run, in COLUMNS order (shared by report.md and the CLI table)."""
+    """One row of strings per run, in columns() order (shared by report.md and the CLI table)."""
+    with_acc = len(columns(reports)) > len(COLUMNS)
     rows = []
     for r in reports:
         f = r.get("first_nonfinite") or {}
@@ -36,8 +42,12 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
             "yes" if r["diverged"] else "no", _num(r.get("divergence_step"), "d"),
             f.get("phase", "-"), f.get("where", "-"), _num(r.get("max_grad_norm")),
             _num(r.get("final_loss")), f"{r.get('clip_fraction', 0.0):.0%}",
-        ])
+        ] + ([_pct(r.get("final_accuracy"))] if with_acc else []))
     return rows
+
+
+def _pct(x) -> str:
+    return f"{x:.1%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
 def findings(reports: list[dict]) -> str:
@@ -62,6 +72,9 @@ def findings(reports: list[dict]) -> str:
             losses = [r["final_loss"] for r in ok if isinstance(r.get("final_loss"), (int, float))]
             clip = sum(r["clip_fraction"] for r in ok) / len(ok)
             loss_txt = f", final loss {min(losses):.3g}" + (f"-{max(losses):.3g}" if len(losses) > 1 else "") if losses else ""
+            accs = [r["final_accuracy"] for r in ok if isinstance(r.get("final_accuracy"), (int, float))]
+            if accs:
+                loss_txt += f", accuracy {_pct(min(accs))}" + (f"-{_pct(max(accs))}" if len(accs) > 1 else "")
             sentences.append(f"`{variant}` trained {ok[0]['steps']} steps in {len(ok)} of {seeds}"
                              f"{loss_txt}, clipping {clip:.0%} of steps.")
     return " ".join(sentences)
@@ -85,12 +98,14 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
 
 def render(exp: Path, reports: list[dict]) -> str:
     cfg = yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8"))
-    m, t, o = cfg["model"], cfg["train"], cfg["train"]["optimizer"]
+    m, t, o, task = cfg["model"], cfg["train"], cfg["train"]["optimizer"], cfg["task"]
+    seq = f", T={task['seq_len']}" if "seq_len" in task else ""
+    tbptt = f", truncated BPTT every {t['tbptt']} steps" if t.get("tbptt") else ""
     lines = [
         f"# NaN-divergence report: {cfg['name']}",
         "",
         f"{m['kind']} depth {m['depth']} width {m['width']} {m['activation']}, init {m['init']['scheme']} "
-        f"x {m['init']['gain']:g}; task {cfg['task']['kind']}, batch {cfg['task']['batch_size']}; "
+        f"x {m['init']['gain']:g}; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
         + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
         "",
@@ -100,8 +115,8 @@ def render(exp: Path, reports: list[dict]) -> str:
         "",
         "## Runs",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(columns(reports)) + " |",
+        "|" + "---|" * len(columns(reports)),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(reports)]
     missing = missing_runs(exp, reports)

@@ -141,3 +141,75 @@ def test_float64_runs_reach_inf_later_than_float32():
     r64 = train_seed(make([NONE], **{**over, "train": dict(steps=3, dtype="float64")}), 0)[0]
     assert fn32 is not None and fn32.step == 0
     assert r64.first_nonfinite is None or r64.first_nonfinite.step > 0
+
+
+# ----------------------------------------------------------------------------- recurrent
+from gradlab.models.recurrent import Recurrent  # noqa: E402
+
+
+def rnn_cfg(kind="rnn", clipping=(NONE,), **over):
+    base = dict(name="r", model=dict(kind=kind, depth=2, width=16, init=dict(scheme="orthogonal", gain=1.0)),
+                task=dict(kind="adding", seq_len=12, batch_size=8), train=dict(steps=20, optimizer=dict(lr=0.05)),
+                clipping=list(clipping))
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v}
+    return ExperimentConfig.model_validate(base)
+
+
+def test_forward_overflow_in_a_recurrence_is_located_in_time():
+    cfg = rnn_cfg(model=dict(activation="relu", depth=1, width=32, init=dict(scheme="orthogonal", gain=30.0)),
+                  task=dict(kind="adding", seq_len=60, batch_size=8))
+    fn = train_seed(cfg, 0)[0].first_nonfinite
+    assert fn.step == 0 and fn.phase == "forward"
+    assert fn.where.startswith("rnn.0.") and " @ t=" in fn.where and fn.t is not None and 10 < fn.t < 60
+    assert fn.where.endswith(f"@ t={fn.t}")
+
+
+def test_backward_overflow_is_located_in_time():
+    """A zero input keeps the forward pass at exactly 0 (finite); a recurrent gain of 50 then
+    grows dL/dh_t by 50x per step back in time until it overflows float32."""
+    model = Recurrent("rnn", 1, 8, 2, 1, gain=50.0, dtype="float32")
+    params = stack(model.init(np.random.default_rng(0)), 1)
+    x = np.zeros((40, 4, 2), np.float32)
+
+    class Task:
+        @staticmethod
+        def loss(out, y):
+            return np.ones(1, np.float32), np.full(out.shape, 1e10, np.float32)
+
+    with np.errstate(all="ignore"):
+        found = locate_step(model, Task, params, x, np.zeros((4, 1), np.float32), [0])
+    phase, where, kind = found[0]
+    assert phase == "backward" and where.startswith("rnn.0.h @ t=") and kind == "inf"
+    t = int(where.split("=")[1])
+    assert 20 < t < 39  # about (38 - 10) / log10(50) = 16 steps back from t = 39
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_recurrent_runs_record_gradient_flow_and_are_deterministic(kind):
+    cfg = rnn_cfg(kind, clipping=[NONE, {"method": "norm", "max_norm": 0.5}])
+    a, b = train_seed(cfg, 1), train_seed(cfg, 1)
+    for ra, rb in zip(a, b):
+        assert np.array_equal(rows(ra)[0], rows(rb)[0])
+        steps = sorted({r[0] for r in ra.flow_rows})
+        assert steps == [0, 19]
+        layers = sorted({r[1] for r in ra.flow_rows})
+        assert layers == [f"{kind}.0", f"{kind}.1"]
+        assert len(ra.flow_rows) == 2 * 2 * 12 and all(r[3] >= 0 for r in ra.flow_rows)
+
+
+def test_classification_tasks_log_accuracy():
+    cfg = rnn_cfg("gru", task=dict(kind="temporal_order", seq_len=12, batch_size=8))
+    r = train_seed(cfg, 0)[0]
+    assert r.columns[-1] == "accuracy"
+    acc = np.array(r.metrics_rows)[:, -1]
+    assert ((acc >= 0) & (acc <= 1)).all() and r.summary["final_accuracy"] == acc[-1]
+
+
+def test_truncated_bptt_runs_and_changes_the_gradients():
+    full = train_seed(rnn_cfg(), 0)[0]
+    cut = train_seed(rnn_cfg(train=dict(tbptt=3)), 0)[0]
+    assert rows(full)[0][0, 1] == rows(cut)[0][0, 1]  # same loss at step 0 (same forward)
+    assert rows(full)[0][0, 2] != rows(cut)[0][0, 2]  # different gradient norm
+    flow = np.array([r[3] for r in cut.flow_rows if r[0] == 0 and r[1] == "rnn.1"])
+    assert (flow[:-3] == 0).all() and (flow[-3:] > 0).all()

@@ -26,6 +26,9 @@ MAX_LINE_POINTS = 2000
 MAX_HEATMAP_COLUMNS = 1000
 MAX_YTICK_LABELS = 40
 MAX_PANEL_COLUMNS = 3
+MAX_BPTT_LAYERS = 8
+MAX_TBPTT_LINES = 120
+TITLE_CHARS = 95  # an 11 pt axes title over a 10-11 inch figure's main panel
 
 BASELINE_COLOR = "#303030"
 ZERO_COLOR = "#c8c8c8"
@@ -35,6 +38,8 @@ DIVERGENCE_LINE_COLOR = "black"
 # ranges skip the ends that vanish on white.
 FAMILY_CMAPS = {"norm": ("viridis", 0.0, 0.8), "value": ("YlOrRd", 0.45, 0.95)}
 OTHER_CMAP = ("cool", 0.1, 0.9)
+# Recurrent layers bottom (dark) to top (light), short of the yellow that vanishes on white.
+BPTT_CMAP = ("plasma", 0.0, 0.82)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Experiment:
     variants: list[str]
     colors: dict[str, Any]
     variant_info: dict[str, tuple[str, Optional[float], Optional[float]]]
+    config: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -76,9 +82,9 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False) -> list[Path]:
     """(Re)draw every plot of the experiment in `exp_dir` into `exp_dir/plots/`.
 
     Only runs with a report.json (complete, diverged or not) are drawn. With `only_stale`,
-    a run's heatmap is kept when it is newer than the run's report.json (a resumed
-    experiment redraws what changed; heatmaps are the slow part). Returns the paths
-    written; [] when no run is complete yet.
+    a run's own plots (heatmap, gradient through time) are kept when newer than the run's
+    report.json (a resumed experiment redraws what changed; those are the slow part).
+    Returns the paths written; [] when no run is complete yet.
     """
     exp = load_experiment(Path(exp_dir))
     if not exp.runs:
@@ -104,16 +110,33 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False) -> list[Path]:
             thresholds=False,
         ),
     ]
+    if any("accuracy" in r.metrics for r in exp.runs):  # classification tasks only
+        written.append(_draw_over_steps(
+            exp,
+            [("accuracy", "-", "accuracy")],
+            ylabel="training accuracy (batch)",
+            heading="Training accuracy per step",
+            path=out / "accuracy.png",
+            force_log=False,
+            thresholds=False,
+            ylim=(0.0, 1.0),
+            reference=_chance_accuracy(exp.config),
+        ))
     sweep = _draw_sweep(exp, out / "sweep.png")
     if sweep is not None:
         written.append(sweep)
     for run in exp.runs:
-        target = out / f"heatmap_{run.run_id}.png"
-        if only_stale and _newer(target, run.path / "report.json"):
-            continue
-        p = _draw_heatmap(exp, run, target)
-        if p is not None:
-            written.append(p)
+        for target, draw, source in (
+            (out / f"heatmap_{run.run_id}.png", _draw_heatmap, "layer_norms.csv"),
+            (out / f"bptt_{run.run_id}.png", _draw_bptt, "bptt_norms.csv"),
+        ):
+            if not (run.path / source).is_file():
+                continue  # an MLP run has no gradient through time
+            if only_stale and _newer(target, run.path / "report.json"):
+                continue
+            p = draw(exp, run, target)
+            if p is not None:
+                written.append(p)
     return written
 
 
@@ -200,7 +223,9 @@ def _read_config(exp_dir: Path) -> dict:
 
 
 def _describe_config(cfg: dict, fallback_name: str) -> str:
-    """'name — mlp depth 24 width 64 tanh (normal init ×2), sgd lr 0.05' for figure titles."""
+    """'name — mlp depth 24 width 64 tanh (normal init ×2), sgd lr 0.05' for figure titles;
+    for a recurrent model also the task ('rnn depth 1 width 64 tanh (orthogonal init ×1.2),
+    adding T=30, sgd lr 0.05 momentum 0.9, truncated BPTT every 10 steps')."""
 
     def get(*keys: str) -> Any:
         node: Any = cfg
@@ -210,28 +235,66 @@ def _describe_config(cfg: dict, fallback_name: str) -> str:
             node = node[k]
         return node
 
+    def number(x: Any) -> Optional[str]:
+        return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
     name = str(get("name") or fallback_name)
+    kind = get("model", "kind")
     model = [
         str(v)
         for v in (
-            get("model", "kind"),
+            kind,
             f"depth {get('model', 'depth')}" if get("model", "depth") is not None else None,
             f"width {get('model', 'width')}" if get("model", "width") is not None else None,
-            get("model", "activation"),
+            # An LSTM's or GRU's gates are fixed (sigmoid and tanh): its `activation` says nothing.
+            get("model", "activation") if kind not in ("lstm", "gru") else None,
         )
         if v is not None
     ]
     scheme, gain = get("model", "init", "scheme"), get("model", "init", "gain")
     if scheme is not None:
-        model.append(f"({scheme} init" + (f" ×{gain:g})" if isinstance(gain, (int, float)) else ")"))
+        model.append(f"({scheme} init" + (f" ×{number(gain)})" if number(gain) else ")"))
     parts = [" ".join(model)] if model else []
+
+    # The teacher regression is the MLP default and was never named; every other task is.
+    task = get("task", "kind")
+    if task is not None and task != "teacher":
+        text = str(task)
+        if number(get("task", "seq_len")):
+            text += f" T={number(get('task', 'seq_len'))}"
+        if task == "copy" and number(get("task", "copy_len")):
+            text += f" ({number(get('task', 'copy_len'))} of {number(get('task', 'n_symbols')) or '?'} symbols)"
+        parts.append(text)
+
     opt, lr = get("train", "optimizer", "kind"), get("train", "optimizer", "lr")
     if opt is not None:
-        parts.append(f"{opt} lr {lr:g}" if isinstance(lr, (int, float)) else str(opt))
-        momentum = get("train", "optimizer", "momentum")
-        if isinstance(momentum, (int, float)) and momentum:
-            parts[-1] += f" momentum {momentum:g}"
+        text = f"{opt} lr {number(lr)}" if number(lr) else str(opt)
+        for key, label in (("momentum", "momentum"), ("weight_decay", "wd")):
+            value = get("train", "optimizer", key)
+            if number(value) and value:
+                text += f" {label} {number(value)}"
+        for flag in ("nesterov", "amsgrad", "centered"):
+            if get("train", "optimizer", flag) is True:
+                text += f" {flag}"
+        parts.append(text)
+    tbptt = get("train", "tbptt")
+    if number(tbptt):
+        parts.append("truncated BPTT every " + ("step" if tbptt == 1 else f"{number(tbptt)} steps"))
     return f"{name} — {', '.join(parts)}" if parts else name
+
+
+def _chance_accuracy(cfg: dict) -> Optional[tuple[float, str]]:
+    """(accuracy of a uniform guess, its fraction as text) for the classification tasks."""
+    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+    kind = task.get("kind")
+    if kind == "spirals":
+        return 0.5, "1/2"
+    if kind == "temporal_order":
+        return 0.25, "1/4"
+    if kind == "copy":  # accuracy counts the recall window, where only the symbols make sense
+        n = _int(task.get("n_symbols")) or 8
+        return 1.0 / n, f"1/{n}"
+    return None
 
 
 def load_experiment(exp_dir: Path) -> Experiment:
@@ -274,6 +337,7 @@ def load_experiment(exp_dir: Path) -> Experiment:
         variants=variants,
         colors=_variant_colors(variants, info),
         variant_info=info,
+        config=cfg,
     )
 
 
@@ -366,6 +430,19 @@ def _variant_label(exp: Experiment, variant: str) -> str:
     return variant
 
 
+def _wrap(text: str, width: int) -> str:
+    """Break a config description into lines of at most ~`width` characters, only after
+    its ' — ' and ', ' separators (a title wider than its figure is cut at both ends)."""
+    pieces = re.split(r"(?<=, )|(?<= — )", text)
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece.rstrip()) > width:
+            lines[-1] = lines[-1].rstrip()
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def _new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -377,8 +454,23 @@ def _spare_minor_ticks(axis, lo: float, hi: float) -> None:
     no label, yet laying them out is most of the drawing time."""
     from matplotlib.ticker import NullLocator
 
-    if lo > 0 and hi > 0 and hi / lo > 30:
+    if lo > 0 and hi > 0 and math.log10(hi) - math.log10(lo) > math.log10(30):
         axis.set_minor_locator(NullLocator())
+
+
+def _decade_ticks(axis, lo: float, hi: float) -> None:
+    """Log ticks at a round number of decades (1, 2, 5, 10, ... apart) when the axis spans
+    more than a dozen: matplotlib's own choice there lands on 1e-32, 1e-69, ..."""
+    from matplotlib.ticker import FixedLocator, LogFormatterSciNotation
+
+    _spare_minor_ticks(axis, lo, hi)
+    if not (lo > 0 and hi > 0) or math.log10(hi) - math.log10(lo) <= 12:
+        return
+    first, last = math.ceil(math.log10(lo)), math.floor(math.log10(hi))
+    stride = next((s for s in (2, 5, 10, 20, 25, 50, 100) if (last - first) / s <= 8), 100)
+    decades = np.arange(math.ceil(first / stride) * stride, last + 1, stride)
+    axis.set_major_locator(FixedLocator([10.0 ** float(d) for d in decades]))
+    axis.set_major_formatter(LogFormatterSciNotation())
 
 
 def _step_axis(ax, first: float, last: float, pad: Optional[float] = None) -> None:
@@ -457,7 +549,7 @@ def _panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
             ax.set_xlabel("step")
             ax.xaxis.set_tick_params(labelbottom=True)
         panels[seed] = ax
-    fig.suptitle(f"{heading}\n{exp.summary}")
+    fig.suptitle(f"{heading}\n{_wrap(exp.summary, int(fig.get_figwidth() * 10))}")
     return fig, panels
 
 
@@ -492,16 +584,19 @@ def _draw_over_steps(
     path: Path,
     force_log: bool,
     thresholds: bool,
+    ylim: Optional[tuple[float, float]] = None,
+    reference: Optional[tuple[float, str]] = None,
 ) -> Path:
     """Metric column(s) over steps, one panel per seed, one colour per variant.
 
     `columns` are (csv column, linestyle, meaning); the first one carries the divergence
-    marks. Norm-clipping thresholds are drawn when `thresholds` is set.
+    marks. Norm-clipping thresholds are drawn when `thresholds` is set. `ylim` fixes a
+    linear y range (accuracy: [0, 1]); `reference` is a (value, fraction) chance level.
     """
     from matplotlib.lines import Line2D
 
     names = [c for c, _, _ in columns]
-    log = _use_log(exp, names, force_log)
+    log = False if ylim is not None else _use_log(exp, names, force_log)
     fig, panels = _panel_grid(exp, heading)
     few = max((len(r.metrics.get("step", ())) for r in exp.runs), default=0) <= 20
     diverged_handles: dict[Any, list] = {s: [] for s in exp.seeds}
@@ -536,6 +631,11 @@ def _draw_over_steps(
         if log:
             ax.set_yscale("log")
             _spare_minor_ticks(ax.yaxis, *ax.get_ylim())
+        if ylim is not None:
+            margin = 0.02 * (ylim[1] - ylim[0])  # a line at exactly 0 or 1 stays visible
+            ax.set_ylim(ylim[0] - margin, ylim[1] + margin)
+        if reference is not None:
+            ax.axhline(reference[0], color="0.55", linestyle=":", linewidth=1.3, zorder=1)
         if diverged_handles[seed]:
             ax.legend(handles=diverged_handles[seed], loc="best", fontsize=8, framealpha=0.85)
     for i, ax in enumerate(panels.values()):
@@ -551,6 +651,8 @@ def _draw_over_steps(
         handles.append(Line2D([], [], color="black", linestyle=":", label="max_norm threshold"))
     if thresholds and any(r.method == "value" or (r.method == "norm" and r.norm_type not in (None, 2.0)) for r in exp.runs):
         handles.append(Line2D([], [], linestyle="none", label="(value-clipping and non-L2 thresholds\nare not L2 norms: not drawn)"))
+    if reference is not None:
+        handles.append(Line2D([], [], color="0.55", linestyle=":", linewidth=1.3, label=f"chance ({reference[1]})"))
     if any(r.diverged for r in exp.runs):
         handles.append(Line2D([], [], color="black", marker="x", markeredgewidth=2, linestyle="none", label="diverged (NaN/inf)"))
     # Hung off the first row's last panel rather than the figure: a figure legend starts at
@@ -648,7 +750,7 @@ def _draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8 if rows > 16 else 9)
     ax.set_ylabel("parameter, in forward order" + (f"\n(one name in {every} shown)" if every > 1 else ""))
     ax.set_xlabel("step" + (f" (each column: max over {block} steps)" if block > 1 else ""))
-    ax.set_title(f"{run.run_id} — {_outcome(run)}\n{exp.summary}", fontsize=11)
+    ax.set_title(f"{run.run_id} — {_outcome(run)}\n{_wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
     _step_axis(ax, first, float(steps[-1]), pad=0.5)  # exactly the image: no blank margin
 
     handles = []
@@ -664,6 +766,276 @@ def _draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
         handles.append(Patch(facecolor="white", edgecolor="none", label="(no finite non-zero norm: scale is arbitrary)"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- gradient through time
+
+
+@dataclass
+class Flow:
+    """bptt_norms.csv of one run: for each recorded step, each layer's norm of dL/dh_t over t.
+
+    `norms[step][layer]` has length T (the largest t + 1 in the file); a (step, layer, t)
+    the file lacks is NaN there and False in `present[step][layer]`."""
+
+    T: int
+    steps: list[int]
+    layers: list[str]
+    norms: dict[int, dict[str, np.ndarray]]
+    present: dict[int, dict[str, np.ndarray]]
+
+
+def _layer_key(name: str) -> tuple:
+    """rnn.0 < rnn.1 < ... < rnn.10: by kind, then by the layer number, bottom first."""
+    m = re.fullmatch(r"(.*?)(\d+)", name)
+    return (m.group(1), int(m.group(2)), name) if m else (name, -1, name)
+
+
+def _read_flow(path: Path) -> Optional[Flow]:
+    """Read bptt_norms.csv leniently: columns found by name, rows that do not parse skipped;
+    None without data. Vectorised: the file has T x layers x 2 rows, easily 10^5."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader)]
+            cols = [header.index(c) for c in ("step", "layer", "t", "grad_norm")]
+            width = max(cols) + 1
+            raw = [row for row in reader if len(row) >= width]
+    except (OSError, StopIteration, ValueError, csv.Error, UnicodeDecodeError):
+        return None
+    i_step, i_layer, i_t, i_norm = cols
+
+    def floats(rows: list, i: int) -> np.ndarray:
+        return np.array([r[i] for r in rows], dtype=float).reshape(len(rows))
+
+    try:
+        step, t, norm = (floats(raw, i) for i in (i_step, i_t, i_norm))
+    except ValueError:  # a damaged row somewhere: find it (the slow way) and drop it
+        def parses(row: list) -> bool:
+            try:
+                [float(row[i]) for i in (i_step, i_t, i_norm)]
+                return True
+            except ValueError:
+                return False
+
+        raw = [row for row in raw if parses(row)]
+        step, t, norm = (floats(raw, i) for i in (i_step, i_t, i_norm))
+    codes: dict[str, int] = {}
+    layer = np.array([codes.setdefault(r[i_layer].strip(), len(codes)) for r in raw], dtype=np.int64).reshape(len(raw))
+    names = list(codes)
+    ok = np.isfinite(step) & np.isfinite(t) & (t >= 0) & (step == np.round(step)) & (t == np.round(t))
+    ok &= np.array([n != "" for n in names], dtype=bool)[layer] if names else ok
+    if not ok.any():
+        return None
+    step, t, norm, layer = step[ok].astype(np.int64), t[ok].astype(np.int64), norm[ok], layer[ok]
+    T = int(t.max()) + 1
+    steps = sorted(set(step.tolist()))
+    used = sorted(set(layer.tolist()), key=lambda c: _layer_key(names[c]))
+    grid = np.full((len(steps), len(used), T), np.nan)
+    have = np.zeros(grid.shape, dtype=bool)
+    s_idx = np.searchsorted(np.array(steps), step)
+    row_of = np.zeros(len(names), dtype=np.int64)  # layer code -> its row, bottom layer first
+    row_of[used] = np.arange(len(used))
+    l_idx = row_of[layer]
+    grid[s_idx, l_idx, t] = norm  # a repeated (step, layer, t) keeps its last row
+    have[s_idx, l_idx, t] = True
+    layers = [names[c] for c in used]
+    return Flow(T=T, steps=steps, layers=layers,
+                norms={s: {l: grid[i, j] for j, l in enumerate(layers)} for i, s in enumerate(steps)},
+                present={s: {l: have[i, j] for j, l in enumerate(layers)} for i, s in enumerate(steps)})
+
+
+def _tbptt_boundaries(T: int, K: Optional[int]) -> list[int]:
+    """The t of every truncation boundary between t and t + 1, counted from the end as the
+    recurrent backward pass does: (T - 1 - t) % K == 0, t < T - 1."""
+    if not K or K < 1:
+        return []
+    return list(range(T - 1 - K, -1, -K))[::-1]
+
+
+def _final_step(run: Run) -> Optional[int]:
+    steps = run.metrics.get("step")
+    if steps is not None and len(steps) and np.isfinite(steps[-1]):
+        return int(steps[-1])
+    if run.steps_completed:
+        return run.steps_completed - 1
+    return run.steps - 1 if run.steps else None
+
+
+def _flow_step_label(run: Run, step: int, last: bool) -> str:
+    """'step 0', 'step 41 (last before divergence at step 42)', 'step 299 (final)'."""
+    label = f"step {step}"
+    div = run.divergence_step
+    if last and run.diverged and div is not None:
+        if step < div:
+            return f"{label} (last before divergence at step {div})"
+        phase = (run.first_nonfinite or {}).get("phase")
+        if step == div and phase == "update":
+            return f"{label} (gradients finite; its update diverged)"
+        return f"{label} (divergence at step {div})"
+    if last and not run.diverged and step == _final_step(run):
+        return f"{label} (final)"
+    if last:
+        return f"{label} (last recorded)"
+    return label
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of every run of True in a 1-D mask."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), (np.flatnonzero(edges == -1) - 1).tolist()))
+
+
+def _segments(mask: np.ndarray) -> np.ndarray:
+    """x of a NaN-separated polyline covering each run of True, from t - 0.5 to t + 0.5."""
+    runs = _runs(mask)
+    xs = np.full(3 * len(runs), np.nan)
+    xs[0::3] = [a - 0.5 for a, _ in runs]
+    xs[1::3] = [b + 0.5 for _, b in runs]
+    return xs
+
+
+def _pick_layers(layers: list[str], most: int) -> list[str]:
+    """At most `most` layers, evenly spread, always the bottom and the top one."""
+    if len(layers) <= most:
+        return list(layers)
+    idx = np.unique(np.round(np.linspace(0, len(layers) - 1, most)).astype(int))
+    return [layers[i] for i in idx]
+
+
+def _draw_flow_line(ax, values: np.ndarray, present: np.ndarray, linestyle: str, linewidth: float,
+                    **look) -> tuple[int, int]:
+    """One layer's dL/dh_t norms of one step over t; returns (zeros, non-finite) counted.
+
+    What a log scale cannot show is masked out of the line and drawn as bands on the edges
+    instead: zeros along the bottom, NaN/inf along the top."""
+    T = len(values)
+    t_axis = np.arange(T)
+    y = _plottable(values, log=True)
+    idx = _downsample(y)
+    ax.plot(t_axis[idx], y[idx], linestyle=linestyle, linewidth=linewidth,
+            marker="." if T <= 40 else None, markersize=4, **look)
+    ok = ~np.isnan(y)
+    alone = ok & ~np.concatenate([[False], ok[:-1]]) & ~np.concatenate([ok[1:], [False]])
+    if alone.any():  # a value between two gaps makes no line: a dot
+        ax.plot(t_axis[alone], y[alone], linestyle="none", marker="o", markersize=5, **look)
+    zero, bad = present & (values == 0), present & ~np.isfinite(values)
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    for mask, height in ((zero, 0.012), (bad, 0.988)):
+        if mask.any():
+            runs = _runs(mask)
+            ax.plot(_segments(mask), np.full(3 * len(runs), height), transform=edge, clip_on=False,
+                    linewidth=4, solid_capstyle="butt", zorder=5, **look)
+            # A tick at each run's middle: over thousands of steps one t is under a pixel.
+            ax.plot([(a + b) / 2 for a, b in runs], np.full(len(runs), height), transform=edge, clip_on=False,
+                    linestyle="none", marker="|", markersize=8, markeredgewidth=2, zorder=5, **look)
+    return int(zero.sum()), int(bad.sum())
+
+
+def _draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
+    """Norm of dL/dh_t against t for each recurrent layer, the first recorded step solid and
+    the last one dashed, log scale; None without data."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    flow = _read_flow(run.path / "bptt_norms.csv")
+    if flow is None:
+        return None
+    T = flow.T
+    drawn_steps = [flow.steps[0]] + ([flow.steps[-1]] if len(flow.steps) > 1 else [])
+    styles = dict(zip(drawn_steps, ("-", "--")))
+    layers = _pick_layers(flow.layers, MAX_BPTT_LAYERS)
+    cmap = matplotlib.colormaps[BPTT_CMAP[0]]
+    positions = np.linspace(*BPTT_CMAP[1:], len(layers)) if len(layers) > 1 else [BPTT_CMAP[1]]
+    colors = {layer: cmap(float(x)) for layer, x in zip(layers, positions)}
+
+    fig = _new_figure(11.0, 5.6)
+    ax = fig.subplots()
+    zeros = nonfinite = 0
+    for layer in layers:
+        for step in drawn_steps:
+            # The early line wide and pale under the late dashed one: where the two steps
+            # agree, the dashes still show on top of it.
+            early = step == drawn_steps[0] and len(drawn_steps) > 1
+            z, b = _draw_flow_line(ax, flow.norms[step][layer], flow.present[step][layer], styles[step],
+                                   linewidth=2.4 if early else 1.6, color=colors[layer], alpha=0.55 if early else 1.0)
+            zeros, nonfinite = zeros + z, nonfinite + b
+
+    shown = np.concatenate([_plottable(flow.norms[s][l], log=True) for s in drawn_steps for l in layers])
+    positive = shown[~np.isnan(shown)]
+    ax.set_yscale("log")
+    if positive.size:
+        # In decades, so that a norm near the float64 limit (a float32 state summed over a
+        # batch can get there) leaves a margin without overflowing.
+        lo, hi = math.log10(float(positive.min())), math.log10(float(positive.max()))
+        # A flat flow still gets about a decade; a margin keeps the lines off the edge bands.
+        pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
+        ax.set_ylim(10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
+    else:
+        ax.set_ylim(1e-3, 1.0)
+    _decade_ticks(ax.yaxis, *ax.get_ylim())
+    _step_axis(ax, 0.0, float(T - 1), pad=max(0.5, 0.01 * (T - 1)))
+    ax.grid(True, which="major", alpha=0.3)
+
+    # The key: colour is the layer, line style the step; then the marks.
+    handles = []
+    for i, layer in enumerate(layers):
+        role = "" if len(flow.layers) == 1 else (" (bottom)" if i == 0 else (" (top)" if i == len(layers) - 1 else ""))
+        handles.append(Line2D([], [], color=colors[layer], linewidth=2.2, label=f"{layer}{role}"))
+    for i, step in enumerate(drawn_steps):
+        pale = i == 0 and len(drawn_steps) > 1
+        handles.append(Line2D([], [], color="black", linestyle=styles[step], linewidth=2.4 if pale else 1.6,
+                              alpha=0.55 if pale else 1.0, label=_flow_step_label(run, step, last=step == flow.steps[-1])))
+
+    notes = []
+    K = _int((exp.config.get("train") if isinstance(exp.config.get("train"), dict) else {}).get("tbptt"))
+    boundaries = _tbptt_boundaries(T, K)
+    if boundaries and len(boundaries) <= MAX_TBPTT_LINES:
+        for t in boundaries:
+            ax.axvline(t + 0.5, color="0.35", linestyle=":", linewidth=1.1, zorder=1)
+        handles.append(Line2D([], [], color="0.35", linestyle=":", linewidth=1.1,
+                              label=f"truncation boundary (tbptt {K}):\nno gradient crosses it"))
+    elif boundaries:
+        every = "step" if K == 1 else f"{K} steps"
+        notes.append(f"truncated BPTT every {every}: {len(boundaries)} boundaries, too many to draw")
+
+    # Where the first NaN/inf was born, when that was inside the recurrence.
+    first = run.first_nonfinite or {}
+    where = str(first.get("where") or "")
+    t_bad = _int(first.get("t"))
+    if t_bad is None:
+        m = re.search(r"@ t=(\d+)$", where)
+        t_bad = int(m.group(1)) if m else None
+    if run.diverged and t_bad is not None and 0 <= t_bad < T:
+        layer = next((l for l in flow.layers if where.startswith(l + ".")), None)
+        style = dict(marker="v", markersize=11, color=colors.get(layer, NONFINITE_COLOR), markeredgecolor=NONFINITE_COLOR,
+                     markeredgewidth=1.5, linestyle="none", clip_on=False, zorder=6)
+        ax.plot([t_bad], [0.91], transform=ax.get_xaxis_transform(), **style)
+        phase = f" ({first['phase']})" if first.get("phase") else ""
+        handles.append(Line2D([], [], label=f"first NaN/inf, step {run.divergence_step}{phase}:\n{where}", **style))
+    if nonfinite:
+        handles.append(Line2D([], [], color="0.3", linewidth=4, label="top edge: NaN/inf at that t"))
+    if zeros:
+        handles.append(Line2D([], [], color="0.3", linewidth=4, label="bottom edge: zero at that t"))
+
+    if len(layers) < len(flow.layers):
+        notes.append(f"{len(layers)} of {len(flow.layers)} layers shown")
+    if len(flow.steps) > 2:
+        notes.append(f"{len(flow.steps) - 2} middle step(s) in the file not shown")
+    masked = ([f"{zeros} zero{'s' if zeros > 1 else ''} (no gradient reaches h_t)"] if zeros else []) + \
+             ([f"{nonfinite} NaN/inf value{'s' if nonfinite > 1 else ''}"] if nonfinite else [])
+    if masked:
+        notes.append(f"masked (gaps: not drawable on a log scale): {' and '.join(masked)}")
+    if not positive.size:
+        notes.append("no finite non-zero norm to draw: the scale is arbitrary")
+
+    ax.set_xlabel(f"time step t        (backpropagation through time runs from t = {T - 1} back to t = 0  ←)")
+    ax.set_ylabel("‖dL/dh_t‖: L2 norm over the batch (log scale)")
+    ax.set_title(f"Gradient through time — {run.run_id} — {_outcome(run)}\n{_wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False)
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=9, color="0.25")
     return _save(fig, path)
 
 
@@ -769,6 +1141,6 @@ def _draw_sweep(exp: Experiment, path: Path) -> Optional[Path]:
     ax_div.set_ylabel("divergence step")
     ax_loss.set_title("final loss")
     ax_div.set_title("step of the first NaN/inf")
-    fig.suptitle(f"Clipping threshold sweep\n{exp.summary}")
+    fig.suptitle(f"Clipping threshold sweep\n{_wrap(exp.summary, int(fig.get_figwidth() * 10))}")
     fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=9, frameon=False)
     return _save(fig, path)

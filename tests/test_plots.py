@@ -31,8 +31,9 @@ def _clip_entry(variant: str) -> str:
 
 def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int | None = None,
               report: bool = True, layer_nan: bool = False, layer_zero: bool = False,
-              metrics_nan: bool = False) -> dict:
-    """One run folder; a diverged run stops at `diverge_at` with a NaN/inf last row."""
+              metrics_nan: bool = False, accuracy: bool = False, first_nonfinite: dict | None = None) -> dict:
+    """One run folder; a diverged run stops at `diverge_at` with a NaN/inf last row. With
+    `accuracy`, metrics.csv gets the classification tasks' extra last column."""
     rng = np.random.default_rng(seed)
     method, _, thr = variant.partition("-")
     threshold = float(thr) if thr else None
@@ -48,8 +49,13 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
         grad[:], clipped[:], loss[:] = math.nan, math.nan, math.nan
     rows = [[int(t[i]), loss[i], grad[i], clipped[i], min(1.0, clipped[i] / grad[i]) if np.isfinite(grad[i]) else math.nan,
              int(clipped[i] < grad[i]), 0.01 * clipped[i], int(nonfinite[i])] for i in range(n)]
+    if accuracy:  # from chance (1/4) up; the diverged row has none
+        acc = np.clip(0.25 + 0.7 * (1 - np.exp(-t / 5.0)) + 0.05 * rng.random(n), 0, 1)
+        if diverge_at is not None:
+            acc[-1] = math.nan
+        rows = [row + [acc[i]] for i, row in enumerate(rows)]
     d = exp / "runs" / f"{variant}-s{seed}"
-    write_csv(d / "metrics.csv", METRICS, rows)
+    write_csv(d / "metrics.csv", METRICS + ["accuracy"] * accuracy, rows)
     layers = grad[None, :] * np.linspace(1, 0.01, len(PARAMS))[:, None]
     if layer_nan:
         layers[2] = math.nan  # a whole column of the CSV without one finite value
@@ -63,7 +69,7 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
         "threshold": threshold, "norm_type": 2.0 if method == "norm" else None,
         "diverged": diverge_at is not None, "divergence_step": diverge_at,
         "first_nonfinite": None if diverge_at is None else
-        {"step": diverge_at, "phase": "backward", "where": "layer1.W", "kind": "inf"},
+        first_nonfinite or {"step": diverge_at, "phase": "backward", "where": "layer1.W", "kind": "inf"},
         "max_grad_norm": float(np.nanmax(np.where(np.isfinite(grad), grad, np.nan))) if np.isfinite(grad).any() else "nan",
         "final_loss": None if diverge_at is not None else float(loss[-1]),
         "steps_completed": n if diverge_at is None else diverge_at, "clip_fraction": 0.5, "steps": steps,
@@ -161,8 +167,11 @@ def test_degenerate_runs_do_not_raise(tmp_path):
     an all-zero layer column and NaN metrics throughout."""
     exp = make_experiment(tmp_path / "odd", variants=("none", "norm-1"), seeds=(0,), steps=1,
                           **{"norm-1-s0": {"layer_nan": True, "layer_zero": True, "metrics_nan": True}})
+    # A gradient through time with one step, one time step and nothing a log scale can show.
+    write_text(exp / "runs" / "norm-1-s0" / "bptt_norms.csv", "step,layer,t,grad_norm\n0,gru.0,0,nan\n0,gru.1,0,0\n")
     written = draw_experiment(exp)
-    assert {p.name for p in written} == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
+    assert {p.name for p in written} == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png",
+                                         "bptt_norm-1-s0.png"}
     for p in written:
         assert_png(p)
 
@@ -210,3 +219,219 @@ def test_heatmap_columns_aggregate_to_block_maxima():
 def test_import_does_not_load_matplotlib():
     code = "import gradlab.plots, sys; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------- recurrent models
+
+LAYERS = ["lstm.0", "lstm.1"]
+
+
+def write_flow(run_dir: Path, T: int, steps: list[int], *, layers=LAYERS, explode_last: bool = False,
+               tbptt: int | None = None) -> None:
+    """bptt_norms.csv: dL/dh_t shrinking as t goes back (vanishing); with `explode_last`, the
+    last step grows instead and holds an inf and a NaN near t = 0. With `tbptt`, no gradient
+    reaches the steps before the last truncation boundary from a last-step head: zeros."""
+    rows = []
+    t = np.arange(T)
+    for k, step in enumerate(steps):
+        for i, layer in enumerate(layers):
+            back = T - 1 - t  # how far the gradient has travelled
+            if explode_last and k == len(steps) - 1:
+                v = 0.1 * min(1.6, 1e12 ** (1 / T)) ** back / (1 + i)
+            else:
+                v = 2.0 * 0.8 ** back / (1 + i)
+            if tbptt:
+                v = np.where(back >= tbptt, 0.0, v)
+            if explode_last and k == len(steps) - 1:  # as far back as the gradient goes
+                far = T - max(tbptt, 2) if tbptt else 0
+                v[far], v[far + 1] = math.inf, math.nan
+            rows += [f"{step},{layer},{tt},{x!r}\n" for tt, x in enumerate(v.tolist())]
+    # The text write_csv would give (repr of each float), without its per-value cost.
+    write_text(run_dir / "bptt_norms.csv", "step,layer,t,grad_norm\n" + "".join(rows))
+
+
+def make_recurrent(exp: Path, T: int = 24, steps: int = 12, tbptt: int | None = None) -> Path:
+    """An LSTM on temporal_order (classification: an accuracy column), one seed: the
+    baseline explodes and diverges inside the recurrence, norm-1 trains to the end."""
+    write_text(exp / "config.yaml", (
+        f"name: {exp.name}\nseeds: [0]\n"
+        "model: {kind: lstm, depth: 2, width: 8, activation: tanh, init: {scheme: orthogonal, gain: 1.2}}\n"
+        f"task: {{kind: temporal_order, batch_size: 16, seq_len: {T}}}\n"
+        f"train: {{steps: {steps}, optimizer: {{kind: sgd, lr: 0.05, momentum: 0.9}}, dtype: float32"
+        + (f", tbptt: {tbptt}" if tbptt else "") + "}\n"
+        "clipping:\n" + _clip_entry("none") + _clip_entry("norm-1")))
+    div = steps // 2
+    where = {"step": div, "phase": "backward", "where": f"lstm.1.h @ t={T - 6}", "kind": "inf", "t": T - 6}
+    reports = [write_run(exp, "none", 0, steps, diverge_at=div, accuracy=True, first_nonfinite=where),
+               write_run(exp, "norm-1", 0, steps, accuracy=True)]
+    write_flow(exp / "runs" / "none-s0", T, [0, div - 1], explode_last=True, tbptt=tbptt)
+    write_flow(exp / "runs" / "norm-1-s0", T, [0, steps - 1], tbptt=tbptt)
+    write_json(exp / "summary.json", reports)
+    return exp
+
+
+def figure_facts(fig) -> dict:
+    """What a reader of a figure sees: title, axis labels and scales, legend entries,
+    caption, and every line's point count; vertical lines (axvline) by x."""
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    ax = axes[0]
+    lines = [line for a in axes for line in a.get_lines()]
+    return {
+        "title": ax.get_title(), "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
+        "caption": fig._supxlabel.get_text() if fig._supxlabel else "",
+        "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "yscale": ax.get_yscale(), "ylim": ax.get_ylim(),
+        "legend": [t.get_text() for a in axes for leg in [a.get_legend(), *[c for c in a.artists]] if leg is not None
+                   and hasattr(leg, "get_texts") for t in leg.get_texts()],
+        "points": [len(line.get_xdata()) for line in lines],
+        "vlines": sorted(float(line.get_xdata()[0]) for line in lines
+                         if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]
+                         and list(line.get_ydata()) == [0, 1]),
+    }
+
+
+@pytest.fixture(scope="module")
+def recurrent(tmp_path_factory) -> tuple[Path, list[Path], dict]:
+    """The recurrent experiment drawn, with what each new figure shows. norm-1-s0's file is
+    long and deep (T = 2400, 10 layers): more truncation boundaries than are drawn, 8 layers
+    shown, lines downsampled. The grad-norm and loss plots and the heatmaps are covered by
+    the MLP tests; here they are only listed (drawing them would cost seconds)."""
+    exp = make_recurrent(tmp_path_factory.mktemp("rec") / "lstm_order", tbptt=8)
+    write_flow(exp / "runs" / "norm-1-s0", 2400, [0, 11], layers=[f"lstm.{i}" for i in range(10)])
+    facts: dict[str, dict] = {}
+    real_save, real_over_steps = plots._save, plots._draw_over_steps
+
+    def save(fig, path):
+        facts[path.name] = figure_facts(fig)
+        return real_save(fig, path)
+
+    def over_steps(exp, columns, **kw):
+        return real_over_steps(exp, columns, **kw) if kw["path"].name == "accuracy.png" else kw["path"]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(plots, "_save", save)
+        m.setattr(plots, "_draw_over_steps", over_steps)
+        m.setattr(plots, "_draw_heatmap", lambda exp, run, path: path)
+        written = draw_experiment(exp)
+    return exp, written, facts
+
+
+def test_recurrent_experiment_draws_bptt_and_accuracy(recurrent):
+    exp, written, facts = recurrent
+    runs = ("none-s0", "norm-1-s0")
+    assert {p.name for p in written} == {"grad_norm.png", "loss.png", "accuracy.png"} | \
+        {f"{kind}_{r}.png" for kind in ("heatmap", "bptt") for r in runs}
+    assert set(facts) == {"accuracy.png", "bptt_none-s0.png", "bptt_norm-1-s0.png"}
+    for name in facts:
+        assert_png(exp / "plots" / name)
+    e = load_experiment(exp)
+    # LSTM gates are fixed: no activation in the subtitle; the task and the truncation are named.
+    assert e.summary == ("lstm_order — lstm depth 2 width 8 (orthogonal init ×1.2), temporal_order T=24, "
+                         "sgd lr 0.05 momentum 0.9, truncated BPTT every 8 steps")
+    # Accuracy: linear in [0, 1] (a margin keeps 0 and 1 visible), chance drawn, divergence marked.
+    acc = facts["accuracy.png"]
+    assert acc["yscale"] == "linear" and acc["ylim"] == pytest.approx((-0.02, 1.02))
+    assert {"chance (1/4)", "none: diverged at step 6", "norm-1: max_norm 1"} <= set(acc["legend"])
+    # The title is wrapped to the figure rather than cut at both ends.
+    assert all(len(line) <= 90 for line in acc["suptitle"].splitlines())
+
+
+def test_bptt_plot_of_a_diverged_run(recurrent):
+    f = recurrent[2]["bptt_none-s0.png"]
+    assert f["title"].startswith("Gradient through time — none-s0 — diverged at step 6 in backward at lstm.1.h @ t=18")
+    assert f["yscale"] == "log" and "dL/dh_t" in f["ylabel"]
+    assert "from t = 23 back to t = 0" in f["xlabel"]
+    assert {"lstm.0 (bottom)", "lstm.1 (top)", "step 0", "step 5 (last before divergence at step 6)",
+            "top edge: NaN/inf at that t", "bottom edge: zero at that t"} <= set(f["legend"])
+    assert any(t.startswith("first NaN/inf, step 6 (backward)") for t in f["legend"])
+    # tbptt 8 over T = 24: boundaries after t = 7 and t = 15, counted from the end.
+    assert f["vlines"] == [7.5, 15.5]
+    # Zeros (before the last boundary) and the inf/NaN of the late step are masked and counted.
+    assert "64 zeros" in f["caption"] and "4 NaN/inf values" in f["caption"]
+
+
+def test_bptt_plot_stays_readable_when_long_and_deep(recurrent):
+    f = recurrent[2]["bptt_norm-1-s0.png"]
+    assert f["title"].startswith("Gradient through time — norm-1-s0 — trained 12 steps")
+    layers = [t for t in f["legend"] if t.startswith("lstm.")]
+    assert len(layers) == 8 and layers[0] == "lstm.0 (bottom)" and layers[-1] == "lstm.9 (top)"
+    assert "step 11 (final)" in f["legend"]
+    assert "8 of 10 layers shown" in f["caption"]
+    assert "299 boundaries, too many to draw" in f["caption"] and f["vlines"] == []
+    assert max(f["points"]) <= plots.MAX_LINE_POINTS + 2
+    assert "masked" not in f["caption"]
+
+
+def test_mlp_experiment_has_no_bptt_or_accuracy_plot(full):
+    exp, written = full
+    assert not list((exp / "plots").glob("bptt_*.png"))
+    assert not (exp / "plots" / "accuracy.png").exists()
+
+
+def test_describe_recurrent_configs():
+    cfg = {"name": "rnn_adding",
+           "model": {"kind": "rnn", "depth": 1, "width": 64, "activation": "tanh",
+                     "init": {"scheme": "orthogonal", "gain": 1.2}, "input_init": {"scheme": "xavier", "gain": 1.0}},
+           "task": {"kind": "adding", "batch_size": 64, "seq_len": 30},
+           "train": {"steps": 300, "optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9, "dampening": 0.0,
+                                                 "nesterov": False, "weight_decay": 0.0}, "tbptt": None}}
+    assert plots._describe_config(cfg, "x") == \
+        "rnn_adding — rnn depth 1 width 64 tanh (orthogonal init ×1.2), adding T=30, sgd lr 0.05 momentum 0.9"
+    cfg["model"] = {"kind": "gru", "depth": 3, "width": 32, "activation": "tanh", "init": {"scheme": "orthogonal", "gain": 1.0}}
+    cfg["task"] = {"kind": "copy", "seq_len": 40, "copy_len": 5, "n_symbols": 8}
+    cfg["train"] = {"optimizer": {"kind": "adamw", "lr": 0.001, "betas": [0.9, 0.999], "weight_decay": 0.01, "amsgrad": False},
+                    "tbptt": 10}
+    assert plots._describe_config(cfg, "x") == ("rnn_adding — gru depth 3 width 32 (orthogonal init ×1), "
+                                                "copy T=40 (5 of 8 symbols), adamw lr 0.001 wd 0.01, truncated BPTT every 10 steps")
+    assert plots._chance_accuracy(cfg) == (0.125, "1/8")
+    # The MLP's default teacher task is not named (titles stay as they were); spirals is.
+    assert plots._describe_config({"name": "m", "model": {"kind": "mlp"}, "task": {"kind": "teacher"}}, "x") == "m — mlp"
+    assert plots._describe_config({"name": "m", "task": {"kind": "spirals"}}, "x") == "m — spirals"
+
+
+def test_flow_step_labels_and_truncation_boundaries(tmp_path):
+    e = load_experiment(make_recurrent(tmp_path / "labels", steps=12))
+    none, norm = (next(r for r in e.runs if r.run_id == rid) for rid in ("none-s0", "norm-1-s0"))
+    assert plots._flow_step_label(none, 0, last=False) == "step 0"
+    assert plots._flow_step_label(none, 5, last=True) == "step 5 (last before divergence at step 6)"
+    assert plots._flow_step_label(norm, 11, last=True) == "step 11 (final)"
+    assert plots._flow_step_label(norm, 7, last=True) == "step 7 (last recorded)"
+    none.first_nonfinite = {"step": 6, "phase": "update", "where": "lstm.0.W_hh", "kind": "inf"}
+    assert plots._flow_step_label(none, 6, last=True) == "step 6 (gradients finite; its update diverged)"
+    # The recurrent backward pass's rule: boundary between t and t + 1 when (T - 1 - t) % K == 0.
+    for T, K in ((10, 3), (12, 4), (5, 1), (7, 10)):
+        assert plots._tbptt_boundaries(T, K) == [t for t in range(T - 1) if (T - 1 - t) % K == 0]
+    assert plots._tbptt_boundaries(10, 3) == [0, 3, 6]
+    assert plots._tbptt_boundaries(10, None) == []
+
+
+def test_read_flow_is_lenient(tmp_path):
+    path = tmp_path / "bptt_norms.csv"
+    # Columns found by name; a damaged row, a missing value and a missing t are skipped or gaps.
+    path.write_text("layer,t,grad_norm,step\nrnn.10,0,1.0,3\nrnn.2,0,inf,3\nrnn.2,2,nan,3\n"
+                    "rnn.2,x,1,3\nrnn.2,1\n\nrnn.10,2,0,7\n")
+    flow = plots._read_flow(path)
+    assert flow.T == 3 and flow.steps == [3, 7] and flow.layers == ["rnn.2", "rnn.10"]
+    assert np.isinf(flow.norms[3]["rnn.2"][0]) and np.isnan(flow.norms[3]["rnn.2"][1])
+    assert flow.present[3]["rnn.2"].tolist() == [True, False, True]
+    assert plots._read_flow(tmp_path / "missing.csv") is None
+    path.write_text("step,layer,t,grad_norm\n")
+    assert plots._read_flow(path) is None
+    assert plots._pick_layers([f"gru.{i}" for i in range(20)], 8)[::7] == ["gru.0", "gru.19"]
+
+
+def test_only_stale_keeps_fresh_bptt_plots(recurrent, monkeypatch):
+    exp = recurrent[0]
+    drawn = []
+    monkeypatch.setattr(plots, "_draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    monkeypatch.setattr(plots, "_draw_heatmap", lambda exp, run, path: drawn.append(path.name))
+    monkeypatch.setattr(plots, "_draw_bptt", lambda exp, run, path: drawn.append(path.name))
+    draw_experiment(exp, only_stale=True)
+    # The bptt plots are newer than their reports: kept. The fixture never wrote the heatmaps.
+    assert sorted(drawn) == ["heatmap_none-s0.png", "heatmap_norm-1-s0.png"]
+    for name in drawn:
+        (exp / "plots" / name).write_bytes(b"")
+    drawn.clear()
+    report = exp / "runs" / "norm-1-s0" / "report.json"
+    report.write_bytes(report.read_bytes())  # the run was redone
+    draw_experiment(exp, only_stale=True)
+    assert sorted(drawn) == ["bptt_norm-1-s0.png", "heatmap_norm-1-s0.png"]

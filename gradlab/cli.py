@@ -9,6 +9,7 @@ its traceback in a log file (or on screen with --debug / GRADLAB_DEBUG=1).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -65,32 +66,96 @@ def _console(stderr: bool = False):
     return con
 
 
+WorkersOpt = typer.Option(None, "--workers", min=1, metavar="N",
+                          help="Worker processes, one seed each at a time (default: the cores, fewer when memory says so).")
+ForceOpt = typer.Option(False, "--force", help="Recompute runs that are already complete.")
+NoPlotsOpt = typer.Option(False, "--no-plots", help="Skip drawing the plots (`gradlab plot` draws them later).")
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: Optional[List[str]] = SetOpt,
     seeds: Optional[str] = SeedsOpt,
     out: Path = OutOpt,
-    force: bool = typer.Option(False, "--force", help="Recompute runs that are already complete."),
+    workers: Optional[int] = WorkersOpt,
+    force: bool = ForceOpt,
     quiet: bool = QuietOpt,
+    no_plots: bool = NoPlotsOpt,
 ) -> None:
     """Train every run of CONFIG (each clipping variant x each seed) and write the experiment directory."""
-    cfg = _load(config, set_, seeds)
-    from .experiment import run_experiment, prepare, collect_reports
+    _execute(_load(config, set_, seeds), out, force, quiet, workers, not no_plots)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Experiment config (YAML); its clipping list is replaced."),
+    thresholds: str = typer.Option(..., "--thresholds", metavar="0.1,1,10", help="Clipping thresholds, comma-separated."),
+    method: str = typer.Option("norm", "--method", metavar="norm|value", help="Clip by global norm or by value."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the unclipped baseline."),
+    set_: Optional[List[str]] = SetOpt,
+    seeds: Optional[str] = SeedsOpt,
+    out: Path = OutOpt,
+    workers: Optional[int] = WorkersOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    no_plots: bool = NoPlotsOpt,
+) -> None:
+    """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
+    threshold keeps the model stable and what it costs."""
+    if method not in ("norm", "value"):
+        raise UserError(f"must be norm or value, got `{method}`", key="--method")
+    spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
+    from .config import load_config
+
+    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, workers, not no_plots)
+
+
+def parse_thresholds(text: str) -> list[float]:
+    """`0.1,1,10` -> [0.1, 1.0, 10.0]: positive, finite, distinct; else a UserError naming --thresholds."""
+    import math
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{why} (expected positive numbers separated by commas, e.g. 0.1,1,10)", key="--thresholds")
+
+    if not text.strip():
+        raise bad("an empty list")
+    values = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            raise bad("an empty item")
+        try:
+            x = float(item)
+        except ValueError:
+            raise bad(f"`{item}` is not a number") from None
+        if not math.isfinite(x) or x <= 0:
+            raise bad(f"`{item}` is not a positive finite number")
+        if x in values:
+            raise bad(f"`{item}` appears twice")
+        values.append(x)
+    return values
+
+
+def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], plots: bool = True) -> None:
+    """Run an experiment with a progress bar; Ctrl-C -> 130, SIGTERM -> 143, finished runs kept."""
+    from .config import experiment_dir
+    from .errors import Terminated
+    from .experiment import collect_reports, run_experiment
 
     progress = None if quiet else _RichProgress()
     try:
         if progress:
             with progress:
-                exp = run_experiment(cfg, out, force=force, progress=progress)
+                exp = run_experiment(cfg, out, force=force, progress=progress, workers=workers, plots=plots)
         else:
-            exp = run_experiment(cfg, out, force=force)
-    except KeyboardInterrupt:
-        exp = prepare(cfg, out)
-        n = len(collect_reports(exp))
-        print(f"gradlab: interrupted; {n} complete run(s) kept in {exp} (run the same command to resume)",
+            exp = run_experiment(cfg, out, force=force, workers=workers, plots=plots)
+    except KeyboardInterrupt as e:
+        exp = experiment_dir(cfg, out)
+        n = len(collect_reports(exp)) if exp.is_dir() else 0
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"gradlab: {what}; {n} complete run(s) kept in {exp} (run the same command to resume)",
               file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(143 if isinstance(e, Terminated) else 130)
     _print_outcome(exp, quiet)
 
 
@@ -191,14 +256,11 @@ class _RichProgress:
             self._bar.console.print(f"{n_skipped} run(s) already complete: skipped (--force recomputes them)")
         self._task = self._bar.add_task(f"{n_runs} run(s)", total=total_steps)
 
-    def seed_start(self, seed: int, n_variants: int) -> None:
-        self._bar.update(self._task, description=f"seed {seed}: {n_variants} variant(s)")
+    def advance(self, steps: int) -> None:
+        self._bar.advance(self._task, steps)
 
-    def step(self, n_alive: int) -> None:
-        self._bar.advance(self._task)
-
-    def seed_done(self, seed: int, skipped_steps: int) -> None:
-        self._bar.advance(self._task, skipped_steps)  # every variant diverged early
+    def note(self, text: str) -> None:
+        self._bar.update(self._task, description=text)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -206,12 +268,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("GRADLAB_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
     except UserError as e:
         _fail(str(e), 2)
-    except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+    except (KeyboardInterrupt, typer.Abort) as e:
+        from .errors import Terminated
+
+        _fail("terminated" if isinstance(e, Terminated) else "interrupted", 143 if isinstance(e, Terminated) else 130)
     except Exception as e:
         # Usage errors of Typer's (vendored) click: duck-typed, the class is not public.
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
@@ -221,6 +286,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _bug(e)
+
+
+def _terminated(signum, frame) -> None:
+    from .errors import Terminated
+
+    raise Terminated()
 
 
 def _fail(message: str, code: int, who: str = "gradlab") -> None:

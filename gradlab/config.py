@@ -261,6 +261,27 @@ def _default_clipping() -> list:
     return [ClipNone(method="none"), ClipNorm(method="norm", max_norm=1.0)]
 
 
+class SweepConfig(_Strict):
+    """A threshold sweep (what `gradlab sweep` sets): the clipping list is the baseline `none`
+    (unless baseline is false) plus `method` at each threshold, in ascending order."""
+
+    method: Literal["norm", "value"] = "norm"
+    thresholds: Annotated[list[Positive], Field(min_length=1, max_length=1000)]
+    baseline: bool = True
+
+    @field_validator("thresholds")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"thresholds must be distinct, got {', '.join(map(format_threshold, v))}")
+        return sorted(v)
+
+    def clipping(self) -> list[dict]:
+        key = "max_norm" if self.method == "norm" else "clip_value"
+        return ([{"method": "none"}] if self.baseline else []) + [
+            {"method": self.method, key: t} for t in self.thresholds]
+
+
 class ExperimentConfig(_Strict):
     """One experiment: every clipping variant x every seed."""
 
@@ -273,11 +294,19 @@ class ExperimentConfig(_Strict):
     clipping: Annotated[list[ClipConfig], Field(min_length=1, max_length=1000)] = Field(
         default_factory=_default_clipping
     )
+    sweep: Optional[SweepConfig] = None
 
     @model_validator(mode="before")
     @classmethod
     def _teacher_by_default(cls, data: Any) -> Any:
-        return _default_kind(data, "task", "teacher")
+        data = _default_kind(data, "task", "teacher")
+        # A sweep's clipping list is derived from it (and kept in the resolved config).
+        if isinstance(data, dict) and isinstance(data.get("sweep"), dict) and "clipping" not in data:
+            try:
+                data = {**data, "clipping": SweepConfig.model_validate(data["sweep"]).clipping()}
+            except ValidationError:
+                pass  # reported where it belongs, by the field's own validation
+        return data
 
     @model_validator(mode="after")
     def _resolve_seeds(self) -> "ExperimentConfig":
@@ -294,6 +323,12 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}")
         if self.train.tbptt is not None and not sequence:
             raise ValueError("train.tbptt (truncated backprop through time) applies to recurrent models only")
+        if self.sweep is not None:
+            want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
+                    for c in self.sweep.clipping()]
+            if list(self.clipping) != want:
+                raise ValueError("clipping: a sweep sets the clipping list (the baseline and method at each "
+                                 "threshold); give either sweep or clipping")
         ids = [variant_id(c) for c in self.clipping]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
@@ -302,7 +337,7 @@ class ExperimentConfig(_Strict):
 
     def resolved(self) -> dict:
         """The resolved config as plain data (what config.yaml holds and the hash covers)."""
-        return self.model_dump(mode="json", exclude={"seed"})
+        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
 
 
 def format_threshold(x: float) -> str:
@@ -780,10 +815,13 @@ def _check_memory(cfg: ExperimentConfig, file: str, line: Optional[int]) -> None
 # ----------------------------------------------------------------------------- public API
 
 
-def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None
-                ) -> ExperimentConfig:
+def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
+                sweep: Optional[dict] = None) -> ExperimentConfig:
     """Read, override (`--set`, `--seeds`), validate and size-check a config; every problem
-    is one UserError naming the file (or option), the key path and the line."""
+    is one UserError naming the file (or option), the key path and the line.
+
+    `sweep` ({method, thresholds, baseline}, from `gradlab sweep`) replaces the config's
+    clipping list by the baseline plus `method` at each threshold."""
     path = Path(path)
     file = str(path)
     data, lines = _parse_yaml(_read_text(path), file)
@@ -798,6 +836,10 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
         data.pop("seed", None)
         data["seeds"] = list(seeds)
         sources[("seeds",)] = "--seeds " + ",".join(map(str, seeds))
+    if sweep is not None:
+        data.pop("clipping", None)
+        data["sweep"] = dict(sweep)
+        sources[("sweep",)] = "--thresholds"
     if "name" not in data and re.match(NAME_PATTERN, path.stem):
         data["name"] = path.stem
 

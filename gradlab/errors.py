@@ -33,3 +33,7 @@ class UserError(Exception):
         parts = [p for p in (where, self.key) if p]
         prefix = ": ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so that it unwinds like Ctrl-C (exit code 143)."""

@@ -8,9 +8,10 @@ when its report.json exists (written last); anything else in a run folder is red
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from . import io
 from .config import ExperimentConfig, dump_yaml, experiment_dir, run_id
@@ -28,9 +29,8 @@ class Progress:
     """What the experiment tells its caller while it runs; the CLI draws it, the API ignores it."""
 
     def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None: ...
-    def seed_start(self, seed: int, n_variants: int) -> None: ...
-    def step(self, n_alive: int) -> None: ...
-    def seed_done(self, seed: int, skipped_steps: int) -> None: ...
+    def advance(self, steps: int) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 def run_dir(exp: Path, rid: str) -> Path:
@@ -105,44 +105,94 @@ def write_summary(exp: Path) -> list[dict]:
     return reports
 
 
-def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force: bool = False,
-                   progress: Optional[Progress] = None, plots: bool = True) -> Path:
-    """Train every run of `cfg` not yet complete under `out`; write summary, report, plots.
-
-    Returns the experiment directory. Ctrl-C (KeyboardInterrupt) propagates after the runs
-    finished so far are on disk.
-    """
+def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], lockstep: bool = True,
+               advance: Callable[[int], None] = lambda n: None) -> None:
+    """Train the variants `todo` of one seed and write their runs. With lockstep (the
+    default) they train as one stack; without, one after another (same numbers, slower)."""
     from .train import train_seed  # the engine is needed only here, not by `validate`
 
+    groups = [todo] if lockstep else [[i] for i in todo]
+    for group in groups:
+        done = 0
+
+        def step(_: int) -> None:
+            nonlocal done
+            done += 1
+            advance(1)
+
+        for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
+            write_run(exp, r)
+        advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
+
+
+def steps_to_compute(cfg: ExperimentConfig, plans: list[SeedPlan], lockstep: bool) -> int:
+    return sum(cfg.train.steps * (1 if lockstep else len(p.todo)) for p in plans if p.todo)
+
+
+def default_workers(cfg: ExperimentConfig, n_seeds: int) -> int:
+    """One process per core, but no more than the seeds to compute or than memory holds."""
+    from .config import available_memory_bytes, estimate_memory_bytes
+
+    fits = max(1, int(0.8 * available_memory_bytes() // max(1, estimate_memory_bytes(cfg))))
+    return max(1, min(os.cpu_count() or 1, n_seeds, fits))
+
+
+def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force: bool = False,
+                   progress: Optional[Progress] = None, plots: bool = True,
+                   workers: Optional[int] = None, lockstep: bool = True) -> Path:
+    """Train every run of `cfg` not yet complete under `out`; write summary, report, plots.
+
+    Seeds run in `workers` processes (default: one per core, fewer when memory says so);
+    all variants of a seed advance in lockstep. Returns the experiment directory.
+    Ctrl-C (KeyboardInterrupt) propagates after the runs finished so far are on disk.
+    """
     progress = progress or Progress()
     exp = prepare(cfg, out)
-    plans = plan(cfg, exp, force)
-    steps = cfg.train.steps
-    todo_runs = sum(len(p.todo) for p in plans)
-    progress.start(sum(steps for p in plans if p.todo), todo_runs, len(cfg.clipping) * len(plans) - todo_runs)
-    try:
-        for p in plans:
-            if not p.todo:
-                continue
-            progress.seed_start(p.seed, len(p.todo))
-            counter = _StepCounter(progress)
-            results = train_seed(cfg, p.seed, [cfg.clipping[i] for i in p.todo], p.todo, on_step=counter)
-            for r in results:
-                write_run(exp, r)
-            progress.seed_done(p.seed, steps - counter.n)
-    finally:
-        write_summary(exp)
-    finish(exp, plots=plots, only_stale=not force)
+    with experiment_lock(exp):
+        plans = [p for p in plan(cfg, exp, force) if p.todo]
+        todo_runs = sum(len(p.todo) for p in plans)
+        progress.start(steps_to_compute(cfg, plans, lockstep), todo_runs,
+                       len(cfg.clipping) * len(cfg.seeds) - todo_runs)
+        n = min(workers or default_workers(cfg, len(plans)), max(1, len(plans)))
+        try:
+            if n > 1:
+                from .workers import train_in_workers
+
+                train_in_workers(cfg, exp, plans, n, lockstep, progress)
+            else:
+                for p in plans:
+                    progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
+                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
+        finally:
+            write_summary(exp)
+        finish(exp, plots=plots, only_stale=not force)
     return exp
 
 
-class _StepCounter:
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.n = progress, 0
+@contextmanager
+def experiment_lock(exp: Path) -> Iterator[None]:
+    """One gradlab process per experiment directory: a second one is refused, naming the first."""
+    from filelock import FileLock, Timeout
 
-    def __call__(self, n_alive: int) -> None:
-        self.n += 1
-        self.progress.step(n_alive)
+    lock = FileLock(str(exp / ".lock"))
+    owner = exp / ".lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            pid = owner.read_text().strip()
+        except OSError:
+            pid = "unknown"
+        raise UserError(f"in use by another gradlab process (pid {pid}); wait for it to finish or stop it",
+                        file=str(exp)) from None
+    try:
+        io.write_text(owner, f"{os.getpid()}\n")
+        for leftover in [*exp.glob(".*.tmp"), *exp.glob("*/.*.tmp"), *exp.glob("runs/*/.*.tmp")]:
+            leftover.unlink(missing_ok=True)  # from a process killed mid-write
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
 
 
 def finish(exp: Path, plots: bool = True, only_stale: bool = False) -> list[Path]:

@@ -1,0 +1,91 @@
+"""Seeds in parallel: one worker process per core, each training whole seeds and writing their
+runs itself (atomically, as always), BLAS limited to one thread per worker.
+
+The parent only hands out seeds and draws progress. On Ctrl-C or SIGTERM it stops the
+workers with SIGTERM, which each holds until a write in flight has finished
+(io.deferred_interrupt), so every run on disk is complete or absent: a run folder without
+report.json is redone by the next run.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import signal
+import traceback
+from pathlib import Path
+
+from .config import ExperimentConfig
+
+_FLUSH_EVERY = 25  # steps between progress messages: one pipe write per 25 steps is cheap
+
+
+def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides and sends SIGTERM, which
+    # ends a worker at once (the parent's own SIGTERM handler is not for workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from threadpoolctl import threadpool_limits
+
+    from .experiment import train_plan
+
+    # Several processes on few cores: more BLAS threads would only fight over them.
+    threadpool_limits(1)
+    pending = 0
+
+    def advance(n: int) -> None:
+        nonlocal pending
+        pending += n
+        if pending >= _FLUSH_EVERY:
+            events.put(("steps", pending))
+            pending = 0
+
+    while (item := tasks.get()) is not None:
+        seed, todo = item
+        try:
+            train_plan(cfg, exp, seed, todo, lockstep, advance)
+        except Exception:
+            events.put(("error", f"seed {seed}:\n{traceback.format_exc()}"))
+            return
+        events.put(("steps", pending))
+        pending = 0
+        events.put(("done", seed))
+
+
+def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress) -> None:
+    """Train every plan (a seed and its variants to compute) in `workers` processes."""
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    tasks, events = ctx.Queue(), ctx.Queue()
+    for p in plans:
+        tasks.put((p.seed, p.todo))
+    procs = [ctx.Process(target=_worker, args=(cfg, exp, lockstep, tasks, events), daemon=True)
+             for _ in range(workers)]
+    for _ in procs:
+        tasks.put(None)
+    for proc in procs:
+        proc.start()
+    progress.note(f"{len(plans)} seed(s) on {workers} worker processes")
+    remaining = len(plans)
+    ok = False
+    try:
+        while remaining:
+            try:
+                kind, payload = events.get(timeout=0.2)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a worker process died (exit code {dead[0].exitcode})") from None
+                continue
+            if kind == "steps":
+                progress.advance(payload)
+            elif kind == "done":
+                remaining -= 1
+            else:
+                raise RuntimeError(f"a worker failed on {payload}")
+        ok = True
+    finally:
+        for proc in procs:
+            if not ok and proc.is_alive():
+                proc.terminate()  # SIGTERM: held until a write in flight has finished
+        for proc in procs:
+            proc.join()

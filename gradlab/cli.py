@@ -213,7 +213,7 @@ def _print_outcome(exp: Path, quiet: bool) -> None:
     from rich.table import Table
 
     from .experiment import collect_reports
-    from .report import columns, findings, missing_runs, table_rows
+    from .report import columns, findings, missing_runs, sweep_finding, table_rows
 
     reports = collect_reports(exp)
     # run id already says method, threshold and seed; report.md has every column.
@@ -228,6 +228,11 @@ def _print_outcome(exp: Path, quiet: bool) -> None:
     con = _console()
     con.print(table)
     con.print(findings(reports), soft_wrap=True)
+    import yaml
+
+    swept = sweep_finding(reports, yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8")))
+    if swept:
+        con.print(swept, soft_wrap=True)
     missing = missing_runs(exp, reports)
     if missing:
         con.print(f"not finished: {', '.join(missing)}")

@@ -60,6 +60,7 @@ class Run:
     steps: Optional[int]
     steps_completed: Optional[int]
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    clip_fraction: Optional[float] = None
 
 
 @dataclass
@@ -122,9 +123,7 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False) -> list[Path]:
             ylim=(0.0, 1.0),
             reference=_chance_accuracy(exp.config),
         ))
-    sweep = _draw_sweep(exp, out / "sweep.png")
-    if sweep is not None:
-        written.append(sweep)
+    written += _draw_sweep(exp, out)
     for run in exp.runs:
         for target, draw, source in (
             (out / f"heatmap_{run.run_id}.png", _draw_heatmap, "layer_norms.csv"),
@@ -365,6 +364,10 @@ def _make_run(folder: Path, rep: dict) -> Run:
     if diverged and div_step is None and "step" in metrics and len(metrics["step"]):
         bad = np.flatnonzero(metrics.get("nonfinite", np.zeros(0)) > 0)
         div_step = int(metrics["step"][bad[0] if len(bad) else -1])
+    clip_fraction = _num(rep.get("clip_fraction"))
+    if clip_fraction is None and "clipped" in metrics:  # an older report: from the metrics
+        flags = metrics["clipped"][np.isfinite(metrics["clipped"])]
+        clip_fraction = float(np.mean(flags > 0)) if len(flags) else None
     return Run(
         run_id=run_id,
         path=folder,
@@ -380,6 +383,7 @@ def _make_run(folder: Path, rep: dict) -> Run:
         steps=_int(rep.get("steps")),
         steps_completed=_int(rep.get("steps_completed")),
         metrics=metrics,
+        clip_fraction=clip_fraction,
     )
 
 
@@ -1041,106 +1045,510 @@ def _draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
 
 # ----------------------------------------------------------------------------- sweep
 
+SWEEP_PLOTS = ("sweep_final_loss.png", "sweep_divergence.png", "sweep_clip_fraction.png")
+MAX_THRESHOLD_TICKS = 12  # more thresholds than this: the log axis's own ticks
+MAX_BASELINE_LINES = 10  # the baseline's divergence steps drawn one by one up to this many
+# The per-seed and mean lines of each clipping family on the threshold plots. Its runs keep
+# their own colours (the mean's markers, the grad-norm plot's lines and colour bar).
+FAMILY_LINE_COLORS = {"norm": ("viridis", 0.3), "value": ("YlOrRd", 0.85)}
+OTHER_LINE_COLOR = ("cool", 0.75)
+SEED_LINE = dict(linewidth=0.9, alpha=0.5)
+MEAN_LINE = dict(linewidth=2.6)
+
+
+@dataclass
+class Family:
+    """The runs of one clipping method at several thresholds: (seed, threshold) -> run."""
+
+    method: str
+    norm_type: Optional[float]
+    suffix: str  # a variant id's '-eps...' part: another eps is another family
+    thresholds: list[float]
+    runs: dict[tuple[Optional[int], float], Run]
+    variants: dict[float, str]
+    color: Any
+
+    @property
+    def quantity(self) -> str:
+        """What the threshold is: 'max_norm', 'max_norm (L1 norm)', 'clip_value'."""
+        if self.method == "norm":
+            p = "" if self.norm_type in (None, 2.0) else f" (L{_fmt(self.norm_type)} norm)"
+            return f"max_norm{p}" + (f" {self.suffix.lstrip('-')}" if self.suffix else "")
+        return "clip_value" if self.method == "value" else f"{self.method} threshold"
+
+    @property
+    def name(self) -> str:
+        plain = {"norm": "max_norm", "value": "clip_value"}.get(self.method)
+        return f"{self.method} clipping" + (f" {self.quantity}" if self.quantity != plain else "")
+
+    def at(self, threshold: float) -> list[Run]:
+        """The complete runs at one threshold, one per seed."""
+        return [r for (_, t), r in self.runs.items() if t == threshold]
+
+
+@dataclass
+class Sweep:
+    families: list[Family]
+    baseline: list[Run]
+    seeds: list[Optional[int]]
+    total: Optional[int]  # the steps of a run that trains to the end
+
+    @property
+    def thresholds(self) -> list[float]:
+        return sorted({t for f in self.families for t in f.thresholds})
+
+
+def _find_sweep(exp: Experiment) -> Optional[Sweep]:
+    """The threshold sweep of an experiment: every clipping family with two or more
+    thresholds among the complete runs, and the family a `sweep:` config entry names (even
+    with one threshold); None when there is none (a plain run with one threshold each)."""
+    import matplotlib
+
+    spec = exp.config.get("sweep") if isinstance(exp.config.get("sweep"), dict) else None
+    swept = spec.get("method") if spec else None
+    groups: dict[tuple, list[Run]] = {}
+    for r in exp.runs:
+        if r.method != "none" and _finite(r.threshold) and r.threshold > 0:
+            m = re.search(r"-eps.*$", r.variant) if r.method == "norm" else None
+            key = (r.method, r.norm_type if r.method == "norm" else None, m.group(0) if m else "")
+            groups.setdefault(key, []).append(r)
+    families = []
+    for key in sorted(groups, key=lambda k: _variant_order(k[2], (k[0], 0.0, k[1]))):
+        runs = groups[key]
+        thresholds = sorted({r.threshold for r in runs})
+        plain = key[1] in (None, 2.0) and not key[2]  # what `gradlab sweep` makes
+        if len(thresholds) < 2 and not (swept == key[0] and plain):
+            continue
+        name, pos = FAMILY_LINE_COLORS.get(key[0], OTHER_LINE_COLOR)
+        families.append(Family(
+            method=key[0], norm_type=key[1], suffix=key[2], thresholds=thresholds,
+            runs={(r.seed, r.threshold): r for r in runs}, variants={r.threshold: r.variant for r in runs},
+            color=matplotlib.colormaps[name](pos),
+        ))
+    if not families:
+        return None
+    total = exp.steps or max((r.steps or 0 for r in exp.runs), default=0) or None
+    return Sweep(families=families, baseline=[r for r in exp.runs if r.method == "none"], seeds=exp.seeds, total=total)
+
+
+def _draw_sweep(exp: Experiment, out: Path) -> list[Path]:
+    """The sweep's plots (none for an experiment that is not a sweep): final loss, divergence
+    step and clip fraction against the threshold, and the first seed's gradient norms."""
+    sweep = _find_sweep(exp)
+    if sweep is None:
+        return []
+    # One combined sweep.png was drawn before these; a redraw should not leave it behind.
+    (out / "sweep.png").unlink(missing_ok=True)
+    written = [
+        _draw_sweep_final_loss(exp, sweep, out / SWEEP_PLOTS[0]),
+        _draw_sweep_divergence(exp, sweep, out / SWEEP_PLOTS[1]),
+        _draw_sweep_clip_fraction(exp, sweep, out / SWEEP_PLOTS[2]),
+    ]
+    seed = _first_seed(exp, sweep)
+    name = f"sweep_grad_norm_s{seed if seed is not None else 'x'}.png"
+    written.append(_draw_sweep_grad_norm(exp, sweep, seed, out / name))
+    return written
+
+
+def _first_seed(exp: Experiment, sweep: Sweep) -> Optional[int]:
+    """The config's first seed with a complete clipped run (else the smallest such seed)."""
+    have = {s for f in sweep.families for (s, _) in f.runs}
+    listed = exp.config.get("seeds") if isinstance(exp.config.get("seeds"), list) else []
+    for s in [_int(x) for x in listed] + sorted(s for s in have if s is not None):
+        if s in have:
+            return s
+    return None
+
 
 def _finite(x: Optional[float]) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _median_line(ax, xs: list[float], ys: list[Optional[float]], linestyle: str) -> None:
-    """Grey line through the median over seeds at each threshold (finite values only)."""
-    by_x: dict[float, list[float]] = {}
-    for x, y in zip(xs, ys):
-        if _finite(y):
-            by_x.setdefault(x, []).append(y)
-    if by_x:
-        xs_sorted = sorted(by_x)
-        ax.plot(xs_sorted, [float(np.median(by_x[x])) for x in xs_sorted], color="0.5", linewidth=1, linestyle=linestyle, zorder=2)
+def _survivor_loss(r: Optional[Run]) -> Optional[float]:
+    """A final loss to compare: a diverged run's report keeps its last finite loss, which is none."""
+    return r.final_loss if r is not None and not r.diverged and _finite(r.final_loss) else None
 
 
-def _draw_sweep(exp: Experiment, path: Path) -> Optional[Path]:
-    """Threshold against final loss and against divergence step, for a sweep (a clipping
-    family with at least two thresholds among the complete runs); None otherwise."""
+def _span(steps: list[int]) -> str:
+    """'7' or '4-7'."""
+    lo, hi = min(steps), max(steps)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def _at_steps(steps: list[int]) -> str:
+    """'step 7' or 'steps 4-7'."""
+    return f"step{'s' if min(steps) != max(steps) else ''} {_span(steps)}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _sweep_figure(exp: Experiment, sweep: Sweep, heading: str, width: float = 10.5, height: float = 5.2):
+    fig = _new_figure(width, height)
+    ax = fig.subplots()
+    ax.grid(True, which="major", alpha=0.3)
+    seeds = ", ".join("?" if s is None else str(s) for s in sweep.seeds)
+    text = f"{exp.summary}, {_plural(len(sweep.seeds), 'seed')} ({seeds})"
+    fig.suptitle(f"{heading}\n{_wrap(text, int(width * 10))}")
+    return fig, ax
+
+
+def _threshold_axis(ax, sweep: Sweep) -> None:
+    """Log x over the thresholds, each of them a labelled tick when there are few."""
+    from matplotlib.ticker import NullLocator
+
+    thresholds = sweep.thresholds
+    lo, hi = min(thresholds), max(thresholds)
+    span = math.log10(hi / lo)
+    pad = 0.5 if span == 0 else max(0.12, 0.07 * span)
+    ax.set_xscale("log")
+    ax.set_xlim(lo / 10 ** pad, hi * 10 ** pad)
+    if len(thresholds) <= MAX_THRESHOLD_TICKS:
+        ax.set_xticks(thresholds, [_fmt(t) for t in thresholds])
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        _spare_minor_ticks(ax.xaxis, *ax.get_xlim())
+    quantity = " / ".join(dict.fromkeys(f.quantity for f in sweep.families))
+    ax.set_xlabel(f"clipping threshold: {quantity} (log scale)")
+
+
+def _legend_right(ax, entries: list[tuple[Any, str]]) -> None:
+    """The key to the right of the axes; a handle may be a tuple of artists drawn as one."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    if entries:
+        ax.legend([h for h, _ in entries], [label for _, label in entries], loc="upper left",
+                  bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False, labelspacing=0.9,
+                  handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
+
+
+def _prefix(sweep: Sweep, fam: Family) -> str:
+    return f"{fam.name}: " if len(sweep.families) > 1 else ""
+
+
+def _family_entries(exp: Experiment, sweep: Sweep, fam: Family, mean: str) -> list[tuple[Any, str]]:
     from matplotlib.lines import Line2D
 
-    families: dict[tuple, list[Run]] = {}
-    for r in exp.runs:
-        if r.method != "none" and r.threshold is not None and r.threshold > 0:
-            families.setdefault((r.method, r.norm_type), []).append(r)
-    families = {k: v for k, v in families.items() if len({r.threshold for r in v}) >= 2}
-    if not families:
-        return None
+    prefix = _prefix(sweep, fam)
+    face = exp.colors.get(fam.variants[fam.thresholds[len(fam.thresholds) // 2]], fam.color)
+    return [
+        (Line2D([], [], color=fam.color, marker=".", markersize=6, **SEED_LINE), f"{prefix}one seed"),
+        (Line2D([], [], color=fam.color, marker="o", markerfacecolor=face, markeredgecolor="black", **MEAN_LINE),
+         f"{prefix}{mean}"),
+    ]
 
-    total = exp.steps or max((r.steps or 0 for r in exp.runs), default=0) or None
 
-    # A diverged run's report keeps its last healthy loss; that is no final loss to compare.
-    def final_loss(r: Run) -> Optional[float]:
-        return r.final_loss if not r.diverged and _finite(r.final_loss) else None
+def _draw_sweep_final_loss(exp: Experiment, sweep: Sweep, path: Path) -> Path:
+    """Final loss against threshold: a thin line per seed, a thick one for the mean over the
+    seeds that did not diverge, the baseline as a band, diverged runs as x on the top edge."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    def divergence(r: Run) -> Optional[float]:
-        # A run that never diverged sits on the end-of-training line.
-        step = r.divergence_step if r.diverged else total
-        return float(step) if step is not None else None
+    fig, ax = _sweep_figure(exp, sweep, "Final training loss against the clipping threshold")
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fractions
+    shown: list[float] = []
+    entries: list[tuple[Any, str]] = []
+    partial = diverged = False
+    for fam in sweep.families:
+        for seed in sweep.seeds:
+            ys = [_survivor_loss(fam.runs.get((seed, t))) for t in fam.thresholds]
+            ax.plot(fam.thresholds, [np.nan if y is None else y for y in ys], color=fam.color, marker=".",
+                    markersize=6, zorder=2, **SEED_LINE)
+            shown += [y for y in ys if y is not None]
+        xs, means, fills = [], [], []
+        for t in fam.thresholds:
+            runs = fam.at(t)
+            ok = [y for y in map(_survivor_loss, runs) if y is not None]
+            bad = sum(r.diverged for r in runs)
+            if ok:
+                xs.append(t)
+                means.append(float(np.mean(ok)))
+                full = len(ok) == len(runs)
+                fills.append(exp.colors.get(fam.variants[t], fam.color) if full else "white")
+                partial |= not full
+            if bad:
+                diverged = True
+                ax.plot([t], [0.955], transform=edge, marker="x", color=fam.color, markersize=9, markeredgewidth=2.2,
+                        linestyle="none", clip_on=False, zorder=5)
+                ax.annotate(f"{bad}/{len(runs)} div", (t, 0.955), xycoords=edge, xytext=(0, -8),
+                            textcoords="offset points", ha="center", va="top", fontsize=8, color=fam.color)
+        shown += means
+        ax.plot(xs, means, color=fam.color, zorder=4, **MEAN_LINE)
+        ax.scatter(xs, means, c=fills, edgecolors="black", linewidths=0.8, s=55, zorder=5)
+        entries += _family_entries(exp, sweep, fam, "mean over the seeds\nthat did not diverge")
+    if partial:
+        entries.append((Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black", linestyle="none"),
+                        "hollow: some seeds diverged there\n(the mean of the others)"))
+    if diverged:
+        entries.append((Line2D([], [], marker="x", color="black", markeredgewidth=2, linestyle="none"),
+                        "top edge: diverged, so no final loss\n(k/n: seeds at that threshold)"))
 
-    fig = _new_figure(12.5, 4.8)
-    ax_loss, ax_div = fig.subplots(1, 2, sharex=True)
-    point = dict(s=36, zorder=3, edgecolors="black", linewidths=0.5)
-    handles = []
-    order = sorted(families, key=lambda k: _variant_order("", (k[0], 0.0, k[1])))
-    # Marker and median-line style tell the families apart; colours are the variants'.
-    for marker, line, key in zip("os^Dv" * len(order), ["-", "-.", ":", "--"] * len(order), order):
-        runs = families[key]
-        xs = [r.threshold for r in runs]
-        losses, steps = [final_loss(r) for r in runs], [divergence(r) for r in runs]
-        colors = [exp.colors[r.variant] for r in runs]
-        ok = [i for i, y in enumerate(losses) if y is not None]
-        ax_loss.scatter([xs[i] for i in ok], [losses[i] for i in ok], c=[colors[i] for i in ok], marker=marker, **point)
-        gone = [i for i, y in enumerate(losses) if y is None]
-        if gone:  # no final loss: an x pinned to the top of the panel
-            ax_loss.scatter([xs[i] for i in gone], [0.97] * len(gone), c=[colors[i] for i in gone], marker="x",
-                            s=60, linewidths=2, clip_on=False, zorder=3, transform=ax_loss.get_xaxis_transform())
-        ax_div.scatter(xs, [np.nan if y is None else y for y in steps], c=colors, marker=marker, **point)
-        _median_line(ax_loss, xs, losses, line)
-        _median_line(ax_div, xs, steps, line)
-        method, p = key
-        family = f"{method} clipping" + (f" (L{_fmt(p)})" if method == "norm" and p not in (None, 2.0) else "")
-        handles.append(Line2D([], [], marker=marker, linestyle=line, color="0.5", markerfacecolor="white", markeredgecolor="black",
-                              label=f"{family} (one point per seed, line: median)"))
-
-    base = [r for r in exp.runs if r.method == "none"]
-    base_loss = [y for y in map(final_loss, base) if y is not None]
-    base_div = [y for y in map(divergence, base) if y is not None]
-    if base_loss:
-        ax_loss.axhline(float(np.median(base_loss)), color=BASELINE_COLOR, linestyle="--", linewidth=1.2)
-    if base_div:
-        ax_div.axhline(float(np.median(base_div)), color=BASELINE_COLOR, linestyle="--", linewidth=1.2)
+    base = sweep.baseline
     if base:
-        note = "" if base_loss else "; diverged in every seed, so no final loss"
-        handles.append(Line2D([], [], color=BASELINE_COLOR, linestyle="--",
-                              label=f"baseline none (median over seeds{note})"))
-    if total:
-        ax_div.axhline(total, color="0.6", linestyle=":", linewidth=1)
-        ax_div.set_ylim(0, total * 1.05)
-        handles.append(Line2D([], [], color="0.6", linestyle=":",
-                              label=f"end of training ({total} steps): never diverged"))
-    if any(r.diverged for rs in families.values() for r in rs):
-        handles.append(Line2D([], [], color="black", marker="x", markeredgewidth=2, linestyle="none",
-                              label="diverged: no final loss"))
+        ok = [y for y in map(_survivor_loss, base) if y is not None]
+        steps = [r.divergence_step for r in base if r.diverged and r.divergence_step is not None]
+        gone = sum(r.diverged for r in base)
+        at = f" at {_at_steps(steps)}" if steps else ""
+        if ok:
+            lo, hi = min(ok), max(ok)
+            line = Line2D([], [], color=BASELINE_COLOR, linestyle="--", linewidth=1.4)
+            ax.axhline(float(np.mean(ok)), color=BASELINE_COLOR, linestyle="--", linewidth=1.4, zorder=3)
+            if hi > lo:
+                ax.axhspan(lo, hi, facecolor=BASELINE_COLOR, alpha=0.15, edgecolor="none", zorder=1)
+                handle: Any = (Patch(facecolor=BASELINE_COLOR, alpha=0.15, edgecolor="none"), line)
+                what = f"band: {_fmt_loss(lo)}-{_fmt_loss(hi)} (min-max),\ndashed: mean"
+            else:
+                handle, what = line, f"final loss {_fmt_loss(lo)}"
+            label = f"no clipping (none), {len(ok)} of {_plural(len(base), 'seed')}:\n{what}"
+            if gone:
+                label += f"; diverged in\n{_plural(gone, 'seed')}{at}"
+            entries.append((handle, label))
+            shown += ok
+        else:
+            entries.append((Line2D([], [], marker="x", color=BASELINE_COLOR, markeredgewidth=2, linestyle="none"),
+                            f"no clipping (none): diverged in\nevery seed{at}: no final loss"))
+            # Above the axes, where no mark can sit under it.
+            every = {1: "its one seed", 2: "both seeds"}.get(len(base), f"all {len(base)} seeds")
+            ax.set_title(f"no clipping: diverged in {every}{at}", loc="left", fontsize=9, color=BASELINE_COLOR)
 
-    ax_loss.set_xscale("log")
-    _spare_minor_ticks(ax_loss.xaxis, *ax_loss.get_xlim())
-    plotted = [y for rs in families.values() for y in map(final_loss, rs) if y is not None] + base_loss
-    log_loss = bool(plotted) and min(plotted) > 0
-    if log_loss:
-        ax_loss.set_yscale("log")
-        _spare_minor_ticks(ax_loss.yaxis, *ax_loss.get_ylim())
-    kinds = " / ".join(dict.fromkeys({"norm": "max_norm", "value": "clip_value"}.get(m, m) for m, _ in order))
-    for ax in (ax_loss, ax_div):
-        ax.set_xlabel(f"clipping threshold: {kinds} (log scale)")
-        ax.grid(True, alpha=0.3)
-    ax_loss.set_ylabel("final training loss" + (" (log scale)" if log_loss else ""))
-    ax_div.set_ylabel("divergence step")
-    ax_loss.set_title("final loss")
-    ax_div.set_title("step of the first NaN/inf")
-    fig.suptitle(f"Clipping threshold sweep\n{_wrap(exp.summary, int(fig.get_figwidth() * 10))}")
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=9, frameon=False)
+    log = bool(shown) and min(shown) > 0
+    if log:
+        ax.set_yscale("log")
+        lo, hi = math.log10(min(shown)), math.log10(max(shown))
+        span = max(hi - lo, 0.5)
+        ax.set_ylim(10 ** (lo - 0.06 * span), 10 ** (hi + 0.22 * span))  # the top strip: divergence marks
+        _few_decade_ticks(ax.yaxis, *ax.get_ylim())
+    elif shown:
+        lo, hi = min(shown), max(shown)
+        span = max(hi - lo, 0.1 * abs(hi), 1e-12)
+        ax.set_ylim(lo - 0.06 * span, hi + 0.22 * span)
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no run trained to the end: no final loss to show", transform=ax.transAxes,
+                ha="center", va="center", fontsize=11, color="0.35")
+    _threshold_axis(ax, sweep)
+    ax.set_ylabel("final training loss" + (" (log scale)" if log else ""))
+    _legend_right(ax, entries)
+    return _save(fig, path)
+
+
+def _fmt_loss(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _few_decade_ticks(axis, lo: float, hi: float) -> None:
+    """Labelled ticks at 1, 2 and 5 times each power of ten when a log axis spans less
+    than three decades (matplotlib would label one or two powers of ten only)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    if math.log10(hi / lo) > 3:
+        _spare_minor_ticks(axis, lo, hi)
+        return
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _draw_sweep_divergence(exp: Experiment, sweep: Sweep, path: Path) -> Path:
+    """Divergence step against threshold: x where a seed diverged, a circle on the
+    end-of-training line where it did not; the baseline's steps as a band."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _sweep_figure(exp, sweep, "Divergence step against the clipping threshold")
+    steps_seen = [r.divergence_step for f in sweep.families for r in f.runs.values() if r.diverged and r.divergence_step is not None]
+    steps_seen += [r.divergence_step for r in sweep.baseline if r.diverged and r.divergence_step is not None]
+    end = sweep.total if sweep.total else max(steps_seen, default=0) + 1
+    entries: list[tuple[Any, str]] = []
+    any_diverged = False
+    for fam in sweep.families:
+        for seed in sweep.seeds:
+            ys = []
+            for t in fam.thresholds:
+                r = fam.runs.get((seed, t))
+                ys.append(np.nan if r is None or (r.diverged and r.divergence_step is None)
+                          else (r.divergence_step if r.diverged else end))
+            ax.plot(fam.thresholds, ys, color=fam.color, zorder=2, **SEED_LINE)
+        div = [(t, r.divergence_step) for t in fam.thresholds for r in fam.at(t) if r.diverged and r.divergence_step is not None]
+        if div:
+            any_diverged = True
+            ax.plot([t for t, _ in div], [s for _, s in div], marker="x", color=fam.color, markersize=9,
+                    markeredgewidth=2.2, linestyle="none", zorder=5)
+        for t in fam.thresholds:
+            runs = fam.at(t)
+            ok = sum(not r.diverged for r in runs)
+            if ok:
+                ax.plot([t], [end], marker="o", markerfacecolor="white", markeredgecolor=fam.color, markeredgewidth=1.8,
+                        markersize=8, linestyle="none", zorder=5, clip_on=False)
+            ax.annotate(f"{ok}/{len(runs)} ok", (t, end), xytext=(0, 8), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8, color=fam.color)
+        prefix = _prefix(sweep, fam)
+        entries.append((Line2D([], [], color=fam.color, **SEED_LINE), f"{prefix}one seed"))
+        if div:
+            entries.append((Line2D([], [], marker="x", color=fam.color, markeredgewidth=2.2, markersize=9, linestyle="none"),
+                            f"{prefix}diverged: first NaN/inf at that step"))
+        entries.append((Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor=fam.color, markeredgewidth=1.8,
+                               markersize=8, linestyle="none"), f"{prefix}did not diverge\n(k/n ok: seeds that trained to the end)"))
+    ax.axhline(end, color="0.45", linestyle=":", linewidth=1.3, zorder=1)
+    entries.append((Line2D([], [], color="0.45", linestyle=":", linewidth=1.3),
+                    f"end of training ({_plural(end, 'step')})" if sweep.total else "end of the longest run"))
+    if not any_diverged:
+        ax.text(0.5, 0.45, "no clipped run diverged", transform=ax.transAxes, ha="center", va="center",
+                fontsize=12, color="0.4")
+
+    base = sweep.baseline
+    if base:
+        steps = sorted(r.divergence_step for r in base if r.diverged and r.divergence_step is not None)
+        ok = sum(not r.diverged for r in base)
+        if steps:
+            lo, hi = steps[0], steps[-1]
+            ax.axhspan(lo - 0.5, hi + 0.5, facecolor=BASELINE_COLOR, alpha=0.15, edgecolor="none", zorder=1)
+            line = Line2D([], [], color=BASELINE_COLOR, linestyle="--", linewidth=1.2)
+            if len(steps) <= MAX_BASELINE_LINES:
+                for s in sorted(set(steps)):
+                    ax.axhline(s, color=BASELINE_COLOR, linestyle="--", linewidth=1.2, zorder=1)
+                handle: Any = (Patch(facecolor=BASELINE_COLOR, alpha=0.15, edgecolor="none"), line)
+                what = "band: range;\ndashed: each seed"
+            else:
+                handle, what = Patch(facecolor=BASELINE_COLOR, alpha=0.15, edgecolor="none"), "band: its range"
+            label = f"no clipping (none): diverged at {_at_steps(steps)}\nin {len(steps)} of {_plural(len(base), 'seed')} ({what})"
+            ax.annotate(f"no clipping: diverged at {_at_steps(steps)}", (0.01, hi + 0.5),
+                        xycoords=ax.get_yaxis_transform(), xytext=(0, 3), textcoords="offset points",
+                        ha="left", va="bottom", fontsize=9, color=BASELINE_COLOR)
+            if ok:
+                label += f";\ndid not diverge in {_plural(ok, 'seed')}"
+            entries.append((handle, label))
+        else:
+            entries.append((Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor=BASELINE_COLOR, linestyle="none"),
+                            f"no clipping (none): did not diverge\nin any of {_plural(len(base), 'seed')}"))
+
+    _threshold_axis(ax, sweep)
+    ax.set_ylim(-0.02 * end, end * 1.12)  # room above the end line for the counts
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("divergence step (first NaN/inf)")
+    _legend_right(ax, entries)
+    return _save(fig, path)
+
+
+def _draw_sweep_clip_fraction(exp: Experiment, sweep: Sweep, path: Path) -> Path:
+    """Fraction of steps clipped against threshold, a thin line per seed and the mean."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import PercentFormatter
+
+    fig, ax = _sweep_figure(exp, sweep, "Fraction of steps clipped against the clipping threshold")
+    entries: list[tuple[Any, str]] = []
+    any_diverged = False
+    for fam in sweep.families:
+        for seed in sweep.seeds:
+            runs = [fam.runs.get((seed, t)) for t in fam.thresholds]
+            ys = [r.clip_fraction if r is not None and _finite(r.clip_fraction) else np.nan for r in runs]
+            ax.plot(fam.thresholds, ys, color=fam.color, marker=".", markersize=6, zorder=2, **SEED_LINE)
+            bad = [(t, y) for t, r, y in zip(fam.thresholds, runs, ys) if r is not None and r.diverged and np.isfinite(y)]
+            if bad:
+                any_diverged = True
+                ax.plot([t for t, _ in bad], [y for _, y in bad], marker="x", color=fam.color, markersize=8,
+                        markeredgewidth=2, linestyle="none", zorder=6, clip_on=False)
+        xs, means = [], []
+        for t in fam.thresholds:
+            values = [r.clip_fraction for r in fam.at(t) if _finite(r.clip_fraction)]
+            if values:
+                xs.append(t)
+                means.append(float(np.mean(values)))
+        ax.plot(xs, means, color=fam.color, zorder=4, **MEAN_LINE)
+        ax.scatter(xs, means, c=[exp.colors.get(fam.variants[t], fam.color) for t in xs], edgecolors="black",
+                   linewidths=0.8, s=55, zorder=5, clip_on=False)
+        entries += _family_entries(exp, sweep, fam, "mean over the seeds")
+    if any_diverged:
+        entries.append((Line2D([], [], marker="x", color="black", markeredgewidth=2, linestyle="none"),
+                        "diverged: the fraction of the steps\nbefore its divergence"))
+    if sweep.baseline:
+        entries.append((Line2D([], [], linestyle="none"), "(the baseline, none, never clips:\nnot drawn)"))
+    _threshold_axis(ax, sweep)
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_ylabel("steps on which the gradient was clipped")
+    _legend_right(ax, entries)
+    return _save(fig, path)
+
+
+def _draw_sweep_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Path) -> Path:
+    """The global gradient norm over steps of every threshold of one seed (and its baseline),
+    coloured by threshold on the sweep's sequential colormap, with a colour bar per family."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.lines import Line2D
+
+    fig = _new_figure(11.0, 5.8)
+    ax = fig.subplots()
+    ax.grid(True, which="major", alpha=0.3)
+    runs = [r for r in sweep.baseline if r.seed == seed]
+    runs += [r for f in sweep.families for t in f.thresholds for r in [f.runs.get((seed, t))] if r is not None]
+    drawn: list[float] = []
+    diverged = False
+    thresholds_drawn = False
+    few = max((len(r.metrics.get("step", ())) for r in runs), default=0) <= 20
+    for r in runs:
+        color = BASELINE_COLOR if r.method == "none" else exp.colors.get(r.variant, "0.5")
+        steps, values = r.metrics.get("step"), r.metrics.get("grad_norm")
+        if steps is not None and values is not None and len(steps):
+            y = _plottable(values, log=True)
+            idx = _downsample(y)
+            # The baseline first and under the clipped runs: where it does not explode it
+            # would otherwise hide the lines being compared.
+            ax.plot(steps[idx], y[idx], color=color, linewidth=1.7 if r.method == "none" else 1.3,
+                    marker="." if few else None, zorder=2)
+            if (~np.isnan(y)).any():
+                drawn += [float(np.nanmin(y)), float(np.nanmax(y))]
+        # Only an L2 max_norm is on the scale of grad_norm (always the L2 norm).
+        if r.method == "norm" and r.norm_type in (None, 2.0) and _finite(r.threshold):
+            ax.axhline(r.threshold, color=color, linestyle=":", linewidth=1.2, zorder=1)
+            thresholds_drawn = True
+            drawn.append(r.threshold)
+        if r.diverged:
+            diverged = True
+            _mark_divergence(ax, r, "grad_norm", True, color)
+
+    ax.set_yscale("log")
+    if drawn:
+        lo, hi = math.log10(min(drawn)), math.log10(max(drawn))
+        pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
+        ax.set_ylim(10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
+    lo, hi = ax.get_ylim()
+    (_few_decade_ticks if math.log10(hi / lo) <= 3 else _decade_ticks)(ax.yaxis, lo, hi)
+    firsts = [r.metrics["step"][0] for r in runs if len(r.metrics.get("step", ()))]
+    lasts = [r.metrics["step"][-1] for r in runs if len(r.metrics.get("step", ()))]
+    first = float(min(firsts, default=0.0))
+    _step_axis(ax, first, max(float(max(lasts, default=first)), (sweep.total or 0) - 1.0))
+    ax.set_xlabel("step")
+    ax.set_ylabel("global gradient L2 norm, before clipping (log scale)")
+    ax.set_title(f"Gradient norm per step, seed {seed if seed is not None else '?'}: one line per threshold\n"
+                 f"{_wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
+
+    for fam in reversed(sweep.families):  # the last colour bar made sits next to the axes
+        colors = [exp.colors.get(fam.variants[t], fam.color) for t in fam.thresholds]
+        n = len(colors)
+        mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1), n), cmap=ListedColormap(colors))
+        bar = fig.colorbar(mappable, ax=ax, pad=0.015, fraction=0.05, aspect=30)
+        every = max(1, math.ceil(n / MAX_THRESHOLD_TICKS))
+        ticks = np.arange(0, n, every)
+        bar.set_ticks(ticks + 0.5, labels=[_fmt(fam.thresholds[i]) for i in ticks])
+        bar.ax.tick_params(length=0)
+        bar.set_label(f"{fam.quantity}: the colour of its line")
+
+    entries: list[tuple[Any, str]] = []
+    if any(r.method == "none" for r in runs):
+        entries.append((Line2D([], [], color=BASELINE_COLOR, linewidth=1.7), "no clipping (none)"))
+    entries.append((Line2D([], [], color="0.4", linewidth=1.3),
+                    f"one threshold (colour bar{'s' if len(sweep.families) > 1 else ''})"))
+    if thresholds_drawn:
+        entries.append((Line2D([], [], color="0.4", linestyle=":", linewidth=1.2), "its max_norm, same colour"))
+    if any(f.method == "value" or (f.method == "norm" and f.norm_type not in (None, 2.0)) for f in sweep.families):
+        entries.append((Line2D([], [], linestyle="none"), "(clip_value and non-L2 thresholds are\nnot L2 norms: not drawn)"))
+    if diverged:
+        entries.append((Line2D([], [], color="black", marker="x", markeredgewidth=2, markersize=9, linestyle="none"),
+                        "diverged (NaN/inf)"))
+    fig.legend([h for h, _ in entries], [label for _, label in entries], loc="outside lower center",
+               ncol=len(entries), fontsize=9, frameon=False)
     return _save(fig, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -80,6 +81,341 @@ def findings(reports: list[dict]) -> str:
     return " ".join(sentences)
 
 
+# ----------------------------------------------------------------------------- threshold sweep
+
+SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_grad_norm_s")
+_METHOD_RANK = {"none": 0, "norm": 1, "value": 2}
+_QUANTITY = {"norm": "max_norm", "value": "clip_value"}
+
+
+def _config_dict(cfg) -> dict:
+    """config.yaml as plain data, from that data or from an ExperimentConfig."""
+    if isinstance(cfg, dict):
+        return cfg
+    if hasattr(cfg, "resolved"):
+        return cfg.resolved()
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump(mode="json")
+    return {}
+
+
+def _float(x) -> float | None:
+    """A report number (JSON spells nan and inf as strings); None when absent."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:
+    """(method, threshold, norm_type) of one config.yaml clipping entry."""
+    method = str(clip.get("method"))
+    if method == "norm":
+        return method, _float(clip.get("max_norm")), _float(clip.get("norm_type", 2.0))
+    if method == "value":
+        return method, _float(clip.get("clip_value")), None
+    return method, None, None
+
+
+def is_sweep(reports: list[dict], cfg) -> bool:
+    """A threshold sweep: the config has `sweep` (from `gradlab sweep`), or its clipping list
+    (or the finished runs) has one method at two or more thresholds."""
+    cfg = _config_dict(cfg)
+    if isinstance(cfg.get("sweep"), dict):
+        return True
+    seen: dict[str, set] = defaultdict(set)
+    for clip in cfg.get("clipping") or []:
+        if isinstance(clip, dict):
+            method, threshold, _ = _clip_threshold(clip)
+            if threshold is not None:
+                seen[method].add(threshold)
+    for r in reports:
+        threshold = _float(r.get("threshold"))
+        if r.get("method") not in (None, "none") and threshold is not None:
+            seen[r["method"]].add(threshold)
+    return any(len(ts) >= 2 for ts in seen.values())
+
+
+@dataclass
+class SweepRow:
+    """One clipping variant of a sweep across seeds: seed -> its report (finished runs only)."""
+
+    variant: str
+    method: str
+    threshold: float | None
+    norm_type: float | None
+    runs: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> tuple:
+        return (self.method, self.norm_type if self.method == "norm" else None,
+                self.variant.partition("-eps")[2] if self.method == "norm" else "")
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.runs.values() if not r.get("diverged")]
+
+    @property
+    def diverged(self) -> list[dict]:
+        return [r for r in self.runs.values() if r.get("diverged")]
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(int(s) for s in (_float(r.get("divergence_step")) for r in self.diverged) if s is not None)
+
+    @property
+    def mean_loss(self) -> float | None:
+        """The mean final loss over the seeds that did not diverge (a diverged run keeps its
+        last finite loss, which is not a result)."""
+        losses = [x for x in (_float(r.get("final_loss")) for r in self.ok) if x is not None and math.isfinite(x)]
+        return sum(losses) / len(losses) if losses else None
+
+    @property
+    def clip_fraction(self) -> float | None:
+        """The mean over every finished seed (a diverged run's is over its steps before divergence)."""
+        values = [_float(r.get("clip_fraction")) for r in self.runs.values()]
+        values = [x for x in values if x is not None and math.isfinite(x)]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def stable(self) -> bool:
+        return bool(self.runs) and not self.diverged
+
+
+def _variant_of(clip: dict) -> str:
+    """gradlab.config.variant_id of one config.yaml clipping entry."""
+    def fmt(x) -> str:
+        v = _float(x)
+        return str(x) if v is None else (f"{v:g}" if math.isfinite(v) else ("inf" if v > 0 else "nan"))
+
+    method, threshold, p = _clip_threshold(clip)
+    if method == "norm":
+        eps = _float(clip.get("eps", 1e-6))
+        return (f"norm-{'' if p in (None, 2.0) else f'p{fmt(p)}-'}{fmt(threshold)}"
+                f"{'' if eps in (None, 1e-6) else f'-eps{fmt(eps)}'}")
+    if method == "value":
+        return f"value-{fmt(threshold)}"
+    return method
+
+
+def sweep_rows(reports: list[dict], cfg) -> tuple[list, list[SweepRow]]:
+    """(seeds, rows) of the threshold x seed table: the baseline first, then each family by
+    ascending threshold; the config's variants and seeds are there before their runs finish."""
+    cfg = _config_dict(cfg)
+    rows: dict[str, SweepRow] = {}
+    for clip in cfg.get("clipping") or []:
+        if isinstance(clip, dict):
+            method, threshold, p = _clip_threshold(clip)
+            variant = _variant_of(clip)
+            rows.setdefault(variant, SweepRow(variant, method, threshold, p if method == "norm" else None))
+    seeds = [s for s in (cfg.get("seeds") or ([cfg["seed"]] if cfg.get("seed") is not None else [])) if s is not None]
+    for r in reports:
+        variant = str(r.get("variant") or str(r.get("run_id", "?")).rpartition("-s")[0])
+        method = str(r.get("method") or "none")
+        row = rows.setdefault(variant, SweepRow(variant, method, _float(r.get("threshold")),
+                                                _float(r.get("norm_type")) if method == "norm" else None))
+        row.runs[r.get("seed")] = r
+        if r.get("seed") not in seeds:
+            seeds.append(r.get("seed"))
+
+    def order(row: SweepRow) -> tuple:
+        method, p, eps = row.family
+        return (_METHOD_RANK.get(method, 3), method, p or 0.0, eps,
+                row.threshold if row.threshold is not None else 0.0, row.variant)
+
+    return seeds, sorted(rows.values(), key=order)
+
+
+def _one_family(rows: list[SweepRow]) -> bool:
+    return len({r.family for r in rows if r.method != "none"}) <= 1
+
+
+def _label(row: SweepRow, one_family: bool) -> str:
+    if row.method == "none":
+        return "none (no clipping)"
+    return _num(row.threshold, "g") if one_family else row.variant
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r.get("diverged"):
+        step = _float(r.get("divergence_step"))
+        return f"div @ {int(step) if step is not None else '?'}"
+    loss = _float(r.get("final_loss"))
+    return f"ok {_num(loss)}" if loss is not None else "ok"
+
+
+def _fraction(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return "<1%" if 0 < x < 0.005 else f"{x:.0%}"
+
+
+def sweep_table(reports: list[dict], cfg) -> list[str]:
+    """The markdown table of a sweep: one row per threshold (the baseline first), one column
+    per seed, each cell `ok <final loss>` or `div @ <step>`; then the seeds that trained, the
+    mean final loss over them, and the mean clip fraction."""
+    seeds, rows = sweep_rows(reports, cfg)
+    one = _one_family(rows)
+    families = list(dict.fromkeys(r.method for r in rows if r.method != "none"))
+    head = (_QUANTITY.get(families[0], "threshold") if one and families else "variant")
+    header = [head] + [f"seed {s}" for s in seeds] + ["trained", "mean final loss (trained seeds)", "clip fraction"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [_label(row, one)] + [_cell(row.runs.get(s)) for s in seeds]
+        cells += [f"{len(row.ok)}/{len(row.runs)}", _num(row.mean_loss),
+                  "-" if row.method == "none" else _fraction(row.clip_fraction)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _steps_text(steps: list[int]) -> str:
+    if not steps:
+        return "step ?"
+    return f"step {steps[0]}" if steps[0] == steps[-1] else f"steps {steps[0]}-{steps[-1]}"
+
+
+def _stable_text(rows: list[SweepRow], name: str) -> str | None:
+    """'thresholds <= 1', 'thresholds >= 3', 'thresholds 0.3-3', 'every threshold (0.1-30)',
+    'threshold 1', 'thresholds 0.1, 1 and 10' (one family's rows that trained in every seed)."""
+    ts = [r.threshold for r in rows]
+    good = [r.stable for r in rows]
+    k = sum(good)
+    if not k:
+        return None
+    plural = f"{name}s" if name == "threshold" else name
+    g = lambda x: _num(x, "g")  # noqa: E731
+    if k == len(rows):
+        return f"{name} {g(ts[0])}" if k == 1 else f"every {name} ({g(ts[0])}-{g(ts[-1])})"
+    first, last = good.index(True), len(good) - 1 - good[::-1].index(True)
+    if k == 1:
+        return f"only {name} {g(ts[first])}"
+    if last - first + 1 == k:  # one unbroken range
+        if first == 0:
+            return f"{plural} <= {g(ts[last])}"
+        if last == len(rows) - 1:
+            return f"{plural} >= {g(ts[first])}"
+        return f"{plural} {g(ts[first])}-{g(ts[last])}"
+    return f"{plural} {_join([g(t) for t, ok in zip(ts, good) if ok])}"
+
+
+def _seeds_of(rows: list[SweepRow], all_of: bool) -> str:
+    """'in 3 of 3 seeds' ('in all 3 seeds', 'in both seeds' with all_of), or 'in every seed' when the rows
+    have different numbers of finished seeds."""
+    counts = {len(r.runs) for r in rows}
+    if len(counts) != 1:
+        return "in every seed"
+    n = counts.pop()
+    if all_of:
+        return {1: "in the one seed", 2: "in both seeds"}.get(n, f"in all {n} seeds")
+    return f"in {n} of {n} seed{'s' if n != 1 else ''}"
+
+
+def _names(rows: list[SweepRow], one_family: bool) -> str:
+    """'no clipping and thresholds 10 and 30' / 'no clipping, norm-10 and value-1'."""
+    parts = ["no clipping"] if any(r.method == "none" for r in rows) else []
+    clipped = [r for r in rows if r.method != "none"]
+    if clipped and one_family:
+        ts = [_num(r.threshold, "g") for r in clipped]
+        parts.append(f"threshold{'s' if len(ts) > 1 else ''} {_join(ts)}")
+    else:
+        parts += [r.variant for r in clipped]
+    return _join(parts)
+
+
+def _where(row: SweepRow, one_family: bool) -> str:
+    return _num(row.threshold, "g") if one_family else row.variant
+
+
+def _clipping(row: SweepRow) -> str:
+    return f"clipping {_fraction(row.clip_fraction)} of steps"
+
+
+def sweep_finding(reports: list[dict], cfg) -> str:
+    """One sentence on a threshold sweep, built from the numbers: which thresholds trained in
+    every seed, which diverged and when, and where the mean final loss was best (with its clip
+    fraction). `cfg` is config.yaml's data or an ExperimentConfig. "" when not a sweep."""
+    if not is_sweep(reports, cfg):
+        return ""
+    seeds, rows = sweep_rows(reports, cfg)
+    rows = [r for r in rows if r.runs]
+    one = _one_family(rows)
+    families = list(dict.fromkeys(r.family for r in rows if r.method != "none"))
+    quantities = list(dict.fromkeys(_QUANTITY.get(f[0], f[0]) for f in families))
+    what = _join(quantities) if quantities else "clipping thresholds"
+    head = f"Sweep of {what} over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
+    if not rows:
+        return head + "no run has finished yet."
+
+    clauses = []
+    # Which thresholds kept every seed finite.
+    stable = []
+    for fam in families:
+        members = [r for r in rows if r.family == fam]
+        name = "threshold" if one else (_QUANTITY.get(fam[0], fam[0]) if len(quantities) == len(families)
+                                        else members[0].variant.rsplit("-", 1)[0])
+        text = _stable_text(members, name)
+        if text:
+            stable.append((text, [r for r in members if r.stable]))
+    if stable:
+        clauses.append(f"{_join([t for t, _ in stable])} trained {_seeds_of([r for _, rs in stable for r in rs], False)}")
+    elif families:
+        clauses.append("no threshold trained in every seed")
+
+    # Which diverged, and when.
+    everywhere = [r for r in rows if r.diverged and not r.ok]
+    some = [r for r in rows if r.diverged and r.ok]
+    parts = []
+    if everywhere:
+        steps = sorted(s for r in everywhere for s in r.steps)
+        parts.append(f"{_names(everywhere, one)} diverged {_seeds_of(everywhere, True)} ({_steps_text(steps)})")
+    by_count: dict[tuple, list[SweepRow]] = defaultdict(list)  # the same k of n: one clause
+    for r in some:
+        by_count[(len(r.diverged), len(r.runs))].append(r)
+    for (k, n), group in by_count.items():
+        verb = "diverged " if not parts else ""
+        steps = sorted(s for r in group for s in r.steps)
+        parts.append(f"{_names(group, one)} {verb}in {k} of {n} seeds ({_steps_text(steps)})")
+    if parts:
+        clauses.append(", ".join(parts))
+    else:
+        clauses.append("no run diverged" + (", not even without clipping" if any(r.method == "none" for r in rows) else ""))
+
+    # The best mean final loss, and what it cost.
+    full = [r for r in rows if r.stable and r.mean_loss is not None]
+    base = next((r for r in rows if r.method == "none"), None)
+    if full:
+        best = min(full, key=lambda r: r.mean_loss)
+        clipped = [r for r in full if r.method != "none"]
+        if best.method == "none":
+            text = f"the best mean final loss was without clipping ({_num(best.mean_loss)})"
+            if clipped:  # what clipping would cost
+                runner = min(clipped, key=lambda r: r.mean_loss)
+                text += f", the best with clipping at {_where(runner, one)} ({_num(runner.mean_loss)}, {_clipping(runner)})"
+        else:
+            text = f"the best mean final loss was at {_where(best, one)} ({_num(best.mean_loss)}, {_clipping(best)})"
+            if base is not None and base.stable and base.mean_loss is not None:
+                text += f", against {_num(base.mean_loss)} without clipping"
+        clauses.append(text)
+    else:
+        partial = [r for r in rows if r.mean_loss is not None]
+        if partial:
+            best = min(partial, key=lambda r: r.mean_loss)
+            where = "without clipping" if best.method == "none" else f"at {_where(best, one)}"
+            clauses.append(f"the best mean final loss over the seeds that trained was {where} "
+                           f"({_num(best.mean_loss)}, {len(best.ok)} of {len(best.runs)} seeds)")
+        else:
+            clauses.append("no run trained to the end")
+    return head + "; ".join(clauses) + "."
+
+
 def load_reports(exp: Path) -> list[dict]:
     from .experiment import collect_reports
 
@@ -113,6 +449,30 @@ def render(exp: Path, reports: list[dict]) -> str:
         "",
         findings(reports),
         "",
+    ]
+    plots = sorted((exp / "plots").glob("*.png"), key=lambda p: (p.name.startswith("heatmap_"), p.name)) \
+        if (exp / "plots").is_dir() else []
+    sweep = is_sweep(reports, cfg)
+    # A sweep's own plots go with its table, in the order of SWEEP_PLOTS.
+    sweep_plots = sorted((p for p in plots if p.stem.startswith(SWEEP_PLOTS)),
+                         key=lambda p: next(i for i, s in enumerate(SWEEP_PLOTS) if p.stem.startswith(s))) \
+        if sweep else []
+    if sweep:
+        lines += [
+            "## Threshold x seed",
+            "",
+            sweep_finding(reports, cfg),
+            "",
+            *sweep_table(reports, cfg),
+            "",
+            "`ok L`: trained to the end with final loss L; `div @ S`: diverged at step S (the first NaN/inf); "
+            "`-`: not finished yet. The mean final loss is over the seeds that did not diverge; the clip "
+            "fraction is the mean over the finished seeds (for a diverged run, over its steps before the divergence).",
+            "",
+        ]
+        lines += [f"![{p.stem}](plots/{p.name})" for p in sweep_plots]
+        lines += [""] if sweep_plots else []
+    lines += [
         "## Runs",
         "",
         "| " + " | ".join(columns(reports)) + " |",
@@ -126,9 +486,8 @@ def render(exp: Path, reports: list[dict]) -> str:
               "the loss, a gradient or a parameter after the update; `where` names the tensor in "
               "which it was born, in the order the values were computed. Steps count from 0; "
               "the final loss of a diverged run is its last finite loss.", ""]
-    # The overview plots first, then one heatmap per run.
-    plots = sorted((exp / "plots").glob("*.png"), key=lambda p: (p.name.startswith("heatmap_"), p.name)) \
-        if (exp / "plots").is_dir() else []
+    # The overview plots first, then one heatmap per run (a sweep's own plots are above).
+    plots = [p for p in plots if p not in sweep_plots]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]

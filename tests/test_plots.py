@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gradlab.io import write_csv, write_json, write_text
+from gradlab.io import write_bytes, write_csv, write_json, write_text
 from gradlab import plots
 from gradlab.plots import _aggregate_columns, _downsample, draw_experiment, load_experiment
 
@@ -31,7 +31,8 @@ def _clip_entry(variant: str) -> str:
 
 def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int | None = None,
               report: bool = True, layer_nan: bool = False, layer_zero: bool = False,
-              metrics_nan: bool = False, accuracy: bool = False, first_nonfinite: dict | None = None) -> dict:
+              metrics_nan: bool = False, accuracy: bool = False, first_nonfinite: dict | None = None,
+              clip_fraction: float = 0.5, loss_scale: float = 1.0) -> dict:
     """One run folder; a diverged run stops at `diverge_at` with a NaN/inf last row. With
     `accuracy`, metrics.csv gets the classification tasks' extra last column."""
     rng = np.random.default_rng(seed)
@@ -41,7 +42,7 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
     t = np.arange(n)
     grad = (np.exp(t / 3.0) if diverge_at is not None else 5 * np.exp(-t / 10) + 0.5) * (1 + 0.1 * rng.random(n))
     clipped = np.minimum(grad, threshold) if method == "norm" else grad * (0.5 if method == "value" else 1.0)
-    loss = 1.0 / (1 + t) + 0.01 * rng.random(n)
+    loss = loss_scale * (1.0 / (1 + t) + 0.01 * rng.random(n))
     nonfinite = np.zeros(n)
     if diverge_at is not None:
         grad[-1], clipped[-1], loss[-1], nonfinite[-1] = math.inf, math.nan, math.nan, 1
@@ -72,7 +73,7 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
         first_nonfinite or {"step": diverge_at, "phase": "backward", "where": "layer1.W", "kind": "inf"},
         "max_grad_norm": float(np.nanmax(np.where(np.isfinite(grad), grad, np.nan))) if np.isfinite(grad).any() else "nan",
         "final_loss": None if diverge_at is not None else float(loss[-1]),
-        "steps_completed": n if diverge_at is None else diverge_at, "clip_fraction": 0.5, "steps": steps,
+        "steps_completed": n if diverge_at is None else diverge_at, "clip_fraction": clip_fraction, "steps": steps,
     }
     if report:
         write_json(d / "report.json", rep)
@@ -122,7 +123,7 @@ def test_draws_every_plot_as_png(full):
     for p in written:
         assert_png(p)
     # One threshold per clipping method is not a sweep.
-    assert not (exp / "plots" / "sweep.png").exists()
+    assert not list((exp / "plots").glob("sweep*.png"))
     assert not list((exp / "plots").glob(".*.tmp"))
 
 
@@ -176,19 +177,152 @@ def test_degenerate_runs_do_not_raise(tmp_path):
         assert_png(p)
 
 
-def test_sweep_plot_for_several_thresholds(tmp_path, monkeypatch):
-    exp = make_experiment(tmp_path / "sweep", variants=("none", "norm-0.1", "norm-1", "norm-10"), seeds=(0,), steps=12)
-    write_run(exp, "norm-10", 1, 12, diverge_at=5)  # a clipped run without a final loss
-    # The other plots are covered above; drawing them again would only cost time.
+def make_sweep(exp: Path, thresholds=(0.1, 1.0, 10.0), seeds=(0, 1, 2), steps=12, method="norm",
+               baseline=True, sweep_key=True, diverge=None) -> Path:
+    """What `gradlab sweep` writes: config.yaml with `sweep:` (unless sweep_key is False: a
+    hand-written clipping list), one run per variant x seed; `diverge` maps run ids to steps.
+    The loss grows with the threshold and the clip fraction shrinks, as in a real sweep."""
+    diverge = diverge or {}
+    variants = (["none"] if baseline else []) + [f"{method}-{t:g}" for t in thresholds]
+    sweep = (f"sweep: {{method: {method}, thresholds: {list(thresholds)}, baseline: {str(baseline).lower()}}}\n"
+             if sweep_key else "")
+    write_text(exp / "config.yaml", (
+        f"name: {exp.name}\nseeds: {list(seeds)}\n"
+        "model: {kind: mlp, depth: 3, width: 8, activation: tanh, init: {scheme: normal, gain: 2.0}}\n"
+        f"train: {{steps: {steps}, optimizer: {{kind: sgd, lr: 0.05}}, dtype: float32}}\n"
+        "clipping:\n" + "".join(_clip_entry(v) for v in variants) + sweep))
+    reports = []
+    for seed in seeds:
+        for i, v in enumerate(variants):
+            rank = i / max(1, len(variants) - 1)
+            reports.append(write_run(exp, v, seed, steps, diverge_at=diverge.get(f"{v}-s{seed}"),
+                                     clip_fraction=0.0 if v == "none" else 1.0 - 0.9 * rank,
+                                     loss_scale=1.0 + 3 * rank + 0.5 * seed))
+    write_json(exp / "summary.json", reports)
+    return exp
+
+
+class Facts(dict):
+    """What each figure shows, by file name; with `render` False the figures are not
+    rendered at all (a PNG costs half a second): for tests that only read the facts."""
+
+    render = True
+
+
+@pytest.fixture
+def sweep_only(monkeypatch) -> Facts:
+    """Draw only the sweep's plots (the others are covered above and would only cost time)."""
+    facts = Facts()
+    real_save = plots._save
+
+    def save(fig, path):
+        facts[path.name] = figure_facts(fig)
+        if facts.render:
+            return real_save(fig, path)
+        fig.clear()
+        return path
+
+    monkeypatch.setattr(plots, "_save", save)
     monkeypatch.setattr(plots, "_draw_heatmap", lambda *args: None)
     monkeypatch.setattr(plots, "_draw_over_steps", lambda exp, columns, **kw: kw["path"])
-    written = draw_experiment(exp)
-    assert exp / "plots" / "sweep.png" in written
-    assert_png(exp / "plots" / "sweep.png")
-    e = load_experiment(exp)
+    return facts
+
+
+SWEEP_FILES = {"sweep_final_loss.png", "sweep_divergence.png", "sweep_clip_fraction.png"}
+
+
+def test_sweep_plots_for_a_sweep_with_divergences(tmp_path, sweep_only):
+    # The baseline diverges in every seed; 10 in seed 1 only; 100 in every seed.
+    diverge = {"none-s0": 4, "none-s1": 6, "none-s2": 5, "norm-10-s1": 8,
+               "norm-100-s0": 3, "norm-100-s1": 2, "norm-100-s2": 3}
+    exp = make_sweep(tmp_path / "sweep", thresholds=(0.1, 1.0, 10.0, 100.0), seeds=(2, 0, 1), diverge=diverge)
+    write_bytes(exp / "plots" / "sweep.png", b"old")  # the combined plot of an older version
+    written = {p.name for p in draw_experiment(exp)}
+    # The first seed is the config's first, not the smallest.
+    assert SWEEP_FILES | {"sweep_grad_norm_s2.png"} <= written
+    assert not (exp / "plots" / "sweep.png").exists()
+    for name in SWEEP_FILES | {"sweep_grad_norm_s2.png"}:
+        assert_png(exp / "plots" / name)
+
+    loss = sweep_only["sweep_final_loss.png"]
+    assert loss["yscale"] == "log" and "final training loss" in loss["ylabel"]
+    assert "max_norm (log scale)" in loss["xlabel"]
+    assert {"one seed", "mean over the seeds\nthat did not diverge", "hollow: some seeds diverged there\n(the mean of the others)",
+            "no clipping (none): diverged in\nevery seed at steps 4-6: no final loss"} <= set(loss["legend"])
+    assert any(t.startswith("top edge: diverged") for t in loss["legend"])
+    assert {"1/3 div", "3/3 div"} <= set(loss["texts"])
+    assert loss["left_title"] == "no clipping: diverged in all 3 seeds at steps 4-6"
+    assert "3 seeds (0, 1, 2)" in loss["suptitle"].replace("\n", " ")
+
+    div = sweep_only["sweep_divergence.png"]
+    assert div["ylim"][1] > 12 and "divergence step" in div["ylabel"]
+    assert {"3/3 ok", "2/3 ok", "0/3 ok"} <= set(div["texts"])
+    assert "end of training (12 steps)" in div["legend"]
+    assert any(t.startswith("no clipping (none): diverged at steps 4-6\nin 3 of 3 seeds") for t in div["legend"])
+
+    clip = sweep_only["sweep_clip_fraction.png"]
+    assert clip["ylim"] == pytest.approx((-0.03, 1.03))
+    assert "diverged: the fraction of the steps\nbefore its divergence" in clip["legend"]
+
+    grad = sweep_only["sweep_grad_norm_s2.png"]
+    assert grad["yscale"] == "log" and grad["title"].startswith("Gradient norm per step, seed 2")
+    assert grad["colorbar_ticks"] == ["0.1", "1", "10", "100"]
+    assert {"no clipping (none)", "diverged (NaN/inf)", "its max_norm, same colour"} <= set(grad["legend"])
+
+
+def test_sweep_plots_for_a_hand_written_clipping_list(tmp_path, sweep_only):
+    """No `sweep:` in the config, but one method at several thresholds: a sweep all the same.
+    Nothing diverges, the baseline included."""
+    sweep_only.render = False
+    exp = make_sweep(tmp_path / "hand", thresholds=(0.5, 2.0), seeds=(0,), sweep_key=False)
+    assert SWEEP_FILES | {"sweep_grad_norm_s0.png"} <= {p.name for p in draw_experiment(exp)}
+    div = sweep_only["sweep_divergence.png"]
+    assert "no clipped run diverged" in div["texts"]
+    assert "no clipping (none): did not diverge\nin any of 1 seed" in div["legend"]
+    assert not any("diverged" in t for t in sweep_only["sweep_final_loss.png"]["legend"])
+
+
+def test_sweep_plots_value_method_without_baseline(tmp_path, sweep_only):
+    sweep_only.render = False
+    exp = make_sweep(tmp_path / "value", thresholds=(0.01, 0.1, 1.0), seeds=(0, 1), method="value",
+                     baseline=False, diverge={"value-1-s0": 5})
+    assert SWEEP_FILES | {"sweep_grad_norm_s0.png"} <= {p.name for p in draw_experiment(exp)}
+    loss = sweep_only["sweep_final_loss.png"]
+    assert "clip_value (log scale)" in loss["xlabel"]
+    assert not any("no clipping" in t for t in loss["legend"])
+    grad = sweep_only["sweep_grad_norm_s0.png"]
+    assert "(clip_value and non-L2 thresholds are\nnot L2 norms: not drawn)" in grad["legend"]
+    assert "no clipping (none)" not in grad["legend"]
+
+
+def test_sweep_plots_survive_degenerate_sweeps(tmp_path, sweep_only):
+    """Every run diverged (no final loss anywhere); a `sweep:` of one threshold."""
+    every = {f"{v}-s0": 2 for v in ("none", "norm-1", "norm-10")}
+    exp = make_sweep(tmp_path / "all_diverged", thresholds=(1.0, 10.0), seeds=(0,), diverge=every)
+    assert SWEEP_FILES <= {p.name for p in draw_experiment(exp)}
+    for name in SWEEP_FILES | {"sweep_grad_norm_s0.png"}:
+        assert_png(exp / "plots" / name)
+    assert "no run trained to the end: no final loss to show" in sweep_only["sweep_final_loss.png"]["texts"]
+    sweep_only.render = False
+    exp = make_sweep(tmp_path / "one", thresholds=(1.0,), seeds=(0,))
+    assert SWEEP_FILES <= {p.name for p in draw_experiment(exp)}
+    assert sweep_only["sweep_final_loss.png"]["xlim"] == pytest.approx((10 ** -0.5, 10 ** 0.5))
+
+
+def test_sweep_colors_follow_the_threshold(tmp_path):
+    e = load_experiment(make_sweep(tmp_path / "colors", seeds=(0,)))
     # The baseline is neutral; every clipped variant has a colour of its own.
     assert e.colors["none"] == "#303030"
     assert len({e.colors[v] for v in e.variants}) == 4
+    sweep = plots._find_sweep(e)
+    assert [f.thresholds for f in sweep.families] == [[0.1, 1.0, 10.0]] and len(sweep.baseline) == 1
+
+
+def test_plain_run_is_no_sweep(tmp_path):
+    """One threshold per method and no `sweep:` in the config: no sweep plots."""
+    exp = make_experiment(tmp_path / "plain", variants=("none", "norm-1"), seeds=(0,), steps=6)
+    assert plots._find_sweep(load_experiment(exp)) is None
+    assert plots._draw_sweep(load_experiment(exp), exp / "plots") == []
 
 
 def test_downsample_keeps_extremes_and_gaps():
@@ -276,12 +410,17 @@ def figure_facts(fig) -> dict:
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     ax = axes[0]
     lines = [line for a in axes for line in a.get_lines()]
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
     return {
-        "title": ax.get_title(), "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
+        "texts": [t.get_text() for a in axes for t in a.texts],
+        "colorbar_ticks": [t.get_text() for t in bars[0].get_yticklabels()] if bars else [],
+        "title": ax.get_title(), "left_title": ax.get_title(loc="left"),
+        "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
         "caption": fig._supxlabel.get_text() if fig._supxlabel else "",
-        "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "yscale": ax.get_yscale(), "ylim": ax.get_ylim(),
-        "legend": [t.get_text() for a in axes for leg in [a.get_legend(), *[c for c in a.artists]] if leg is not None
-                   and hasattr(leg, "get_texts") for t in leg.get_texts()],
+        "xlabel": ax.get_xlabel(), "xlim": ax.get_xlim(),
+        "ylabel": ax.get_ylabel(), "yscale": ax.get_yscale(), "ylim": ax.get_ylim(),
+        "legend": [t.get_text() for leg in [*(x for a in axes for x in [a.get_legend(), *a.artists]), *fig.legends]
+                   if leg is not None and hasattr(leg, "get_texts") for t in leg.get_texts()],
         "points": [len(line.get_xdata()) for line in lines],
         "vlines": sorted(float(line.get_xdata()[0]) for line in lines
                          if len(line.get_xdata()) == 2 and line.get_xdata()[0] == line.get_xdata()[1]

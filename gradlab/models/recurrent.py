@@ -126,23 +126,20 @@ class Recurrent:
         A = np.matmul(seq.reshape(*seq.shape[:-3], T * B, seq.shape[-1]), _t(W_ih)).reshape(V, T, B, -1)
         A += b_ih[:, None, None, :]
         Hs = np.empty((V, T, B, H), dtype=self.dtype)
-        gates = np.empty_like(A)  # post-nonlinearity gates (rnn: the pre-activation's act saved)
-        extra = np.empty((V, T, B, H), dtype=self.dtype) if self.kind != "rnn" else None
+        at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
+        W_hhT = _t(W_hh)
+        if self.kind == "rnn":
+            self._rnn_forward(A, b_hh, W_hhT, Hs, probe, at)
+            return {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None}
+        gates = np.empty_like(A)  # post-nonlinearity gates
+        extra = np.empty((V, T, B, H), dtype=self.dtype)
         cells = np.empty((V, T, B, H), dtype=self.dtype) if self.kind == "lstm" else None
         h = np.zeros((V, B, H), dtype=self.dtype)
         c = np.zeros((V, B, H), dtype=self.dtype) if self.kind == "lstm" else None
-        W_hhT = _t(W_hh)
-        at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         for t in range(T):
             pre = np.matmul(h, W_hhT)
             pre += b_hh[:, None, :]
-            if self.kind == "rnn":
-                pre += A[:, t]
-                if probe:
-                    probe(at("pre", t), pre)
-                h, saved = self._act(pre)
-                gates[:, t] = h if saved is None else saved
-            elif self.kind == "lstm":
+            if self.kind == "lstm":
                 pre += A[:, t]
                 if probe:
                     probe(at("gates", t), pre)
@@ -174,6 +171,27 @@ class Recurrent:
                 probe(at("h", t), h)
             Hs[:, t] = h
         return {"seq": seq, "A": A, "H": Hs, "gates": gates, "extra": extra, "cells": cells}
+
+    def _rnn_forward(self, A, b_hh, W_hhT, Hs, probe, at) -> None:
+        """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + h_{t-1} W_hh^T)."""
+        A += b_hh[:, None, None, :]  # both biases add to the same pre-activation
+        buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
+        relu = self._act is activation("relu")[0]
+        for t in range(Hs.shape[1]):
+            if t:
+                np.matmul(Hs[:, t - 1], W_hhT, out=buf)
+                buf += A[:, t]
+                pre = buf
+            else:
+                pre = A[:, 0]  # h_{-1} = 0
+            if probe:
+                probe(at("pre", t), pre)
+            if relu:
+                np.maximum(pre, 0.0, out=Hs[:, t])
+            else:
+                np.tanh(pre, out=Hs[:, t])
+            if probe:
+                probe(at("h", t), Hs[:, t])
 
     # ------------------------------------------------------------------ backward
     def backward(self, params: dict[str, np.ndarray], cache: dict, dout: np.ndarray,
@@ -218,6 +236,8 @@ class Recurrent:
         dGh = np.empty_like(dA) if self.kind == "gru" else dA  # the recurrent part's (differs for gru)
         dh_next = np.zeros((V, B, Hd), dtype=self.dtype)
         dc_next = np.zeros((V, B, Hd), dtype=self.dtype) if self.kind == "lstm" else None
+        scratch = np.empty((V, B, Hd), dtype=self.dtype)
+        relu = self._act is activation("relu")[0]
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         K = self.tbptt
         for t in range(T - 1, -1, -1):
@@ -231,8 +251,14 @@ class Recurrent:
             if probe:
                 probe(at("h", t), dh)
             h_prev = Hs[:, t - 1] if t > 0 else None
-            if self.kind == "rnn":
-                dA[:, t] = self._act_back(dh, gates[:, t])
+            if self.kind == "rnn":  # the derivative from the saved output, fused into dA
+                h, da = Hs[:, t], dA[:, t]
+                if relu:
+                    np.multiply(dh, h > 0.0, out=da)
+                else:
+                    np.multiply(h, h, out=scratch)
+                    np.subtract(1.0, scratch, out=scratch)
+                    np.multiply(dh, scratch, out=da)
             elif self.kind == "lstm":
                 i, f, g, o = np.split(gates[:, t], 4, axis=-1)
                 tc = extra[:, t]
@@ -270,9 +296,10 @@ class Recurrent:
                 probe(at("gates", t), dA[:, t])
                 self._probe_step(p, t, probe, dA[:, t], dGh[:, t], h_prev, seq[..., t, :, :])
             # dL/dh_{t-1} through the recurrence
-            dh_next = np.matmul(dGh[:, t], W_hh)
-            if self.kind == "gru":
-                dh_next += dh * z
+            if t:
+                np.matmul(dGh[:, t], W_hh, out=dh_next)
+                if self.kind == "gru":
+                    dh_next += dh * z
         # Weight gradients: one matmul each over all steps (h_{-1} = 0 adds nothing).
         TB = T * B
         G = dA.shape[-1]

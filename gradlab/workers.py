@@ -20,17 +20,29 @@ from .config import ExperimentConfig
 _FLUSH_EVERY = 25  # steps between progress messages: one pipe write per 25 steps is cheap
 
 
+def limit_blas_threads() -> int:
+    """One BLAS thread in this process; returns the largest thread count left in any pool.
+
+    Several processes on few cores: more BLAS threads would only fight over them (and
+    OpenBLAS threads spin while they wait: oversubscribed, a sweep once ran 70x slower).
+    NumPy must be loaded first, or there is no BLAS yet for the limit to reach.
+    """
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from . import train  # noqa: F401  (loads NumPy and its BLAS)
+
+    threadpool_limits(1)
+    return max((p["num_threads"] for p in threadpool_info()), default=1)
+
+
 def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sends SIGTERM, which
     # ends a worker at once (the parent's own SIGTERM handler is not for workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from threadpoolctl import threadpool_limits
-
     from .experiment import train_plan
 
-    # Several processes on few cores: more BLAS threads would only fight over them.
-    threadpool_limits(1)
+    limit_blas_threads()
     pending = 0
 
     def advance(n: int) -> None:

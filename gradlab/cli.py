@@ -176,9 +176,12 @@ def validate(
           f"about {estimate_memory_bytes(cfg) / 2**20:.1f} MiB per seed; would write {experiment_dir(cfg, out)}/")
 
 
+ExperimentArg = typer.Argument(None, help="Experiment directory (default: the most recent under --out).")
+
+
 @app.command()
 def plot(
-    experiment: Optional[Path] = typer.Argument(None, help="Experiment directory (default: the most recent under --out)."),
+    experiment: Optional[Path] = ExperimentArg,
     out: Path = OutOpt,
 ) -> None:
     """(Re)draw every plot of an experiment from its directory."""
@@ -193,7 +196,7 @@ def plot(
 
 @app.command()
 def report(
-    experiment: Optional[Path] = typer.Argument(None, help="Experiment directory (default: the most recent under --out)."),
+    experiment: Optional[Path] = ExperimentArg,
     out: Path = OutOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""

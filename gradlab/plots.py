@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gradlab.io import read_csv, read_json, write_bytes
+from gradlab.io import as_float as _num, read_csv, read_json, write_bytes
 
 DPI = 120
 MAX_LINE_POINTS = 2000
@@ -147,16 +147,6 @@ def _newer(a: Path, b: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _num(x: Any) -> Optional[float]:
-    """A report number: JSON floats, or the strings 'nan'/'inf' (JSON has neither)."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def _int(x: Any) -> Optional[int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from . import io
+from .io import as_float as _float
 
 COLUMNS = ("run", "method", "threshold", "seed", "diverged", "step", "phase", "where",
            "max grad norm", "final loss", "clip fraction")
@@ -97,16 +98,6 @@ def _config_dict(cfg) -> dict:
     if hasattr(cfg, "model_dump"):
         return cfg.model_dump(mode="json")
     return {}
-
-
-def _float(x) -> float | None:
-    """A report number (JSON spells nan and inf as strings); None when absent."""
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:

@@ -56,8 +56,8 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events) -> 
         seed, todo = item
         try:
             train_plan(cfg, exp, seed, todo, lockstep, advance)
-        except Exception:
-            events.put(("error", f"seed {seed}:\n{traceback.format_exc()}"))
+        except Exception as exc:  # a bug: the parent raises it with this traceback
+            events.put(("error", f"seed {seed}: {exc!r}\n{traceback.format_exc()}"))
             return
         events.put(("steps", pending))
         pending = 0

@@ -11,26 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gradlab.cli import main
+from conftest import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 # The quickstart, shortened: still diverges (seeds 0 and 1) within 30 steps.
 SMALL = ["--set", "train.steps=30", "--seeds", "0,1"]
-
-
-def cli(*args, cwd=None):
-    """Run `gradlab ARGS` in-process; returns the exit code."""
-    old = os.getcwd()
-    if cwd:
-        os.chdir(cwd)
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    finally:
-        os.chdir(old)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import cli
 
-from gradlab.cli import main
 from gradlab.config import load_config
 from gradlab.experiment import experiment_lock, prepare, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SHORT = ["--set", "train.steps=25", "--set", "model.depth=6"]
-
-
-def cli(*args, cwd=None):
-    old = os.getcwd()
-    if cwd:
-        os.chdir(cwd)
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    finally:
-        os.chdir(old)
-    return 0
 
 
 def test_sweep_replaces_the_clipping_list_and_gets_its_own_directory(tmp_path):

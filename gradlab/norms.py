@@ -29,40 +29,34 @@ def _slow_norm(g: np.ndarray, p: float) -> float:
 def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
     """Per-tensor, per-variant p-norms, shape (n_tensors, V), float64.
 
-    The fast path reduces in the gradients' own dtype (no float64 copy of big arrays).
+    The fast path is one reduction per tensor in the tensors' own dtype (no float64 copy of
+    big arrays); the checks and roots run once on the small (n, V) result.
     """
     arrays = list(grads.values())
     V = arrays[0].shape[0] if arrays else 0
-    out = np.empty((len(arrays), V), dtype=np.float64)
+    flats = [g.reshape(V, -1) for g in arrays]
     with np.errstate(all="ignore"):  # overflow here is expected and handled below
-        for i, g in enumerate(arrays):
-            _fill_norms(out[i], g.reshape(V, -1), p)
+        if math.isinf(p):  # a max cannot overflow, and it propagates NaN
+            return np.array([np.maximum(f.max(axis=1), -f.min(axis=1)) if f.shape[1] else np.zeros(V)
+                             for f in flats], dtype=np.float64).reshape(len(flats), V)
+        sums = np.empty((len(flats), V), dtype=np.float64)
+        tiny = np.empty(len(flats))
+        for i, f in enumerate(flats):
+            sums[i] = np.vecdot(f, f) if p == 2.0 else np.sum(np.abs(f) ** p, axis=1)
+            tiny[i] = np.finfo(f.dtype).tiny * 1e4
+        out = np.sqrt(sums) if p == 2.0 else sums ** (1.0 / p)
+        # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
+        redo = ~np.isfinite(sums) | (sums < tiny[:, None])
+        for i, v in zip(*np.nonzero(redo)):
+            f = flats[i][v]
+            out[i, v] = _slow_norm(f, p) if f.any() else 0.0
     return out
 
 
 def row_norms(a: np.ndarray) -> np.ndarray:
     """L2 norms along the last axis, float64, same shape as a[..., 0]; without overflow."""
-    out = np.empty(a.shape[:-1], dtype=np.float64)
     flat = a.reshape(-1, a.shape[-1])
-    with np.errstate(all="ignore"):
-        _fill_norms(out.reshape(-1), flat, 2.0)
-    return out
-
-
-def _fill_norms(row: np.ndarray, flat: np.ndarray, p: float) -> None:
-    """One tensor's p-norm for each variant (rows of `flat`) into `row`."""
-    if flat.shape[1] == 0:
-        row[:] = 0.0
-        return
-    if math.isinf(p):  # a max cannot overflow, and it propagates NaN
-        row[:] = np.maximum(flat.max(axis=1), -flat.min(axis=1))
-        return
-    s = np.vecdot(flat, flat) if p == 2.0 else np.sum(np.abs(flat) ** p, axis=1)
-    row[:] = np.asarray(s, dtype=np.float64) ** (1.0 / p)
-    # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
-    redo = ~np.isfinite(s) | (s < np.finfo(flat.dtype).tiny * 1e4)
-    for v in np.flatnonzero(redo):
-        row[v] = _slow_norm(flat[v], p) if flat[v].any() else 0.0
+    return param_norms({"rows": flat}).reshape(a.shape[:-1])
 
 
 def total_norm(norms: np.ndarray, p: float = 2.0) -> np.ndarray:

@@ -49,11 +49,11 @@ class SGD(Optimizer):
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
         """Apply one step in place; `grads` may be overwritten. Returns ||lr * d|| per variant."""
         first = state["step"] == 0
-        directions = {}
         for name, p in params.items():
             g = grads[name]
             if self.weight_decay:
                 g += self.weight_decay * p
+            d = g
             if self.momentum:
                 buf = state["buf"][name]
                 if first:
@@ -64,11 +64,13 @@ class SGD(Optimizer):
                 if self.nesterov:
                     g += self.momentum * buf
                 else:
-                    g = buf
-            p -= self.lr * g
-            directions[name] = g
+                    d = buf
+            # The step lr * d goes into the gradient's buffer (ours to overwrite): no
+            # temporary, and its norm is the update norm.
+            np.multiply(d, self.lr, out=g)
+            p -= g
         state["step"] += 1
-        return self.lr * total_norm(param_norms(directions))
+        return total_norm(param_norms(grads))
 
 
 def _lerp_(avg: np.ndarray, x: np.ndarray, weight: float, scratch: np.ndarray) -> None:

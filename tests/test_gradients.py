@@ -43,11 +43,19 @@ def test_activation(name, V):
     G = r.standard_normal(z.shape)
     arrays = {"z": z}
 
-    def loss():
-        return float(np.sum(G * fwd(arrays["z"])[0]))
+    def loss():  # forward may work in place: give it a copy
+        return float(np.sum(G * fwd(arrays["z"].copy())[0]))
 
-    _, saved = fwd(z)
+    _, saved = fwd(z.copy())
     check_gradients(loss, arrays, {"z": back(G.copy(), saved)})
+
+
+def test_activations_work_in_place_and_keep_the_dtype():
+    for name, (fwd, back) in ACTIVATIONS.items():
+        z = np.linspace(-3, 3, 12, dtype=np.float32).reshape(1, 3, 4)
+        h, saved = fwd(z.copy())
+        dz = back(np.ones_like(z), saved)
+        assert h.dtype == dz.dtype == np.float32, name
 
 
 def test_gelu_matches_tanh_approximation_formula():

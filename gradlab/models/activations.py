@@ -2,7 +2,9 @@
 
 `forward(z)` returns the activation and what its backward needs; the derivative is taken
 from the saved output where it can be (tanh' = 1 - h^2, sigmoid' = h(1 - h), relu' = [h > 0]),
-so no pre-activation has to be kept. All arithmetic stays in the input's dtype: the
+so no pre-activation has to be kept. Both work in place where they can: `forward` may
+overwrite `z` and `backward` may overwrite `dh` (the callers own both and need neither again),
+which saves an allocation per layer and step. All arithmetic stays in the input's dtype: the
 constants are Python floats, which NumPy 2 does not let promote a float32 array.
 """
 
@@ -18,21 +20,23 @@ _GELU_A = 0.044715
 
 
 def _tanh(z):
-    h = np.tanh(z)
+    h = np.tanh(z, out=z)
     return h, h
 
 
 def _tanh_back(dh, h):
-    return dh * (1.0 - h * h)
+    d = np.multiply(h, h)
+    np.subtract(1.0, d, out=d)
+    return np.multiply(dh, d, out=dh)
 
 
 def _relu(z):
-    h = np.maximum(z, 0.0)
+    h = np.maximum(z, 0.0, out=z)
     return h, h
 
 
 def _relu_back(dh, h):
-    return np.where(h > 0.0, dh, 0.0).astype(dh.dtype, copy=False)
+    return np.multiply(dh, h > 0.0, out=dh)
 
 
 def _sigmoid(z):

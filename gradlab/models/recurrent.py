@@ -131,46 +131,78 @@ class Recurrent:
         if self.kind == "rnn":
             self._rnn_forward(A, b_hh, W_hhT, Hs, probe, at)
             return {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None}
-        gates = np.empty_like(A)  # post-nonlinearity gates
-        extra = np.empty((V, T, B, H), dtype=self.dtype)
-        cells = np.empty((V, T, B, H), dtype=self.dtype) if self.kind == "lstm" else None
-        h = np.zeros((V, B, H), dtype=self.dtype)
-        c = np.zeros((V, B, H), dtype=self.dtype) if self.kind == "lstm" else None
-        for t in range(T):
-            pre = np.matmul(h, W_hhT)
-            pre += b_hh[:, None, :]
-            if self.kind == "lstm":
+        gates = np.empty_like(A)  # the gates after their nonlinearities, for the backward pass
+        extra = np.empty((V, T, B, H), dtype=self.dtype)  # lstm: tanh(c_t); gru: W_hn h + b_hn
+        if self.kind == "lstm":
+            cells = np.empty((V, T, B, H), dtype=self.dtype)
+            self._lstm_forward(A, b_hh, W_hhT, Hs, gates, extra, cells, probe, at)
+        else:
+            cells = None
+            self._gru_forward(A, b_hh, W_hhT, Hs, gates, extra, probe, at)
+        return {"seq": seq, "A": A, "H": Hs, "gates": gates, "extra": extra, "cells": cells}
+
+    def _lstm_forward(self, A, b_hh, W_hhT, Hs, gates, tanh_c, cells, probe, at) -> None:
+        """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers."""
+        H = Hs.shape[-1]
+        A += b_hh[:, None, None, :]  # both biases add to the same pre-activation
+        scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
+        for t in range(Hs.shape[1]):
+            pre = gates[:, t]
+            if t:
+                np.matmul(Hs[:, t - 1], W_hhT, out=pre)
                 pre += A[:, t]
-                if probe:
-                    probe(at("gates", t), pre)
-                i, f, g, o = np.split(pre, 4, axis=-1)
-                _sigmoid(i), _sigmoid(f), np.tanh(g, out=g), _sigmoid(o)
-                gates[:, t] = pre
-                c = f * c
-                c += i * g
-                cells[:, t] = c
-                if probe:
-                    probe(at("c", t), c)
-                tc = np.tanh(c, out=extra[:, t])
-                h = o * tc
-            else:  # gru: the candidate's recurrent part is gated by r, so keep it apart
-                a_r, a_z, a_n = np.split(A[:, t], 3, axis=-1)
-                h_r, h_z, h_n = np.split(pre, 3, axis=-1)
-                if probe:
-                    probe(at("gates", t), pre)
-                gt = gates[:, t]
-                r, z, n = np.split(gt, 3, axis=-1)
-                np.add(a_r, h_r, out=r), np.add(a_z, h_z, out=z)
-                _sigmoid(r), _sigmoid(z)
-                extra[:, t] = h_n  # W_hn h + b_hn, needed for dr
-                np.multiply(r, h_n, out=n)
-                n += a_n
-                np.tanh(n, out=n)
-                h = n + z * (h - n)  # (1 - z) n + z h
+            else:
+                pre[...] = A[:, 0]  # h_{-1} = 0
+            if probe:
+                probe(at("gates", t), pre)
+            _sigmoid(pre[..., :2 * H])  # i and f, side by side in torch's order
+            np.tanh(pre[..., 2 * H:3 * H], out=pre[..., 2 * H:3 * H])
+            _sigmoid(pre[..., 3 * H:])
+            i, f, g, o = np.split(pre, 4, axis=-1)
+            c = cells[:, t]
+            if t:
+                np.multiply(f, cells[:, t - 1], out=c)
+                c += np.multiply(i, g, out=scratch)
+            else:
+                np.multiply(i, g, out=c)
+            if probe:
+                probe(at("c", t), c)
+            np.multiply(o, np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t])
+            if probe:
+                probe(at("h", t), Hs[:, t])
+
+    def _gru_forward(self, A, b_hh, W_hhT, Hs, gates, hn, probe, at) -> None:
+        """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n)."""
+        H = Hs.shape[-1]
+        A[..., :2 * H] += b_hh[:, None, None, :2 * H]  # b_hr, b_hz add like the input biases
+        b_hn = b_hh[:, None, 2 * H:]  # b_hn sits inside r's product: kept apart
+        hh = np.empty(Hs.shape[:1] + Hs.shape[2:3] + (3 * H,), dtype=self.dtype)
+        for t in range(Hs.shape[1]):
+            if t:
+                np.matmul(Hs[:, t - 1], W_hhT, out=hh)
+            else:
+                hh[...] = 0.0  # h_{-1} = 0
+            hh[..., 2 * H:] += b_hn
+            if probe:
+                probe(at("gates", t), hh)
+            gt = gates[:, t]
+            np.add(A[:, t, :, :2 * H], hh[..., :2 * H], out=gt[..., :2 * H])
+            _sigmoid(gt[..., :2 * H])  # r and z together
+            r, z, n = np.split(gt, 3, axis=-1)
+            hn[:, t] = hh[..., 2 * H:]
+            np.multiply(r, hn[:, t], out=n)
+            n += A[:, t, :, 2 * H:]
+            np.tanh(n, out=n)
+            h = Hs[:, t]
+            if t:
+                np.subtract(Hs[:, t - 1], n, out=h)
+                h *= z
+                h += n
+            else:
+                np.multiply(z, n, out=h)
+                np.subtract(n, h, out=h)
             if probe:
                 probe(at("h", t), h)
-            Hs[:, t] = h
-        return {"seq": seq, "A": A, "H": Hs, "gates": gates, "extra": extra, "cells": cells}
 
     def _rnn_forward(self, A, b_hh, W_hhT, Hs, probe, at) -> None:
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + h_{t-1} W_hh^T)."""

@@ -31,6 +31,12 @@ def _t(a: np.ndarray) -> np.ndarray:
     return a.swapaxes(-1, -2)
 
 
+def _gates(a: np.ndarray, n: int) -> list[np.ndarray]:
+    """The n gate blocks of the last axis, as views (np.split costs more Python per call)."""
+    H = a.shape[-1] // n
+    return [a[..., k * H:(k + 1) * H] for k in range(n)]
+
+
 def _sigmoid(a: np.ndarray) -> np.ndarray:
     """In place: sigmoid(a) = (1 + tanh(a / 2)) / 2, which cannot overflow."""
     a *= 0.5
@@ -158,7 +164,7 @@ class Recurrent:
             _sigmoid(pre[..., :2 * H])  # i and f, side by side in torch's order
             np.tanh(pre[..., 2 * H:3 * H], out=pre[..., 2 * H:3 * H])
             _sigmoid(pre[..., 3 * H:])
-            i, f, g, o = np.split(pre, 4, axis=-1)
+            i, f, g, o = _gates(pre, 4)
             c = cells[:, t]
             if t:
                 np.multiply(f, cells[:, t - 1], out=c)
@@ -188,7 +194,7 @@ class Recurrent:
             gt = gates[:, t]
             np.add(A[:, t, :, :2 * H], hh[..., :2 * H], out=gt[..., :2 * H])
             _sigmoid(gt[..., :2 * H])  # r and z together
-            r, z, n = np.split(gt, 3, axis=-1)
+            r, z, n = _gates(gt, 3)
             hn[:, t] = hh[..., 2 * H:]
             np.multiply(r, hn[:, t], out=n)
             n += A[:, t, :, 2 * H:]
@@ -269,6 +275,7 @@ class Recurrent:
         dh_next = np.zeros((V, B, Hd), dtype=self.dtype)
         dc_next = np.zeros((V, B, Hd), dtype=self.dtype) if self.kind == "lstm" else None
         scratch = np.empty((V, B, Hd), dtype=self.dtype)
+        scratch2 = np.empty((V, B, 2 * Hd), dtype=self.dtype) if self.kind == "lstm" else None
         relu = self._act is activation("relu")[0]
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         K = self.tbptt
@@ -292,12 +299,15 @@ class Recurrent:
                     np.subtract(1.0, scratch, out=scratch)
                     np.multiply(dh, scratch, out=da)
             elif self.kind == "lstm":
-                i, f, g, o = np.split(gates[:, t], 4, axis=-1)
+                gt, da = gates[:, t], dA[:, t]
+                i, f, g, o = _gates(gt, 4)
+                di, df, dg, do = _gates(da, 4)
                 tc = extra[:, t]
-                di, df, dg, do = np.split(dA[:, t], 4, axis=-1)
                 np.multiply(dh, tc, out=do)
-                dc = dh * o
-                dc *= 1.0 - tc * tc
+                dc = np.multiply(tc, tc, out=scratch)  # dc = dc_next + dh o (1 - tanh(c)^2)
+                np.subtract(1.0, dc, out=dc)
+                dc *= o
+                dc *= dh
                 dc += dc_next
                 np.multiply(dc, g, out=di)
                 np.multiply(dc, i, out=dg)
@@ -306,14 +316,21 @@ class Recurrent:
                 else:
                     df[...] = 0.0
                 np.multiply(dc, f, out=dc_next)
-                di *= i * (1.0 - i)
-                df *= f * (1.0 - f)
-                dg *= 1.0 - g * g
-                do *= o * (1.0 - o)
+                # Through the nonlinearities: sigmoid' = s (1 - s) for i and f (side by side),
+                # tanh' = 1 - g^2, then o; scratch buffers, no temporaries.
+                np.subtract(1.0, gt[..., :2 * Hd], out=scratch2)
+                scratch2 *= gt[..., :2 * Hd]
+                da[..., :2 * Hd] *= scratch2
+                np.multiply(g, g, out=scratch)
+                np.subtract(1.0, scratch, out=scratch)
+                dg *= scratch
+                np.subtract(1.0, o, out=scratch)
+                scratch *= o
+                do *= scratch
             else:  # gru
-                r, z, n = np.split(gates[:, t], 3, axis=-1)
-                dr, dz, dn = np.split(dA[:, t], 3, axis=-1)
-                hr, hz, hn = np.split(dGh[:, t], 3, axis=-1)
+                r, z, n = _gates(gates[:, t], 3)
+                dr, dz, dn = _gates(dA[:, t], 3)
+                hr, hz, hn = _gates(dGh[:, t], 3)
                 prev = h_prev if h_prev is not None else 0.0
                 np.multiply(dh, 1.0 - z, out=dn)
                 dn *= 1.0 - n * n

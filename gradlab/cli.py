@@ -142,13 +142,10 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], p
     from .errors import Terminated
     from .experiment import collect_reports, run_experiment
 
-    progress = None if quiet else _RichProgress()
+    progress = _QuietProgress() if quiet else _RichProgress()
     try:
-        if progress:
-            with progress:
-                exp = run_experiment(cfg, out, force=force, progress=progress, workers=workers, plots=plots)
-        else:
-            exp = run_experiment(cfg, out, force=force, workers=workers, plots=plots)
+        with progress:
+            exp = run_experiment(cfg, out, force=force, progress=progress, workers=workers, plots=plots)
     except KeyboardInterrupt as e:
         exp = experiment_dir(cfg, out)
         n = len(collect_reports(exp)) if exp.is_dir() else 0
@@ -242,6 +239,23 @@ def _print_outcome(exp: Path, quiet: bool) -> None:
     con.print(f"experiment: {exp}  (report: {exp / 'report.md'})", soft_wrap=True)
 
 
+class _QuietProgress:
+    """--quiet: no bar, but warnings still reach stderr."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None: ...
+    def advance(self, steps: int) -> None: ...
+    def note(self, text: str) -> None: ...
+
+    def warn(self, text: str) -> None:
+        print(f"gradlab: warning: {text}", file=sys.stderr)
+
+
 class _RichProgress:
     """experiment.Progress drawn as a Rich progress bar over all steps to compute."""
 
@@ -269,6 +283,9 @@ class _RichProgress:
 
     def note(self, text: str) -> None:
         self._bar.update(self._task, description=text)
+
+    def warn(self, text: str) -> None:
+        self._bar.console.print(f"warning: {text}", style="yellow", highlight=False)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -31,22 +31,50 @@ class Progress:
     def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None: ...
     def advance(self, steps: int) -> None: ...
     def note(self, text: str) -> None: ...
+    def warn(self, text: str) -> None: ...
 
 
 def run_dir(exp: Path, rid: str) -> Path:
     return exp / "runs" / rid
 
 
+def run_state(exp: Path, rid: str) -> str:
+    """`complete`, `missing` (never finished: no report.json) or `damaged` (its files do not
+    agree: an unreadable report.json, a metrics.csv cut short, from a disk or a hand)."""
+    d = run_dir(exp, rid)
+    if not (d / "report.json").is_file():
+        return "missing"
+    try:
+        rep = io.read_json(d / "report.json")
+        rows = int(rep["steps_completed"]) + (1 if rep["diverged"] else 0)
+        ok = rep["run_id"] == rid and all(
+            _data_lines(d / name) == rows for name in ("metrics.csv", "layer_norms.csv"))
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    return "complete" if ok else "damaged"
+
+
+def _data_lines(path: Path) -> int:
+    """Complete data lines of a CSV (a last line without its newline was cut short)."""
+    text = path.read_text(encoding="utf-8")
+    return max(0, text.count("\n") - 1)
+
+
 def is_complete(exp: Path, rid: str) -> bool:
-    return (run_dir(exp, rid) / "report.json").is_file()
+    return run_state(exp, rid) == "complete"
 
 
-def plan(cfg: ExperimentConfig, exp: Path, force: bool = False) -> list[SeedPlan]:
+def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
+         warn: Callable[[str], None] = lambda text: None) -> list[SeedPlan]:
+    """Which runs of each seed are complete and which are to compute; damaged runs are redone."""
     plans = []
     for seed in cfg.seeds:
         p = SeedPlan(seed, [])
         for i, c in enumerate(cfg.clipping):
-            (p.done if not force and is_complete(exp, run_id(c, seed)) else p.todo).append(i)
+            state = "missing" if force else run_state(exp, run_id(c, seed))
+            if state == "damaged":
+                warn(f"run {run_id(c, seed)}: its files are damaged (unreadable or cut short); computing it again")
+            (p.done if state == "complete" else p.todo).append(i)
         plans.append(p)
     return plans
 
@@ -92,10 +120,8 @@ def collect_reports(exp: Path) -> list[dict]:
     """Every complete run's report, in config order (seed, then variant)."""
     reports = []
     for path in sorted((exp / "runs").glob("*/report.json")):
-        try:
+        if run_state(exp, path.parent.name) == "complete":  # damaged ones are redone, not shown
             reports.append(io.read_json(path))
-        except (OSError, ValueError):
-            continue  # unreadable: the run is not complete and will be redone
     return sorted(reports, key=lambda r: (r.get("seed", 0), r.get("variant_index", 0)))
 
 
@@ -149,7 +175,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
     progress = progress or Progress()
     exp = prepare(cfg, out)
     with experiment_lock(exp):
-        plans = [p for p in plan(cfg, exp, force) if p.todo]
+        plans = [p for p in plan(cfg, exp, force, progress.warn) if p.todo]
         todo_runs = sum(len(p.todo) for p in plans)
         progress.start(steps_to_compute(cfg, plans, lockstep), todo_runs,
                        len(cfg.clipping) * len(cfg.seeds) - todo_runs)

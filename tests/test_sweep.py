@@ -153,3 +153,23 @@ def test_workers_limit_blas_to_one_thread_even_when_numpy_is_not_loaded_yet():
             "assert 'numpy' not in sys.modules; print(limit_blas_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"
+
+
+@pytest.mark.parametrize("damage", ["report", "metrics", "layers"])
+def test_damaged_runs_are_detected_warned_about_and_redone(tmp_path, capsys, damage):
+    args = ["run", QUICKSTART, "--set", "train.steps=15", "--set", "model.depth=4", "--seeds", "0",
+            "--out", tmp_path, "--quiet", "--no-plots"]
+    assert cli(*args) == 0
+    (exp,) = tmp_path.iterdir()
+    run = exp / "runs" / "norm-1-s0"
+    good = {p.name: p.read_bytes() for p in run.iterdir()}
+    target = {"report": "report.json", "metrics": "metrics.csv", "layers": "layer_norms.csv"}[damage]
+    data = good[target]
+    (run / target).write_bytes(data[: len(data) // 2])  # cut short, as a full disk or a crash would
+    capsys.readouterr()
+    assert cli(*args) == 0
+    err = capsys.readouterr().err
+    assert "warning: run norm-1-s0: its files are damaged" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == good  # redone, same numbers
+    summary = json.loads((exp / "summary.json").read_text())
+    assert [r["run_id"] for r in summary] == ["none-s0", "norm-1-s0", "norm-10-s0"]

@@ -184,11 +184,17 @@ def plot(
     """(Re)draw every plot of an experiment from its directory."""
     from .experiment import find_experiment, collect_reports, finish
 
+    from .report import missing_runs
+
     exp = find_experiment(experiment, out)
-    if not collect_reports(exp):
+    reports = collect_reports(exp)
+    if not reports:
         raise UserError("no complete run to plot yet", file=str(exp))
     for p in finish(exp):
         print(p)
+    missing = missing_runs(exp, reports)
+    if missing:
+        print(f"gradlab: not finished, so not drawn: {', '.join(missing)}", file=sys.stderr)
 
 
 @app.command()

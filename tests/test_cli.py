@@ -113,6 +113,18 @@ def test_plot_and_report_work_from_the_directory_alone(experiment, capsys):
     assert cli("report", "--out", experiment.parent) == 0  # no argument: the most recent
 
 
+def test_plot_of_a_partly_finished_experiment_says_what_is_missing(tmp_path, capsys):
+    assert cli("run", QUICKSTART, "--set", "train.steps=10", "--set", "model.depth=3", "--seeds", "0",
+               "--out", tmp_path, "--quiet", "--no-plots") == 0
+    (exp,) = tmp_path.iterdir()
+    (exp / "runs" / "norm-10-s0" / "report.json").unlink()
+    capsys.readouterr()
+    assert cli("plot", exp) == 0
+    captured = capsys.readouterr()
+    assert "grad_norm.png" in captured.out and "not finished, so not drawn: norm-10-s0" in captured.err
+    assert (exp / "plots" / "heatmap_none-s0.png").is_file() and not (exp / "plots" / "heatmap_norm-10-s0.png").exists()
+
+
 def test_validate_prints_resolved_config_and_writes_nothing(tmp_path, capsys):
     assert cli("validate", QUICKSTART, "--set", "model.depth=4", cwd=tmp_path) == 0
     out = capsys.readouterr().out

@@ -105,7 +105,6 @@ def test_divergence_in_update_phase():
 
 
 def test_nan_in_the_data_is_reported_as_data():
-    cfg = make([NONE])
     model = MLP(3, 8, 4, 1, "tanh", "xavier", 1.0, "float32")
     params = stack(model.init(np.random.default_rng(0)), 2)
     x = np.ones((5, 4), np.float32)

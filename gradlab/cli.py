@@ -182,15 +182,14 @@ def plot(
     out: Path = OutOpt,
 ) -> None:
     """(Re)draw every plot of an experiment from its directory."""
-    from .experiment import find_experiment, collect_reports, finish
-
+    from .experiment import collect_reports, find_experiment, finish
     from .report import missing_runs
 
     exp = find_experiment(experiment, out)
     reports = collect_reports(exp)
     if not reports:
         raise UserError("no complete run to plot yet", file=str(exp))
-    for p in finish(exp):
+    for p in finish(exp, reports=reports):
         print(p)
     missing = missing_runs(exp, reports)
     if missing:
@@ -207,12 +206,12 @@ def report(
     from .report import write_report
 
     exp = find_experiment(experiment, out)
-    write_summary(exp)
-    write_report(exp)
-    _print_outcome(exp, quiet=False)
+    reports = write_summary(exp)
+    write_report(exp, reports)
+    _print_outcome(exp, quiet=False, reports=reports)
 
 
-def _print_outcome(exp: Path, quiet: bool) -> None:
+def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None) -> None:
     if quiet:
         print(exp)
         return
@@ -221,7 +220,7 @@ def _print_outcome(exp: Path, quiet: bool) -> None:
     from .experiment import collect_reports
     from .report import columns, findings, missing_runs, sweep_finding, table_rows
 
-    reports = collect_reports(exp)
+    reports = collect_reports(exp) if reports is None else reports
     # run id already says method, threshold and seed; report.md has every column.
     cols = columns(reports)
     keep = [c for c in cols if c not in ("method", "threshold", "seed")]

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gradlab.errors import UserError
-from gradlab.io import _json_safe
+from gradlab.io import json_safe
 
 Activation = Literal["tanh", "relu", "sigmoid", "gelu", "identity"]
 InitScheme = Literal["normal", "xavier", "he", "orthogonal"]
@@ -856,7 +856,7 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """First 8 hex digits of the sha256 of the canonical JSON of the resolved config."""
-    text = json.dumps(_json_safe(cfg.resolved()), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(json_safe(cfg.resolved()), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 

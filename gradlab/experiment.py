@@ -190,8 +190,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
                     progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
                     train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
         finally:
-            write_summary(exp)
-        finish(exp, plots=plots, only_stale=not force)
+            reports = write_summary(exp)
+        finish(exp, plots=plots, only_stale=not force, reports=reports)
     return exp
 
 
@@ -221,7 +221,8 @@ def experiment_lock(exp: Path) -> Iterator[None]:
         lock.release()
 
 
-def finish(exp: Path, plots: bool = True, only_stale: bool = False) -> list[Path]:
+def finish(exp: Path, plots: bool = True, only_stale: bool = False,
+           reports: Optional[list[dict]] = None) -> list[Path]:
     """report.md and (unless plots=False) the plots, from the directory alone."""
     from .report import write_report
 
@@ -230,7 +231,7 @@ def finish(exp: Path, plots: bool = True, only_stale: bool = False) -> list[Path
         from .plots import draw_experiment
 
         drawn = draw_experiment(exp, only_stale=only_stale)
-    write_report(exp)
+    write_report(exp, reports)
     return drawn
 
 

@@ -486,8 +486,9 @@ def render(exp: Path, reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(exp: Path) -> Path:
-    reports = load_reports(exp)
+def write_report(exp: Path, reports: list[dict] | None = None) -> Path:
+    """(Re)write report.md; `reports` saves reading the runs again when the caller has them."""
+    reports = load_reports(exp) if reports is None else reports
     path = exp / "report.md"
     io.write_text(path, render(exp, reports))
     return path

@@ -145,7 +145,8 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
                 grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
             rec.log_flow(step, run.alive, vals.flow)
             vals.update_norm, found = run.update(grads)
-            rec.log(step, run.alive, vals, nonfinite=np.isin(np.arange(len(run.alive)), list(found)))
+            rec.log(step, run.alive, vals,
+                    nonfinite=np.isin(np.arange(len(run.alive)), list(found)) if found else None)
             if found:
                 run.drop(found, step)
                 if not run.alive.size:

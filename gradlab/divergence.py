@@ -68,6 +68,10 @@ def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int
     loc = Locator(positions)
     loc.see("forward", "data.x", x, shared=True)
     loc.see("forward", "data.y", y, shared=True)
+    # Parameters enter the forward pass next. The update check keeps them finite, so only an
+    # initial weight beyond the dtype's range (a gain of 1e100 in float32) is caught here.
+    for name, p in params.items():
+        loc.see("forward", name, p)
     out, cache = model.forward(params, x, probe=loc.probe("forward"))
     loss, dout = task.loss(out, y)
     loc.see("forward", "loss", loss)

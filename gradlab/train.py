@@ -120,7 +120,10 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     rng = seed_streams(seed)
     task = build_task(cfg.task, dtype, rng["task"])
     model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
-    p0 = model.init(rng["init"])
+    # A gain beyond the dtype's range casts to inf: a result (located at step 0 by the replay,
+    # which names the parameter), not a RuntimeWarning.
+    with np.errstate(over="ignore"):
+        p0 = model.init(rng["init"])
     run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification)
     recurrent = hasattr(model, "layer_names")

@@ -146,6 +146,21 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], p
     try:
         with progress:
             exp = run_experiment(cfg, out, force=force, progress=progress, workers=workers, plots=plots)
+    except UserError as e:
+        if not isinstance(e.__cause__, OSError):
+            raise
+        # A write failed (disk full, ...). Name the first write that failed (the summary written
+        # on the way out fails too), and say what is kept: the next run computes only the rest.
+        seen, c = set(), e.__context__
+        while c is not None and id(c) not in seen:
+            seen.add(id(c))
+            if isinstance(c, UserError) and isinstance(c.__cause__, OSError):
+                e = c
+            c = c.__context__
+        exp = experiment_dir(cfg, out)
+        if exp.is_dir():
+            e.message += f"; {len(collect_reports(exp))} complete run(s) kept in {exp}"
+        raise e from None
     except KeyboardInterrupt as e:
         exp = experiment_dir(cfg, out)
         n = len(collect_reports(exp)) if exp.is_dir() else 0
@@ -176,19 +191,32 @@ def validate(
 ExperimentArg = typer.Argument(None, help="Experiment directory (default: the most recent under --out).")
 
 
+def _experiment(experiment: Optional[Path], out: Path) -> Path:
+    """The experiment directory to plot or report on, refused (before anything is written into
+    it) unless its config.yaml is the resolved config gradlab wrote."""
+    from .config import load_resolved
+    from .experiment import find_experiment
+
+    exp = find_experiment(experiment, out)
+    try:
+        load_resolved(exp / "config.yaml")
+    except UserError as e:
+        e.message += f" (is {exp} a gradlab experiment directory?)"
+        raise
+    return exp
+
+
 @app.command()
 def plot(
     experiment: Optional[Path] = ExperimentArg,
     out: Path = OutOpt,
 ) -> None:
     """(Re)draw every plot of an experiment from its directory."""
-    from .experiment import collect_reports, find_experiment, finish
+    from .experiment import complete_runs, finish
     from .report import missing_runs
 
-    exp = find_experiment(experiment, out)
-    reports = collect_reports(exp)
-    if not reports:
-        raise UserError("no complete run to plot yet", file=str(exp))
+    exp = _experiment(experiment, out)
+    reports = complete_runs(exp, "plot", _QuietProgress().warn)  # damaged runs named, summary.json rebuilt
     for p in finish(exp, reports=reports):
         print(p)
     missing = missing_runs(exp, reports)
@@ -202,11 +230,11 @@ def report(
     out: Path = OutOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
-    from .experiment import find_experiment, write_summary
+    from .experiment import complete_runs
     from .report import write_report
 
-    exp = find_experiment(experiment, out)
-    reports = write_summary(exp)
+    exp = _experiment(experiment, out)
+    reports = complete_runs(exp, "report", _QuietProgress().warn)  # damaged runs named, summary.json rebuilt
     write_report(exp, reports)
     _print_outcome(exp, quiet=False, reports=reports)
 
@@ -272,13 +300,15 @@ class _RichProgress:
         self._task = None
 
     def __enter__(self):
-        self._bar.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
+        # Drawn only once there is something to draw: an error before start() (an --out that
+        # cannot be written) stays one line on stderr, without an empty bar before it.
+        return self._bar.__exit__(*exc) if self._task is not None else False
 
     def start(self, total_steps: int, n_runs: int, n_skipped: int) -> None:
+        self._bar.__enter__()
         if n_skipped:
             self._bar.console.print(f"{n_skipped} run(s) already complete: skipped (--force recomputes them)")
         self._task = self._bar.add_task(f"{n_runs} run(s)", total=total_steps)
@@ -303,6 +333,14 @@ def main(argv: Optional[list[str]] = None) -> None:
         app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
     except UserError as e:
         _fail(str(e), 2)
+    except OSError as e:
+        from .io import ENVIRONMENT_ERRNOS, os_reason
+
+        if e.errno not in ENVIRONMENT_ERRNOS:  # disk full, read-only, permissions: not a bug
+            if debug:
+                raise
+            _bug(e)
+        _fail(str(UserError(f"cannot write ({os_reason(e)})", file=e.filename)), 2)
     except (KeyboardInterrupt, typer.Abort) as e:
         from .errors import Terminated
 
@@ -337,7 +375,9 @@ def _bug(e: Exception) -> None:
     fd, log = tempfile.mkstemp(prefix="gradlab-crash-", suffix=".log")
     with os.fdopen(fd, "w") as fh:
         traceback.print_exc(file=fh)
-    _fail(f"internal error ({type(e).__name__}: {e}); this is a bug. The traceback is in {log}; "
+    what = " ".join(str(e).split())  # one line, whatever the exception's text
+    what = what if len(what) <= 200 else what[:197] + "..."
+    _fail(f"internal error ({type(e).__name__}: {what}); this is a bug. The traceback is in {log}; "
           "rerun with --debug to see it", 1)
 
 

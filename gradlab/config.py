@@ -511,10 +511,17 @@ def _yaml_error(e: yaml.YAMLError, text: str, file: str) -> UserError:
         return UserError(f"character U+{e.character:04X} is not allowed in YAML", file=file, line=line)
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    start = getattr(e, "context_mark", None)
     if "\\t" in problem or "tab" in problem:
         message = "tab character in indentation; YAML indents with spaces only"
+    elif problem.startswith("expected <block end>"):
+        message = f"YAML syntax error: the indentation of this line does not match the lines above ({problem})"
+    elif "another document" in problem:
+        message = "a second YAML document starts here (---); a config is one document"
     else:
-        context = getattr(e, "context", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            context += f" started on line {start.line + 1}"  # the unclosed bracket is there
         message = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
     return UserError(message, file=file, line=mark.line + 1 if mark else None)
 
@@ -543,10 +550,12 @@ def _read_text(path: Path) -> str:
     except PermissionError:
         raise UserError("permission denied: cannot read this file", file=file) from None
     except OSError as e:
-        raise UserError(f"cannot read: {e.strerror or e}", file=file) from None
+        why = e.strerror or str(e)
+        raise UserError(f"cannot read: {why[:1].lower()}{why[1:]}", file=file) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        size = max(len(raw), path.stat().st_size)
-        raise UserError(f"config is {size / 1e6:.1f} MB; a config is a few hundred bytes", file=file)
+        size = path.stat().st_size  # 0 for a device or a pipe, which may never end
+        what = f"{size / 1e6:.1f} MB" if size > MAX_CONFIG_BYTES else f"more than {MAX_CONFIG_BYTES / 1e6:.0f} MB"
+        raise UserError(f"config is {what}; a config is a few hundred bytes", file=file)
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise UserError("is UTF-16 text; save it as UTF-8", file=file)
     if b"\0" in raw:
@@ -851,6 +860,25 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
     except ValidationError as e:
         raise _user_error(e, data, locate) from None
     _check_memory(cfg, **locate(("model",)))
+    return cfg
+
+
+def load_resolved(path: Union[str, os.PathLike]) -> ExperimentConfig:
+    """An experiment directory's config.yaml, as gradlab wrote it: the resolved form, every
+    key present. No memory check: the experiment may come from a larger machine."""
+    path = Path(path)
+    file = str(path)
+    data, lines = _parse_yaml(_read_text(path), file)
+    if not isinstance(data, dict):
+        raise UserError(f"expected the resolved config of an experiment, got {_show_typed(data)}", file=file)
+    try:
+        cfg = ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise _user_error(e, data, lambda p: _locate(p, file, lines, {})) from None
+    missing = [k for k in cfg.resolved() if k not in data]
+    if missing:
+        raise UserError(f"`{missing[0]}` is missing; gradlab writes every key of the resolved config here",
+                        file=file)
     return cfg
 
 

@@ -7,6 +7,7 @@ the new content, or no file.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -17,6 +18,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
+
+from .errors import UserError
 
 
 @contextmanager
@@ -49,24 +52,53 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file in the same folder, then rename."""
+    """Write `data` to `path` atomically: a temporary file in the same folder, then rename.
+
+    A failure of the file system (disk full, read-only, permission denied) is the user's to
+    fix, not a bug: it becomes a UserError naming the path, and no temporary file is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = e.filename if e.filename else path.parent
+        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
     with deferred_interrupt():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = None
         try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), _FILE_MODE)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+        except BaseException as e:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            if isinstance(e, OSError):
+                raise UserError(f"cannot write this file ({os_reason(e)})", file=str(path)) from e
             raise
+
+
+# Errors of the file system that the user fixes (space, permissions, mounts), not bugs.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def os_reason(e: OSError) -> str:
+    """A short reason for a failed write, with the remedy where there is an obvious one."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+        return f"{what}; free some space and run the same command again"
+    if e.errno == errno.EROFS:
+        return "read-only file system"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    text = e.strerror or str(e)
+    return text[:1].lower() + text[1:]
 
 
 def write_text(path: Path, text: str) -> None:

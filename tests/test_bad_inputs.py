@@ -1,0 +1,407 @@
+"""The bad-input corpus, each case run through the real CLI.
+
+Every case must end with exit code 2 and exactly one line on stderr that starts with the place
+of the problem (file, line, key path, or the option), with no traceback, nothing written
+(neither under --out nor in the working directory) and within 2 s: a robustness bound that
+catches hangs and alias bombs, not a benchmark.
+
+A case is data: its args and expected message are in CASES below; its config is a file in
+tests/bad_inputs/ ({bad}) or, where a committed file makes no sense (binary, UTF-16, 10 MB),
+written by a `setup` into the case's temporary directory ({tmp}). Cases marked proc=True run
+as a separate `python -m gradlab.cli` process: those where a real process matters (python
+tags, alias bombs under a memory limit, binary input, the stderr of a whole process).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from conftest import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = Path(__file__).resolve().parent / "bad_inputs"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SENTINEL = "gradlab-pwned"  # what the python-tag payloads would create in the working directory
+TIME_LIMIT = 2.0
+MEMORY_LIMIT = 1 << 30  # address space of a subprocess case: an alias bomb must not need more
+ERROR_LINE = re.compile(r"gradlab(?: (?:run|sweep|plot|report|validate))?: error: (?P<message>.+)\n")
+
+
+@dataclass
+class Case:
+    id: str
+    args: list  # formatted with bad=, tmp=, root=, quickstart=
+    where: str  # the message starts with this (formatted like args): file:line: key or the option
+    want: str  # and contains this
+    proc: bool = False
+    setup: Optional[Callable] = None  # setup(tmp, monkeypatch), before the snapshot
+
+
+def run_config(name: str, *more) -> list:
+    return ["run", f"{{bad}}/{name}", "--out", "{tmp}/out", *more]
+
+
+def sweep(*more) -> list:
+    return ["sweep", "{quickstart}", "--out", "{tmp}/out", *more]
+
+
+def write_gen(name: str, data: bytes) -> Callable:
+    def setup(tmp: Path, monkeypatch) -> None:
+        (tmp / name).write_bytes(data)
+    return setup
+
+
+def ten_megabytes() -> bytes:
+    """A syntactically valid config of 10 MB: a seeds list nobody would write by hand."""
+    seeds = ", ".join(str(i) for i in range(1_240_000))
+    text = f"name: huge\nseeds: [{seeds}]\n"
+    assert 10_000_000 < len(text) < 11_000_000
+    return text.encode()
+
+
+def unreadable(tmp: Path, monkeypatch) -> None:
+    p = tmp / "secret.yaml"
+    p.write_text("name: secret\n")
+    if os.geteuid() != 0:
+        p.chmod(0)
+    else:  # root reads through chmod 000: the same refusal, simulated where the loader opens
+        def denied(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied", str(p))
+        monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+
+
+def file_system_error(code: int) -> Callable:
+    """--out on a file system that refuses writes (read-only mount, no permission), simulated
+    below the CLI (os.mkdir, os.open) because root, who may run the tests, bypasses modes."""
+    def setup(tmp: Path, monkeypatch) -> None:
+        out = tmp / "out"
+        out.mkdir()
+        real_mkdir, real_open = os.mkdir, os.open
+
+        def refuse(path) -> None:
+            if str(path).startswith(str(out)):
+                raise OSError(code, os.strerror(code), str(path))
+
+        def mkdir(path, *args, **kwargs):
+            refuse(path)
+            return real_mkdir(path, *args, **kwargs)
+
+        def open_(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                refuse(path)
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+        monkeypatch.setattr(os, "open", open_)
+    return setup
+
+
+def experiment_like(config: Optional[str], runs: bool = False) -> Callable:
+    """A directory under tmp/exp: with a given config.yaml (None: none at all)."""
+    def setup(tmp: Path, monkeypatch) -> None:
+        d = tmp / "exp"
+        (d / "runs" / "none-s0").mkdir(parents=True)
+        (d / "notes.txt").write_text("my own files\n")
+        if config is not None:
+            (d / "config.yaml").write_text(config)
+    return setup
+
+
+def real_experiment_without_runs(tmp: Path, monkeypatch) -> None:
+    from gradlab.config import dump_yaml, experiment_dir, load_config
+    from gradlab.io import write_text
+
+    cfg = load_config(QUICKSTART)
+    exp = experiment_dir(cfg, tmp / "outs")
+    write_text(exp / "config.yaml", dump_yaml(cfg))
+
+
+def a_file(name: str) -> Callable:
+    def setup(tmp: Path, monkeypatch) -> None:
+        (tmp / name).write_text("not a directory\n")
+    return setup
+
+
+Q = "{quickstart}"
+CASES = [
+    # --- the file is not YAML, or not one mapping
+    Case("syntax_unclosed_bracket", run_config("syntax_unclosed_bracket.yaml"),
+         "{bad}/syntax_unclosed_bracket.yaml:5", "YAML syntax error: expected ',' or ']'", proc=True),
+    Case("syntax_colon_in_value", run_config("syntax_colon_in_value.yaml"),
+         "{bad}/syntax_colon_in_value.yaml:4", "mapping values are not allowed here"),
+    Case("syntax_bad_indentation", run_config("syntax_bad_indentation.yaml"),
+         "{bad}/syntax_bad_indentation.yaml:4", "indentation of this line does not match"),
+    Case("tabs", run_config("tabs.yaml"), "{bad}/tabs.yaml:3", "tab character in indentation"),
+    Case("empty", run_config("empty.yaml"), "{bad}/empty.yaml", "empty config", proc=True),
+    Case("comments_only", run_config("comments_only.yaml"), "{bad}/comments_only.yaml", "empty config"),
+    Case("top_level_list", run_config("top_level_list.yaml"), "{bad}/top_level_list.yaml",
+         "the top level must be a mapping of keys, got a list"),
+    Case("top_level_scalar", run_config("top_level_scalar.yaml"), "{bad}/top_level_scalar.yaml",
+         "the top level must be a mapping of keys, got `just some words` (str)"),
+    Case("two_documents", run_config("two_documents.yaml"), "{bad}/two_documents.yaml:2",
+         "a config is one document"),
+    Case("duplicate_key", run_config("duplicate_key.yaml"), "{bad}/duplicate_key.yaml:6: model.depth",
+         "duplicate key `model.depth` (lines 3 and 6)"),
+    Case("duplicate_top_key", run_config("duplicate_top_key.yaml"), "{bad}/duplicate_top_key.yaml:5: train",
+         "duplicate key `train` (lines 2 and 5)"),
+    # --- not text
+    Case("binary", ["run", "{tmp}/model.yaml", "--out", "{tmp}/out"], "{tmp}/model.yaml", "NUL bytes",
+         proc=True, setup=write_gen("model.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)),
+    Case("utf16", ["run", "{tmp}/utf16.yaml", "--out", "{tmp}/out"], "{tmp}/utf16.yaml",
+         "is UTF-16 text; save it as UTF-8", proc=True, setup=write_gen("utf16.yaml", "name: a\n".encode("utf-16"))),
+    Case("utf16_without_bom", ["run", "{tmp}/utf16le.yaml", "--out", "{tmp}/out"], "{tmp}/utf16le.yaml",
+         "binary or UTF-16?", setup=write_gen("utf16le.yaml", "name: a\n".encode("utf-16-le"))),
+    Case("latin1", ["run", "{tmp}/latin1.yaml", "--out", "{tmp}/out"], "{tmp}/latin1.yaml:2",
+         "is not UTF-8 text (byte 0xe9)", setup=write_gen("latin1.yaml", "name: a\n# caf\xe9\n".encode("latin-1"))),
+    Case("ten_megabytes", ["run", "{tmp}/huge.yaml", "--out", "{tmp}/out"], "{tmp}/huge.yaml",
+         "config is 10.", proc=True, setup=write_gen("huge.yaml", ten_megabytes())),
+    Case("endless_device", ["run", "/dev/zero", "--out", "{tmp}/out"], "/dev/zero", "config is more than 1 MB"),
+    # --- YAML features a config must not use; python tags must never run
+    Case("python_object_apply", run_config("python_object_apply.yaml"), "{bad}/python_object_apply.yaml:2: model",
+         "unsupported YAML tag !!python/object/apply:os.system", proc=True),
+    Case("python_object_new", run_config("python_object_new.yaml"), "{bad}/python_object_new.yaml:3: train.steps",
+         "unsupported YAML tag !!python/object/new:subprocess.Popen", proc=True),
+    Case("python_exec", run_config("python_exec.yaml"), "{bad}/python_exec.yaml:2: seed",
+         "unsupported YAML tag !!python/object/apply:builtins.exec", proc=True),
+    Case("python_name", run_config("python_name.yaml"), "{bad}/python_name.yaml:1: name",
+         "unsupported YAML tag !!python/name:os.system"),
+    Case("python_tag_in_key", run_config("python_tag_in_key.yaml"), "{bad}/python_tag_in_key.yaml:2",
+         "unsupported YAML tag !!python/object/apply:os.system", proc=True),
+    Case("python_tag_in_set", ["run", Q, "--out", "{tmp}/out", "--set", f'name=!!python/object/apply:os.system ["touch {SENTINEL}"]'],
+         "--set name=!!python/object/apply:os.system", "unsupported YAML tag", proc=True),
+    Case("merge_key", run_config("merge_key.yaml"), "{bad}/merge_key.yaml:4: model", "unsupported merge keys (<<)"),
+    Case("billion_laughs", run_config("billion_laughs.yaml"), "{bad}/billion_laughs.yaml:",
+         "more than 100000 values (through aliases?)", proc=True),
+    Case("alias_flood", run_config("alias_flood.yaml"), "{bad}/alias_flood.yaml:", "more than 100 aliases", proc=True),
+    Case("deep_nesting", run_config("deep_nesting.yaml"), "{bad}/deep_nesting.yaml:2", "nested more than 32 levels"),
+    # --- wrong types: no coercion
+    Case("bool_for_int", run_config("bool_for_int.yaml"), "{bad}/bool_for_int.yaml:3: model.depth",
+         "must be an integer, got true (bool)"),
+    Case("string_for_int", run_config("string_for_int.yaml"), "{bad}/string_for_int.yaml:3: train.steps",
+         "must be an integer, got `3` (str)"),
+    Case("float_for_int", run_config("float_for_int.yaml"), "{bad}/float_for_int.yaml:3: model.depth",
+         "must be an integer, got 3.0 (float)"),
+    Case("fraction_for_int", run_config("fraction_for_int.yaml"), "{bad}/fraction_for_int.yaml:3: model.depth",
+         "must be an integer, got 3.5 (float)"),
+    Case("string_for_float", run_config("string_for_float.yaml"), "{bad}/string_for_float.yaml:3: train.optimizer.lr",
+         "must be a number, got `0.1` (str)"),
+    Case("null_for_list", run_config("null_clipping.yaml"), "{bad}/null_clipping.yaml:2: clipping",
+         "must be a list, got null"),
+    # --- numbers out of range
+    Case("nan", run_config("nan_lr.yaml"), "{bad}/nan_lr.yaml:5: train.optimizer.lr", "must be finite, got nan"),
+    Case("inf", run_config("inf_max_norm.yaml"), "{bad}/inf_max_norm.yaml:4: clipping.1.max_norm",
+         "must be finite, got inf"),
+    Case("zero_size", run_config("zero_width.yaml"), "{bad}/zero_width.yaml:4: model.width", "must be >= 1, got 0"),
+    Case("negative_size", run_config("negative_batch_size.yaml"), "{bad}/negative_batch_size.yaml:4: task.batch_size",
+         "must be >= 1, got -8"),
+    Case("too_big_for_memory", run_config("too_big_for_memory.yaml"), "{bad}/too_big_for_memory.yaml:2: model",
+         "GiB available; reduce model.width"),
+    # --- names and keys
+    Case("unknown_key", run_config("unknown_key.yaml"), "{bad}/unknown_key.yaml:4: model.widht",
+         "unknown key `widht`; did you mean `width`?"),
+    Case("unknown_top_key", run_config("unknown_top_key.yaml"), "{bad}/unknown_top_key.yaml:2: modle",
+         "did you mean `model`?"),
+    Case("bad_choice", run_config("bad_choice.yaml"), "{bad}/bad_choice.yaml:3: model.activation",
+         "got `tahn` (did you mean `tanh`?)"),
+    Case("name_slash", run_config("name_slash.yaml"), "{bad}/name_slash.yaml:1: name",
+         "must be 1-64 letters, digits, - or _; got `a/b`"),
+    Case("name_dotdot", run_config("name_dotdot.yaml"), "{bad}/name_dotdot.yaml:1: name", "got `..`"),
+    Case("name_space", run_config("name_space.yaml"), "{bad}/name_space.yaml:1: name", "got `my experiment`"),
+    # --- the config path
+    Case("missing_file", ["run", "{tmp}/nope.yaml", "--out", "{tmp}/out"], "{tmp}/nope.yaml", "no such file"),
+    Case("directory_as_config", ["run", "{bad}", "--out", "{tmp}/out"], "{bad}", "is a directory, expected a YAML file"),
+    Case("unreadable_file", ["run", "{tmp}/secret.yaml", "--out", "{tmp}/out"], "{tmp}/secret.yaml",
+         "permission denied: cannot read this file", setup=unreadable),
+    Case("config_under_a_file", ["validate", "{tmp}/plain/x.yaml"], "{tmp}/plain/x.yaml", "not a directory",
+         setup=a_file("plain")),
+    # --- options of run and sweep
+    Case("thresholds_empty_item", sweep("--thresholds", "1,,2"), "--thresholds", "an empty item"),
+    Case("thresholds_not_a_number", sweep("--thresholds", "abc"), "--thresholds", "`abc` is not a number"),
+    Case("thresholds_negative", sweep("--thresholds", "-1"), "--thresholds", "`-1` is not a positive finite number"),
+    Case("thresholds_nan", sweep("--thresholds", "nan"), "--thresholds", "`nan` is not a positive finite number"),
+    Case("thresholds_missing", sweep(), "Missing option '--thresholds'", "", proc=True),
+    Case("method_unknown", sweep("--thresholds", "1", "--method", "clip"), "--method", "must be norm or value"),
+    Case("seeds_negative", ["run", Q, "--out", "{tmp}/out", "--seeds", "-1"], "--seeds", "got `-1`"),
+    Case("seeds_sweep_not_a_number", sweep("--thresholds", "1", "--seeds", "0,x"), "--seeds", "got `x`"),
+    Case("seeds_twice", ["run", Q, "--out", "{tmp}/out", "--seeds", "0,0"], "--seeds", "seeds must be distinct"),
+    Case("workers_zero", ["run", Q, "--out", "{tmp}/out", "--workers", "0"], "Invalid value for '--workers'", ""),
+    Case("workers_zero_sweep", sweep("--thresholds", "1", "--workers", "0"), "Invalid value for '--workers'", ""),
+    Case("workers_not_a_number", ["run", Q, "--out", "{tmp}/out", "--workers", "two"],
+         "Invalid value for '--workers'", "unable to parse string as an integer"),
+    Case("set_without_equals", ["run", Q, "--out", "{tmp}/out", "--set", "model.depth"],
+         "--set: model.depth", "expected key.path=value"),
+    Case("set_unknown_key", ["run", Q, "--out", "{tmp}/out", "--set", "model.depht=3"],
+         "--set model.depht=3: model.depht", "did you mean `depth`?"),
+    Case("set_mistyped_value", ["run", Q, "--out", "{tmp}/out", "--set", "model.depth=abc"],
+         "--set model.depth=abc: model.depth", "must be an integer, got `abc` (str)"),
+    Case("set_bool_for_int", ["run", Q, "--out", "{tmp}/out", "--set", "train.steps=yes"],
+         "--set train.steps=yes: train.steps", "must be an integer, got true (bool)"),
+    Case("set_bad_index", ["run", Q, "--out", "{tmp}/out", "--set", "clipping.7.max_norm=1"],
+         "--set clipping.7.max_norm=1: clipping.7", "is not an index in it"),
+    Case("set_yaml_syntax", ["run", Q, "--out", "{tmp}/out", "--set", "model.depth=[1"],
+         "--set model.depth=[1: model.depth", "YAML syntax error"),
+    Case("unknown_option", ["run", Q, "--out", "{tmp}/out", "--bogus"], "No such option: --bogus", ""),
+    # --- where results go
+    Case("out_under_a_file", ["run", Q, "--out", "{tmp}/plain/sub"], "--out", "{tmp}/plain is a file, not a directory",
+         setup=a_file("plain")),
+    Case("out_in_proc", ["run", Q, "--out", "/proc/gradlab-bad-input/out"], "/proc/gradlab-bad-input",
+         "cannot create this directory"),
+    Case("out_read_only", ["run", Q, "--out", "{tmp}/out"], "{tmp}/out/quickstart-", "(read-only file system)",
+         setup=file_system_error(errno.EROFS)),
+    Case("out_permission_denied", ["run", Q, "--out", "{tmp}/out"], "{tmp}/out/quickstart-", "(permission denied)",
+         setup=file_system_error(errno.EACCES)),
+    # --- plot and report
+    Case("plot_missing_experiment", ["plot", "{tmp}/nowhere"], "{tmp}/nowhere", "no such experiment directory"),
+    Case("report_missing_experiment", ["report", "{tmp}/nowhere"], "{tmp}/nowhere", "no such experiment directory"),
+    Case("plot_nothing_under_out", ["plot", "--out", "{tmp}/out"], "{tmp}/out", "no experiment found"),
+    Case("report_out_is_a_file", ["report", "--out", "{tmp}/plain"], "{tmp}/plain", "no experiment found",
+         setup=a_file("plain")),
+    Case("plot_a_file", ["plot", "{tmp}/plain"], "{tmp}/plain", "is a file; expected an experiment directory",
+         setup=a_file("plain")),
+    Case("plot_foreign_directory", ["plot", "{tmp}/exp"], "{tmp}/exp", "not a gradlab experiment directory",
+         setup=experiment_like(None)),
+    Case("report_foreign_directory", ["report", "{tmp}/exp"], "{tmp}/exp", "not a gradlab experiment directory",
+         setup=experiment_like(None)),
+    Case("report_foreign_config", ["report", "{tmp}/exp"], "{tmp}/exp/config.yaml",
+         "`seeds` is missing; gradlab writes every key", setup=experiment_like("name: mine\n")),
+    Case("report_broken_config", ["report", "{tmp}/exp"], "{tmp}/exp/config.yaml:2",
+         "YAML syntax error", setup=experiment_like("model: [1\n")),
+    Case("plot_foreign_config_list", ["plot", "{tmp}/exp"], "{tmp}/exp/config.yaml",
+         "got a list (is {tmp}/exp a gradlab experiment directory?)", setup=experiment_like("- 1\n- 2\n")),
+    Case("plot_no_complete_run", ["plot", "--out", "{tmp}/outs"], "{tmp}/outs/quickstart-",
+         "no complete run to plot yet", setup=real_experiment_without_runs),
+    Case("plot_unknown_option", ["plot", "--bogus"], "No such option: --bogus", ""),
+]
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every path under the roots with its size and mtime: anything written changes it."""
+    out = {}
+    for root in roots:
+        for p in [root, *root.rglob("*")]:
+            if p.exists() or p.is_symlink():
+                st = p.lstat()
+                out[p] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def run_process(args: list, cwd: Path) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "GRADLAB_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "gradlab.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60, preexec_fn=limit_memory)
+    return proc.returncode, proc.stderr
+
+
+def test_the_corpus_is_large_and_every_file_is_used():
+    assert len(CASES) >= 35 and len({c.id for c in CASES}) == len(CASES)
+    used = {a for c in CASES for a in c.args}
+    unused = [p.name for p in BAD.glob("*.yaml") if f"{{bad}}/{p.name}" not in used]
+    assert not unused
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"  # the working directory: `outputs/` would land here
+    work.mkdir()
+    if case.setup:
+        case.setup(tmp_path, monkeypatch)
+    fmt = dict(bad=BAD, tmp=tmp_path, root=ROOT, quickstart=QUICKSTART)
+    args = [a.format(**fmt) for a in case.args]
+    where = case.where.format(**fmt)
+    before = snapshot(tmp_path, BAD)
+
+    start = time.perf_counter()
+    if case.proc:
+        code, err = run_process(args, work)
+    else:
+        capsys.readouterr()
+        code = cli(*args, cwd=work)
+        err = capsys.readouterr().err
+    elapsed = time.perf_counter() - start
+    monkeypatch.undo()  # before the checks: they must see the real file system
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    m = ERROR_LINE.fullmatch(err)
+    assert m, f"not exactly one error line: {err!r}"
+    assert m["message"].startswith(where), m["message"]
+    assert case.want.format(**fmt) in m["message"]
+    assert snapshot(tmp_path, BAD) == before, "something was written"
+    assert not (work / SENTINEL).exists() and not (ROOT / SENTINEL).exists()
+    assert not Path("/proc/gradlab-bad-input").exists()
+    assert elapsed < TIME_LIMIT, f"{case.id} took {elapsed:.2f} s"
+
+
+# ----------------------------------------------------------------------------- a disk that fills up
+
+TINY = ["--set", "train.steps=5", "--set", "model.depth=3", "--seeds", "0,1", "--no-plots", "--quiet",
+        "--workers", "1"]  # in this process, where the simulated disk is
+
+
+def files(root: Path) -> dict:
+    """Relative path -> bytes of every result file (the lock is not a result)."""
+    return {p.relative_to(root): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".lock")}
+
+
+def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_rest(tmp_path, monkeypatch, capsys):
+    """ENOSPC is bad input's cousin: exit 2, one line naming the file that could not be
+    written, every run finished before it kept whole, no temporary file, nothing half-written;
+    once there is space again the same command computes only what is missing."""
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert cli("run", QUICKSTART, *TINY, "--out", ref) == 0
+    (ref_exp,) = ref.iterdir()
+    expected = files(ref_exp)
+    # config.yaml, .lock.owner, 3 files x 3 runs of seed 0, then the first run of seed 1: the
+    # disk fills up while the second run of seed 1 is being written (its layer_norms.csv).
+    room = 2 + 3 * 3 + 3 + 1
+    real_fsync, writes = os.fsync, []
+
+    def fsync(fd):
+        writes.append(fd)
+        if len(writes) > room:  # the data is in the temporary file, half of it on a real disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    capsys.readouterr()
+    start = time.perf_counter()
+    code = cli("run", QUICKSTART, *TINY, "--out", out)
+    elapsed = time.perf_counter() - start
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+
+    assert code == 2, err
+    m = ERROR_LINE.fullmatch(err)
+    assert m and "Traceback" not in err, err
+    (exp,) = out.iterdir()
+    assert m["message"].startswith(f"{exp}/runs/norm-1-s1/layer_norms.csv: cannot write this file (no space left on device;")
+    assert m["message"].endswith(f"; 4 complete run(s) kept in {exp}")
+    assert elapsed < TIME_LIMIT
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    broken = files(exp)
+    complete = {p.parent.name for p in broken if p.name == "report.json"}
+    assert complete == {"none-s0", "norm-1-s0", "norm-10-s0", "none-s1"}
+    for rel, data in broken.items():  # every file there is whole: what a run with room writes
+        assert data == expected[rel], rel
+    kept = {p: p.stat().st_mtime_ns for p in exp.rglob("report.json")}
+
+    assert cli("run", QUICKSTART, *TINY, "--out", out) == 0  # space is back
+    assert exp.name == ref_exp.name and files(exp) == expected
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were not recomputed
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]

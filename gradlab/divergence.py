@@ -77,8 +77,9 @@ def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int
     loc.see("forward", "loss", loss)
     loc.see("backward", "loss", dout)
     model.backward(params, cache, dout, probe=loc.probe("backward"))
-    # A failing check with every value finite: the norm itself overflowed (cannot happen
-    # with gradlab.norms) or a probe is missing; name the step rather than guess a layer.
+    # A failing check with every value finite: the global norm itself overflowed (finite
+    # float64 gradients near 1e308, whose norm exceeds the float64 range; float32 norms are
+    # taken in float64 and cannot) or a probe is missing; name it rather than guess a layer.
     for v in loc.pending:
         loc.found[v] = ("backward", "gradient norm", "inf")
     return loc.found

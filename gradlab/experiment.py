@@ -2,16 +2,20 @@
 
 Layout (SPEC.md): outputs/<name>-<hash8>/{config.yaml, summary.json, report.md,
 runs/<run_id>/{metrics.csv, layer_norms.csv, report.json}, plots/*.png}. A run is complete
-when its report.json exists (written last); anything else in a run folder is redone.
+when its report.json exists (written last) and its files agree with it; a run folder without
+report.json is redone, one whose files are damaged is named in a warning and redone.
+summary.json is derived from the complete runs and rebuilt from them, never trusted.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from . import io
 from .config import ExperimentConfig, dump_yaml, experiment_dir, run_id
@@ -41,23 +45,118 @@ def run_dir(exp: Path, rid: str) -> Path:
 def run_state(exp: Path, rid: str) -> str:
     """`complete`, `missing` (never finished: no report.json) or `damaged` (its files do not
     agree: an unreadable report.json, a metrics.csv cut short, from a disk or a hand)."""
+    return check_run(exp, rid)[0]
+
+
+def check_run(exp: Path, rid: str) -> tuple[str, str]:
+    """(state, what is wrong): the state as in run_state and, for a damaged run, the file and
+    its fault, e.g. `metrics.csv: 11 rows where report.json says 12`."""
+    state, why, _ = _check_run(exp, rid)
+    return state, why
+
+
+def _check_run(exp: Path, rid: str) -> tuple[str, str, Optional[dict]]:
     d = run_dir(exp, rid)
     if not (d / "report.json").is_file():
-        return "missing"
+        return "missing", "", None
     try:
         rep = io.read_json(d / "report.json")
-        rows = int(rep["steps_completed"]) + (1 if rep["diverged"] else 0)
-        ok = rep["run_id"] == rid and all(
-            _data_lines(d / name) == rows for name in ("metrics.csv", "layer_norms.csv"))
-    except (OSError, ValueError, KeyError, TypeError):
-        ok = False
-    return "complete" if ok else "damaged"
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return "damaged", "report.json: not readable JSON (cut short or overwritten)", None
+    why = _report_problem(rep, rid)
+    if why:
+        return "damaged", f"report.json: {why}", None
+    rows = rep["steps_completed"] + (1 if rep["diverged"] else 0)
+    for name, required in (("metrics.csv", METRIC_COLUMNS), ("layer_norms.csv", ("step",))):
+        why = _csv_problem(d / name, rows, required)
+        if why:
+            return "damaged", f"{name}: {why}", None
+    if (d / "bptt_norms.csv").exists():  # recurrent models only
+        why = _csv_problem(d / "bptt_norms.csv", None, ("step", "layer", "t", "grad_norm"))
+        if why:
+            return "damaged", f"bptt_norms.csv: {why}", None
+    return "complete", "", rep
 
 
-def _data_lines(path: Path) -> int:
-    """Complete data lines of a CSV (a last line without its newline was cut short)."""
-    text = path.read_text(encoding="utf-8")
-    return max(0, text.count("\n") - 1)
+# SPEC.md's columns of metrics.csv (gradlab.metrics has them too, but imports NumPy).
+METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
+_NUMBERS = re.compile(r"[-+0-9.eEinfa,\n]*")  # digits, nan, inf, separators: what write_csv writes
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    """A number as report.json holds one: JSON's own, or nan / inf spelled as a string."""
+    return (isinstance(x, (int, float)) and not isinstance(x, bool)) or x in ("nan", "inf", "-inf")
+
+
+# What the report and the plots read, and of what type: a report.json that passes is safe to
+# show (a wrong type there would otherwise fail `gradlab report` far from its cause).
+_REPORT_FIELDS = (
+    ("run_id", lambda x: isinstance(x, str), "a string"), ("seed", _is_int, "an integer"),
+    ("variant", lambda x: isinstance(x, str), "a string"), ("variant_index", _is_int, "an integer"),
+    ("method", lambda x: isinstance(x, str), "a string"),
+    ("threshold", lambda x: x is None or _is_number(x), "a number or null"),
+    ("diverged", lambda x: isinstance(x, bool), "true or false"),
+    ("divergence_step", lambda x: x is None or _is_int(x), "an integer or null"),
+    ("first_nonfinite", lambda x: x is None or (isinstance(x, dict) and _is_int(x.get("step"))
+                                                and isinstance(x.get("phase"), str) and isinstance(x.get("where"), str)),
+     "null or an object with step, phase and where"),
+    ("max_grad_norm", _is_number, "a number"),
+    ("final_loss", lambda x: x is None or _is_number(x), "a number or null"),
+    ("steps_completed", lambda x: _is_int(x) and x >= 0, "a non-negative integer"),
+    ("clip_fraction", lambda x: _is_number(x) and not isinstance(x, str), "a number"),
+    ("steps", lambda x: _is_int(x) and x >= 1, "a positive integer"),
+)
+
+
+def _report_problem(rep, rid: str) -> str:
+    """What is wrong with a run's report.json, or ""."""
+    if not isinstance(rep, dict):
+        return f"a JSON {type(rep).__name__}, not an object"
+    for key, ok, what in _REPORT_FIELDS:
+        if key not in rep:
+            return f"no `{key}`"
+        if not ok(rep[key]):
+            return f"`{key}` is not {what}"
+    if rep["run_id"] != rid:
+        return f"it is the report of run {rep['run_id']}"
+    if rid != f"{rep['variant']}-s{rep['seed']}":
+        return f"its variant and seed make run {rep['variant']}-s{rep['seed']}"
+    if not rep["diverged"] == (rep["divergence_step"] is not None) == (rep["first_nonfinite"] is not None):
+        return "`diverged`, `divergence_step` and `first_nonfinite` disagree"
+    return ""
+
+
+def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...]) -> str:
+    """What is wrong with a CSV that write_csv wrote, or "": its header, the number of its
+    rows (when known), the values in each row, steps counting 0, 1, 2, ... (numeric files)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError):
+        return "not readable text"
+    if not text:
+        return "empty"
+    if not text.endswith("\n"):
+        return "cut short (its last line is incomplete)"
+    header, *lines = text[:-1].split("\n")
+    columns = header.split(",")
+    if columns[0] != "step" or not set(required) <= set(columns) or (rows is None and columns != list(required)):
+        return "its first line is not the header gradlab writes"
+    if rows is not None and len(lines) != rows:
+        return f"{len(lines)} rows where report.json says {rows}"
+    for i, line in enumerate(lines):
+        if line.count(",") != len(columns) - 1:
+            return f"row {i + 1} has {line.count(',') + 1} values, not {len(columns)}"
+        if rows is not None and not line.startswith(f"{i},"):
+            return f"row {i + 1} is not step {i}"
+    if rows is not None and not _NUMBERS.fullmatch(text, len(header) + 1):
+        return "a value is not a number"
+    return ""
 
 
 def is_complete(exp: Path, rid: str) -> bool:
@@ -71,9 +170,9 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
     for seed in cfg.seeds:
         p = SeedPlan(seed, [])
         for i, c in enumerate(cfg.clipping):
-            state = "missing" if force else run_state(exp, run_id(c, seed))
+            state, why = ("missing", "") if force else check_run(exp, run_id(c, seed))
             if state == "damaged":
-                warn(f"run {run_id(c, seed)}: its files are damaged (unreadable or cut short); computing it again")
+                warn(f"run {run_id(c, seed)}: its files are damaged ({why}); computing it again")
             (p.done if state == "complete" else p.todo).append(i)
         plans.append(p)
     return plans
@@ -116,19 +215,98 @@ def write_run(exp: Path, result) -> None:
     io.write_json(d / "report.json", result.report())
 
 
-def collect_reports(exp: Path) -> list[dict]:
-    """Every complete run's report, in config order (seed, then variant)."""
+def collect_reports(exp: Path, damaged: Optional[list[tuple[str, str]]] = None) -> list[dict]:
+    """Every complete run's report, in config order (seed, then variant). Damaged runs are
+    left out (and redone by the next run); with `damaged`, (run id, what is wrong) of each
+    is appended to it."""
     reports = []
     for path in sorted((exp / "runs").glob("*/report.json")):
-        if run_state(exp, path.parent.name) == "complete":  # damaged ones are redone, not shown
-            reports.append(io.read_json(path))
-    return sorted(reports, key=lambda r: (r.get("seed", 0), r.get("variant_index", 0)))
+        state, why, rep = _check_run(exp, path.parent.name)
+        if state == "complete":
+            reports.append(rep)
+        elif damaged is not None:
+            damaged.append((path.parent.name, why))
+    return sorted(reports, key=lambda r: (r["seed"], r["variant_index"]))
 
 
-def write_summary(exp: Path) -> list[dict]:
-    reports = collect_reports(exp)
-    io.write_json(exp / "summary.json", reports)
+def planned_runs(exp: Path) -> Optional[list[str]]:
+    """The run ids config.yaml plans, in config order; None when config.yaml is unreadable."""
+    import yaml
+
+    from .config import ExperimentConfig
+
+    try:
+        cfg = ExperimentConfig.model_validate(yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8")))
+    except (OSError, ValueError, yaml.YAMLError):  # pydantic's ValidationError is a ValueError
+        return None
+    return [run_id(c, s) for s in cfg.seeds for c in cfg.clipping]
+
+
+def write_summary(exp: Path, reports: Optional[list[dict]] = None,
+                  warn: Callable[[str], None] = lambda text: None, fresh: Iterable[str] = ()) -> list[dict]:
+    """(Re)write summary.json from the complete runs: it is derived from them, never trusted.
+
+    An old summary.json that contradicts them (unreadable, not a list of reports, a run
+    twice or one the config lacks, an entry unlike its run's report.json) is named in a
+    warning; one that only lags behind (runs finished since, e.g. after kill -9, or runs no
+    longer complete) is rebuilt quietly. `fresh`: runs just computed, whose old entries may
+    differ (--force). Returns the reports.
+    """
+    reports = collect_reports(exp) if reports is None else reports
+    path = exp / "summary.json"
+    text = io.dumps_json(reports)
+    try:
+        old: Optional[bytes] = path.read_bytes()
+    except FileNotFoundError:
+        old = None
+    except OSError:
+        old = b""
+    if old != text.encode("utf-8"):
+        why = "" if old is None else _summary_problem(old, reports, planned_runs(exp), set(fresh))
+        if why:
+            warn(f"summary.json: {why}; rebuilt from the runs")
+        io.write_text(path, text)
     return reports
+
+
+def complete_runs(exp: Path, doing: str, warn: Callable[[str], None]) -> list[dict]:
+    """For `plot` and `report`: the complete runs' reports. Each damaged run is named in a
+    warning and left out; summary.json is rebuilt from the rest. None complete: a UserError
+    (one line, nothing written)."""
+    damaged: list[tuple[str, str]] = []
+    reports = collect_reports(exp, damaged)
+    if not reports:
+        of = f", {len(damaged)} of them damaged" if damaged else ""
+        raise UserError(f"no complete run to {doing} yet ({len(planned_runs(exp) or damaged)} not finished{of})",
+                        file=str(exp))
+    for rid, why in damaged:
+        warn(f"run {rid}: its files are damaged ({why}); left out until `gradlab run` computes it again")
+    write_summary(exp, reports, warn)
+    return reports
+
+
+def _summary_problem(old: bytes, reports: list[dict], planned: Optional[list[str]], fresh: set[str]) -> str:
+    """What makes an old summary.json contradict the runs, or "" when it merely lags behind."""
+    try:
+        entries = json.loads(old.decode("utf-8"))
+    except ValueError:
+        return "not readable JSON (cut short or overwritten)"
+    if not isinstance(entries, list):
+        return f"a JSON {type(entries).__name__}, not a list of runs"
+    by_id = {r["run_id"]: r for r in reports}
+    seen: set[str] = set()
+    for entry in entries:
+        rid = entry.get("run_id") if isinstance(entry, dict) else None
+        if not isinstance(rid, str):
+            return "an entry is not a run's report"
+        if rid in seen:
+            return f"run {rid} appears twice"
+        seen.add(rid)
+        if planned is not None and rid not in planned:
+            return f"it lists run {rid}, which the config does not have"
+        if rid in by_id and rid not in fresh and io.dumps_json(entry) != io.dumps_json(by_id[rid]):
+            return f"its entry for run {rid} differs from runs/{rid}/report.json"
+    return ""
 
 
 def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], lockstep: bool = True,
@@ -190,7 +368,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
                     progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
                     train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
         finally:
-            reports = write_summary(exp)
+            fresh = {run_id(cfg.clipping[i], p.seed) for p in plans for i in p.todo}
+            reports = write_summary(exp, warn=progress.warn, fresh=fresh)
         finish(exp, plots=plots, only_stale=not force, reports=reports)
     return exp
 
@@ -230,7 +409,8 @@ def finish(exp: Path, plots: bool = True, only_stale: bool = False,
     if plots:
         from .plots import draw_experiment
 
-        drawn = draw_experiment(exp, only_stale=only_stale)
+        only = None if reports is None else {r["run_id"] for r in reports}
+        drawn = draw_experiment(exp, only_stale=only_stale, only=only)
     write_report(exp, reports)
     return drawn
 

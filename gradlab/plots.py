@@ -79,15 +79,16 @@ class Experiment:
 # ----------------------------------------------------------------------------- entry point
 
 
-def draw_experiment(exp_dir: Path, only_stale: bool = False) -> list[Path]:
+def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[str]] = None) -> list[Path]:
     """(Re)draw every plot of the experiment in `exp_dir` into `exp_dir/plots/`.
 
-    Only runs with a report.json (complete, diverged or not) are drawn. With `only_stale`,
+    Only runs with a report.json (complete, diverged or not) are drawn; with `only`, only the
+    runs of those ids (the ones the experiment found complete, not damaged). With `only_stale`,
     a run's own plots (heatmap, gradient through time) are kept when newer than the run's
     report.json (a resumed experiment redraws what changed; those are the slow part).
     Returns the paths written; [] when no run is complete yet.
     """
-    exp = load_experiment(Path(exp_dir))
+    exp = load_experiment(Path(exp_dir), only)
     if not exp.runs:
         return []
     out = exp.path / "plots"
@@ -286,14 +287,17 @@ def _chance_accuracy(cfg: dict) -> Optional[tuple[float, str]]:
     return None
 
 
-def load_experiment(exp_dir: Path) -> Experiment:
-    """Read config.yaml and every complete run (one with report.json) of an experiment."""
+def load_experiment(exp_dir: Path, only: Optional[set[str]] = None) -> Experiment:
+    """Read config.yaml and every complete run (one with report.json; with `only`, of those
+    run ids) of an experiment."""
     cfg = _read_config(exp_dir)
     summary = _describe_config(cfg, exp_dir.name)
     runs: list[Run] = []
     runs_dir = exp_dir / "runs"
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
     for folder in folders:
+        if only is not None and folder.name not in only:
+            continue
         try:
             rep = read_json(folder / "report.json")
         except (OSError, ValueError):

@@ -414,13 +414,11 @@ def load_reports(exp: Path) -> list[dict]:
 
 
 def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
-    """Run ids the config plans that have no complete run on disk."""
-    from .config import run_id, ExperimentConfig
+    """Run ids the config plans that have no complete run on disk (missing or damaged)."""
+    from .experiment import planned_runs
 
-    raw = yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8"))
-    cfg = ExperimentConfig.model_validate(raw)
     have = {r["run_id"] for r in reports}
-    return [run_id(c, s) for s in cfg.seeds for c in cfg.clipping if run_id(c, s) not in have]
+    return [rid for rid in planned_runs(exp) or [] if rid not in have]
 
 
 def render(exp: Path, reports: list[dict]) -> str:

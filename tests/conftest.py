@@ -17,3 +17,21 @@ def cli(*args, cwd=None):
     finally:
         os.chdir(old)
     return 0
+
+
+# Tests marked slow (long fault loops) run only on request: --runslow or GRADLAB_SLOW=1.
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (or set GRADLAB_SLOW=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("GRADLAB_SLOW") == "1":
+        return
+    import pytest
+
+    skip = pytest.mark.skip(reason="slow: run with --runslow or GRADLAB_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -111,8 +111,8 @@ DEEP = {"layer0.W": 1e-10, "layer1.W": 1e12, "layer2.W": 1e12, "layer3.W": 1.0}
     # A bottleneck: layer0 (1e-10) then two layers of 1e12 (all entries, width 4), layer3 = 1.
     # With s_b = sum of example b's 16 inputs: h0 = 1e-10 s_b, out_b = 64 * 1e24 * 1e-10 s_b
     # = 6.4e15 s_b (loss ~ 1e34, finite); dout_b ~ 2e14 s_b; backprop multiplies by 4e12 per
-    # layer: dL/dh1 = 16e24 dout_b ~ 3e39 s_b overflows (dL/dh2 ~ 8e26 s_b does not), and
-    # dL/dh1 is the gradient of layer0's activation output: `layer0.identity`.
+    # layer: dL/dh1 = 4e12 dout_b ~ 8e26 s_b is finite, dL/dh0 = 16e24 dout_b ~ 3e39 s_b is not,
+    # and dL/dh0 is the gradient of layer0's activation output: `layer0.identity`.
     ("float32", "sgd", DEEP, 4, "layer0.identity"),
 ])
 def test_gradient_overflow_with_finite_loss_is_located_in_backward(monkeypatch, dtype, optimizer, weights,

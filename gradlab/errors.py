@@ -24,6 +24,12 @@ class UserError(Exception):
         self.key = key
         self.line = line
 
+    def __reduce__(self):
+        # Whole across a process boundary (a worker's disk-full error reaches the parent),
+        # with the OSError that caused it, if any: the CLI then says which runs are kept.
+        cause = self.__cause__ if isinstance(self.__cause__, OSError) else None
+        return _restore, (self.message, self.file, self.key, self.line, cause)
+
     def __str__(self) -> str:
         where = ""
         if self.file:
@@ -33,6 +39,13 @@ class UserError(Exception):
         parts = [p for p in (where, self.key) if p]
         prefix = ": ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+def _restore(message: str, file: str | None, key: str | None, line: int | None,
+             cause: OSError | None) -> UserError:
+    e = UserError(message, file=file, key=key, line=line)
+    e.__cause__ = cause
+    return e
 
 
 class Terminated(KeyboardInterrupt):

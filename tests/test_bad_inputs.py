@@ -34,6 +34,7 @@ BAD = Path(__file__).resolve().parent / "bad_inputs"
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 SENTINEL = "gradlab-pwned"  # what the python-tag payloads would create in the working directory
 TIME_LIMIT = 2.0
+HANG_LIMIT = 10.0
 MEMORY_LIMIT = 1 << 30  # address space of a subprocess case: an alias bomb must not need more
 ERROR_LINE = re.compile(r"gradlab(?: (?:run|sweep|plot|report|validate))?: error: (?P<message>.+)\n")
 
@@ -223,6 +224,8 @@ CASES = [
     Case("directory_as_config", ["run", "{bad}", "--out", "{tmp}/out"], "{bad}", "is a directory, expected a YAML file"),
     Case("unreadable_file", ["run", "{tmp}/secret.yaml", "--out", "{tmp}/out"], "{tmp}/secret.yaml",
          "permission denied: cannot read this file", setup=unreadable),
+    Case("symlink_loop", ["run", "{tmp}/loop.yaml", "--out", "{tmp}/out"], "{tmp}/loop.yaml",
+         "cannot read: too many levels of symbolic links", setup=lambda tmp, mp: (tmp / "loop.yaml").symlink_to("loop.yaml")),
     Case("config_under_a_file", ["validate", "{tmp}/plain/x.yaml"], "{tmp}/plain/x.yaml", "not a directory",
          setup=a_file("plain")),
     # --- options of run and sweep
@@ -296,6 +299,23 @@ def snapshot(*roots: Path) -> dict:
     return out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def within_time(wall: float, cpu: float, by_cpu: bool, what: str) -> None:
+    """Under 2 s. In this process that is wall time (a case takes ~20 ms). A new process
+    spends ~0.3 s starting Python alone, and on a shared 2-core machine (load 5) its wall time
+    passed 2 s with the work unchanged: there the bound is its CPU time, and wall time only
+    has to show that nothing hung."""
+    if by_cpu:
+        assert cpu < TIME_LIMIT and wall < HANG_LIMIT, f"{what}: {cpu:.2f} s CPU, {wall:.2f} s wall"
+    else:
+        assert wall < TIME_LIMIT, f"{what} took {wall:.2f} s"
+
+
 def limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
@@ -325,14 +345,14 @@ def test_bad_input(case, tmp_path, monkeypatch, capsys):
     where = case.where.format(**fmt)
     before = snapshot(tmp_path, BAD)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     if case.proc:
         code, err = run_process(args, work)
     else:
         capsys.readouterr()
         code = cli(*args, cwd=work)
         err = capsys.readouterr().err
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     monkeypatch.undo()  # before the checks: they must see the real file system
 
     assert code == 2, err
@@ -344,7 +364,7 @@ def test_bad_input(case, tmp_path, monkeypatch, capsys):
     assert snapshot(tmp_path, BAD) == before, "something was written"
     assert not (work / SENTINEL).exists() and not (ROOT / SENTINEL).exists()
     assert not Path("/proc/gradlab-bad-input").exists()
-    assert elapsed < TIME_LIMIT, f"{case.id} took {elapsed:.2f} s"
+    within_time(elapsed, cpu, case.proc, case.id)
 
 
 # ----------------------------------------------------------------------------- a disk that fills up
@@ -380,9 +400,9 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
 
     monkeypatch.setattr(os, "fsync", fsync)
     capsys.readouterr()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     code = cli("run", QUICKSTART, *TINY, "--out", out)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     monkeypatch.undo()
     err = capsys.readouterr().err
 
@@ -392,7 +412,7 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
     (exp,) = out.iterdir()
     assert m["message"].startswith(f"{exp}/runs/norm-1-s1/layer_norms.csv: cannot write this file (no space left on device;")
     assert m["message"].endswith(f"; 4 complete run(s) kept in {exp}")
-    assert elapsed < TIME_LIMIT
+    within_time(elapsed, cpu, True, "disk full")  # training: NumPy, whose time the load stretches
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     broken = files(exp)
     complete = {p.parent.name for p in broken if p.name == "report.json"}
@@ -405,3 +425,41 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
     assert exp.name == ref_exp.name and files(exp) == expected
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were not recomputed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_user_error_crosses_a_process_boundary_whole():
+    """Worker processes send their errors to the parent by pickling."""
+    import pickle
+
+    from gradlab.errors import UserError
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "x")
+        except OSError as cause:
+            raise UserError("cannot write this file", file="a/b.csv", key="k", line=3) from cause
+    except UserError as e:
+        copy = pickle.loads(pickle.dumps(e))
+    assert (str(copy), copy.file, copy.key, copy.line) == ("a/b.csv:3: k: cannot write this file", "a/b.csv", "k", 3)
+    assert isinstance(copy.__cause__, OSError) and copy.__cause__.errno == errno.ENOSPC
+
+
+@pytest.mark.xfail(strict=True, reason="gradlab/workers.py reports a worker's UserError as a RuntimeError (a bug, "
+                                       "exit 1); it should send the UserError itself to the parent, which raises it")
+def test_disk_full_in_worker_processes_is_exit_2(tmp_path, monkeypatch, capsys):
+    args = [*TINY[:-1], "2"]  # --workers 2: seeds in forked processes
+    real_fsync, writes = os.fsync, []
+
+    def fsync(fd):  # each forked worker counts from what the parent had written (2 files)
+        writes.append(fd)
+        if len(writes) > 2 + 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # a crash log, while this fails, goes here
+    capsys.readouterr()
+    code = cli("run", QUICKSTART, *args, "--out", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert code == 2 and ERROR_LINE.fullmatch(err) and "no space left on device" in err, err
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

@@ -58,6 +58,9 @@ def _gelu(z):
 
 def _gelu_back(dh, saved):
     z, t = saved
+    # Past |z| = 20, 1 - t^2 is exactly 0 and z^2 may overflow: clipping keeps 0 * inf = NaN
+    # out of a gradient that is really just dh (gelu' = 1 or 0 there).
+    z = np.clip(z, -20.0, 20.0)
     du = _GELU_C * (1.0 + 3.0 * _GELU_A * z * z)
     return dh * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du)
 

@@ -128,6 +128,11 @@ class Recurrent:
 
     def _layer_forward(self, params, p: str, seq: np.ndarray, probe: Probe) -> dict:
         W_ih, W_hh, b_ih, b_hh = (params[f"{p}.{n}"] for n in ("W_ih", "W_hh", "b_ih", "b_hh"))
+        if self.kind == "lstm":
+            # Gates reordered to (i, f, o, g): the three sigmoids become one call on one block.
+            P = self._lstm_order(W_hh.shape[-2])
+            W_ih, W_hh = W_ih[:, P], W_hh[:, P]
+            b_ih, b_hh = b_ih[:, P], b_hh[:, P]
         V, H = W_hh.shape[0], self.width
         T, B = seq.shape[-3], seq.shape[-2]
         # Input projections of every step at once: (V, T, B, G*H).
@@ -136,21 +141,30 @@ class Recurrent:
         Hs = np.empty((V, T, B, H), dtype=self.dtype)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         W_hhT = _t(W_hh)
+        c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
+             "W_ih": W_ih, "W_hh": W_hh}
         if self.kind == "rnn":
             self._rnn_forward(A, b_hh, W_hhT, Hs, probe, at)
-            return {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None}
-        gates = np.empty_like(A)  # the gates after their nonlinearities, for the backward pass
-        extra = np.empty((V, T, B, H), dtype=self.dtype)  # lstm: tanh(c_t); gru: W_hn h + b_hn
+            return c
+        c["gates"] = np.empty_like(A)  # the gates after their nonlinearities, for the backward pass
         if self.kind == "lstm":
-            cells = np.empty((V, T, B, H), dtype=self.dtype)
-            self._lstm_forward(A, b_hh, W_hhT, Hs, gates, extra, cells, probe, at)
+            c["extra"] = np.empty((V, T, B, H), dtype=self.dtype)  # tanh(c_t)
+            c["cells"] = np.empty((V, T, B, H), dtype=self.dtype)
+            self._lstm_forward(A, b_hh, W_hhT, Hs, c["gates"], c["extra"], c["cells"], probe, at)
         else:
-            cells = None
-            self._gru_forward(A, b_hh, W_hhT, Hs, gates, extra, probe, at)
-        return {"seq": seq, "A": A, "H": Hs, "gates": gates, "extra": extra, "cells": cells}
+            c["extra"] = np.empty((V, T, B, 3 * H), dtype=self.dtype)  # h W_hh^T + b_hh per step
+            self._gru_forward(A, b_hh, W_hhT, Hs, c["gates"], c["extra"], probe, at)
+        return c
+
+    @staticmethod
+    def _lstm_order(GH: int) -> np.ndarray:
+        """Rows of torch's (i, f, g, o) layout in gradlab's internal (i, f, o, g) order."""
+        H = GH // 4
+        return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
 
     def _lstm_forward(self, A, b_hh, W_hhT, Hs, gates, tanh_c, cells, probe, at) -> None:
-        """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers."""
+        """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers
+        (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-1]
         A += b_hh[:, None, None, :]  # both biases add to the same pre-activation
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
@@ -163,51 +177,51 @@ class Recurrent:
                 pre[...] = A[:, 0]  # h_{-1} = 0
             if probe:
                 probe(at("gates", t), pre)
-            _sigmoid(pre[..., :2 * H])  # i and f, side by side in torch's order
-            np.tanh(pre[..., 2 * H:3 * H], out=pre[..., 2 * H:3 * H])
-            _sigmoid(pre[..., 3 * H:])
-            i, f, g, o = _gates(pre, 4)
+            sig, g = pre[..., :3 * H], pre[..., 3 * H:]
+            _sigmoid(sig)
+            np.tanh(g, out=g)
             c = cells[:, t]
             if t:
-                np.multiply(f, cells[:, t - 1], out=c)
-                c += np.multiply(i, g, out=scratch)
+                np.multiply(pre[..., H:2 * H], cells[:, t - 1], out=c)
+                c += np.multiply(pre[..., :H], g, out=scratch)
             else:
-                np.multiply(i, g, out=c)
+                np.multiply(pre[..., :H], g, out=c)
             if probe:
                 probe(at("c", t), c)
-            np.multiply(o, np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t])
+            np.multiply(pre[..., 2 * H:3 * H], np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t])
             if probe:
                 probe(at("h", t), Hs[:, t])
 
-    def _gru_forward(self, A, b_hh, W_hhT, Hs, gates, hn, probe, at) -> None:
-        """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n)."""
+    def _gru_forward(self, A, b_hh, W_hhT, Hs, gates, HH, probe, at) -> None:
+        """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n).
+        HH[:, t] keeps h_{t-1} W_hh^T (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-1]
         A[..., :2 * H] += b_hh[:, None, None, :2 * H]  # b_hr, b_hz add like the input biases
         b_hn = b_hh[:, None, 2 * H:]  # b_hn sits inside r's product: kept apart
-        hh = np.empty(Hs.shape[:1] + Hs.shape[2:3] + (3 * H,), dtype=self.dtype)
         for t in range(Hs.shape[1]):
+            hh = HH[:, t]
             if t:
                 np.matmul(Hs[:, t - 1], W_hhT, out=hh)
             else:
                 hh[...] = 0.0  # h_{-1} = 0
-            hh[..., 2 * H:] += b_hn
+            hn = hh[..., 2 * H:]
+            hn += b_hn
             if probe:
                 probe(at("gates", t), hh)
             gt = gates[:, t]
-            np.add(A[:, t, :, :2 * H], hh[..., :2 * H], out=gt[..., :2 * H])
-            _sigmoid(gt[..., :2 * H])  # r and z together
-            r, z, n = _gates(gt, 3)
-            hn[:, t] = hh[..., 2 * H:]
-            np.multiply(r, hn[:, t], out=n)
+            rz, n = gt[..., :2 * H], gt[..., 2 * H:]
+            np.add(A[:, t, :, :2 * H], hh[..., :2 * H], out=rz)
+            _sigmoid(rz)  # r and z together
+            np.multiply(gt[..., :H], hn, out=n)
             n += A[:, t, :, 2 * H:]
             np.tanh(n, out=n)
             h = Hs[:, t]
             if t:
                 np.subtract(Hs[:, t - 1], n, out=h)
-                h *= z
+                h *= gt[..., H:2 * H]
                 h += n
             else:
-                np.multiply(z, n, out=h)
+                np.multiply(gt[..., H:2 * H], n, out=h)
                 np.subtract(n, h, out=h)
             if probe:
                 probe(at("h", t), h)
@@ -268,19 +282,21 @@ class Recurrent:
     def _layer_backward(self, params, p: str, c: dict, dH: np.ndarray, grads: dict,
                         probe: Probe, need_dx: bool) -> Optional[np.ndarray]:
         """One layer's BPTT. `dH` (V, T, B, H) holds dL/dh_t from above and is overwritten
-        with the total dL/dh_t; the weight gradients go into `grads`; returns dL/d(input)."""
-        W_ih, W_hh = params[f"{p}.W_ih"], params[f"{p}.W_hh"]
+        with the total dL/dh_t; the weight gradients go into `grads`; returns dL/d(input).
+        Every per-step product goes into a preallocated buffer: no temporaries in the loop."""
+        W_ih, W_hh = c["W_ih"], c["W_hh"]  # as the forward pass used them (lstm: reordered)
         Hs, gates, extra, cells, seq = c["H"], c["gates"], c["extra"], c["cells"], c["seq"]
         V, T, B, Hd = Hs.shape
         dA = np.empty_like(c["A"])  # d(loss)/d(input projection) at every step
         dGh = np.empty_like(dA) if self.kind == "gru" else dA  # the recurrent part's (differs for gru)
         dh_next = np.zeros((V, B, Hd), dtype=self.dtype)
         dc_next = np.zeros((V, B, Hd), dtype=self.dtype) if self.kind == "lstm" else None
-        scratch = np.empty((V, B, Hd), dtype=self.dtype)
-        scratch2 = np.empty((V, B, 2 * Hd), dtype=self.dtype) if self.kind == "lstm" else None
+        s1 = np.empty((V, B, Hd), dtype=self.dtype)
+        s3 = np.empty((V, B, 3 * Hd), dtype=self.dtype) if self.kind != "rnn" else None
         relu = self._act is activation("relu")[0]
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         K = self.tbptt
+        H2, H3 = 2 * Hd, 3 * Hd
         for t in range(T - 1, -1, -1):
             if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
                 # A truncation boundary between t and t + 1: no gradient crosses it.
@@ -292,77 +308,87 @@ class Recurrent:
             if probe:
                 probe(at("h", t), dh)
             h_prev = Hs[:, t - 1] if t > 0 else None
+            da = dA[:, t]
             if self.kind == "rnn":  # the derivative from the saved output, fused into dA
-                h, da = Hs[:, t], dA[:, t]
+                h = Hs[:, t]
                 if relu:
                     np.multiply(dh, h > 0.0, out=da)
                 else:
-                    np.multiply(h, h, out=scratch)
-                    np.subtract(1.0, scratch, out=scratch)
-                    np.multiply(dh, scratch, out=da)
-            elif self.kind == "lstm":
-                gt, da = gates[:, t], dA[:, t]
-                i, f, g, o = _gates(gt, 4)
-                di, df, dg, do = _gates(da, 4)
-                tc = extra[:, t]
-                np.multiply(dh, tc, out=do)
-                dc = np.multiply(tc, tc, out=scratch)  # dc = dc_next + dh o (1 - tanh(c)^2)
+                    np.multiply(h, h, out=s1)
+                    np.subtract(1.0, s1, out=s1)
+                    np.multiply(dh, s1, out=da)
+            elif self.kind == "lstm":  # gates in the internal order i, f, o, g
+                gt, tc = gates[:, t], extra[:, t]
+                sig, g = gt[..., :H3], gt[..., H3:]
+                dsig, dg = da[..., :H3], da[..., H3:]
+                np.multiply(dh, tc, out=da[..., H2:H3])  # do
+                dc = np.multiply(tc, tc, out=s1)  # dc = dc_next + dh o (1 - tanh(c)^2)
                 np.subtract(1.0, dc, out=dc)
-                dc *= o
+                dc *= gt[..., H2:H3]
                 dc *= dh
                 dc += dc_next
-                np.multiply(dc, g, out=di)
-                np.multiply(dc, i, out=dg)
+                np.multiply(dc, g, out=da[..., :Hd])  # di
                 if t > 0:
-                    np.multiply(dc, cells[:, t - 1], out=df)
+                    np.multiply(dc, cells[:, t - 1], out=da[..., Hd:H2])  # df
                 else:
-                    df[...] = 0.0
-                np.multiply(dc, f, out=dc_next)
-                # Through the nonlinearities: sigmoid' = s (1 - s) for i and f (side by side),
-                # tanh' = 1 - g^2, then o; scratch buffers, no temporaries.
-                np.subtract(1.0, gt[..., :2 * Hd], out=scratch2)
-                scratch2 *= gt[..., :2 * Hd]
-                da[..., :2 * Hd] *= scratch2
-                np.multiply(g, g, out=scratch)
-                np.subtract(1.0, scratch, out=scratch)
-                dg *= scratch
-                np.subtract(1.0, o, out=scratch)
-                scratch *= o
-                do *= scratch
-            else:  # gru
-                r, z, n = _gates(gates[:, t], 3)
-                dr, dz, dn = _gates(dA[:, t], 3)
-                hr, hz, hn = _gates(dGh[:, t], 3)
-                prev = h_prev if h_prev is not None else 0.0
-                np.multiply(dh, 1.0 - z, out=dn)
-                dn *= 1.0 - n * n
-                np.multiply(dh, prev - n, out=dz)
-                dz *= z * (1.0 - z)
-                np.multiply(dn, extra[:, t], out=dr)
-                dr *= r * (1.0 - r)
-                hr[...] = dr
-                hz[...] = dz
-                np.multiply(dn, r, out=hn)
+                    da[..., Hd:H2] = 0.0
+                np.multiply(dc, gt[..., :Hd], out=dg)
+                np.multiply(dc, gt[..., Hd:H2], out=dc_next)
+                # Through the nonlinearities: sigmoid' = s (1 - s) for i, f, o at once, tanh' = 1 - g^2.
+                np.subtract(1.0, sig, out=s3)
+                s3 *= sig
+                dsig *= s3
+                np.multiply(g, g, out=s1)
+                np.subtract(1.0, s1, out=s1)
+                dg *= s1
+            else:  # gru: dn = dh (1 - z) (1 - n^2), dz = dh (h_prev - n) z (1 - z), dr = dn hn r (1 - r)
+                gt, hn = gates[:, t], extra[:, t, :, H2:]
+                rz, n, z = gt[..., :H2], gt[..., H2:], gt[..., Hd:H2]
+                dn = da[..., H2:]
+                np.subtract(1.0, z, out=s1)
+                np.multiply(dh, s1, out=dn)
+                np.multiply(n, n, out=s1)
+                np.subtract(1.0, s1, out=s1)
+                dn *= s1
+                # sigmoid' of r and z first: a huge hn times dn could overflow before the
+                # factor r (1 - r) = 0 of a saturated gate, and inf * 0 is NaN.
+                s2 = s3[..., :H2]
+                np.subtract(1.0, rz, out=s2)
+                s2 *= rz
+                if h_prev is not None:
+                    np.subtract(h_prev, n, out=da[..., Hd:H2])
+                else:
+                    np.negative(n, out=da[..., Hd:H2])
+                np.multiply(hn, s2[..., :Hd], out=da[..., :Hd])
+                da[..., :Hd] *= dn
+                da[..., Hd:H2] *= s2[..., Hd:]
+                da[..., Hd:H2] *= dh
+                dgh = dGh[:, t]
+                dgh[..., :H2] = da[..., :H2]
+                np.multiply(dn, gt[..., :Hd], out=dgh[..., H2:])
             if probe:
-                probe(at("gates", t), dA[:, t])
-                self._probe_step(p, t, probe, dA[:, t], dGh[:, t], h_prev, seq[..., t, :, :])
+                probe(at("gates", t), da)
+                self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
             # dL/dh_{t-1} through the recurrence
             if t:
                 np.matmul(dGh[:, t], W_hh, out=dh_next)
                 if self.kind == "gru":
-                    dh_next += dh * z
+                    dh_next += np.multiply(dh, gt[..., Hd:H2], out=s1)
         # Weight gradients: one matmul each over all steps (h_{-1} = 0 adds nothing).
         TB = T * B
         G = dA.shape[-1]
         dGh_f = dGh.reshape(V, TB, G)
-        grads[f"{p}.W_hh"] = np.matmul(_t(dGh[:, 1:].reshape(V, (T - 1) * B, G)),
-                                       Hs[:, :-1].reshape(V, (T - 1) * B, Hd)) if T > 1 \
-            else np.zeros_like(W_hh)
-        grads[f"{p}.b_hh"] = dGh_f.sum(axis=1)
         dA_f = dA.reshape(V, TB, G)
         x_f = seq.reshape(*seq.shape[:-3], TB, seq.shape[-1])
-        grads[f"{p}.W_ih"] = np.matmul(_t(dA_f), x_f)
-        grads[f"{p}.b_ih"] = dA_f.sum(axis=1)
+        g_hh = np.matmul(_t(dGh[:, 1:].reshape(V, (T - 1) * B, G)),
+                         Hs[:, :-1].reshape(V, (T - 1) * B, Hd)) if T > 1 else np.zeros_like(W_hh)
+        layer = {"W_ih": np.matmul(_t(dA_f), x_f), "W_hh": g_hh,
+                 "b_ih": dA_f.sum(axis=1), "b_hh": dGh_f.sum(axis=1)}
+        if self.kind == "lstm":  # back to torch's (i, f, g, o) rows
+            back = np.argsort(self._lstm_order(G))
+            layer = {k: v[:, back] for k, v in layer.items()}
+        for k, v in layer.items():
+            grads[f"{p}.{k}"] = v
         if need_dx:
             return np.matmul(dA_f, W_ih).reshape(V, T, B, -1)
         return None

@@ -8,6 +8,7 @@ again with scaling, in float64. So a float32 gradient of 1e20 has norm 1e20, not
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
@@ -40,17 +41,25 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
             return np.array([np.maximum(f.max(axis=1), -f.min(axis=1)) if f.shape[1] else np.zeros(V)
                              for f in flats], dtype=np.float64).reshape(len(flats), V)
         sums = np.empty((len(flats), V), dtype=np.float64)
-        tiny = np.empty(len(flats))
         for i, f in enumerate(flats):
             sums[i] = np.vecdot(f, f) if p == 2.0 else np.sum(np.abs(f) ** p, axis=1)
-            tiny[i] = np.finfo(f.dtype).tiny * 1e4
         out = np.sqrt(sums) if p == 2.0 else sums ** (1.0 / p)
         # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
-        redo = ~np.isfinite(sums) | (sums < tiny[:, None])
+        redo = ~np.isfinite(sums) | (sums < _tiny([f.dtype for f in flats])[:, None])
         for i, v in zip(*np.nonzero(redo)):
             f = flats[i][v]
             out[i, v] = _slow_norm(f, p) if f.any() else 0.0
     return out
+
+
+@lru_cache(maxsize=None)
+def _tiny_of(dtype: np.dtype) -> float:
+    return float(np.finfo(dtype).tiny) * 1e4
+
+
+def _tiny(dtypes: list) -> np.ndarray:
+    """Below these sums of powers an underflow may have happened (np.finfo is slow per call)."""
+    return np.array([_tiny_of(d) for d in dtypes])
 
 
 def row_norms(a: np.ndarray) -> np.ndarray:

@@ -82,12 +82,18 @@ def unreadable(tmp: Path, monkeypatch) -> None:
         monkeypatch.setattr("gradlab.config.open", denied, raising=False)
 
 
-def file_system_error(code: int) -> Callable:
+SMALL = ["--set", "train.steps=3", "--set", "model.depth=2", "--seeds", "0", "--workers", "1", "--quiet"]
+
+
+def file_system_error(code: int, experiment: bool = False) -> Callable:
     """--out on a file system that refuses writes (read-only mount, no permission), simulated
-    below the CLI (os.mkdir, os.open) because root, who may run the tests, bypasses modes."""
+    below the CLI (os.mkdir, os.open) because root, who may run the tests, bypasses modes.
+    With `experiment`, --out already holds a complete experiment (of `SMALL`, without plots)."""
     def setup(tmp: Path, monkeypatch) -> None:
         out = tmp / "out"
         out.mkdir()
+        if experiment:
+            assert cli("run", QUICKSTART, *SMALL, "--no-plots", "--out", out) == 0
         real_mkdir, real_open = os.mkdir, os.open
 
         def refuse(path) -> None:
@@ -264,6 +270,12 @@ CASES = [
          setup=file_system_error(errno.EROFS)),
     Case("out_permission_denied", ["run", Q, "--out", "{tmp}/out"], "{tmp}/out/quickstart-", "(permission denied)",
          setup=file_system_error(errno.EACCES)),
+    Case("rerun_read_only", ["run", Q, *SMALL, "--no-plots", "--out", "{tmp}/out"], "{tmp}/out/quickstart-",
+         "/.lock: cannot write (read-only file system)", setup=file_system_error(errno.EROFS, experiment=True)),
+    Case("plot_read_only", ["plot", "--out", "{tmp}/out"], "{tmp}/out/quickstart-", "/plots: cannot create this directory (read-only file system)",
+         setup=file_system_error(errno.EROFS, experiment=True)),
+    Case("report_permission_denied", ["report", "--out", "{tmp}/out"], "{tmp}/out/quickstart-",
+         "cannot write this file (permission denied)", setup=file_system_error(errno.EACCES, experiment=True)),
     # --- plot and report
     Case("plot_missing_experiment", ["plot", "{tmp}/nowhere"], "{tmp}/nowhere", "no such experiment directory"),
     Case("report_missing_experiment", ["report", "{tmp}/nowhere"], "{tmp}/nowhere", "no such experiment directory"),

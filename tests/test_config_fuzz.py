@@ -29,8 +29,13 @@ from gradlab.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "configs").glob("*.yaml"))}
 _ENV = os.environ.get("GRADLAB_FUZZ_EXAMPLES")
-BUDGET = settings(max_examples=max(1, int(_ENV) // 2) if _ENV else 100, deadline=None, derandomize=not _ENV,
-                  database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def budget(default: int):
+    """`default` examples, the same ones every run (CI); or half of GRADLAB_FUZZ_EXAMPLES, random."""
+    return settings(max_examples=max(1, int(_ENV) // 2) if _ENV else default, deadline=None, derandomize=not _ENV,
+                    database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
 
 # Every key the schema knows, so that insertions land on real fields as well as on typos.
 FIELDS = sorted({f for m in vars(config).values()
@@ -56,6 +61,10 @@ FRAGMENTS = st.sampled_from([
     "'", '"', "\\", "#", "|\n", ">-\n", "\x85", "\u2028", "\x07", "\x00", "\ufeff", "\ud7ff", "\r", "\r\n",
     "a: &a [*a]\n", "k: 1\nk: 2\n", "é", "\U0001f600",
 ])
+# Tags, where they change what a value is: right after a key or a list dash.
+TAGS = st.sampled_from(["!!int", "!!float", "!!bool", "!!str", "!!null", "!!binary", "!!timestamp", "!!set",
+                        "!!omap", "!!pairs", "!!seq", "!!map", "!!merge", "!!value", "!!yaml", "!local",
+                        "!<tag:yaml.org,2002:int>", "!!python/tuple", "!!python/object/apply:os.getcwd []"])
 
 
 def paths(node: Any, prefix: tuple = ()) -> list[tuple]:
@@ -123,7 +132,7 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-@BUDGET
+@budget(100)  # ~40 ms each: pure-Python YAML, validated twice when valid
 @given(name=st.sampled_from(sorted(CONFIGS)), data=st.data())
 def test_mutated_configs_load_or_fail_with_one_line(workdir, name, data):
     tree = yaml.safe_load(CONFIGS[name])
@@ -139,14 +148,18 @@ def test_mutated_configs_load_or_fail_with_one_line(workdir, name, data):
     check(path, overrides)
 
 
-@BUDGET
+@budget(400)  # ~10 ms each
 @given(name=st.sampled_from(sorted(CONFIGS)), data=st.data())
 def test_damaged_config_files_load_or_fail_with_one_line(workdir, name, data):
     raw = CONFIGS[name].encode("utf-8")
     for _ in range(data.draw(st.integers(1, 4), label="damages")):
         pos = data.draw(st.integers(0, len(raw)), label="position")
-        op = data.draw(st.sampled_from(["bytes", "fragment", "truncate", "cut", "duplicate line"]))
-        if op == "bytes":
+        op = data.draw(st.sampled_from(["bytes", "fragment", "tag", "truncate", "cut", "duplicate line"]))
+        if op == "tag":  # after the n-th `: ` or `- `, so that the tag applies to a value
+            spots = [i + 2 for i in range(len(raw) - 1) if raw[i:i + 2] in (b": ", b"- ")] or [0]
+            pos = spots[pos % len(spots)]
+            raw = raw[:pos] + data.draw(TAGS).encode() + b" " + raw[pos:]
+        elif op == "bytes":
             raw = raw[:pos] + data.draw(st.binary(min_size=1, max_size=8)) + raw[pos:]
         elif op == "fragment":
             raw = raw[:pos] + data.draw(FRAGMENTS).encode("utf-8", "surrogatepass") + raw[pos:]

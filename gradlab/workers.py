@@ -4,12 +4,15 @@ runs itself (atomically, as always), BLAS limited to one thread per worker.
 The parent only hands out seeds and draws progress. On Ctrl-C or SIGTERM it stops the
 workers with SIGTERM, which each holds until a write in flight has finished
 (io.deferred_interrupt), so every run on disk is complete or absent: a run folder without
-report.json is redone by the next run.
+report.json is redone by the next run. A worker whose parent is gone (killed with SIGKILL
+alone, which no handler sees) stops at its next step instead of training on unwatched, beside
+the `gradlab` that resumes the experiment.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import traceback
@@ -35,7 +38,7 @@ def limit_blas_threads() -> int:
     return max((p["num_threads"] for p in threadpool_info()), default=1)
 
 
-def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events) -> None:
+def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sends SIGTERM, which
     # ends a worker at once (the parent's own SIGTERM handler is not for workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -43,16 +46,28 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events) -> 
     from .experiment import train_plan
 
     limit_blas_threads()
-    pending = 0
+    pending = 0  # `parent` is the pid the parent passed: it may die before this runs
 
     def advance(n: int) -> None:
         nonlocal pending
+        if os.getppid() != parent:  # the parent was killed (kill -9, the OOM killer): stop too
+            os._exit(1)  # between steps, so no write is in flight; nobody is left to report to
         pending += n
         if pending >= _FLUSH_EVERY:
             events.put(("steps", pending))
             pending = 0
 
-    while (item := tasks.get()) is not None:
+    def next_task():
+        """The next (seed, todo), or None: no more, or the parent is gone. The parent's queue
+        feeder thread may die before it has flushed every task: never wait for one forever."""
+        while os.getppid() == parent:
+            try:
+                return tasks.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        return None
+
+    while (item := next_task()) is not None:
         seed, todo = item
         try:
             train_plan(cfg, exp, seed, todo, lockstep, advance)
@@ -70,7 +85,7 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
     tasks, events = ctx.Queue(), ctx.Queue()
     for p in plans:
         tasks.put((p.seed, p.todo))
-    procs = [ctx.Process(target=_worker, args=(cfg, exp, lockstep, tasks, events), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(cfg, exp, lockstep, tasks, events, os.getpid()), daemon=True)
              for _ in range(workers)]
     for _ in procs:
         tasks.put(None)

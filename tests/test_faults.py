@@ -51,16 +51,20 @@ def _start(out: Path, log: Path) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
 
-def _group_alive(pgid: int) -> bool:
-    """A live (not zombie) process in the group: one that could still hold the experiment lock."""
+def _group_size(pgid: int) -> int:
+    """Live (not zombie) processes in the group: ones that could still hold the lock or write."""
+    n = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        n += int(fields[2]) == pgid and fields[0] != "Z"
+    return n
+
+
+def _group_alive(pgid: int) -> bool:
+    return _group_size(pgid) > 0
 
 
 def _entries(out: Path, runs_only: bool) -> int:
@@ -166,6 +170,36 @@ def test_kill_9_many_times_then_resume_gives_the_same_bytes(tmp_path, reference)
     for entry in log:
         print("  ", entry)
     assert len(log) == kills
+
+
+def test_kill_9_of_the_main_process_alone_stops_its_workers(tmp_path):
+    """SIGKILL to the `gradlab` process only (`kill -9 PID`, the OOM killer): no handler runs,
+    so the workers must notice by themselves, not train on unwatched beside the `gradlab` that
+    resumes the experiment (they once trained every seed left, for minutes)."""
+    args = ["sweep", QUICKSTART, "--thresholds", "1,10", "--seeds", "0,1,2,3,4,5", "--set", "train.steps=3000",
+            "--no-plots", "--workers", "2", "--quiet", "--out", tmp_path]
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _group_size(proc.pid) < 3 and time.monotonic() < deadline:  # the workers have started
+            time.sleep(0.005)
+        assert _group_size(proc.pid) == 3
+        proc.kill()
+        proc.wait()
+        at_kill = len(list(tmp_path.rglob("report.json")))
+        deadline = time.monotonic() + 60
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Gone, also when killed before its tasks reached the workers (they once waited forever);
+        # each worker may finish writing the seed it is on, none starts another.
+        assert not _group_alive(proc.pid)
+        assert len(list(tmp_path.rglob("report.json"))) <= at_kill + 2 * 3
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 # ----------------------------------------------------------------------------- damaged files

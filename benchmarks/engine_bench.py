@@ -92,6 +92,7 @@ class GradlabStep:
         from gradlab.clipping import Clipper
         from gradlab.config import ClipNorm
         from gradlab.models import build_model, stack
+        from gradlab.models.workspace import Workspace
         from gradlab.norms import param_norms
         from gradlab.optim import build_optimizer
         from gradlab.tasks import build_task
@@ -108,6 +109,7 @@ class GradlabStep:
         self.state = self.opt.init(self.params)
         self.data = rng["data"]
         self.param_norms = param_norms
+        self.ws = Workspace()
 
     def __call__(self) -> None:
         # Each step's arrays live until the next step replaces them, as the loop variables of
@@ -115,9 +117,9 @@ class GradlabStep:
         # back the mmap'd temporaries, and the next step pays page faults for fresh memory
         # (a bare loop whose steps freed everything ran 30% slower than train_seed's).
         self.x, self.y = self.task.batch(self.data)
-        self.out, self.cache = self.model.forward(self.params, self.x)
+        self.out, self.cache = self.model.forward(self.params, self.x, ws=self.ws)
         self.loss, self.dout = self.task.loss(self.out, self.y)
-        self.grads = self.model.backward(self.params, self.cache, self.dout)
+        self.grads = self.model.backward(self.params, self.cache, self.dout, ws=self.ws)
         self.norms = self.param_norms(self.grads)
         self.stats = self.clipper(self.grads, self.norms)
         self.update_norm = self.opt.update(self.params, self.grads, self.state)

@@ -18,6 +18,7 @@ from .config import ExperimentConfig, run_id, threshold_of, variant_id
 from .divergence import FirstNonfinite, locate_step, locate_update
 from .metrics import Recorder, StepValues
 from .models import build_model, stack
+from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
 from .tasks import build_task
@@ -129,13 +130,14 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     recurrent = hasattr(model, "layer_names")
 
     data = rng["data"]
+    ws = Workspace()  # the step's activations and gradients, reused every step
     with np.errstate(all="ignore"):  # overflow is a result here; the checks below catch it
         for step in range(steps):
             x, y = task.batch(data)
-            out, cache = model.forward(run.params, x)
+            out, cache = model.forward(run.params, x, ws=ws)
             loss, dout = task.loss(out, y)
             flow = {} if recurrent else None
-            grads = model.backward(run.params, cache, dout, dh_norms=flow)
+            grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
             norms = param_norms(grads)
             vals = StepValues(loss, run.clipper(grads, norms), norms, task.accuracy(out, y), flow)
             bad = ~(np.isfinite(loss) & np.isfinite(vals.stats.grad_norm))

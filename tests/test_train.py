@@ -212,3 +212,38 @@ def test_truncated_bptt_runs_and_changes_the_gradients():
     assert rows(full)[0][0, 2] != rows(cut)[0][0, 2]  # different gradient norm
     flow = np.array([r[3] for r in cut.flow_rows if r[0] == 0 and r[1] == "rnn.1"])
     assert (flow[:-3] == 0).all() and (flow[-3:] > 0).all()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm", "gru"])
+def test_a_workspace_reuses_buffers_and_changes_no_number(kind):
+    """The loop's buffers are reused from step to step, give the numbers fresh arrays give,
+    and without a workspace two calls never share memory."""
+    from gradlab.models.workspace import Workspace
+
+    if kind == "mlp":
+        model = MLP(3, 8, 4, 2, "tanh", "xavier", 1.0, "float64")
+        x = np.random.default_rng(1).standard_normal((5, 4))
+        dout = np.random.default_rng(2).standard_normal((2, 5, 2))
+    else:
+        from gradlab.models.recurrent import Recurrent
+
+        model = Recurrent(kind, 2, 6, 3, 2, dtype="float64")
+        x = np.random.default_rng(1).standard_normal((7, 5, 3))
+        dout = np.random.default_rng(2).standard_normal((2, 5, 2))
+    params = stack(model.init(np.random.default_rng(0)), 2)
+    ws = Workspace()
+    runs = []
+    for _ in range(2):
+        out, cache = model.forward(params, x, ws=ws)
+        grads = model.backward(params, cache, dout, ws=ws)
+        runs.append((out.copy(), {k: g.copy() for k, g in grads.items()}, {k: id(g) for k, g in grads.items()}))
+    fresh_out, fresh_cache = model.forward(params, x)
+    fresh = model.backward(params, fresh_cache, dout)
+    again = model.backward(params, model.forward(params, x)[1], dout)
+    assert np.array_equal(runs[0][0], fresh_out) and np.array_equal(runs[1][0], fresh_out)
+    for k in fresh:
+        assert np.array_equal(runs[0][1][k], fresh[k]) and np.array_equal(runs[1][1][k], fresh[k])
+        assert not np.shares_memory(fresh[k], again[k])
+    if kind == "mlp":  # every gradient buffer is the same object on the second step
+        assert runs[0][2] == runs[1][2]
+    assert ws.nbytes > 0

@@ -16,15 +16,18 @@ def _t(a: np.ndarray) -> np.ndarray:
     return a.swapaxes(-1, -2)
 
 
-def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    z = np.matmul(x, W)
+def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    z = np.matmul(x, W, out=out)
     z += b[:, None, :]
     return z
 
 
-def linear_backward(dz: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool = True):
-    """Gradients of a linear layer: (dx, dW, db). dx is None when the input needs none."""
-    dW = np.matmul(_t(x), dz)  # a shared x (B, in) broadcasts over the variants
-    db = dz.sum(axis=1)
-    dx = np.matmul(dz, _t(W)) if need_dx else None
+def linear_backward(dz: np.ndarray, x: np.ndarray, W: np.ndarray, need_dx: bool = True,
+                    out: tuple = (None, None, None)):
+    """Gradients of a linear layer: (dx, dW, db), into `out` = (dx, dW, db) buffers where given.
+    dx is None when the input needs none."""
+    dx_out, dW_out, db_out = out
+    dW = np.matmul(_t(x), dz, out=dW_out)  # a shared x (B, in) broadcasts over the variants
+    db = np.sum(dz, axis=1, out=db_out)
+    dx = np.matmul(dz, _t(W), out=dx_out) if need_dx else None
     return dx, dW, db

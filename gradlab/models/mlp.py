@@ -5,7 +5,8 @@ Functional: parameters live in a flat, ordered mapping (`layer0.W`, `layer0.b`, 
 with the variant axis first. `forward` returns the output and a cache; `backward` returns
 gradients with the same names. An optional `probe(name, array)` sees every intermediate in
 the order it is computed; the divergence locator uses it to find where a NaN was born, and
-healthy steps pass no probe, so they pay nothing for it.
+healthy steps pass no probe, so they pay nothing for it. The training loop passes a
+Workspace: then activations and gradients go into buffers reused every step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from .activations import activation
 from .init import init_weight
 from .layers import linear_backward, linear_forward
+from .workspace import Workspace, buffer
 
 Probe = Optional[Callable[[str, np.ndarray], None]]
 
@@ -54,13 +56,17 @@ class MLP:
             params[name] = w.astype(self.dtype)
         return params
 
-    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None):
+    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None,
+                ws: Optional[Workspace] = None):
         """x: (B, in) shared by all variants, or (V, B, in). Returns (V, B, out) and a cache."""
         cache = []
         h = x
         last = self.depth - 1
+        V, B = params["layer0.W"].shape[0], x.shape[-2]
         for i in range(self.depth):
-            z = linear_forward(h, params[f"layer{i}.W"], params[f"layer{i}.b"])
+            W, b = params[f"layer{i}.W"], params[f"layer{i}.b"]
+            z = buffer(ws, f"mlp.z{i}", (V, B, W.shape[-1]), np.result_type(h, W))
+            linear_forward(h, W, b, out=z)
             if probe:
                 probe(f"layer{i}.linear", z)
             if i == last:
@@ -74,14 +80,20 @@ class MLP:
         raise AssertionError("unreachable")
 
     def backward(self, params: dict[str, np.ndarray], cache: list, dout: np.ndarray,
-                 probe: Probe = None, dh_norms: Optional[dict] = None) -> dict[str, np.ndarray]:
+                 probe: Probe = None, dh_norms: Optional[dict] = None,
+                 ws: Optional[Workspace] = None) -> dict[str, np.ndarray]:
         """Gradients of the loss for every parameter, given dL/d(output) (V, B, out).
         (`dh_norms` is the recurrent models' gradient-through-time record: an MLP has none.)"""
         grads: dict[str, np.ndarray] = {}
         dz = dout
+        V, B = dout.shape[0], dout.shape[-2]
         for i in range(self.depth - 1, -1, -1):
             x_in, _ = cache[i]
-            dx, dW, db = linear_backward(dz, x_in, params[f"layer{i}.W"], need_dx=i > 0)
+            W = params[f"layer{i}.W"]
+            dt = np.result_type(x_in, dz)
+            out = (buffer(ws, f"mlp.dx{i}", (V, B, W.shape[-2]), dt) if i > 0 else None,
+                   buffer(ws, f"mlp.dW{i}", W.shape, dt), buffer(ws, f"mlp.db{i}", (V, W.shape[-1]), dt))
+            dx, dW, db = linear_backward(dz, x_in, W, need_dx=i > 0, out=out)
             grads[f"layer{i}.W"], grads[f"layer{i}.b"] = dW, db
             if probe:
                 probe(f"layer{i}.W", dW)

@@ -21,6 +21,7 @@ import numpy as np
 from .activations import activation
 from ..norms import row_norms
 from .init import init_weight, orthogonal
+from .workspace import Workspace, buffer, zeros
 
 Probe = Optional[Callable[[str, np.ndarray], None]]
 
@@ -109,13 +110,14 @@ class Recurrent:
         return init_weight(rng, shape, scheme, gain).T
 
     # ------------------------------------------------------------------ forward
-    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None):
+    def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None,
+                ws: Optional[Workspace] = None):
         """x: (T, B, in). Returns (V, B, O), or (V, T, B, O) with per_step, and a cache."""
         caches = []
         seq = x
         for l in range(self.depth):
             p = f"{self.kind}.{l}"
-            cache = self._layer_forward(params, p, seq, probe)
+            cache = self._layer_forward(params, p, seq, probe, ws)
             caches.append(cache)
             seq = cache["H"]
         W, b = params["head.W"], params["head.b"]
@@ -126,7 +128,7 @@ class Recurrent:
             probe("head.linear", out)
         return out, {"x": x, "layers": caches}
 
-    def _layer_forward(self, params, p: str, seq: np.ndarray, probe: Probe) -> dict:
+    def _layer_forward(self, params, p: str, seq: np.ndarray, probe: Probe, ws: Optional[Workspace]) -> dict:
         W_ih, W_hh, b_ih, b_hh = (params[f"{p}.{n}"] for n in ("W_ih", "W_hh", "b_ih", "b_hh"))
         if self.kind == "lstm":
             # Gates reordered to (i, f, o, g): the three sigmoids become one call on one block.
@@ -136,9 +138,11 @@ class Recurrent:
         V, H = W_hh.shape[0], self.width
         T, B = seq.shape[-3], seq.shape[-2]
         # Input projections of every step at once: (V, T, B, G*H).
-        A = np.matmul(seq.reshape(*seq.shape[:-3], T * B, seq.shape[-1]), _t(W_ih)).reshape(V, T, B, -1)
+        GH, dt = W_ih.shape[-2], self.dtype
+        A = buffer(ws, f"{p}.A", (V, T, B, GH), dt)
+        np.matmul(seq.reshape(*seq.shape[:-3], T * B, seq.shape[-1]), _t(W_ih), out=A.reshape(V, T * B, GH))
         A += b_ih[:, None, None, :]
-        Hs = np.empty((V, T, B, H), dtype=self.dtype)
+        Hs = buffer(ws, f"{p}.H", (V, T, B, H), dt)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         W_hhT = _t(W_hh)
         c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
@@ -146,13 +150,13 @@ class Recurrent:
         if self.kind == "rnn":
             self._rnn_forward(A, b_hh, W_hhT, Hs, probe, at)
             return c
-        c["gates"] = np.empty_like(A)  # the gates after their nonlinearities, for the backward pass
+        c["gates"] = buffer(ws, f"{p}.gates", A.shape, dt)  # the gates after their nonlinearities, for the backward pass
         if self.kind == "lstm":
-            c["extra"] = np.empty((V, T, B, H), dtype=self.dtype)  # tanh(c_t)
-            c["cells"] = np.empty((V, T, B, H), dtype=self.dtype)
+            c["extra"] = buffer(ws, f"{p}.tanh_c", (V, T, B, H), dt)  # tanh(c_t)
+            c["cells"] = buffer(ws, f"{p}.c", (V, T, B, H), dt)
             self._lstm_forward(A, b_hh, W_hhT, Hs, c["gates"], c["extra"], c["cells"], probe, at)
         else:
-            c["extra"] = np.empty((V, T, B, 3 * H), dtype=self.dtype)  # h W_hh^T + b_hh per step
+            c["extra"] = buffer(ws, f"{p}.hh", (V, T, B, 3 * H), dt)  # h W_hh^T + b_hh per step
             self._gru_forward(A, b_hh, W_hhT, Hs, c["gates"], c["extra"], probe, at)
         return c
 
@@ -249,7 +253,8 @@ class Recurrent:
 
     # ------------------------------------------------------------------ backward
     def backward(self, params: dict[str, np.ndarray], cache: dict, dout: np.ndarray,
-                 probe: Probe = None, dh_norms: Optional[dict] = None) -> dict[str, np.ndarray]:
+                 probe: Probe = None, dh_norms: Optional[dict] = None,
+                 ws: Optional[Workspace] = None) -> dict[str, np.ndarray]:
         """Gradients of every parameter by backpropagation through time (truncated every
         `tbptt` steps when set). With `dh_norms` (a dict), stores for each layer the per-step
         norm of dL/dh_t, (V, T) float64: the gradient flowing back through time."""
@@ -258,7 +263,8 @@ class Recurrent:
         V, T, B, H = top.shape
         W = params["head.W"]
         grads: dict[str, np.ndarray] = {}
-        dH = np.zeros((V, T, B, H), dtype=self.dtype)
+        name = f"{self.kind}.{self.depth - 1}.dH"
+        dH = (buffer if self.per_step else zeros)(ws, name, (V, T, B, H), self.dtype)
         if self.per_step:
             flat = top.reshape(V, T * B, H)
             grads["head.W"] = np.matmul(_t(flat), dout.reshape(V, T * B, -1))
@@ -273,22 +279,22 @@ class Recurrent:
             probe("head.b", grads["head.b"])
         for l in range(self.depth - 1, -1, -1):
             p = f"{self.kind}.{l}"
-            dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0)
+            dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0, ws=ws)
             if dh_norms is not None:  # dH now holds the total dL/dh_t of every step
                 dh_norms[p] = row_norms(dH.reshape(V, T, B * H))
             dH = dH_below
         return {name: grads[name] for name in self.shapes}
 
     def _layer_backward(self, params, p: str, c: dict, dH: np.ndarray, grads: dict,
-                        probe: Probe, need_dx: bool) -> Optional[np.ndarray]:
+                        probe: Probe, need_dx: bool, ws: Optional[Workspace] = None) -> Optional[np.ndarray]:
         """One layer's BPTT. `dH` (V, T, B, H) holds dL/dh_t from above and is overwritten
         with the total dL/dh_t; the weight gradients go into `grads`; returns dL/d(input).
         Every per-step product goes into a preallocated buffer: no temporaries in the loop."""
         W_ih, W_hh = c["W_ih"], c["W_hh"]  # as the forward pass used them (lstm: reordered)
         Hs, gates, extra, cells, seq = c["H"], c["gates"], c["extra"], c["cells"], c["seq"]
         V, T, B, Hd = Hs.shape
-        dA = np.empty_like(c["A"])  # d(loss)/d(input projection) at every step
-        dGh = np.empty_like(dA) if self.kind == "gru" else dA  # the recurrent part's (differs for gru)
+        dA = buffer(ws, f"{p}.dA", c["A"].shape, self.dtype)  # d(loss)/d(input projection) at every step
+        dGh = buffer(ws, f"{p}.dGh", dA.shape, self.dtype) if self.kind == "gru" else dA  # the recurrent part's (differs for gru)
         dh_next = np.zeros((V, B, Hd), dtype=self.dtype)
         dc_next = np.zeros((V, B, Hd), dtype=self.dtype) if self.kind == "lstm" else None
         s1 = np.empty((V, B, Hd), dtype=self.dtype)
@@ -389,8 +395,10 @@ class Recurrent:
             layer = {k: v[:, back] for k, v in layer.items()}
         for k, v in layer.items():
             grads[f"{p}.{k}"] = v
-        if need_dx:
-            return np.matmul(dA_f, W_ih).reshape(V, T, B, -1)
+        if need_dx:  # the layer below's dL/dh, from above
+            dx = buffer(ws, f"{self.kind}.{int(p.split('.')[-1]) - 1}.dH", (V, T, B, W_ih.shape[-1]), self.dtype)
+            np.matmul(dA_f, W_ih, out=dx.reshape(V, TB, -1))
+            return dx
         return None
 
     def _probe_step(self, p, t, probe, dA_t, dGh_t, h_prev, x_t) -> None:

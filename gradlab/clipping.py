@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,14 +28,24 @@ def _scale(grads: Grads, coef: np.ndarray) -> None:
     """Multiply each variant's gradients by its coefficient, in place, in their own dtype."""
     if np.all(coef == 1.0):
         return
+    shaped: dict[tuple, list[np.ndarray]] = {}  # the factors per (dtype, ndim): made once a step
     for g in grads.values():
-        factors = [coef]
-        if coef.min() < np.finfo(g.dtype).tiny:
-            # A subnormal factor has few significant bits (a 1e20 gradient clipped to 0.03
-            # in float32): apply its square root twice instead.
-            factors = [np.sqrt(coef)] * 2
+        factors = shaped.get((g.dtype, g.ndim))
+        if factors is None:
+            factors = [coef]
+            if coef.min() < _smallest_normal(g.dtype):
+                # A subnormal factor has few significant bits (a 1e20 gradient clipped to 0.03
+                # in float32): apply its square root twice instead.
+                factors = [np.sqrt(coef)] * 2
+            factors = shaped[(g.dtype, g.ndim)] = [
+                f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)) for f in factors]
         for f in factors:
-            np.multiply(g, f.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)), out=g)
+            np.multiply(g, f, out=g)
+
+
+@lru_cache(maxsize=None)
+def _smallest_normal(dtype: np.dtype) -> float:
+    return float(np.finfo(dtype).tiny)
 
 
 # --------------------------------------------------------------------------- rules

@@ -3,7 +3,7 @@
 Every case must end with exit code 2 and exactly one line on stderr that starts with the place
 of the problem (file, line, key path, or the option), with no traceback, nothing written
 (neither under --out nor in the working directory) and within 2 s: a robustness bound that
-catches hangs and alias bombs, not a benchmark.
+catches hangs and alias bombs, not a benchmark (see within_time for what is measured).
 
 A case is data: its args and expected message are in CASES below; its config is a file in
 tests/bad_inputs/ ({bad}) or, where a committed file makes no sense (binary, UTF-16, 10 MB),
@@ -114,8 +114,8 @@ def file_system_error(code: int, experiment: bool = False) -> Callable:
     return setup
 
 
-def experiment_like(config: Optional[str], runs: bool = False) -> Callable:
-    """A directory under tmp/exp: with a given config.yaml (None: none at all)."""
+def experiment_like(config: Optional[str]) -> Callable:
+    """A directory tmp/exp of someone's own files, with this config.yaml (None: none at all)."""
     def setup(tmp: Path, monkeypatch) -> None:
         d = tmp / "exp"
         (d / "runs" / "none-s0").mkdir(parents=True)

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from .config import ExperimentConfig
+from .errors import UserError
 
 _FLUSH_EVERY = 25  # steps between progress messages: one pipe write per 25 steps is cheap
 
@@ -71,6 +72,9 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
         seed, todo = item
         try:
             train_plan(cfg, exp, seed, todo, lockstep, advance)
+        except UserError as exc:  # a full disk, a read-only folder: the user's to fix, exit 2
+            events.put(("user_error", exc))
+            return
         except Exception as exc:  # a bug: the parent raises it with this traceback
             events.put(("error", f"seed {seed}: {exc!r}\n{traceback.format_exc()}"))
             return
@@ -107,6 +111,8 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
                 progress.advance(payload)
             elif kind == "done":
                 remaining -= 1
+            elif kind == "user_error":
+                raise payload
             else:
                 raise RuntimeError(f"a worker failed on {payload}")
         ok = True

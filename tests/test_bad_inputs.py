@@ -456,8 +456,6 @@ def test_a_user_error_crosses_a_process_boundary_whole():
     assert isinstance(copy.__cause__, OSError) and copy.__cause__.errno == errno.ENOSPC
 
 
-@pytest.mark.xfail(strict=True, reason="gradlab/workers.py reports a worker's UserError as a RuntimeError (a bug, "
-                                       "exit 1); it should send the UserError itself to the parent, which raises it")
 def test_disk_full_in_worker_processes_is_exit_2(tmp_path, monkeypatch, capsys):
     args = [*TINY[:-1], "2"]  # --workers 2: seeds in forked processes
     real_fsync, writes = os.fsync, []

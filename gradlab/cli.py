@@ -261,9 +261,9 @@ def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None) -> No
     con = _console()
     con.print(table)
     con.print(findings(reports), soft_wrap=True)
-    import yaml
+    from .io import read_yaml
 
-    swept = sweep_finding(reports, yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8")))
+    swept = sweep_finding(reports, read_yaml(exp / "config.yaml"))
     if swept:
         con.print(swept, soft_wrap=True)
     missing = missing_runs(exp, reports)

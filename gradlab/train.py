@@ -113,7 +113,19 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
 
     Returns one RunResult per variant, in the order given. `indices` are the variants'
     positions in the config's clipping list (they only label the results).
+
+    BLAS runs on one thread here, whatever the process asked for: OpenBLAS adds up a matrix
+    product in another order on two threads than on one, so a run's numbers would otherwise
+    depend on `--workers` and on the machine's core count. Seeds use the cores instead.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _train_seed(cfg, seed, clips, indices, on_step)
+
+
+def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
+                indices: Sequence[int] | None, on_step: Callable[[int], None] | None) -> list[RunResult]:
     clips = list(cfg.clipping) if clips is None else list(clips)
     indices = list(range(len(clips))) if indices is None else list(indices)
     order = group_order(clips)  # variants sharing a rule sit together: views, not copies

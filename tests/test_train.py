@@ -247,3 +247,22 @@ def test_a_workspace_reuses_buffers_and_changes_no_number(kind):
     if kind == "mlp":  # every gradient buffer is the same object on the second step
         assert runs[0][2] == runs[1][2]
     assert ws.nbytes > 0
+
+
+def test_numbers_do_not_depend_on_the_blas_thread_count():
+    """OpenBLAS sums in another order on one thread than on two (float32 products differ by
+    1e-5 here): train_seed pins one thread, so `--workers`, the machine's core count and a
+    notebook's BLAS settings cannot change a run's numbers."""
+    from threadpoolctl import threadpool_limits
+
+    cfg = ExperimentConfig.model_validate(dict(
+        name="threads", seeds=[0],
+        model=dict(kind="mlp", depth=4, width=64, activation="tanh"),
+        task=dict(kind="spirals", batch_size=128),
+        train=dict(steps=30, optimizer=dict(kind="sgd", lr=0.1, momentum=0.9)),
+        clipping=[dict(method="none"), dict(method="norm", max_norm=1.0)]))
+    runs = {}
+    for n in (1, 2):
+        with threadpool_limits(n, user_api="blas"):
+            runs[n] = [r.metrics_rows for r in train_seed(cfg, 0)]
+    assert runs[1] == runs[2]

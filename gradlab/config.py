@@ -765,6 +765,10 @@ def task_dims(task: Any) -> tuple[int, int]:
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+# Arrays of width H that a recurrent layer keeps per time step and example (models/recurrent.py):
+# G each for the input projection, the gates (not rnn), their gradients and those laid side by
+# side (gru: twice, and W_hh h per step); then h, dL/dh, h laid side by side (lstm: c, tanh c too).
+_STEP_BUFFERS = {"rnn": 3 * 1 + 3, "lstm": 4 * 4 + 5, "gru": 7 * 3 + 3}
 
 
 def _parameter_count(cfg: ExperimentConfig) -> int:
@@ -787,7 +791,7 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     if m.kind == "mlp":
         saved = 3 * m.width * m.depth
     else:
-        saved = cfg.task.seq_len * m.width * m.depth * (2 * _GATES[m.kind] + 4)
+        saved = cfg.task.seq_len * m.width * m.depth * _STEP_BUFFERS[m.kind]
     arrays = 4 * _parameter_count(cfg) + cfg.task.batch_size * saved
     metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 10)
     return _ITEMSIZE[cfg.train.dtype] * v * arrays + metrics

@@ -42,15 +42,11 @@ def run_dir(exp: Path, rid: str) -> Path:
     return exp / "runs" / rid
 
 
-def run_state(exp: Path, rid: str) -> str:
-    """`complete`, `missing` (never finished: no report.json) or `damaged` (its files do not
-    agree: an unreadable report.json, a metrics.csv cut short, from a disk or a hand)."""
-    return check_run(exp, rid)[0]
-
-
 def check_run(exp: Path, rid: str) -> tuple[str, str]:
-    """(state, what is wrong): the state as in run_state and, for a damaged run, the file and
-    its fault, e.g. `metrics.csv: 11 rows where report.json says 12`."""
+    """(state, what is wrong). The state is `complete`, `missing` (never finished: no
+    report.json) or `damaged` (its files do not agree: an unreadable report.json, a
+    metrics.csv cut short, from a disk or a hand); for a damaged run, the file and its fault,
+    e.g. `metrics.csv: 11 rows where report.json says 12`."""
     state, why, _ = _check_run(exp, rid)
     return state, why
 
@@ -157,10 +153,6 @@ def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...]) -> 
     if rows is not None and not _NUMBERS.fullmatch(text, len(header) + 1):
         return "a value is not a number"
     return ""
-
-
-def is_complete(exp: Path, rid: str) -> bool:
-    return run_state(exp, rid) == "complete"
 
 
 def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,

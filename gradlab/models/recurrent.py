@@ -33,12 +33,6 @@ def _t(a: np.ndarray) -> np.ndarray:
     return a.swapaxes(-1, -2)
 
 
-def _gates(a: np.ndarray, n: int) -> list[np.ndarray]:
-    """The n gate blocks of the last axis, as views (np.split costs more Python per call)."""
-    H = a.shape[-1] // n
-    return [a[..., k * H:(k + 1) * H] for k in range(n)]
-
-
 def _sigmoid(a: np.ndarray) -> np.ndarray:
     """In place: 1 / (1 + exp(-a)). NumPy vectorises float32 exp but not tanh, so this is about
     twice as fast as the tanh form. exp(-a) overflows to inf below a = -88 (float32), which

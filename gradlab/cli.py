@@ -191,11 +191,12 @@ def validate(
 ExperimentArg = typer.Argument(None, help="Experiment directory (default: the most recent under --out).")
 
 
-def _experiment(experiment: Optional[Path], out: Path) -> Path:
-    """The experiment directory to plot or report on, refused (before anything is written into
-    it) unless its config.yaml is the resolved config gradlab wrote."""
+def _experiment(experiment: Optional[Path], out: Path, doing: str) -> tuple[Path, list]:
+    """The experiment directory to plot or report on and its complete runs' reports. Refused
+    (before anything is written into it) unless its config.yaml is the resolved config gradlab
+    wrote; damaged runs are named in warnings and summary.json is rebuilt."""
     from .config import load_resolved
-    from .experiment import find_experiment
+    from .experiment import complete_runs, find_experiment
 
     exp = find_experiment(experiment, out)
     try:
@@ -203,7 +204,7 @@ def _experiment(experiment: Optional[Path], out: Path) -> Path:
     except UserError as e:
         e.message += f" (is {exp} a gradlab experiment directory?)"
         raise
-    return exp
+    return exp, complete_runs(exp, doing, _QuietProgress().warn)
 
 
 @app.command()
@@ -212,11 +213,10 @@ def plot(
     out: Path = OutOpt,
 ) -> None:
     """(Re)draw every plot of an experiment from its directory."""
-    from .experiment import complete_runs, finish
+    from .experiment import finish
     from .report import missing_runs
 
-    exp = _experiment(experiment, out)
-    reports = complete_runs(exp, "plot", _QuietProgress().warn)  # damaged runs named, summary.json rebuilt
+    exp, reports = _experiment(experiment, out, "plot")
     for p in finish(exp, reports=reports):
         print(p)
     missing = missing_runs(exp, reports)
@@ -230,11 +230,9 @@ def report(
     out: Path = OutOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
-    from .experiment import complete_runs
     from .report import write_report
 
-    exp = _experiment(experiment, out)
-    reports = complete_runs(exp, "report", _QuietProgress().warn)  # damaged runs named, summary.json rebuilt
+    exp, reports = _experiment(experiment, out, "report")
     write_report(exp, reports)
     _print_outcome(exp, quiet=False, reports=reports)
 

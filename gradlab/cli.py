@@ -196,7 +196,7 @@ def _experiment(experiment: Optional[Path], out: Path, doing: str) -> tuple[Path
     (before anything is written into it) unless its config.yaml is the resolved config gradlab
     wrote; damaged runs are named in warnings and summary.json is rebuilt."""
     from .config import load_resolved
-    from .experiment import complete_runs, find_experiment
+    from .experiment import check_config, complete_runs, find_experiment
 
     exp = find_experiment(experiment, out)
     try:
@@ -204,6 +204,7 @@ def _experiment(experiment: Optional[Path], out: Path, doing: str) -> tuple[Path
     except UserError as e:
         e.message += f" (is {exp} a gradlab experiment directory?)"
         raise
+    check_config(exp)
     return exp, complete_runs(exp, doing, _QuietProgress().warn)
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import codecs
 import difflib
-import hashlib
-import json
 import math
 import os
 import re
@@ -20,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gradlab.errors import UserError
-from gradlab.io import json_safe
+from gradlab.io import data_hash
 
 Activation = Literal["tanh", "relu", "sigmoid", "gelu", "identity"]
 InitScheme = Literal["normal", "xavier", "he", "orthogonal"]
@@ -888,8 +886,7 @@ def load_resolved(path: Union[str, os.PathLike]) -> ExperimentConfig:
 
 def config_hash(cfg: ExperimentConfig) -> str:
     """First 8 hex digits of the sha256 of the canonical JSON of the resolved config."""
-    text = json.dumps(json_safe(cfg.resolved()), sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return data_hash(cfg.resolved())
 
 
 def experiment_dir(cfg: ExperimentConfig, out: Union[str, os.PathLike] = "outputs") -> Path:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from . import io
-from .config import ExperimentConfig, dump_yaml, experiment_dir, run_id
+from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
 from .errors import UserError
+from .records import METRIC_COLUMNS, summarize
 
 
 @dataclass
@@ -42,16 +43,52 @@ def run_dir(exp: Path, rid: str) -> Path:
     return exp / "runs" / rid
 
 
-def check_run(exp: Path, rid: str) -> tuple[str, str]:
+def check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, str]:
     """(state, what is wrong). The state is `complete`, `missing` (never finished: no
     report.json) or `damaged` (its files do not agree: an unreadable report.json, a
     metrics.csv cut short, from a disk or a hand); for a damaged run, the file and its fault,
-    e.g. `metrics.csv: 11 rows where report.json says 12`."""
-    state, why, _ = _check_run(exp, rid)
+    e.g. `metrics.csv: 11 rows where report.json says 12`. `config`: the experiment's hash8;
+    a run that records another was computed from another config (a folder copied in)."""
+    state, why, _ = _check_run(exp, rid, config)
     return state, why
 
 
-def _check_run(exp: Path, rid: str) -> tuple[str, str, Optional[dict]]:
+def config_hash_of(exp: Path) -> Optional[str]:
+    """The hash of the experiment's config.yaml as it is on disk (None when unreadable): the
+    directory's hash8 unless someone edited the file."""
+    import yaml
+
+    try:
+        return io.data_hash(io.read_yaml(exp / "config.yaml"))
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return None
+
+
+def check_config(exp: Path) -> None:
+    """Refuse an experiment whose config.yaml is not the config its runs came from (edited by
+    hand): its report and plots would describe another experiment. The directory's hash8
+    names the config, and so does every run since runs record it (a renamed directory)."""
+    h = config_hash_of(exp)
+    named = re.fullmatch(r".+-([0-9a-f]{8})", exp.name)
+    if named and named.group(1) != h:
+        was = f"the directory's name says {named.group(1)}"
+    else:
+        recorded = set()
+        for path in (exp / "runs").glob("*/report.json"):
+            try:
+                recorded.add(io.read_json(path).get("config_hash"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        recorded.discard(None)
+        if not recorded or h in recorded:
+            return
+        was = f"its runs say {', '.join(sorted(recorded)[:3])}"
+    raise UserError(f"edited after its runs were computed (its hash is {h}; {was}), so the report would describe "
+                    "another experiment; restore it, or run the edited config to compute its own runs",
+                    file=str(exp / "config.yaml"))
+
+
+def _check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, str, Optional[dict]]:
     d = run_dir(exp, rid)
     if not (d / "report.json").is_file():
         return "missing", "", None
@@ -60,13 +97,19 @@ def _check_run(exp: Path, rid: str) -> tuple[str, str, Optional[dict]]:
     except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return "damaged", "report.json: not readable JSON (cut short or overwritten)", None
     why = _report_problem(rep, rid)
+    if not why and config is not None and rep.get("config_hash", config) != config:
+        why = f"it was computed from another config ({rep['config_hash']}, not this experiment's {config})"
     if why:
         return "damaged", f"report.json: {why}", None
     rows = rep["steps_completed"] + (1 if rep["diverged"] else 0)
+    metrics: list = []
     for name, required in (("metrics.csv", METRIC_COLUMNS), ("layer_norms.csv", ("step",))):
-        why = _csv_problem(d / name, rows, required)
+        why = _csv_problem(d / name, rows, required, metrics if name == "metrics.csv" else None)
         if why:
             return "damaged", f"{name}: {why}", None
+    why = _outcome_problem(rep, *metrics)
+    if why:
+        return "damaged", why, None
     if (d / "bptt_norms.csv").exists():  # recurrent models only
         why = _csv_problem(d / "bptt_norms.csv", None, ("step", "layer", "t", "grad_norm"))
         if why:
@@ -74,8 +117,21 @@ def _check_run(exp: Path, rid: str) -> tuple[str, str, Optional[dict]]:
     return "complete", "", rep
 
 
-# SPEC.md's columns of metrics.csv (gradlab.metrics has them too, but imports NumPy).
-METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
+def _outcome_problem(rep: dict, columns: list[str], rows: list[list[float]]) -> str:
+    """Where report.json's outcome disagrees with its own metrics.csv (an edited number, or
+    files of two different runs), or "". The report was derived from these rows by the same
+    `summarize`, so any difference is damage, however small."""
+    derived = summarize(columns, rows)
+    if rep["diverged"] and rep["divergence_step"] != len(rows) - 1:
+        return (f"report.json and metrics.csv disagree (`divergence_step` {rep['divergence_step']}, "
+                f"last step {len(rows) - 1})")
+    for key, value in derived.items():
+        if io.json_safe(value) != rep.get(key, value if key == "final_accuracy" else None):
+            return (f"report.json and metrics.csv disagree (`{key}`: {rep.get(key)} in report.json, "
+                    f"{io.json_safe(value)} from metrics.csv)")
+    return ""
+
+
 _NUMBERS = re.compile(r"[-+0-9.eEinfa,\n]*")  # digits, nan, inf, separators: what write_csv writes
 
 
@@ -100,7 +156,7 @@ _REPORT_FIELDS = (
     ("first_nonfinite", lambda x: x is None or (isinstance(x, dict) and _is_int(x.get("step"))
                                                 and isinstance(x.get("phase"), str) and isinstance(x.get("where"), str)),
      "null or an object with step, phase and where"),
-    ("max_grad_norm", _is_number, "a number"),
+    ("max_grad_norm", lambda x: x is None or _is_number(x), "a number or null"),
     ("final_loss", lambda x: x is None or _is_number(x), "a number or null"),
     ("steps_completed", lambda x: _is_int(x) and x >= 0, "a non-negative integer"),
     ("clip_fraction", lambda x: _is_number(x) and not isinstance(x, str), "a number"),
@@ -126,9 +182,11 @@ def _report_problem(rep, rid: str) -> str:
     return ""
 
 
-def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...]) -> str:
+def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...],
+                 parsed: Optional[list] = None) -> str:
     """What is wrong with a CSV that write_csv wrote, or "": its header, the number of its
-    rows (when known), the values in each row, steps counting 0, 1, 2, ... (numeric files)."""
+    rows (when known), the values in each row, steps counting 0, 1, 2, ... (numeric files).
+    With `parsed` (a numeric file), its header and rows of floats are appended to it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -152,17 +210,22 @@ def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...]) -> 
             return f"row {i + 1} is not step {i}"
     if rows is not None and not _NUMBERS.fullmatch(text, len(header) + 1):
         return "a value is not a number"
+    if parsed is not None:
+        try:
+            parsed += [columns, [[float(v) for v in line.split(",")] for line in lines]]
+        except ValueError:  # characters of numbers in an order that is not one (`1e.-`)
+            return "a value is not a number"
     return ""
 
 
 def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
          warn: Callable[[str], None] = lambda text: None) -> list[SeedPlan]:
     """Which runs of each seed are complete and which are to compute; damaged runs are redone."""
-    plans = []
+    plans, h = [], config_hash(cfg)
     for seed in cfg.seeds:
         p = SeedPlan(seed, [])
         for i, c in enumerate(cfg.clipping):
-            state, why = ("missing", "") if force else check_run(exp, run_id(c, seed))
+            state, why = ("missing", "") if force else check_run(exp, run_id(c, seed), h)
             if state == "damaged":
                 warn(f"run {run_id(c, seed)}: its files are damaged ({why}); computing it again")
             (p.done if state == "complete" else p.todo).append(i)
@@ -195,8 +258,9 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     return exp
 
 
-def write_run(exp: Path, result) -> None:
-    """A run's three files; report.json last, since its presence marks the run complete."""
+def write_run(exp: Path, result, config: str) -> None:
+    """A run's three files; report.json last, since its presence marks the run complete.
+    `config`: the experiment's hash8, recorded so that a run always names its config."""
     d = run_dir(exp, result.run_id)
     for leftover in d.glob(".*.tmp"):  # from a process killed mid-write
         leftover.unlink(missing_ok=True)
@@ -204,16 +268,16 @@ def write_run(exp: Path, result) -> None:
     io.write_csv(d / "layer_norms.csv", ["step", *result.param_names], result.layer_rows)
     if result.flow_rows:
         io.write_csv(d / "bptt_norms.csv", ["step", "layer", "t", "grad_norm"], result.flow_rows)
-    io.write_json(d / "report.json", result.report())
+    io.write_json(d / "report.json", {**result.report(), "config_hash": config})
 
 
 def collect_reports(exp: Path, damaged: Optional[list[tuple[str, str]]] = None) -> list[dict]:
     """Every complete run's report, in config order (seed, then variant). Damaged runs are
     left out (and redone by the next run); with `damaged`, (run id, what is wrong) of each
     is appended to it."""
-    reports = []
+    reports, h = [], config_hash_of(exp)
     for path in sorted((exp / "runs").glob("*/report.json")):
-        state, why, rep = _check_run(exp, path.parent.name)
+        state, why, rep = _check_run(exp, path.parent.name, h)
         if state == "complete":
             reports.append(rep)
         elif damaged is not None:
@@ -309,6 +373,7 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], loc
     from .train import train_seed  # the engine is needed only here, not by `validate`
 
     groups = [todo] if lockstep else [[i] for i in todo]
+    h = config_hash(cfg)
     for group in groups:
         done = 0
 
@@ -318,7 +383,7 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], loc
             advance(1)
 
         for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
-            write_run(exp, r)
+            write_run(exp, r, h)
         advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
 
 
@@ -409,14 +474,16 @@ def finish(exp: Path, plots: bool = True, only_stale: bool = False,
 
 
 def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
-    """An experiment directory given on the command line, or the most recent under `out`."""
+    """An experiment directory given on the command line, or the one under `out` whose last
+    run was written most recently (config.yaml is written once, so its time says nothing of
+    a rerun or --force)."""
     if path is None:
         root = Path(out)
-        cands = [d for d in root.glob("*/config.yaml")] if root.is_dir() else []
+        cands = [d.parent for d in root.glob("*/config.yaml")] if root.is_dir() else []
         if not cands:
             raise UserError(f"no experiment found under {root}/; run `gradlab run CONFIG` first",
                             file=str(root))
-        return max(cands, key=lambda p: p.stat().st_mtime).parent
+        return max(cands, key=last_written)
     path = Path(path)
     if not path.exists():
         raise UserError("no such experiment directory", file=str(path))
@@ -425,3 +492,14 @@ def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
     if not (path / "config.yaml").is_file():
         raise UserError("not a gradlab experiment directory (no config.yaml)", file=str(path))
     return path
+
+
+def last_written(exp: Path) -> float:
+    """When the experiment's newest run (or, before any, its config.yaml) was written."""
+    times = []
+    for path in [exp / "config.yaml", *(exp / "runs").glob("*/report.json")]:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    return max(times, default=0.0)

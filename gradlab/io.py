@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -114,6 +115,14 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def data_hash(data: Any) -> str:
+    """First 8 hex digits of the sha256 of the canonical JSON of plain data. Of a resolved
+    config it is the experiment's hash8; of an experiment's config.yaml as read back, the
+    same hash, unless the file was edited (the schema of a later gradlab plays no part)."""
+    text = json.dumps(json_safe(data), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
 
 
 def as_float(x: Any) -> Optional[float]:

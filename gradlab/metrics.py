@@ -13,9 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .clipping import ClipStats
-
-METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
-INTEGER_COLUMNS = ("clipped", "nonfinite")
+from .records import INTEGER_COLUMNS, METRIC_COLUMNS, summarize
 
 
 @dataclass
@@ -95,18 +93,6 @@ class Recorder:
                 for t, x in enumerate(a)]
 
     def summary(self, v: int) -> dict:
-        """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy)."""
-        n = int(self.rows[v])
-        vals = self.values[:n, v]
-        healthy = vals[vals[:, 6] == 0]
-        g = vals[:, 1][np.isfinite(vals[:, 1])]
-        loss = healthy[:, 0][np.isfinite(healthy[:, 0])]
-        out = {
-            "max_grad_norm": float(g.max()) if g.size else math.nan,
-            "final_loss": float(loss[-1]) if loss.size else None,
-            "steps_completed": int(len(healthy)),
-            "clip_fraction": float(healthy[:, 4].mean()) if len(healthy) else 0.0,
-        }
-        if "accuracy" in self.columns:
-            out["final_accuracy"] = float(healthy[-1, 7]) if len(healthy) else None
-        return out
+        """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy),
+        from the rows metrics.csv gets, by the rule the run store checks them with."""
+        return summarize(self.columns, self.metrics_rows(v))

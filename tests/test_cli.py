@@ -202,3 +202,21 @@ def test_a_signal_during_a_write_is_delivered_after_it(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
             io.write_text(target, "complete")
     assert target.read_text() == "complete"
+
+
+def test_plot_and_report_without_a_directory_take_the_experiment_run_last(tmp_path, capsys):
+    """`run a; run b; run a --force; plot` plots a: the most recent experiment is the one
+    whose runs were written last, not the one whose config.yaml is newest."""
+    out = tmp_path / "out"
+    small = ["--set", "train.steps=3", "--seeds", "0", "--out", out, "--quiet", "--no-plots"]
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(QUICKSTART.read_text().replace("name: quickstart", "name: exp_a"))
+    b.write_text(QUICKSTART.read_text().replace("name: quickstart", "name: exp_b"))
+    for args in ([a], [b], [a, "--force"]):
+        assert cli("run", *args, *small) == 0
+        time.sleep(0.02)  # distinct file times, even on coarse clocks
+    capsys.readouterr()
+    assert cli("report", "--out", out) == 0
+    assert "exp_a-" in capsys.readouterr().out
+    assert cli("plot", "--out", out) == 0
+    assert "exp_a-" in capsys.readouterr().out

@@ -281,6 +281,15 @@ RUN_DAMAGES = {
     "report-seed-disagrees": ("norm-1-s0", "report.json", _json(_set("seed", 1))),
     "report-first-nonfinite-text": ("none-s0", "report.json", _json(_set("first_nonfinite", "layer3"))),
     "report-divergence-step-null": ("none-s0", "report.json", _json(_set("divergence_step", None))),
+    # Numbers edited by hand: report.json must agree with its own metrics.csv.
+    "report-final-loss-edited": ("norm-1-s0", "report.json", _json(_set("final_loss", 0.001))),
+    "report-max-grad-norm-edited": ("norm-1-s0", "report.json", _json(_set("max_grad_norm", 1.0))),
+    "report-clip-fraction-edited": ("norm-1-s0", "report.json", _json(_set("clip_fraction", 0.0))),
+    "report-divergence-step-moved": ("none-s0", "report.json", _json(
+        lambda rep: {**rep, "divergence_step": rep["divergence_step"] - 1, "steps_completed": rep["steps_completed"],
+                     "first_nonfinite": {**rep["first_nonfinite"], "step": rep["divergence_step"] - 1}})),
+    "metrics-last-loss-edited": ("norm-1-s0", "metrics.csv", _row(-2, lambda line: line.split(",", 1)[0] + ",0.5"
+                                                              + line[line.index(",", line.index(",") + 1):])),
     "metrics-cut-mid-row": ("norm-1-s0", "metrics.csv", lambda b: b[:-4]),
     "metrics-last-row-gone": ("norm-1-s0", "metrics.csv", lambda b: b[:b.rstrip(b"\n").rfind(b"\n") + 1]),
     "metrics-extra-column": ("norm-1-s0", "metrics.csv", _row(5, lambda line: line + ",1")),
@@ -315,7 +324,8 @@ def test_a_damaged_run_file_is_named_warned_about_and_redone(clean, exp, capsys,
     capsys.readouterr()
     assert cli("run", config, "--out", exp.parent, "--quiet", "--no-plots") == 0
     err = capsys.readouterr().err
-    assert f"gradlab: warning: run {rid}: its files are damaged ({name}" in err, err
+    named = f"({name}" if "edited" not in case and "moved" not in case else "(report.json and metrics.csv disagree"
+    assert f"gradlab: warning: run {rid}: its files are damaged {named}" in err, err
     assert err.count("warning") == 1 and "Traceback" not in err, err
     assert results(exp) == results(clean_exp)  # redone, same numbers; summary rebuilt
 
@@ -448,3 +458,57 @@ def test_plot_and_report_with_no_complete_run_exit_2_with_one_line(exp, capsys, 
     err = capsys.readouterr().err
     assert err.strip() == f"gradlab: error: {exp}: no complete run to {command} yet (6 not finished, 1 of them damaged)"
     assert snapshot(exp) == before  # nothing written
+
+
+# ----------------------------------------------------------------------------- hand-edited files
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["in-place", "renamed-directory"])
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_an_edited_config_yaml_is_refused_not_believed(exp, capsys, command, renamed):
+    """The runs came from the config the directory is named after: a config.yaml edited by
+    hand would put another experiment's settings in the report's header and plot titles."""
+    if renamed:  # the hash8 in the name is gone; the runs still record their config
+        exp = exp.rename(exp.parent / "my-results")
+    path = exp / "config.yaml"
+    path.write_text(path.read_text().replace("lr: 0.03", "lr: 0.3"))
+    before = snapshot(exp)
+    capsys.readouterr()
+    assert cli(command, exp) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gradlab: error: {path}: edited after its runs were computed") and err.count("\n") == 1, err
+    assert snapshot(exp) == before
+
+
+def test_a_renamed_experiment_with_its_config_intact_is_still_shown(exp, capsys):
+    exp = exp.rename(exp.parent / "my-results")
+    assert cli("report", exp) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_run_folder_copied_from_another_experiment_is_damaged(exp, capsys, tmp_path):
+    """A run records the hash of its config: one computed from another config is not this
+    experiment's, however well-formed its files are."""
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.replace("lr: 0.03", "lr: 0.02"))
+    assert cli("run", other, "--out", tmp_path / "o", "--quiet", "--no-plots") == 0
+    (other_exp,) = (tmp_path / "o").iterdir()
+    shutil.rmtree(exp / "runs" / "norm-1-s0")
+    shutil.copytree(other_exp / "runs" / "norm-1-s0", exp / "runs" / "norm-1-s0")
+    capsys.readouterr()
+    assert cli("report", exp) == 0
+    err = capsys.readouterr().err
+    assert f"run norm-1-s0: its files are damaged (report.json: it was computed from another config ({other_exp.name[-8:]}" in err, err
+
+
+def test_a_run_diverged_at_step_0_has_null_for_every_value_it_never_had(tmp_path, capsys):
+    """No finite gradient norm and no loss: both null in report.json, `-` in the table."""
+    config = tmp_path / "zero.yaml"
+    config.write_text(TINY.replace("gain: 1.0", "gain: 1.0e+30").replace("seeds: [0, 1]", "seeds: [0]"))
+    assert cli("run", config, "--out", tmp_path / "out", "--quiet", "--no-plots") == 0
+    (exp,) = (tmp_path / "out").iterdir()
+    rep = json.loads((exp / "runs" / "none-s0" / "report.json").read_text())
+    assert rep["divergence_step"] == 0 and rep["steps_completed"] == 0
+    assert rep["max_grad_norm"] is None and rep["final_loss"] is None
+    capsys.readouterr()
+    assert cli("report", exp) == 0
+    assert "nan" not in capsys.readouterr().out

@@ -1,0 +1,43 @@
+"""What a run's outcome is, derived from its per-step records alone.
+
+The training loop (metrics.Recorder) and the run store's damage check (experiment.check_run)
+both derive report.json's outcome fields from the rows of metrics.csv through `summarize`,
+so a report.json edited by hand, or a metrics.csv from another run, disagrees with it and
+is caught. Pure Python: the check runs in `plot` and `report`, which need no NumPy for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+# SPEC.md's columns of metrics.csv, in order; `accuracy` follows for classification tasks.
+METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
+INTEGER_COLUMNS = ("clipped", "nonfinite")
+OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy")
+
+
+def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
+    """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy).
+
+    A step is healthy when nothing in it was non-finite; the row of the step a run diverged
+    at is kept for its gradient norm but not for its loss. A value that never existed (a run
+    that diverged at step 0 has no finite gradient norm and no loss) is None, written as
+    null: never "nan", so that "no value" reads the same in every field.
+    """
+    at = {c: i for i, c in enumerate(columns)}
+    healthy = [r for r in rows if r[at["nonfinite"]] == 0]
+    norms = [r[at["grad_norm"]] for r in rows if math.isfinite(r[at["grad_norm"]])]
+    losses = [r[at["loss"]] for r in healthy if math.isfinite(r[at["loss"]])]
+    # A count over a count: exact, and the same however the rows are summed.
+    clipped = sum(1 for r in healthy if r[at["clipped"]] == 1)
+    out = {
+        "max_grad_norm": float(max(norms)) if norms else None,
+        "final_loss": float(losses[-1]) if losses else None,
+        "steps_completed": len(healthy),
+        "clip_fraction": clipped / len(healthy) if healthy else 0.0,
+    }
+    if "accuracy" in at:
+        acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
+        out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None
+    return out

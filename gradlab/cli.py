@@ -181,7 +181,9 @@ def validate(
     """Check CONFIG and print its resolved form; trains nothing, writes nothing."""
     cfg = _load(config, set_, seeds)
     from .config import dump_yaml, estimate_memory_bytes, experiment_dir
+    from .experiment import check_writable
 
+    check_writable(out)  # "would write" must be a promise
     runs = len(cfg.clipping) * len(cfg.seeds)
     sys.stdout.write(dump_yaml(cfg))
     print(f"# valid: {runs} run(s) ({len(cfg.clipping)} variant(s) x {len(cfg.seeds)} seed(s)), "
@@ -333,13 +335,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as e:
         _fail(str(e), 2)
     except OSError as e:
-        from .io import ENVIRONMENT_ERRNOS, os_reason
+        from .io import ENVIRONMENT_ERRNOS, os_reason, short_path
 
-        if e.errno not in ENVIRONMENT_ERRNOS:  # disk full, read-only, permissions: not a bug
+        if e.errno not in ENVIRONMENT_ERRNOS:  # disk full, read-only, a bad path: not a bug
             if debug:
                 raise
             _bug(e)
-        _fail(str(UserError(f"cannot write ({os_reason(e)})", file=e.filename)), 2)
+        _fail(str(UserError(os_reason(e), file=short_path(e.filename) if e.filename else None)), 2)
     except (KeyboardInterrupt, typer.Abort) as e:
         from .errors import Terminated
 

@@ -34,6 +34,8 @@ class UserError(Exception):
         where = ""
         if self.file:
             where = str(self.file)
+            if len(where) > 240:  # a path of 4000 characters says no more than its two ends
+                where = f"{where[:118]}...{where[-119:]}"
             if self.line is not None:
                 where += f":{self.line}"
         parts = [p for p in (where, self.key) if p]

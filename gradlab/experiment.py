@@ -236,8 +236,14 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
 def check_writable(out: Path) -> None:
     """Refuse an --out that cannot hold results, before anything is written."""
     out = Path(out)
+    why = io.path_problem(out)
+    if why:
+        raise UserError(f"{io.short_path(out)}: {why}", key="--out")
     probe = out
     while not probe.exists():
+        if probe.is_symlink():  # lexists but not exists: a dangling link or a loop
+            raise UserError(f"{io.short_path(probe)} is a symbolic link that leads nowhere (dangling or a loop)",
+                            key="--out")
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -251,6 +257,11 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     """Create (or reuse) the experiment directory and write its resolved config."""
     check_writable(Path(out))
     exp = experiment_dir(cfg, out)
+    # The deepest file the experiment will write: a path too long is refused now, not mid-run.
+    longest = max((run_id(c, s) for c in cfg.clipping for s in cfg.seeds), key=len)
+    why = io.path_problem(run_dir(exp, longest) / ".layer_norms.csv.12345678.tmp")
+    if why:
+        raise UserError(f"{io.short_path(out)}: too deep for this experiment's files ({why})", key="--out")
     text = dump_yaml(cfg)
     cfg_path = exp / "config.yaml"
     if not cfg_path.is_file() or cfg_path.read_text(encoding="utf-8") != text:
@@ -454,7 +465,10 @@ def experiment_lock(exp: Path) -> Iterator[None]:
             leftover.unlink(missing_ok=True)  # from a process killed mid-write
         yield
     finally:
-        owner.unlink(missing_ok=True)
+        try:
+            owner.unlink(missing_ok=True)
+        except OSError:  # a folder turned read-only: the write that failed first is the news
+            pass
         lock.release()
 
 
@@ -477,6 +491,11 @@ def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
     """An experiment directory given on the command line, or the one under `out` whose last
     run was written most recently (config.yaml is written once, so its time says nothing of
     a rerun or --force)."""
+    for given, what in ((path, None), (out, "--out")):
+        why = io.path_problem(given) if given is not None else None
+        if why:
+            raise UserError(f"{io.short_path(given)}: {why}" if what else why, key=what,
+                            file=None if what else io.short_path(given))
     if path is None:
         root = Path(out)
         cands = [d.parent for d in root.glob("*/config.yaml")] if root.is_dir() else []

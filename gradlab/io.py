@@ -85,8 +85,32 @@ def write_bytes(path: Path, data: bytes) -> None:
             raise
 
 
-# Errors of the file system that the user fixes (space, permissions, mounts), not bugs.
-ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+# Errors of the file system that the user fixes (space, permissions, mounts) and errors of a
+# path the user gave (too long, a file where a folder should be, a symlink loop): not bugs.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                                errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
+
+PATH_MAX, NAME_MAX = 4096, 255  # Linux's; pathconf may say otherwise for a given file system
+
+
+def path_problem(path: Any) -> Optional[str]:
+    """Why no file system would accept `path`, or None: a part longer than the file system
+    allows, or a path longer than the kernel takes. Checked before anything is written,
+    because the OSError would otherwise surface mid-run, far from the option that caused it."""
+    full = os.fsencode(os.path.abspath(path))
+    if len(full) >= PATH_MAX:
+        return f"the path is {len(full)} bytes long; the system allows {PATH_MAX - 1}"
+    for part in Path(path).parts:
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            return f"a part of the path is {n} bytes long; the file system allows {NAME_MAX}"
+    return None
+
+
+def short_path(path: Any, limit: int = 120) -> str:
+    """A path as a message shows it: cut in the middle when longer than `limit`."""
+    text = repr(str(path))[1:-1]  # control characters and undecodable bytes escaped
+    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
 
 
 def os_reason(e: OSError) -> str:
@@ -96,6 +120,8 @@ def os_reason(e: OSError) -> str:
         return f"{what}; free some space and run the same command again"
     if e.errno == errno.EROFS:
         return "read-only file system"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"file name too long (the file system allows {NAME_MAX} bytes a name)"
     if e.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     text = e.strerror or str(e)

@@ -512,3 +512,48 @@ def test_a_run_diverged_at_step_0_has_null_for_every_value_it_never_had(tmp_path
     capsys.readouterr()
     assert cli("report", exp) == 0
     assert "nan" not in capsys.readouterr().out
+
+
+def test_a_folder_turned_read_only_mid_run_names_the_file_that_failed(tmp_path, monkeypatch, capsys):
+    """After the file system turns read-only, every write fails, the lock's owner file
+    among them: the message names the first file that could not be written, not the last,
+    and says how many complete runs were kept."""
+    import errno
+
+    readonly, fsyncs = [False], [0]
+    real = {name: getattr(os, name) for name in ("fsync", "open", "unlink", "replace", "mkdir")}
+
+    def fsync(fd):
+        fsyncs[0] += 1
+        readonly[0] = readonly[0] or fsyncs[0] > 2 + 3 * 3  # config, owner, 3 runs of seed 0
+        if readonly[0]:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real["fsync"](fd)
+
+    def refuse(name):
+        def call(*args, **kwargs):
+            writes = name != "open" or (len(args) > 1 and args[1] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if readonly[0] and writes:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), args[0])
+            return real[name](*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for name in ("open", "unlink", "replace", "mkdir"):
+        monkeypatch.setattr(os, name, refuse(name))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = cli("run", config_path(tmp_path), "--out", out, "--quiet", "--no-plots", "--workers", "1")
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    (exp,) = out.iterdir()
+    assert code == 2, err
+    assert err.startswith(f"gradlab: error: {exp}/runs/none-s1/metrics.csv: cannot write this file "
+                          "(read-only file system)"), err
+    assert err.endswith(f"; 3 complete run(s) kept in {exp}\n") and err.count("\n") == 1, err
+
+
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path

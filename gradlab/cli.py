@@ -139,7 +139,7 @@ def parse_thresholds(text: str) -> list[float]:
 def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], plots: bool = True) -> None:
     """Run an experiment with a progress bar; Ctrl-C -> 130, SIGTERM -> 143, finished runs kept."""
     from .config import experiment_dir
-    from .errors import Terminated
+    from .errors import Terminated, WorkerLost
     from .experiment import collect_reports, run_experiment
 
     progress = _QuietProgress() if quiet else _RichProgress()
@@ -161,6 +161,10 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], p
         if exp.is_dir():
             e.message += f"; {len(collect_reports(exp))} complete run(s) kept in {exp}"
         raise e from None
+    except WorkerLost as e:
+        exp = experiment_dir(cfg, out)
+        n = len(collect_reports(exp)) if exp.is_dir() else 0
+        _fail(f"{e}; {n} complete run(s) kept in {exp}; run the same command to resume", 3)
     except KeyboardInterrupt as e:
         exp = experiment_dir(cfg, out)
         n = len(collect_reports(exp)) if exp.is_dir() else 0

@@ -52,3 +52,25 @@ def _restore(message: str, file: str | None, key: str | None, line: int | None,
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so that it unwinds like Ctrl-C (exit code 143)."""
+
+
+class WorkerLost(Exception):
+    """A worker process died without reporting (kill -9, the OOM killer): not a bug of
+    gradlab's and not bad input, so it has an exit code of its own (3)."""
+
+    def __init__(self, seed: int | None, exitcode: int) -> None:
+        import signal
+
+        self.seed, self.exitcode = seed, exitcode
+        if exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = "an unknown signal"
+            how = f"was killed (signal {-exitcode}, {name})"
+            if -exitcode == signal.SIGKILL:
+                how += ", perhaps by the out-of-memory killer"
+        else:
+            how = f"exited with status {exitcode}"
+        of = f"for seed {seed}" if seed is not None else "between seeds"
+        super().__init__(f"the worker process {of} {how}")

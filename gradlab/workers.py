@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from .config import ExperimentConfig
-from .errors import UserError
+from .errors import UserError, WorkerLost
 
 _FLUSH_EVERY = 25  # steps between progress messages: one pipe write per 25 steps is cheap
 
@@ -70,6 +70,7 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
 
     while (item := next_task()) is not None:
         seed, todo = item
+        events.put(("start", (os.getpid(), seed)))  # so that the parent can name a lost seed
         try:
             train_plan(cfg, exp, seed, todo, lockstep, advance)
         except UserError as exc:  # a full disk, a read-only folder: the user's to fix, exit 2
@@ -98,23 +99,39 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
     progress.note(f"{len(plans)} seed(s) on {workers} worker processes")
     remaining = len(plans)
     ok = False
+    working: dict[int, int] = {}  # pid -> the seed it is training
+
+    def take(kind: str, payload) -> None:
+        nonlocal remaining
+        if kind == "start":
+            working[payload[0]] = payload[1]
+        elif kind == "steps":
+            progress.advance(payload)
+        elif kind == "done":
+            remaining -= 1
+            for pid in [pid for pid, s in working.items() if s == payload]:
+                del working[pid]
+        elif kind == "user_error":
+            raise payload
+        else:
+            raise RuntimeError(f"a worker failed on {payload}")
+
     try:
         while remaining:
             try:
-                kind, payload = events.get(timeout=0.2)
+                take(*events.get(timeout=0.2))
             except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(f"a worker process died (exit code {dead[0].exitcode})") from None
-                continue
-            if kind == "steps":
-                progress.advance(payload)
-            elif kind == "done":
-                remaining -= 1
-            elif kind == "user_error":
-                raise payload
-            else:
-                raise RuntimeError(f"a worker failed on {payload}")
+                pass
+            # Looked at every time, not only when the queue is quiet: the other workers'
+            # progress would otherwise hide a dead one until they had finished.
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                while True:  # what the dead worker said last may still be in the queue
+                    try:
+                        take(*events.get_nowait())
+                    except queue.Empty:
+                        break
+                raise WorkerLost(working.get(dead[0].pid), dead[0].exitcode)
         ok = True
     finally:
         for proc in procs:

@@ -202,6 +202,52 @@ def test_kill_9_of_the_main_process_alone_stops_its_workers(tmp_path):
             pass
 
 
+def _workers_of(pid: int) -> list[int]:
+    """Live child processes of `pid`."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_worker_killed_is_reported_at_once_as_what_it_is(tmp_path):
+    """A worker killed alone (the OOM killer, kill -9) is no bug: the parent says so at once,
+    with the seed and the signal, stops the other worker, keeps the complete runs (exit 3);
+    the same command then resumes."""
+    args = ["run", QUICKSTART, "--seeds", "0,1,2,3", "--set", "train.steps=3000", "--no-plots", "--workers", "2",
+            "--quiet", "--out", tmp_path]
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.5)  # both are training (each seed takes many seconds)
+        victim = min(_workers_of(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - killed
+        assert proc.returncode == 3, err
+        (exp,) = tmp_path.iterdir()
+        assert err.startswith("gradlab: error: the worker process for seed ") and err.count("\n") == 1, err
+        assert "was killed (signal 9, SIGKILL), perhaps by the out-of-memory killer; 0 complete run(s) kept in " \
+            f"{exp}; run the same command to resume" in err, err
+        assert "bug" not in err
+        assert took < 5, f"reported {took:.1f} s after the kill"  # the other seed would take far longer
+        assert not _group_alive(proc.pid)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 # ----------------------------------------------------------------------------- damaged files
 
 # Quickstart's network, 12 steps: none-s0 diverges (step 7), the clipped runs train; one

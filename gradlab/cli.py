@@ -61,6 +61,7 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     con = Console(stderr=stderr, highlight=False)
+    con.on_broken_pipe = _broken_pipe  # Rich would exit 1 on its own; main() knows better
     if not con.is_terminal and "COLUMNS" not in os.environ:
         con.width = 160  # a log file or pipe: do not squeeze the table to 80 columns
     return con
@@ -334,8 +335,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     debug = os.environ.get("GRADLAB_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]
     signal.signal(signal.SIGTERM, _terminated)
+    _standard_streams()
     try:
         app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart from a bug
+    except BrokenPipeError:
+        _pipe_closed()
+    except SystemExit as e:
+        # click turns a closed pipe into exit 1 after swapping in its PacifyFlushWrapper.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _pipe_closed()
+        raise
     except UserError as e:
         _fail(str(e), 2)
     except OSError as e:
@@ -359,6 +369,42 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _bug(e)
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError()
+
+
+def _standard_streams() -> None:
+    """Started with stdout or stderr closed (`>&-`): the output goes nowhere, as if to
+    /dev/null, and the command does its job. Without this a file gradlab opens would take
+    descriptor 1, and print() would fail on Python's None stream."""
+    import fcntl
+
+    for fd, want in ((0, (os.O_RDONLY, os.O_RDWR)), (1, (os.O_WRONLY, os.O_RDWR)), (2, (os.O_WRONLY, os.O_RDWR))):
+        try:
+            usable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in want
+        except OSError:
+            usable = False
+        if not usable:  # closed, or (after `2>&-`) a file the launcher opened read-only took its place
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+def _pipe_closed() -> None:
+    """The reader of stdout went away (`gradlab report | head -1`): not an error of ours.
+    Exit quietly with 141, the status a shell shows for a program ended by SIGPIPE, as
+    `cat` and `git` do; stdout goes to /dev/null so that the exit's flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 def _terminated(signum, frame) -> None:

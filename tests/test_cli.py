@@ -220,3 +220,43 @@ def test_plot_and_report_without_a_directory_take_the_experiment_run_last(tmp_pa
     assert "exp_a-" in capsys.readouterr().out
     assert cli("plot", "--out", out) == 0
     assert "exp_a-" in capsys.readouterr().out
+
+
+PIPE_COMMANDS = {
+    "validate": ["validate", QUICKSTART],
+    "help": ["--help"],
+    "run": ["run", QUICKSTART, *SMALL, "--no-plots"],
+    "report": ["report"],
+    "plot": ["plot"],
+}
+
+
+@pytest.mark.parametrize("command", PIPE_COMMANDS)
+def test_a_reader_gone_from_the_pipe_is_a_quiet_exit_141(experiment, command):
+    """`gradlab report | head -1`: the reader closes the pipe; that is not a bug. Quiet, with
+    the status a shell shows for SIGPIPE, like cat and git, and the work itself done."""
+    args = PIPE_COMMANDS[command] + (["--out", experiment.parent] if command in ("run", "report", "plot") else [])
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte: every write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gradlab.cli", *map(str, args)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141, proc.stderr
+    assert "error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("stream", [1, 2])
+def test_a_closed_standard_stream_is_not_a_bug(tmp_path, stream):
+    """`gradlab validate cfg >&-` (or `2>&-`): the output goes nowhere and the exit status
+    still answers the question: 0 for a valid config, 2 for a missing one."""
+    def close():
+        os.close(stream)
+
+    for config, code in ((QUICKSTART, 0), (tmp_path / "missing.yaml", 2)):
+        proc = subprocess.run([sys.executable, "-m", "gradlab.cli", "validate", str(config)], preexec_fn=close,
+                              timeout=60, cwd=tmp_path,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})
+        assert proc.returncode == code
+    assert not list(tmp_path.glob("gradlab-crash-*"))  # no crash log: no bug

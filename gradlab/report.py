@@ -310,8 +310,8 @@ def _seeds_of(rows: list[SweepRow], all_of: bool) -> str:
 
 
 def _names(rows: list[SweepRow], one_family: bool) -> str:
-    """'no clipping and thresholds 10 and 30' / 'no clipping, norm-10 and value-1'."""
-    parts = ["no clipping"] if any(r.method == "none" for r in rows) else []
+    """'the unclipped baseline and thresholds 10 and 30' / 'the unclipped baseline, norm-10 and value-1'."""
+    parts = ["the unclipped baseline"] if any(r.method == "none" for r in rows) else []
     clipped = [r for r in rows if r.method != "none"]
     if clipped and one_family:
         ts = [_num(r.threshold, "g") for r in clipped]

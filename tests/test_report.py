@@ -72,7 +72,7 @@ def test_some_diverge():
     # The mean final loss is over the seeds that trained; a diverged run's last loss is no result.
     assert table[7] == "| 30 | ok 0.2 | div @ 40 | ok 0.2 | 2/3 | 0.2 | 50% |"
     assert sweep_finding(reports, cfg) == (
-        "Sweep of max_norm over 3 seeds: thresholds <= 1 trained in 3 of 3 seeds; no clipping and threshold 10 "
+        "Sweep of max_norm over 3 seeds: thresholds <= 1 trained in 3 of 3 seeds; the unclipped baseline and threshold 10 "
         "diverged in all 3 seeds (steps 12-19), threshold 30 in 1 of 3 seeds (step 40); the best mean final "
         "loss was at 0.3 (0.041, clipping 50% of steps).")
 
@@ -101,7 +101,7 @@ def test_value_method():
     assert table[0].startswith("| clip_value | seed 0 | seed 1 |")
     assert [row.split(" | ")[0] for row in table[2:]] == ["| none (no clipping)", "| 0.01", "| 0.1", "| 1"]
     assert sweep_finding(reports, cfg) == (
-        "Sweep of clip_value over 2 seeds: thresholds <= 0.1 trained in 2 of 2 seeds; no clipping and threshold 1 "
+        "Sweep of clip_value over 2 seeds: thresholds <= 0.1 trained in 2 of 2 seeds; the unclipped baseline and threshold 1 "
         "diverged in both seeds (steps 5-9); the best mean final loss was at 0.01 (0.07, clipping 90% of steps).")
 
 
@@ -130,7 +130,7 @@ def test_two_methods_are_named_by_variant():
     assert [row.split(" | ")[0] for row in table[2:]] == ["| none (no clipping)", "| norm-1", "| norm-5", "| value-0.1"]
     assert sweep_finding(reports, cfg) == (
         "Sweep of max_norm and clip_value over 1 seed: only max_norm 1 and clip_value 0.1 trained in 1 of 1 "
-        "seed; no clipping and norm-5 diverged in the one seed (steps 3-8); the best mean final loss was at norm-1 "
+        "seed; the unclipped baseline and norm-5 diverged in the one seed (steps 3-8); the best mean final loss was at norm-1 "
         "(0.1, clipping 50% of steps).")
 
 
@@ -169,3 +169,13 @@ def test_report_md_has_the_section_for_a_sweep_only(tmp_path):
     write_experiment(exp, plain, reports)
     text = render(exp, reports)
     assert "## Threshold x seed" not in text and "## Runs" in text
+
+
+def test_the_baseline_alone_diverging_reads_as_the_baseline():
+    """'no clipping diverged in all 3 seeds' read as 'no clipped run diverged': the finding
+    names the unclipped baseline."""
+    cfg = sweep_cfg(thresholds=(1.0, 10.0))
+    reports = [rep(v, s, div=7 if v == "none" else None) for s in (0, 1, 2) for v in ("none", "norm-1", "norm-10")]
+    finding = sweep_finding(reports, cfg)
+    assert "the unclipped baseline diverged in all 3 seeds (step 7)" in finding, finding
+    assert "no clipping" not in finding

@@ -355,7 +355,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             if debug:
                 raise
             _bug(e)
-        _fail(str(UserError(os_reason(e), file=short_path(e.filename) if e.filename else None)), 2)
+        import errno
+
+        doing = "use this path" if e.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR) else "write"
+        _fail(str(UserError(f"cannot {doing} ({os_reason(e)})", file=short_path(e.filename) if e.filename else None)), 2)
     except (KeyboardInterrupt, typer.Abort) as e:
         from .errors import Terminated
 

@@ -71,6 +71,7 @@ WorkersOpt = typer.Option(None, "--workers", min=1, metavar="N",
                           help="Worker processes, one seed each at a time (default: the cores, fewer when memory says so).")
 ForceOpt = typer.Option(False, "--force", help="Recompute runs that are already complete.")
 NoPlotsOpt = typer.Option(False, "--no-plots", help="Skip drawing the plots (`gradlab plot` draws them later).")
+WideOpt = typer.Option(False, "--wide", help="Every column of the table, however wide the terminal (report.md has them all).")
 
 
 @app.command()
@@ -83,9 +84,10 @@ def run(
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     no_plots: bool = NoPlotsOpt,
+    wide: bool = WideOpt,
 ) -> None:
     """Train every run of CONFIG (each clipping variant x each seed) and write the experiment directory."""
-    _execute(_load(config, set_, seeds), out, force, quiet, workers, not no_plots)
+    _execute(_load(config, set_, seeds), out, force, quiet, workers, not no_plots, wide)
 
 
 @app.command()
@@ -101,6 +103,7 @@ def sweep(
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     no_plots: bool = NoPlotsOpt,
+    wide: bool = WideOpt,
 ) -> None:
     """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
     threshold keeps the model stable and what it costs."""
@@ -109,7 +112,8 @@ def sweep(
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
     from .config import load_config
 
-    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, workers, not no_plots)
+    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, workers,
+             not no_plots, wide)
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -137,7 +141,8 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
-def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], plots: bool = True) -> None:
+def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], plots: bool = True,
+             wide: bool = False) -> None:
     """Run an experiment with a progress bar; Ctrl-C -> 130, SIGTERM -> 143, finished runs kept."""
     from .config import experiment_dir
     from .errors import Terminated, WorkerLost
@@ -173,7 +178,7 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], p
         print(f"gradlab: {what}; {n} complete run(s) kept in {exp} (run the same command to resume)",
               file=sys.stderr)
         raise SystemExit(143 if isinstance(e, Terminated) else 130)
-    _print_outcome(exp, quiet)
+    _print_outcome(exp, quiet, wide=wide)
 
 
 @app.command()
@@ -236,46 +241,52 @@ def plot(
 def report(
     experiment: Optional[Path] = ExperimentArg,
     out: Path = OutOpt,
+    wide: bool = WideOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
     from .report import write_report
 
     exp, reports = _experiment(experiment, out, "report")
     write_report(exp, reports)
-    _print_outcome(exp, quiet=False, reports=reports)
+    _print_outcome(exp, quiet=False, reports=reports, wide=wide)
 
 
-def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None) -> None:
+def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide: bool = False) -> None:
     if quiet:
         print(exp)
         return
     from rich.table import Table
 
     from .experiment import collect_reports
-    from .report import columns, findings, missing_runs, sweep_finding, table_rows
+    from .report import findings, missing_runs, sweep_finding, table_rows, terminal_columns
 
     reports = collect_reports(exp) if reports is None else reports
-    # run id already says method, threshold and seed; report.md has every column.
-    cols = columns(reports)
-    keep = [c for c in cols if c not in ("method", "threshold", "seed")]
-    idx = [cols.index(c) for c in keep]
-    table = Table(title="NaN-divergence report", title_justify="left")
-    for c in keep:
-        table.add_column(c, no_wrap=True, justify="left" if c in ("run", "diverged", "phase", "where") else "right")
-    for row in table_rows(reports):
-        table.add_row(*(row[i] for i in idx), style="red" if row[4] == "yes" else None)
     con = _console()
+    shown = terminal_columns(reports, con.width, wide)
+    table = Table(title="NaN-divergence report", title_justify="left")
+    for _, header in shown:
+        table.add_column(header, no_wrap=True, justify="right" if header not in _LEFT else "left")
+    for row in table_rows(reports):
+        table.add_row(*(row[i] for i, _ in shown), style="red" if row[4] == "yes" else None)
+    # Never cut a value: a table wider than the terminal (--wide, or a run id longer than the
+    # screen) is printed whole and the terminal wraps its lines.
+    screen = con.width
+    con.width = max(screen, table.__rich_measure__(con, con.options.update(max_width=10**4)).maximum)
     con.print(table)
-    con.print(findings(reports), soft_wrap=True)
+    con.width = screen
+    con.print(findings(reports))
     from .io import read_yaml
 
     swept = sweep_finding(reports, read_yaml(exp / "config.yaml"))
     if swept:
-        con.print(swept, soft_wrap=True)
+        con.print(swept)
     missing = missing_runs(exp, reports)
     if missing:
         con.print(f"not finished: {', '.join(missing)}")
     con.print(f"experiment: {exp}  (report: {exp / 'report.md'})", soft_wrap=True)
+
+
+_LEFT = ("run", "method", "diverged", "div", "phase", "where")
 
 
 class _QuietProgress:

@@ -48,6 +48,42 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
     return rows
 
 
+# What a terminal table keeps when it is narrow, most important first: which run, whether
+# and when it diverged, and where; then its numbers. method, threshold and seed are in the
+# run id already. report.md has every column.
+TERMINAL_PRIORITY = ("run", "diverged", "step", "where", "final loss", "final accuracy", "max grad norm",
+                     "clip fraction", "phase")
+SHORT_HEADERS = {"diverged": "div", "max grad norm": "max grad", "final loss": "loss", "clip fraction": "clip",
+                 "final accuracy": "acc"}
+
+
+def terminal_columns(reports: list[dict], width: int, wide: bool = False) -> list[tuple[int, str]]:
+    """(index into columns(), header) of the columns a terminal table of `width` characters
+    shows, in table order. Values are never cut: with too little room the headers shorten,
+    then the least important columns go; with `wide` every column stays. A boxed table of
+    column widths w_i takes sum(w_i) + 3n + 1 characters (a rule and a space each side)."""
+    cols = columns(reports)
+    rows = table_rows(reports)
+    shown = [c for c in cols if wide or c in TERMINAL_PRIORITY]
+    if wide:
+        return [(cols.index(c), c) for c in shown]
+
+    def need(names: list[str], short: bool) -> int:
+        total = 1
+        for c in names:
+            i = cols.index(c)
+            header = SHORT_HEADERS.get(c, c) if short else c
+            total += max([len(header)] + [len(r[i]) for r in rows]) + 3
+        return total
+
+    order = sorted(shown, key=TERMINAL_PRIORITY.index)
+    # The most columns that fit, with full headers if they fit, else short ones; run,
+    # diverged and step always stay.
+    k, short = next(((k, short) for k in range(len(order), 2, -1) for short in (False, True)
+                     if need(order[:k], short) <= width), (3, True))
+    return [(cols.index(c), SHORT_HEADERS.get(c, c) if short else c) for c in shown if c in order[:k]]
+
+
 def _pct(x) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 

@@ -260,3 +260,37 @@ def test_a_closed_standard_stream_is_not_a_bug(tmp_path, stream):
                               env={**os.environ, "TMPDIR": str(tmp_path)})
         assert proc.returncode == code
     assert not list(tmp_path.glob("gradlab-crash-*"))  # no crash log: no bug
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_the_table_fits_the_terminal_and_never_cuts_a_value(experiment, capsys, monkeypatch, width):
+    """At any width the table keeps run ids, steps and numbers whole: headers shorten and the
+    least important columns go first; --wide keeps every column, wider than the screen."""
+    from gradlab.experiment import collect_reports
+    from gradlab.report import columns, table_rows
+
+    reports = collect_reports(experiment)
+    monkeypatch.setenv("COLUMNS", str(width))
+    for wide in (False, True):
+        capsys.readouterr()
+        assert cli("report", experiment, *(["--wide"] if wide else [])) == 0
+        out = capsys.readouterr().out
+        lines = out.splitlines()
+        table = [ln for ln in lines if ln[:1] in "┏┃┡│└"]
+        header = table[1]
+        if not wide:
+            assert max(len(ln) for ln in table) <= width, out
+        assert "…" not in out
+        for rep, row in zip(reports, table_rows(reports)):
+            line = next(ln for ln in table if ln.startswith(f"│ {rep['run_id']} "))
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            for value in cells:  # every cell shown is a whole value of that run's row
+                assert value in row, (value, row)
+            assert {row[0], row[4], row[5]} <= set(cells)  # run, diverged, step: always
+        names = [c.strip() for c in header.strip("┃").split("┃")]
+        if wide:
+            assert names == list(columns(reports))
+        elif width == 200:
+            assert names == [c for c in columns(reports) if c not in ("method", "threshold", "seed")]
+        else:
+            assert len(names) < len(columns(reports)) - 3

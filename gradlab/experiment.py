@@ -126,7 +126,7 @@ def _outcome_problem(rep: dict, columns: list[str], rows: list[list[float]]) -> 
         return (f"report.json and metrics.csv disagree (`divergence_step` {rep['divergence_step']}, "
                 f"last step {len(rows) - 1})")
     for key, value in derived.items():
-        if io.json_safe(value) != rep.get(key, value if key == "final_accuracy" else None):
+        if io.json_safe(value) != rep.get(key):
             return (f"report.json and metrics.csv disagree (`{key}`: {rep.get(key)} in report.json, "
                     f"{io.json_safe(value)} from metrics.csv)")
     return ""

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
@@ -538,11 +539,32 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
     return tree.build(node), tree.lines
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _regular_file(st: os.stat_result, file: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(file)
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise UserError(f"is {what}, not a regular file; a config must be a file", file=file)
+
+
 def _read_text(path: Path) -> str:
     file = str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the path may be /dev/zero
+        # A FIFO, a terminal or a device would block the read (or never end): only a regular
+        # file (or a symlink to one) is a config. Checked before opening, so that opening has
+        # no side effect, and again on what was opened, without blocking, should it change.
+        _regular_file(os.stat(path), file)
+        with open(path, "rb", opener=_open_nonblocking) as fh:
+            _regular_file(os.fstat(fh.fileno()), file)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UserError("no such file", file=file) from None
     except IsADirectoryError:
@@ -553,7 +575,7 @@ def _read_text(path: Path) -> str:
         why = e.strerror or str(e)
         raise UserError(f"cannot read: {why[:1].lower()}{why[1:]}", file=file) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        size = path.stat().st_size  # 0 for a device or a pipe, which may never end
+        size = path.stat().st_size  # smaller than what was read if the file is growing
         what = f"{size / 1e6:.1f} MB" if size > MAX_CONFIG_BYTES else f"more than {MAX_CONFIG_BYTES / 1e6:.0f} MB"
         raise UserError(f"config is {what}; a config is a few hundred bytes", file=file)
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):

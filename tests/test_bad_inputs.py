@@ -173,7 +173,12 @@ CASES = [
          "is not UTF-8 text (byte 0xe9)", setup=write_gen("latin1.yaml", "name: a\n# caf\xe9\n".encode("latin-1"))),
     Case("ten_megabytes", ["run", "{tmp}/huge.yaml", "--out", "{tmp}/out"], "{tmp}/huge.yaml",
          "config is 10.", proc=True, setup=write_gen("huge.yaml", ten_megabytes())),
-    Case("endless_device", ["run", "/dev/zero", "--out", "{tmp}/out"], "/dev/zero", "config is more than 1 MB"),
+    Case("endless_device", ["run", "/dev/zero", "--out", "{tmp}/out"], "/dev/zero",
+         "is a character device, not a regular file"),
+    Case("fifo", ["validate", "{tmp}/pipe.yaml"], "{tmp}/pipe.yaml", "is a FIFO (named pipe), not a regular file",
+         proc=True, setup=lambda tmp, mp: os.mkfifo(tmp / "pipe.yaml")),
+    Case("symlink_to_fifo", ["run", "{tmp}/link.yaml", "--out", "{tmp}/out"], "{tmp}/link.yaml", "is a FIFO",
+         proc=True, setup=lambda tmp, mp: (os.mkfifo(tmp / "pipe"), (tmp / "link.yaml").symlink_to("pipe"))),
     # --- YAML features a config must not use; python tags must never run
     Case("python_object_apply", run_config("python_object_apply.yaml"), "{bad}/python_object_apply.yaml:2: model",
          "unsupported YAML tag !!python/object/apply:os.system", proc=True),
@@ -437,6 +442,21 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
     assert exp.name == ref_exp.name and files(exp) == expected
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were not recomputed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_stdin_that_is_a_pipe_is_refused_without_waiting_for_it(tmp_path):
+    """`gradlab validate /dev/stdin` with a writer that never closes the pipe."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab.cli", "validate", "/dev/stdin"], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=HANG_LIMIT)  # with stdin open: nothing is ever written to it
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("blocked reading a pipe")
+    _, err = proc.communicate()
+    assert proc.returncode == 2 and ERROR_LINE.fullmatch(err), err
+    assert "/dev/stdin: is a FIFO (named pipe), not a regular file" in err
 
 
 def test_a_user_error_crosses_a_process_boundary_whole():

@@ -246,6 +246,12 @@ def test_missing_file(tmp_path):
     assert e.file == str(p) and e.message == "no such file"
 
 
+def test_a_symlink_to_a_regular_file_is_a_config(write, tmp_path):
+    (tmp_path / "link.yaml").symlink_to(write("seed: 3\n", "real.yaml"))
+    cfg = load_config(tmp_path / "link.yaml")
+    assert cfg.name == "link" and cfg.seeds == [3]
+
+
 def test_directory(tmp_path):
     assert refused(tmp_path).message == "is a directory, expected a YAML file"
 

@@ -875,7 +875,11 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
         data.pop("clipping", None)
         data["sweep"] = dict(sweep)
         sources[("sweep",)] = "--thresholds"
-    if "name" not in data and re.match(NAME_PATTERN, path.stem):
+    if "name" not in data:
+        if not re.match(NAME_PATTERN, path.stem):
+            raise UserError(f"the config has no `name` and its file name {_show(path.stem)} is not a valid one "
+                            "(1-64 letters, digits, - or _); add `name: ...` to the file or pass --set name=...",
+                            file=file, key="name")
         data["name"] = path.stem
 
     def locate(p: KeyPath) -> dict:

@@ -230,6 +230,8 @@ CASES = [
          "must be 1-64 letters, digits, - or _; got `a/b`"),
     Case("name_dotdot", run_config("name_dotdot.yaml"), "{bad}/name_dotdot.yaml:1: name", "got `..`"),
     Case("name_space", run_config("name_space.yaml"), "{bad}/name_space.yaml:1: name", "got `my experiment`"),
+    Case("name_from_bad_stem", ["validate", "{tmp}/exp.v2.yaml"], "{tmp}/exp.v2.yaml: name",
+         "its file name `exp.v2` is not a valid one", setup=write_gen("exp.v2.yaml", b"seed: 1\n")),
     # --- the config path
     Case("missing_file", ["run", "{tmp}/nope.yaml", "--out", "{tmp}/out"], "{tmp}/nope.yaml", "no such file"),
     Case("directory_as_config", ["run", "{bad}", "--out", "{tmp}/out"], "{bad}", "is a directory, expected a YAML file"),

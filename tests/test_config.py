@@ -53,8 +53,17 @@ def test_seed_becomes_seeds(write):
 
 def test_name_defaults_to_file_stem(write):
     assert load_config(write("seed: 1\n", "deep-tanh_1.yaml")).name == "deep-tanh_1"
-    e = refused(write("seed: 1\n", "my exp.yaml"))
-    assert e.key == "name" and "missing" in e.message
+
+
+
+@pytest.mark.parametrize("stem", ["exp.v2", "my exp", "exp\u00e9", "x" * 65])
+def test_a_file_stem_that_is_not_a_name_says_so_and_how_to_set_one(write, stem):
+    p = write("seed: 1\n", stem + ".yaml")
+    e = refused(p)
+    assert (e.file, e.key, e.line) == (str(p), "name", None)
+    assert "its file name" in e.message and "is not a valid one" in e.message
+    assert "add `name: ...` to the file or pass --set name=..." in e.message
+    assert load_config(p, ["name=ok"]).name == "ok"
 
 
 @pytest.mark.parametrize("text", ["norm_type: inf", "norm_type: .inf", "norm_type: Infinity"])

@@ -27,6 +27,15 @@ app = typer.Typer(
     "without clipping, locate where NaNs are born, plot gradient norms over time.",
 )
 
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an internal error "
+                               "(also GRADLAB_DEBUG=1); accepted before or after the command."),
+) -> None:
+    # Only for --help: main() takes --debug out of the arguments wherever it stands.
+    pass
+
+
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
                       help="Override one config value (repeatable), e.g. --set model.depth=64.")
 SeedsOpt = typer.Option(None, "--seeds", metavar="0,1,2", help="Replace the config's seeds.")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args,
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gradlab.errors import UserError
+from gradlab.errors import UserError, clip
 from gradlab.io import json_safe
 
 Activation = Literal["tanh", "relu", "sigmoid", "gelu", "identity"]
@@ -34,8 +34,21 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+KeyPath = tuple[Union[str, int], ...]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Conflict(ValueError):
+    """A model-level check: the message, and the keys (relative to the model) it is about,
+    the first one first. The error names the one an option set, if any (the option made the
+    conflict), else the first one the file writes."""
+
+    def __init__(self, message: str, *keys: Union[str, KeyPath]) -> None:
+        super().__init__(message)
+        self.keys = [(k,) if isinstance(k, str) else tuple(k) for k in keys]
 
 
 class InitConfig(_Strict):
@@ -67,11 +80,13 @@ class ModelConfig(_Strict):
     def _defaults_by_kind(self) -> "ModelConfig":
         recurrent = self.kind in RECURRENT
         if self.kind == "rnn" and self.activation not in ("tanh", "relu"):
-            raise ValueError(f"activation of an rnn must be tanh or relu (as torch.nn.RNN), got {self.activation}")
+            raise _Conflict(f"an rnn takes activation tanh or relu (as torch.nn.RNN), got {self.activation}",
+                            "activation", "kind")
         if self.kind in ("lstm", "gru") and self.activation != "tanh":
-            raise ValueError(f"activation: an {self.kind}'s gates are fixed (sigmoid and tanh); leave activation out")
+            raise _Conflict(f"an {self.kind}'s gates are fixed (sigmoid and tanh), so activation must be left out "
+                            f"(or tanh), got {self.activation}", "activation", "kind")
         if not recurrent and self.input_init is not None:
-            raise ValueError("input_init applies to recurrent models only; an mlp has one init")
+            raise _Conflict("input_init applies to recurrent models only; an mlp has one init", "input_init", "kind")
         if self.init is None:
             object.__setattr__(self, "init", InitConfig(scheme="orthogonal" if recurrent else "xavier"))
         if recurrent and self.input_init is None:
@@ -123,8 +138,8 @@ class CopyTask(_Task):
     @model_validator(mode="after")
     def _room(self) -> "CopyTask":
         if self.seq_len < 2 * self.copy_len + 1:
-            raise ValueError(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
-                             f"(the symbols, a delimiter, the recall), got {self.seq_len}")
+            raise _Conflict(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
+                            f"(the symbols, a delimiter, the recall), got {self.seq_len}", "seq_len", "copy_len")
         return self
 
 
@@ -156,7 +171,8 @@ class SGDConfig(_Strict):
     @model_validator(mode="after")
     def _nesterov(self) -> "SGDConfig":
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+            raise _Conflict(f"nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD), got momentum "
+                            f"{self.momentum:g} and dampening {self.dampening:g}", "nesterov", "momentum", "dampening")
         return self
 
 
@@ -312,28 +328,33 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _resolve_seeds(self) -> "ExperimentConfig":
         if self.seed is not None and self.seeds is not None:
-            raise ValueError("give either `seed` or `seeds`, not both")
+            raise _Conflict("give either `seed` or `seeds`, not both", "seed", "seeds")
         seeds = self.seeds if self.seeds is not None else [self.seed if self.seed is not None else 0]
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise _Conflict(f"seeds must be distinct, got {clip(', '.join(map(str, seeds)))}",
+                            "seeds" if self.seeds is not None else "seed")
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
         sequence = self.task.kind in SEQUENCE_TASKS
         if sequence != (self.model.kind in RECURRENT):
             need = "a recurrent kind (rnn, lstm, gru)" if sequence else "kind mlp"
-            raise ValueError(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}")
+            raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
+                            ("model", "kind"), ("task", "kind"))
         if self.train.tbptt is not None and not sequence:
-            raise ValueError("train.tbptt (truncated backprop through time) applies to recurrent models only")
+            raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
+                            f"not to model {self.model.kind} on task {self.task.kind}",
+                            ("train", "tbptt"), ("task", "kind"), ("model", "kind"))
         if self.sweep is not None:
             want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
                     for c in self.sweep.clipping()]
             if list(self.clipping) != want:
-                raise ValueError("clipping: a sweep sets the clipping list (the baseline and method at each "
-                                 "threshold); give either sweep or clipping")
+                raise _Conflict("a sweep sets the clipping list (the baseline and method at each threshold); "
+                                "give either sweep or clipping", "clipping", "sweep")
         ids = [variant_id(c) for c in self.clipping]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"clipping lists the same variant twice: {', '.join(dup)}")
+        twice = next((j for j, i in enumerate(ids) if i in ids[:j]), None)
+        if twice is not None:
+            raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
+                            "each variant once", ("clipping", twice))
         return self
 
     def resolved(self) -> dict:
@@ -370,8 +391,6 @@ def run_id(c: Union[ClipNone, ClipNorm, ClipValue], seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
-
-KeyPath = tuple[Union[str, int], ...]
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_ALIASES = 100
@@ -427,8 +446,8 @@ for _cls in (_Loader, _Dumper):
 
 
 def _one_line(text: str) -> str:
-    """User text echoed in a message: newlines and control characters escaped."""
-    return repr(text)[1:-1]
+    """User text echoed in a message: newlines and control characters escaped, cut short."""
+    return clip(text)
 
 
 def _dotted(path: Sequence[Union[str, int]]) -> str:
@@ -590,29 +609,56 @@ def _read_text(path: Path) -> str:
         raise UserError(f"is not UTF-8 text (byte 0x{raw[e.start]:02x})", file=file, line=line) from None
 
 
-def _schema_default(path: Sequence[Union[str, int]]) -> Any:
-    """The default mapping or list at `path`, so that `--set clipping.1.max_norm=2` edits the
-    default clipping list when the file has none."""
-    cur: Any = ExperimentConfig.model_construct(name="_").model_dump()
+def _field_default(data: dict, path: Sequence[Union[str, int]]) -> Any:
+    """The schema default of the field at `path`, for the kinds the data names (or their
+    defaults): what `--set clipping.1.max_norm=2` edits when the file has no clipping."""
+    tp: Any = ExperimentConfig
+    cur: Any = data
+    default: Any = None
     for part in path:
+        tp = _unwrap(tp)
+        if get_origin(tp) is Union:  # a discriminated union: the member the data (or the default) names
+            members = get_args(tp)
+            tag = _tag_of(members[0])
+            kind = cur.get(tag) if isinstance(cur, dict) else None
+            if kind is None and isinstance(default, BaseModel):
+                kind = getattr(default, tag)
+            tp = next((m for m in members if kind in get_args(m.model_fields[tag].annotation)), None)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str) and part in tp.model_fields:
+            field = tp.model_fields[part]
+            tp, default = field.annotation, field.get_default(call_default_factory=True)
+        elif get_origin(tp) is list and isinstance(part, int):
+            tp, default = get_args(tp)[0], None
+        else:
+            return None
         try:
             cur = cur[part]
         except (KeyError, IndexError, TypeError):
-            return {}
-    return cur if isinstance(cur, (dict, list)) else {}
+            cur = None
+    return default
 
 
-def _apply_override(data: dict, text: str, sources: dict[KeyPath, str]) -> None:
-    """`--set key.path=value`: digit parts index lists, missing mappings are created."""
+def _as_written(value: Any) -> Any:
+    """A default as a user would write it: only what differs from the defaults below it, so
+    that its kind's own defaults (orthogonal for a recurrent init) still apply."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_defaults=True)
+    return [_as_written(v) for v in value] if isinstance(value, list) else value
+
+
+def _apply_override(data: dict, text: str, sources: dict[KeyPath, str], made: set[KeyPath]) -> None:
+    """`--set key.path=value`, applied to what the file says, before any default: digit parts
+    index lists, missing mappings are created empty (a missing list the indexes go into is
+    its default, as a user would write it)."""
     key, eq, raw = text.partition("=")
     parts = [p.strip() for p in key.split(".")]
     if not eq or not all(parts):
-        raise UserError("expected key.path=value, e.g. --set model.depth=64", file="--set", key=_one_line(text))
-    source = f"--set {_one_line(text)}"
+        raise UserError("expected key.path=value, e.g. --set model.depth=64", file="--set", key=clip(text))
+    source = f"--set {clip(text)}"
     try:
         value, _ = _parse_yaml(raw, source)
     except UserError as e:
-        e.line, e.key = None, e.key or _one_line(key.strip())  # the line of a one-line option says nothing
+        e.line, e.key = None, e.key or _dotted(parts)  # the line of a one-line option says nothing
         raise
     node: Any = data
     path: list[Union[str, int]] = []
@@ -627,26 +673,65 @@ def _apply_override(data: dict, text: str, sources: dict[KeyPath, str]) -> None:
                             file=source, key=_dotted(path + [part]))
         path.append(part)
         if i == len(parts) - 1:
+            if part in ("kind", "method") and isinstance(node, dict) and node.get(part) != value:
+                # A default belongs to its kind: another kind does not inherit it. What the file
+                # wrote stays, and is refused if the new kind has no such key (see _user_error).
+                for k in [k for k in node if tuple(path[:-1]) + (k,) in made]:
+                    del node[k]
             node[part] = value
-        else:
-            if isinstance(node, dict) and part not in node:
-                node[part] = _schema_default(path)
-            node = node[part]
+            break
+        if isinstance(node, dict) and part not in node:
+            below = parts[i + 1]
+            if below.isascii() and below.isdigit():
+                default = _field_default(data, path)
+                if not isinstance(default, list):
+                    raise UserError(f"`{_dotted(path)}` is not in the config and has no default list to index; "
+                                    f"set it whole, e.g. --set {_dotted(path)}=[...]", file=source, key=_dotted(path))
+                node[part] = _as_written(default)
+                made.update(_paths(node[part], tuple(path)))
+            else:
+                node[part] = {}
+        node = node[part]
     sources[tuple(path)] = source
+    made.difference_update([p for p in made if p[: len(path)] == tuple(path)])
 
 
-def _locate(path: KeyPath, file: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> dict:
-    """Where a value came from: the option that set it (or an ancestor), else the file and
-    the line of the path or of its nearest ancestor written in the file."""
-    prefixes = [path[:n] for n in range(len(path), -1, -1)]
-    for p in prefixes:
-        if p in sources:
-            return {"file": sources[p], "line": None}
-    if path and path not in lines:  # a key the file does not have, made by `--set path.below=...`
-        below = [s for k, s in sources.items() if k[: len(path)] == path]
+def _paths(value: Any, path: KeyPath) -> list[KeyPath]:
+    """Every key path in `value` (placed at `path`), itself included."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [path] + [p for k, v in items for p in _paths(v, path + (k,))]
+
+
+class _Origins:
+    """Where each value came from: an option (`--set ...`, `--seeds`, `--thresholds`) or the
+    file, with the line of every key path the file writes."""
+
+    def __init__(self, file: str, lines: dict[KeyPath, int], sources: Optional[dict[KeyPath, str]] = None) -> None:
+        self.file, self.lines, self.sources = file, lines, sources or {}
+
+    def option(self, path: KeyPath) -> Optional[str]:
+        """The option that set `path` (it or an ancestor) or changed it (something below it);
+        for a key the file does not write, the option that set the kind of its mapping
+        (`--set clipping.0.method=norm` makes max_norm required)."""
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.sources:
+                return self.sources[path[:n]]
+        below = [s for k, s in self.sources.items() if k[: len(path)] == path]
         if below:
-            return {"file": below[0], "line": None}
-    return {"file": file, "line": next((lines[p] for p in prefixes if p in lines), None)}
+            return below[0]
+        return self.tag_option(path) if path and path not in self.lines else None
+
+    def tag_option(self, path: KeyPath) -> Optional[str]:
+        """The option that changed the kind (or method) of the mapping holding `path`."""
+        return next((self.sources[path[:-1] + (t,)] for t in ("kind", "method") if path[:-1] + (t,) in self.sources),
+                    None)
+
+    def locate(self, path: KeyPath) -> dict:
+        option = self.option(path)
+        if option is not None:
+            return {"file": option, "line": None}
+        prefixes = [path[:n] for n in range(len(path), -1, -1)]
+        return {"file": self.file, "line": next((self.lines[p] for p in prefixes if p in self.lines), None)}
 
 
 # ----------------------------------------------------------------------------- validation errors
@@ -725,51 +810,74 @@ def _unknown_key(key: Any, fields: list[str]) -> str:
     return f"unknown key {_show(str(key))}; {hint}"
 
 
-def _describe(err: dict) -> tuple[str, KeyPath]:
-    """A short message for one pydantic error, and the sub-key (if any) it is really about."""
+def _describe(err: dict) -> tuple[str, list[KeyPath]]:
+    """A short message for one pydantic error, and the sub-keys (if any) it is really about."""
     kind, v, ctx, loc = err["type"], err.get("input"), err.get("ctx") or {}, err["loc"]
     if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]}, got {_show_typed(v)}", ()
+        return f"must be {_TYPE_WORDS[kind]}, got {_show_typed(v)}", []
     if kind in _BOUNDS:
         op, bound = _BOUNDS[kind][0], ctx[_BOUNDS[kind][1]]
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return f"must be {op} {bound}, got {_show(v)}", ()
+        return f"must be {op} {bound}, got {_show(v)}", []
     if kind == "finite_number":
-        return f"must be finite, got {_show(v)}", ()
+        return f"must be finite, got {_show(v)}", []
     if kind == "missing":
-        return "required key is missing", ()
+        return "required key is missing", []
     if kind == "extra_forbidden":
-        return _unknown_key(loc[-1], _fields_at(loc[:-1])), ()
+        return _unknown_key(loc[-1], _fields_at(loc[:-1])), []
     if kind == "literal_error":
-        return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), ()
+        return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), []
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tag = ctx["discriminator"].strip("'")
         allowed = re.findall(r"'([^']*)'", ctx.get("expected_tags", "")) or _tags(loc, tag)
         if kind == "union_tag_invalid":
-            return _one_of(allowed, ctx["tag"]), (tag,)
-        return f"required key is missing; must be one of {', '.join(allowed)}", (tag,)
+            return _one_of(allowed, ctx["tag"]), [(tag,)]
+        return f"required key is missing; must be one of {', '.join(allowed)}", [(tag,)]
     if kind == "string_pattern_mismatch":  # NAME_PATTERN is the only pattern
-        return f"must be 1-64 letters, digits, - or _; got {_show(v)}", ()
+        return f"must be 1-64 letters, digits, - or _; got {_show(v)}", []
     if kind in ("too_short", "too_long"):
         n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
         bound = "at least" if kind == "too_short" else "at most"
-        return f"must have {bound} {n} item{'s' * (n != 1)}, got {ctx['actual_length']}", ()
-    if kind == "value_error":
-        # A model-level check: point at the first field of that model the message names.
-        message = str(ctx["error"])
-        fields = _fields_at(loc)
-        named = next((w for w in re.findall(r"\w+", message) if w in fields), None)
-        return message, (named,) if named else ()
-    return err["msg"][:1].lower() + err["msg"][1:], ()
+        return f"must have {bound} {n} item{'s' * (n != 1)}, got {ctx['actual_length']}", []
+    if kind == "value_error":  # a check of ours: a field's own, or a model's (_Conflict) with its keys
+        return str(ctx["error"]), getattr(ctx["error"], "keys", [])
+    return err["msg"][:1].lower() + err["msg"][1:], []
 
 
-def _user_error(exc: ValidationError, data: dict, locate: Any) -> UserError:
+def _about(base: KeyPath, subs: Sequence[KeyPath], origins: _Origins) -> KeyPath:
+    """The key a model-level check is about: of the keys it names, the first one an option
+    set (the option made the conflict), else the first one the file writes, else the first."""
+    paths = [base + sub for sub in subs] or [base]
+    return next((p for p in paths if origins.option(p) is not None),
+                next((p for p in paths if p in origins.lines), paths[0]))
+
+
+def _user_error(exc: ValidationError, data: dict, origins: _Origins) -> UserError:
     errors = exc.errors()
-    message, sub = _describe(errors[0])
-    path = _data_path(errors[0]["loc"], data) + sub
+    message, subs = _describe(errors[0])
+    path = _about(_data_path(errors[0]["loc"], data), subs, origins)
+    where = origins.locate(path)
+    option = origins.tag_option(path)
+    if errors[0]["type"] == "extra_forbidden" and path in origins.lines and option:
+        # The file wrote the key for the kind (or method) it named; an option changed that. Not
+        # dropped: the user's value would vanish silently (a max_norm meant as the threshold).
+        tag = next(t for t in ("kind", "method") if path[:-1] + (t,) in origins.sources)
+        message = (f"{_show(str(path[-1]))} ({origins.file} line {origins.lines[path]}) does not apply to "
+                   f"{tag} {_show(_get(data, path[:-1] + (tag,)))}, which {option} chose; remove it "
+                   f"from the file or leave the {tag} as it is")
+        where = {"file": option, "line": None}
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})"
-    return UserError(message, key=_dotted(path) or None, **locate(path))
+    return UserError(message, key=_dotted(path) or None, **where)
+
+
+def _get(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 # ----------------------------------------------------------------------------- memory
@@ -865,12 +973,13 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
     if not isinstance(data, dict):
         raise UserError(f"the top level must be a mapping of keys, got {_show_typed(data)}", file=file)
     sources: dict[KeyPath, str] = {}
+    made: set[KeyPath] = set()
     for item in overrides:
-        _apply_override(data, item, sources)
+        _apply_override(data, item, sources, made)
     if seeds is not None:
         data.pop("seed", None)
         data["seeds"] = list(seeds)
-        sources[("seeds",)] = "--seeds " + ",".join(map(str, seeds))
+        sources[("seeds",)] = "--seeds " + clip(",".join(map(str, seeds)))
     if sweep is not None:
         data.pop("clipping", None)
         data["sweep"] = dict(sweep)
@@ -882,14 +991,12 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
                             file=file, key="name")
         data["name"] = path.stem
 
-    def locate(p: KeyPath) -> dict:
-        return _locate(p, file, lines, sources)
-
+    origins = _Origins(file, lines, sources)
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise _user_error(e, data, locate) from None
-    _check_memory(cfg, **locate(("model",)))
+        raise _user_error(e, data, origins) from None
+    _check_memory(cfg, **origins.locate(("model",)))
     return cfg
 
 
@@ -904,7 +1011,7 @@ def load_resolved(path: Union[str, os.PathLike]) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise _user_error(e, data, lambda p: _locate(p, file, lines, {})) from None
+        raise _user_error(e, data, _Origins(file, lines)) from None
     missing = [k for k in cfg.resolved() if k not in data]
     if missing:
         raise UserError(f"`{missing[0]}` is missing; gradlab writes every key of the resolved config here",

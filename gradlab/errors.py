@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+ECHO_LIMIT = 72
+
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """User text echoed in a message (an option's value, a key, a line of a file): one line,
+    control characters escaped, cut to `limit` characters so that a 100 KB value still gives
+    a readable line."""
+    text = repr(str(text))[1:-1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class UserError(Exception):
     """Bad input from the user: a config, an option value or a path.
 

@@ -16,6 +16,7 @@ from gradlab.config import (
     estimate_memory_bytes,
     experiment_dir,
     load_config,
+    variant_id,
 )
 from gradlab.errors import UserError
 
@@ -161,7 +162,7 @@ def test_duplicate_seeds(write):
 
 def test_duplicate_clipping_variants(write):
     e = refused(write("name: a\nclipping:\n  - {method: norm, max_norm: 1}\n  - {method: norm, max_norm: 1.0}\n"))
-    assert (e.key, e.line) == ("clipping", 2) and "norm-1" in e.message
+    assert (e.key, e.line) == ("clipping.1", 4) and "same variant as clipping.0 (norm-1)" in e.message
 
 
 def test_nesterov_names_its_mapping(write):
@@ -309,6 +310,68 @@ def test_set_happy_path(write):
 def test_set_indexes_the_default_clipping_list(write):
     cfg = load_config(write("name: a\n"), ["clipping.1.max_norm=3"])
     assert [c.method for c in cfg.clipping] == ["none", "norm"] and cfg.clipping[1].max_norm == 3.0
+
+
+def test_set_switches_a_kind_the_file_leaves_out(write):
+    """--set applies to what the file says, before any default: the new kind gets its own defaults."""
+    p = write("name: o2\n")
+    opt = load_config(p, ["train.optimizer.kind=adam"]).train.optimizer
+    assert opt.kind == "adam" and opt.lr == 0.001 and opt.betas == [0.9, 0.999]
+    model = load_config(write("name: c\ntask: {kind: copy}\n", "c.yaml"), ["model.kind=lstm"]).model
+    assert (model.kind, model.init.scheme, model.input_init.scheme) == ("lstm", "orthogonal", "xavier")
+    cfg = load_config(p, ["clipping.1.method=value", "clipping.1.clip_value=0.1"])
+    assert [variant_id(c) for c in cfg.clipping] == ["none", "value-0.1"]
+    cfg = load_config(p, ["train.optimizer.kind=adam", "train.optimizer.betas.1=0.99"])
+    assert cfg.train.optimizer.betas == [0.9, 0.99]
+
+
+def test_a_method_changed_by_set_refuses_the_files_keys_of_the_old_one(write):
+    p = write("name: n\nclipping: [{method: norm, max_norm: 1}]\n")
+    e = refused(p, ["clipping.0.method=value", "clipping.0.clip_value=0.1"])
+    assert (e.file, e.key, e.line) == ("--set clipping.0.method=value", "clipping.0.max_norm", None)
+    assert e.message == (f"`max_norm` ({p} line 2) does not apply to method `value`, which --set "
+                         "clipping.0.method=value chose; remove it from the file or leave the method as it is")
+    e = refused(write("name: n\nclipping: [{method: none}]\n"), ["clipping.0.method=norm"])
+    assert (e.file, e.key, e.message) == ("--set clipping.0.method=norm", "clipping.0.max_norm",
+                                          "required key is missing")
+
+
+@pytest.mark.parametrize("text, overrides, where, key, fragment", [
+    ("name: b\nmodel:\n  depth: 2\ntrain:\n  steps: 5\n", ["train.tbptt=5"], "--set train.tbptt=5", "train.tbptt",
+     "recurrent models on sequence tasks only"),
+    ("name: b\n", ["task.kind=adding"], "--set task.kind=adding", "task.kind", "model mlp cannot learn task adding"),
+    ("name: b\ntask: {kind: adding}\n", [], "{file}:2", "task.kind", "model mlp cannot learn task adding"),
+    ("name: b\nmodel: {kind: gru}\ntask: {kind: teacher}\n", [], "{file}:2", "model.kind", "cannot learn"),
+    ("name: b\nmodel: {activation: gelu}\n", ["model.kind=rnn", "task.kind=adding"], "--set model.kind=rnn",
+     "model.kind", "an rnn takes activation tanh or relu"),
+    ("name: b\nmodel: {kind: rnn, activation: gelu}\ntask: {kind: adding}\n", [], "{file}:2", "model.activation",
+     "an rnn takes activation tanh or relu"),
+    ("name: b\nmodel: {kind: lstm, activation: relu}\ntask: {kind: adding}\n", [], "{file}:2",
+     "model.activation", "gates are fixed"),
+    ("name: b\nmodel: {input_init: {scheme: he}}\n", [], "{file}:2", "model.input_init", "recurrent models only"),
+    ("name: b\nmodel: {kind: lstm}\ntask:\n  kind: copy\n  seq_len: 11\n", ["task.copy_len=6"],
+     "--set task.copy_len=6", "task.copy_len", "at least 2 x copy_len + 1 = 13"),
+    ("name: b\nmodel: {kind: lstm}\ntask:\n  kind: copy\n  copy_len: 6\n  seq_len: 11\n", [], "{file}:6",
+     "task.seq_len", "at least 2 x copy_len + 1 = 13"),
+    ("name: b\ntrain:\n  optimizer: {momentum: 0.9}\n", ["train.optimizer.dampening=0.5",
+     "train.optimizer.nesterov=true"], "--set train.optimizer.nesterov=true", "train.optimizer.nesterov",
+     "dampening 0.5"),
+    ("name: b\nseed: 1\n", ["seeds=[1, 2]"], "--set seeds=[1, 2]", "seeds", "either `seed` or `seeds`"),
+    ("name: b\nsweep: {thresholds: [1]}\n", ["clipping.0.method=value", "clipping.0.clip_value=1"],
+     "--set clipping.0.method=value", "clipping", "give either sweep or clipping"),
+    ("name: b\nclipping:\n  - {method: value, clip_value: 1}\n  - {method: none}\n", ["clipping.1.method=value",
+     "clipping.1.clip_value=1"], "--set clipping.1.method=value", "clipping.1", "same variant as clipping.0"),
+])
+def test_a_models_check_names_the_key_and_the_option_that_set_it(write, text, overrides, where, key, fragment):
+    p = write(text)
+    e = refused(p, overrides)
+    got = e.file if e.line is None else f"{e.file}:{e.line}"
+    assert (got, e.key) == (where.format(file=p), key) and fragment in e.message, str(e)
+
+
+def test_seeds_option_that_repeats_is_named(write):
+    e = refused(write("name: a\n"), seeds=[1, 2, 1])
+    assert (e.file, e.key, e.line) == ("--seeds 1,2,1", "seeds", None)
 
 
 @pytest.mark.parametrize("item", ["model.depth", "=3", ".depth=3", "model..depth=3"])

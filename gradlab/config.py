@@ -473,6 +473,57 @@ def _show_typed(v: Any) -> str:
     return s if v is None or isinstance(v, (list, tuple, dict)) else f"{s} ({type(v).__name__})"
 
 
+_BASES = {"x": ("a hexadecimal", 16), "o": ("an octal", 8), "b": ("a binary", 2)}
+_PREFIXED = re.compile(r"^[-+]?0([xXoObB])[0-9a-fA-F_]+$")
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+_WORD_BOOLS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def _yaml11_surprise(node: yaml.ScalarNode, loader: yaml.SafeLoader) -> Optional[str]:
+    """Why an unquoted scalar is refused: a form that YAML 1.1 (PyYAML) and YAML 1.2 read
+    differently, or that reads as something other than it looks (`1:30` is 90, `017` is 15,
+    `no` is false). A quoted scalar is a string, and an explicit tag says what it means."""
+    if node.style is not None or node.tag != loader.resolve(yaml.ScalarNode, node.value, (True, False)):
+        return None
+    text = node.value
+    shown = _show(text)
+    quote = f"or quote it (\"{text}\") for a string" if len(text) <= 30 else "or quote it for a string"
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-").replace("_", "")
+    short = len(digits) <= 30  # the number is worth spelling out (and int() of 100 KB of digits is slow)
+    m = _PREFIXED.match(text)
+    if m:
+        base, radix = _BASES[m.group(1).lower()]
+        try:
+            n = sign * int(digits[2:], radix) if short else None
+        except ValueError:  # `0b12`: a string in YAML 1.1 and 1.2 alike
+            return None
+        write = f"write {n}" if n is not None else "write it in decimal"
+        return f"{shown} is {base} number; gradlab reads decimal numbers only: {write}, {quote}"
+    if _LEADING_ZERO.match(text):
+        decimal = f"{sign * int(digits)}" if short else "it without the leading zero"
+        if set(digits) <= set("01234567"):
+            octal = sign * int(digits, 8) if short else None
+            write = decimal if octal is None or str(octal) == decimal else f"{octal} (octal) or {decimal} (decimal)"
+            return (f"{shown} is octal{f' {octal}' if octal is not None else ''} in YAML 1.1, decimal in YAML 1.2; "
+                    f"write {write}, {quote}")
+        return f"{shown} has a leading zero (a string in YAML 1.1, a number in YAML 1.2); write {decimal}, {quote}"
+    if _SEXAGESIMAL.match(text):
+        if not short:
+            return f"{shown} is a base-60 number in YAML 1.1 (as in times), a string in YAML 1.2; {quote}"
+        head, _, frac = digits.partition(".")
+        n = 0
+        for part in head.split(":"):
+            n = n * 60 + int(part)
+        value = f"{sign * (n + float('0.' + (frac or '0'))):g}" if "." in digits else f"{sign * n}"
+        return f"{shown} is {value} in YAML 1.1 (base 60, as in times), a string in YAML 1.2; write {value}, {quote}"
+    if text.lower() in _WORD_BOOLS:
+        flag = str(_WORD_BOOLS[text.lower()]).lower()
+        return f"{shown} is {flag} in YAML 1.1, a string in YAML 1.2; write {flag}, {quote}"
+    return None
+
+
 class _Tree:
     """Plain data from a composed YAML node tree, with the 1-based line of every key path."""
 
@@ -518,6 +569,9 @@ class _Tree:
                 self.lines[path + (key,)] = line
                 out[key] = self.build(value_node, path + (key,))
             return out
+        surprise = _yaml11_surprise(node, self.loader)
+        if surprise:
+            raise self.fail(surprise, node, path)
         try:
             return self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError, LookupError, AttributeError):  # e.g. `!!int abc`

@@ -78,6 +78,39 @@ def test_exponent_without_dot_is_a_number(write):
     assert load_config(write("name: a\ntrain: {optimizer: {lr: 1e-3}}\n")).train.optimizer.lr == 1e-3
 
 
+@pytest.mark.parametrize("value, fragment", [
+    ("1:30", "`1:30` is 90 in YAML 1.1 (base 60, as in times), a string in YAML 1.2; write 90, or quote it"),
+    ("1:30.5", "`1:30.5` is 90.5 in YAML 1.1 (base 60"),
+    ("017", "`017` is octal 15 in YAML 1.1, decimal in YAML 1.2; write 15 (octal) or 17 (decimal), or quote it "
+            "(\"017\") for a string"),
+    ("-017", "octal -15"),
+    ("09", "`09` has a leading zero"),
+    ("0x1F", "`0x1F` is a hexadecimal number; gradlab reads decimal numbers only: write 31"),
+    ("0b101", "`0b101` is a binary number; gradlab reads decimal numbers only: write 5"),
+    ("0o17", "`0o17` is an octal number; gradlab reads decimal numbers only: write 15"),
+    ("no", "`no` is false in YAML 1.1, a string in YAML 1.2; write false, or quote it (\"no\") for a string"),
+    ("Yes", "`Yes` is true in YAML 1.1"),
+    ("OFF", "`OFF` is false"),
+    ("on", "`on` is true"),
+    ("0x" + "f" * 100_000, "write it in decimal, or quote it for a string"),
+])
+def test_yaml11_number_and_boolean_forms_are_refused_in_the_file_and_in_set(write, value, fragment):
+    """YAML 1.1 reads them as something other than they look (and other YAML readers differently)."""
+    p = write(f"name: a\ntrain:\n  steps: {value}\n")
+    e = refused(p)
+    assert (e.file, e.line, e.key) == (str(p), 3, "train.steps") and fragment in e.message
+    assert len(str(e)) < 300
+    e = refused(write("name: a\n"), [f"train.steps={value}"])
+    assert e.key == "train.steps" and e.line is None and fragment in e.message
+
+
+@pytest.mark.parametrize("text", ['name: "017"', "name: '0b101'", 'name: "no"', "name: !!str 0x1F", "name: y",
+                                  "train: {steps: 1_000}", "train: {optimizer: {lr: 0.5, nesterov: false, momentum: 0.1}}",
+                                  "train: {tbptt: ~}", "seed: 0", "model: {init: {gain: 0.5}}", "model: {depth: +3}"])
+def test_quoted_and_unambiguous_forms_are_read_as_written(write, text):
+    load_config(write(text + ("\nname: a\n" if not text.startswith("name") else "\n")))
+
+
 # ----------------------------------------------------------------------------- validation errors
 
 

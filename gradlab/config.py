@@ -344,6 +344,7 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
                             f"not to model {self.model.kind} on task {self.task.kind}",
                             ("train", "tbptt"), ("task", "kind"), ("model", "kind"))
+        self._check_thresholds()
         if self.sweep is not None:
             want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
                     for c in self.sweep.clipping()]
@@ -357,9 +358,30 @@ class ExperimentConfig(_Strict):
                             "each variant once", ("clipping", twice))
         return self
 
+    def _check_thresholds(self) -> None:
+        """A threshold outside the normal numbers of the training dtype means nothing there:
+        below the smallest one the clipped gradient is subnormal or zero (and 1e-320 is not
+        even a normal float64), above the largest one the threshold is inf in that dtype and
+        never clips."""
+        tiny, big = _DTYPE_RANGE[self.train.dtype]
+        for i, c in enumerate(self.clipping):
+            t = threshold_of(c)
+            if t is None or tiny <= t <= big:
+                continue
+            bound = f">= {tiny:g}, about the smallest normal" if t < tiny else f"<= {big:g}, about the largest"
+            field = "max_norm" if isinstance(c, ClipNorm) else "clip_value"
+            where = (("sweep", "thresholds"),) if self.sweep is not None else (("clipping", i, field),)
+            raise _Conflict(f"{'a threshold' if self.sweep is not None else field} must be {bound} "
+                            f"{self.train.dtype} (train.dtype), got {t!r}", *where, ("train", "dtype"))
+
     def resolved(self) -> dict:
         """The resolved config as plain data (what config.yaml holds and the hash covers)."""
         return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
+
+
+# The thresholds each training dtype holds as normal numbers: numpy.finfo's tiny and max,
+# rounded inward to two digits so that the bound a message names is itself allowed.
+_DTYPE_RANGE = {"float32": (1.2e-38, 3.4e38), "float64": (2.3e-308, 1.7e308)}
 
 
 def format_threshold(x: float) -> str:

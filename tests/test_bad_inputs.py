@@ -254,6 +254,15 @@ CASES = [
     Case("thresholds_negative", sweep("--thresholds", "-1"), "--thresholds", "`-1` is not a positive finite number"),
     Case("thresholds_nan", sweep("--thresholds", "nan"), "--thresholds", "`nan` is not a positive finite number"),
     Case("thresholds_missing", sweep(), "Missing option '--thresholds'", "", proc=True),
+    Case("thresholds_subnormal", sweep("--thresholds", "1,1e-320"), "--thresholds: sweep.thresholds",
+         "a threshold must be >= 1.2e-38, about the smallest normal float32 (train.dtype), got 1e-320", proc=True),
+    Case("thresholds_subnormal_float64", sweep("--thresholds", "1e-320", "--set", "train.dtype=float64"),
+         "--thresholds: sweep.thresholds", "must be >= 2.3e-308, about the smallest normal float64"),
+    Case("thresholds_beyond_float32", sweep("--thresholds", "1e39"), "--thresholds: sweep.thresholds",
+         "must be <= 3.4e+38, about the largest float32 (train.dtype), got 1e+39"),
+    Case("set_clip_value_subnormal", ["validate", Q, "--set", "clipping.1={{method: value, clip_value: 1e-40}}"],
+         "--set clipping.1={{method: value, clip_value: 1e-40}}: clipping.1.clip_value",
+         "clip_value must be >= 1.2e-38, about the smallest normal float32"),
     Case("method_unknown", sweep("--thresholds", "1", "--method", "clip"), "--method", "must be norm or value"),
     Case("seeds_negative", ["run", Q, "--out", "{tmp}/out", "--seeds", "-1"], "--seeds", "got `-1`"),
     Case("seeds_sweep_not_a_number", sweep("--thresholds", "1", "--seeds", "0,x"), "--seeds", "got `x`"),
@@ -464,6 +473,17 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
     assert exp.name == ref_exp.name and files(exp) == expected
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were not recomputed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_the_extreme_thresholds_allowed_train_and_plot_without_a_warning(tmp_path):
+    """The smallest and largest threshold float32 allows, through a real process: exit 0, no
+    Python warning on stderr, run ids that read as the thresholds given."""
+    proc = subprocess.run([sys.executable, "-m", "gradlab.cli", "sweep", str(QUICKSTART), "--thresholds", "1.2e-38,3.4e38",
+                           *SMALL, "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    (exp,) = tmp_path.glob("quickstart-*")
+    assert sorted(p.name for p in (exp / "runs").iterdir()) == ["none-s0", "norm-1.2e-38-s0", "norm-3.4e+38-s0"]
+    assert (exp / "plots" / "sweep_grad_norm_s0.png").is_file()
 
 
 def test_stdin_that_is_a_pipe_is_refused_without_waiting_for_it(tmp_path):

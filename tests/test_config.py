@@ -402,6 +402,23 @@ def test_a_models_check_names_the_key_and_the_option_that_set_it(write, text, ov
     assert (got, e.key) == (where.format(file=p), key) and fragment in e.message, str(e)
 
 
+@pytest.mark.parametrize("dtype, clip, ok", [
+    ("float32", "{method: value, clip_value: 1e-40}", False), ("float32", "{method: norm, max_norm: 1e-39}", False),
+    ("float32", "{method: norm, max_norm: 1.2e-38}", True), ("float32", "{method: norm, max_norm: 1e39}", False),
+    ("float64", "{method: norm, max_norm: 1e-300}", True), ("float64", "{method: value, clip_value: 1e-320}", False),
+    ("float64", "{method: norm, max_norm: 1e300}", True),
+])
+def test_a_threshold_must_be_a_normal_number_of_the_training_dtype(write, dtype, clip, ok):
+    p = write(f"name: a\ntrain: {{dtype: {dtype}}}\nclipping:\n  - {clip}\n")
+    if ok:
+        load_config(p)
+        return
+    e = refused(p)
+    assert (e.line, e.key.rsplit(".", 1)[0]) == (4, "clipping.0") and f" {dtype} (train.dtype), got" in e.message
+    e = refused(write(f"name: a\nclipping:\n  - {clip}\n"), [f"train.dtype={dtype}"])
+    assert e.file == f"--set train.dtype={dtype}" and e.key == "train.dtype"
+
+
 def test_seeds_option_that_repeats_is_named(write):
     e = refused(write("name: a\n"), seeds=[1, 2, 1])
     assert (e.file, e.key, e.line) == ("--seeds 1,2,1", "seeds", None)

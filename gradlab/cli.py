@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import UserError, clip, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -51,12 +51,13 @@ def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
     seeds = []
     for p in parts:
         if not p.isdigit():
-            what = "an empty item" if not p else f"`{p}`"
+            what = "an empty item" if not p else f"`{clip(p)}`"
             raise UserError(f"expected non-negative integers separated by commas (e.g. 0,1,2), got {what}",
                             key="--seeds")
         seeds.append(int(p))
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"seeds must be distinct, got {text}", key="--seeds")
+        twice = next(s for i, s in enumerate(seeds) if s in seeds[:i])
+        raise UserError(f"seeds must be distinct, got {twice} twice", key="--seeds")
     return seeds
 
 
@@ -113,7 +114,7 @@ def sweep(
     """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
     threshold keeps the model stable and what it costs."""
     if method not in ("norm", "value"):
-        raise UserError(f"must be norm or value, got `{method}`", key="--method")
+        raise UserError(f"must be norm or value, got `{clip(method)}`", key="--method")
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
     from .config import load_config
 
@@ -136,11 +137,11 @@ def parse_thresholds(text: str) -> list[float]:
         try:
             x = float(item)
         except ValueError:
-            raise bad(f"`{item}` is not a number") from None
+            raise bad(f"`{clip(item)}` is not a number") from None
         if not math.isfinite(x) or x <= 0:
-            raise bad(f"`{item}` is not a positive finite number")
+            raise bad(f"`{clip(item)}` is not a positive finite number")
         if x in values:
-            raise bad(f"`{item}` appears twice")
+            raise bad(f"`{clip(item)}` appears twice")
         values.append(x)
     return values
 
@@ -357,7 +358,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
             ctx = getattr(e, "ctx", None)
             cmd = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "gradlab" else ""
-            _fail(f"{e.format_message()}", e.exit_code, f"gradlab{cmd}")
+            _fail(one_line(e.format_message()), e.exit_code, f"gradlab{cmd}")
         if debug:
             raise
         _bug(e)

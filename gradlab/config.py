@@ -559,7 +559,7 @@ class _Tree:
         allowed = _SCALAR_TAGS if isinstance(node, yaml.ScalarNode) else {
             _YAML + ("seq" if isinstance(node, yaml.SequenceNode) else "map")}
         if node.tag not in allowed:
-            what = "merge keys (<<)" if node.tag == _YAML + "merge" else "YAML tag " + node.tag.replace(_YAML, "!!")
+            what = "merge keys (<<)" if node.tag == _YAML + "merge" else "YAML tag " + clip(node.tag.replace(_YAML, "!!"))
             raise self.fail(f"unsupported {what}; a config holds only plain values, lists and mappings", node, path)
 
     def build(self, node: yaml.Node, path: KeyPath = ()) -> Any:

@@ -419,6 +419,19 @@ def test_a_threshold_must_be_a_normal_number_of_the_training_dtype(write, dtype,
     assert e.file == f"--set train.dtype={dtype}" and e.key == "train.dtype"
 
 
+@pytest.mark.parametrize("text", [
+    "name: a\n" + "k" * 100_000 + ": 1\n",  # a key
+    "name: a\nmodel:\n  activation: " + "t" * 100_000 + "\n",  # a value
+    "name: a\nseed: *" + "a" * 100_000 + "\n",  # an alias PyYAML names in its message
+    "name: a\nseed: !" + "t" * 100_000 + " 1\n",  # a tag
+    "t" * 100_000 + "\n",  # the whole file
+    "name: a\nmodel: {depth: 3, " + "w" * 100_000 + "\n",  # a syntax error around it
+], ids=["key", "value", "alias", "tag", "file", "syntax"])
+def test_huge_text_in_a_file_gives_a_short_line(write, text):
+    e = refused(write(text))
+    assert len(str(e)) < 400 and "\n" not in str(e), str(e)[:500]
+
+
 def test_seeds_option_that_repeats_is_named(write):
     e = refused(write("name: a\n"), seeds=[1, 2, 1])
     assert (e.file, e.key, e.line) == ("--seeds 1,2,1", "seeds", None)

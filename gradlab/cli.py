@@ -358,10 +358,31 @@ def main(argv: Optional[list[str]] = None) -> None:
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
             ctx = getattr(e, "ctx", None)
             cmd = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "gradlab" else ""
-            _fail(one_line(e.format_message()), e.exit_code, f"gradlab{cmd}")
+            _fail(one_line(_usage_message(e)), e.exit_code, f"gradlab{cmd}")
         if debug:
             raise
         _bug(e)
+
+
+def _usage_message(e: Exception) -> str:
+    """A usage error of Typer's click, with "did you mean" drawn from the command's own
+    options only, and, for an option of other commands, which ones take it."""
+    name, ctx = getattr(e, "option_name", None), getattr(e, "ctx", None)
+    if not isinstance(name, str) or ctx is None or not hasattr(e, "possibilities"):
+        return e.format_message()
+    help_option = ctx.command.get_help_option(ctx)
+    params = [*ctx.command.params, *([help_option] if help_option else [])]
+    own = {o for p in params for o in (*p.opts, *p.secondary_opts)}
+    e.possibilities = [p for p in e.possibilities or () if p in own]
+    group = ctx.find_root().command
+    others = [n for n, c in getattr(group, "commands", {}).items() if c is not ctx.command and
+              any(name in (*p.opts, *p.secondary_opts) for p in c.params)]
+    if others:  # a right option in the wrong place: say where it goes, not what it looks like here
+        where = " and ".join(others) if len(others) <= 2 else ", ".join(others[:-1]) + " and " + others[-1]
+        if ctx.command is group:
+            return f"{e.message} (an option of {where}: give it after the command name)"
+        return f"{e.message} ({name} is an option of {where}, not of {ctx.info_name})"
+    return e.format_message()
 
 
 def _terminated(signum, frame) -> None:

@@ -297,6 +297,12 @@ CASES = [
          "--set", "clipping.1.clip_value=0.1"], "--set clipping.1.method=value: clipping.1.max_norm",
          "`max_norm` ({quickstart} line 25) does not apply to method `value`, which --set clipping.1.method=value chose"),
     Case("unknown_option", ["run", Q, "--out", "{tmp}/out", "--bogus"], "No such option: --bogus", ""),
+    Case("option_of_another_command", ["plot", "--thresholds", "1"], "No such option: --thresholds",
+         "(--thresholds is an option of sweep, not of plot)"),
+    Case("option_of_other_commands", ["validate", Q, "--workers", "2"], "No such option: --workers",
+         "(--workers is an option of run and sweep, not of validate)"),
+    Case("option_before_the_command", ["--seeds", "1", "validate", Q], "No such option: --seeds",
+         "(an option of run, sweep and validate: give it after the command name)"),
     # --- where results go
     Case("out_under_a_file", ["run", Q, "--out", "{tmp}/plain/sub"], "--out", "{tmp}/plain is a file, not a directory",
          setup=a_file("plain")),
@@ -524,6 +530,27 @@ def test_a_path_too_long_for_the_os_is_bad_input(args, tmp_path, capsys, monkeyp
     capsys.readouterr()
     code = cli(*[a.format(tmp=tmp_path, quickstart=QUICKSTART) for a in args])
     assert code == 2, capsys.readouterr().err
+
+
+def test_did_you_mean_suggests_only_the_commands_own_options(capsys):
+    """Every option of every command, and typos of it, given to each other command."""
+    import typer
+
+    from gradlab.cli import app
+
+    group = typer.main.get_command(app)
+    options = {name: {o for p in cmd.params for o in p.opts if o.startswith("--")} | {"--help"}
+               for name, cmd in group.commands.items()}
+    every = set().union(*options.values())
+    assert {"--thresholds", "--workers", "--force", "--seeds"} <= every
+    for name, own in options.items():
+        for typo in sorted({t for o in every - own for t in (o, o[:-1], o + "s", o[:3] + o[4:])} - own):
+            capsys.readouterr()
+            assert cli(name, *(["{x}.yaml"] if name in ("run", "sweep", "validate") else []), typo) == 2
+            err = capsys.readouterr().err
+            m = re.search(r"\(Possible options: ([^)]*)\)", err)
+            suggested = set(m.group(1).split(", ")) if m else set()
+            assert suggested <= own, f"gradlab {name} {typo}: {err}"
 
 
 def test_the_extreme_thresholds_allowed_train_and_plot_without_a_warning(tmp_path):

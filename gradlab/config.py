@@ -1017,17 +1017,19 @@ def available_memory_bytes() -> int:
         return 8 * 2**30
 
 
-def _check_memory(cfg: ExperimentConfig, file: str, line: Optional[int]) -> None:
+def _check_memory(cfg: ExperimentConfig, blame: Any) -> None:
+    """Refuse what would not fit, naming what made it too big: blame() -> file, key, line."""
     need, have = estimate_memory_bytes(cfg), available_memory_bytes()
     if need <= 0.8 * have:
         return
+    file, key, line = blame()
     v, p = len(cfg.clipping), _parameter_count(cfg)
     params = f"{p:,}" if p < 10**6 else f"{p:.2g}".replace("e+", "e")
     raise UserError(
         f"this experiment needs about {need / 2**30:.1f} GiB ({v} variant{'s' * (v != 1)} x {params} parameters "
         f"with gradients, optimizer state and activations), more than 80% of the {have / 2**30:.1f} GiB available; "
         "reduce model.width, model.depth, task.batch_size, train.steps or the clipping list",
-        file=file, key="model", line=line,
+        file=file, key=key, line=line,
     )
 
 
@@ -1041,6 +1043,13 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
 
     `sweep` ({method, thresholds, baseline}, from `gradlab sweep`) replaces the config's
     clipping list by the baseline plus `method` at each threshold."""
+    return _load_config(path, overrides, seeds, sweep, explain=True)
+
+
+def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds: Optional[Sequence[int]],
+                 sweep: Optional[dict], explain: bool) -> ExperimentConfig:
+    """load_config; without `explain`, a memory refusal does not look for the option to
+    blame (that search loads the config again, in this way)."""
     path = Path(path)
     file = str(path)
     data, lines = _parse_yaml(_read_text(path), file)
@@ -1059,7 +1068,9 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
     if sweep is not None:
         data.pop("clipping", None)
         data["sweep"] = dict(sweep)
-        sources[("sweep",)] = "--thresholds"
+        sources[("sweep",)] = sources[("clipping",)] = "--thresholds"  # the clipping list is made from it
+    elif "clipping" not in data and isinstance(data.get("sweep"), dict) and ("sweep",) in lines:
+        lines[("clipping",)] = lines[("sweep",)]  # made from the file's sweep
     if "name" not in data:
         if not re.match(NAME_PATTERN, path.stem):
             raise UserError(f"the config has no `name` and its file name {_show(path.stem)} is not a valid one "
@@ -1072,7 +1083,30 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
         raise _user_error(e, data, origins) from None
-    _check_memory(cfg, **origins.locate(("model",)))
+
+    def fits(overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None, sweep: Optional[dict] = None) -> bool:
+        try:
+            _load_config(path, overrides, seeds, sweep, explain=False)
+        except UserError:
+            return False
+        return True
+
+    def blame() -> tuple[str, str, Optional[int]]:
+        """The size is a product of several sections: the file's model, unless the file alone
+        fits; then the first option that alone makes it too big, else the last one (with
+        those before it). Only computed when refusing."""
+        options = [(f"--set {clip(o)}", _dotted(o.partition("=")[0].split(".")), {"overrides": [o]})
+                   for o in overrides]
+        if seeds is not None:
+            options.append((sources[("seeds",)], "seeds", {"seeds": seeds}))
+        if sweep is not None:
+            options.append(("--thresholds", "clipping", {"sweep": sweep}))
+        if not explain or not options or not fits():
+            return file, "model", lines.get(("model",))
+        option, key, _ = next((o for o in options if not fits(**o[2])), options[-1])
+        return option, key, None
+
+    _check_memory(cfg, blame)
     return cfg
 
 

@@ -493,6 +493,30 @@ def test_memory_message_and_estimate(write, monkeypatch):
     assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message
 
 
+def test_memory_refusal_names_the_option_that_made_it_too_big(write, monkeypatch):
+    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    p = write("name: a\nmodel: {width: 64}\ntask: {batch_size: 8}\n")
+    load_config(p)  # the file alone fits
+    e = refused(p, ["train.steps=5", "task.batch_size=1000000"])
+    assert (e.file, e.key, e.line) == ("--set task.batch_size=1000000", "task.batch_size", None)
+    assert "GiB available" in e.message
+    e = refused(p, ["model.width=1000", "model.depth=100"])  # each fits, not both: the last is named
+    assert (e.file, e.key, e.line) == ("--set model.depth=100", "model.depth", None)
+    e = refused(p, seeds=list(range(2)), overrides=["model.width=100000"])
+    assert (e.file, e.key, e.line) == ("--set model.width=100000", "model.width", None)
+    big = write("name: a\nseed: 1\nmodel: {width: 4096, depth: 16}\n", "big.yaml")
+    e = refused(big, ["model.depth=15"])  # too big already in the file: the file's model is named
+    assert (e.file, e.key, e.line) == (str(big), "model", 3)
+
+
+def test_list_length_of_a_sweeps_clipping_names_where_the_sweep_came_from(write):
+    thresholds = list(range(1, 1001))
+    e = refused(write("name: a\n"), sweep={"method": "norm", "thresholds": thresholds, "baseline": True})
+    assert (e.file, e.key, e.line) == ("--thresholds", "clipping", None) and "at most 1000 items" in e.message
+    e = refused(write(f"name: a\nseed: 1\nsweep:\n  thresholds: {thresholds}\n"))
+    assert (e.key, e.line) == ("clipping", 3) and "at most 1000 items" in e.message
+
+
 # ----------------------------------------------------------------------------- hash and round trip
 
 

@@ -76,6 +76,16 @@ class ModelConfig(_Strict):
     init: Optional[InitConfig] = None
     input_init: Optional[InitConfig] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_by_kind(cls, data: Any) -> Any:
+        # `init: {gain: 1.1}` on a recurrent model keeps the recurrent default, orthogonal: a
+        # missing scheme is the model kind's, not InitConfig's (which is the mlp's).
+        if isinstance(data, dict) and isinstance(data.get("init"), dict) and "scheme" not in data["init"]:
+            if data.get("kind") in RECURRENT:
+                return {**data, "init": {"scheme": "orthogonal", **data["init"]}}
+        return data
+
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
         recurrent = self.kind in RECURRENT

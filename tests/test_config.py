@@ -358,6 +358,15 @@ def test_set_switches_a_kind_the_file_leaves_out(write):
     assert cfg.train.optimizer.betas == [0.9, 0.99]
 
 
+@pytest.mark.parametrize("kind, task, scheme", [("rnn", "adding", "orthogonal"), ("gru", "copy", "orthogonal"),
+                                                ("mlp", "teacher", "xavier")])
+def test_an_init_without_scheme_gets_the_kinds_default_scheme(write, kind, task, scheme):
+    p = write(f"name: a\nmodel: {{kind: {kind}, init: {{gain: 1.1}}}}\ntask: {{kind: {task}}}\n")
+    assert load_config(p).model.init.scheme == scheme and load_config(p).model.init.gain == 1.1
+    assert load_config(write("name: a\n", "b.yaml"), [f"model.kind={kind}", f"task.kind={task}",
+                                                     "model.init.gain=2"]).model.init.scheme == scheme
+
+
 def test_a_method_changed_by_set_refuses_the_files_keys_of_the_old_one(write):
     p = write("name: n\nclipping: [{method: norm, max_norm: 1}]\n")
     e = refused(p, ["clipping.0.method=value", "clipping.0.clip_value=0.1"])

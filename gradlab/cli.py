@@ -27,6 +27,7 @@ app = typer.Typer(
     "without clipping, locate where NaNs are born, plot gradient norms over time.",
 )
 
+
 @app.callback()
 def _global(
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an internal error "

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import UserError
+from .errors import UserError, clip, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +26,16 @@ app = typer.Typer(
     help="A lab for exploding gradients and gradient clipping: train deep networks with and "
     "without clipping, locate where NaNs are born, plot gradient norms over time.",
 )
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an internal error "
+                               "(also GRADLAB_DEBUG=1); accepted before or after the command."),
+) -> None:
+    # Only for --help: main() takes --debug out of the arguments wherever it stands.
+    pass
+
 
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
                       help="Override one config value (repeatable), e.g. --set model.depth=64.")
@@ -42,12 +52,13 @@ def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
     seeds = []
     for p in parts:
         if not p.isdigit():
-            what = "an empty item" if not p else f"`{p}`"
+            what = "an empty item" if not p else f"`{clip(p)}`"
             raise UserError(f"expected non-negative integers separated by commas (e.g. 0,1,2), got {what}",
                             key="--seeds")
         seeds.append(int(p))
     if len(set(seeds)) != len(seeds):
-        raise UserError(f"seeds must be distinct, got {text}", key="--seeds")
+        twice = next(s for i, s in enumerate(seeds) if s in seeds[:i])
+        raise UserError(f"seeds must be distinct, got {twice} twice", key="--seeds")
     return seeds
 
 
@@ -108,7 +119,7 @@ def sweep(
     """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
     threshold keeps the model stable and what it costs."""
     if method not in ("norm", "value"):
-        raise UserError(f"must be norm or value, got `{method}`", key="--method")
+        raise UserError(f"must be norm or value, got `{clip(method)}`", key="--method")
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
     from .config import load_config
 
@@ -132,11 +143,11 @@ def parse_thresholds(text: str) -> list[float]:
         try:
             x = float(item)
         except ValueError:
-            raise bad(f"`{item}` is not a number") from None
+            raise bad(f"`{clip(item)}` is not a number") from None
         if not math.isfinite(x) or x <= 0:
-            raise bad(f"`{item}` is not a positive finite number")
+            raise bad(f"`{clip(item)}` is not a positive finite number")
         if x in values:
-            raise bad(f"`{item}` appears twice")
+            raise bad(f"`{clip(item)}` appears twice")
         values.append(x)
     return values
 
@@ -360,7 +371,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except UserError as e:
         _fail(str(e), 2)
     except OSError as e:
-        from .io import ENVIRONMENT_ERRNOS, os_reason, short_path
+        from .io import ENVIRONMENT_ERRNOS, os_reason
 
         if e.errno not in ENVIRONMENT_ERRNOS:  # disk full, read-only, a bad path: not a bug
             if debug:
@@ -369,7 +380,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         import errno
 
         doing = "use this path" if e.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR) else "write"
-        _fail(str(UserError(f"cannot {doing} ({os_reason(e)})", file=short_path(e.filename) if e.filename else None)), 2)
+        _fail(str(UserError(f"cannot {doing} ({os_reason(e)})", file=e.filename)), 2)
     except (KeyboardInterrupt, typer.Abort) as e:
         from .errors import Terminated
 
@@ -379,7 +390,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int):
             ctx = getattr(e, "ctx", None)
             cmd = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "gradlab" else ""
-            _fail(f"{e.format_message()}", e.exit_code, f"gradlab{cmd}")
+            _fail(one_line(_usage_message(e)), e.exit_code, f"gradlab{cmd}")
         if debug:
             raise
         _bug(e)
@@ -419,6 +430,27 @@ def _pipe_closed() -> None:
     except (OSError, ValueError):
         pass
     sys.exit(141)
+
+
+def _usage_message(e: Exception) -> str:
+    """A usage error of Typer's click, with "did you mean" drawn from the command's own
+    options only, and, for an option of other commands, which ones take it."""
+    name, ctx = getattr(e, "option_name", None), getattr(e, "ctx", None)
+    if not isinstance(name, str) or ctx is None or not hasattr(e, "possibilities"):
+        return e.format_message()
+    help_option = ctx.command.get_help_option(ctx)
+    params = [*ctx.command.params, *([help_option] if help_option else [])]
+    own = {o for p in params for o in (*p.opts, *p.secondary_opts)}
+    e.possibilities = [p for p in e.possibilities or () if p in own]
+    group = ctx.find_root().command
+    others = [n for n, c in getattr(group, "commands", {}).items() if c is not ctx.command and
+              any(name in (*p.opts, *p.secondary_opts) for p in c.params)]
+    if others:  # a right option in the wrong place: say where it goes, not what it looks like here
+        where = " and ".join(others) if len(others) <= 2 else ", ".join(others[:-1]) + " and " + others[-1]
+        if ctx.command is group:
+            return f"{e.message} (an option of {where}: give it after the command name)"
+        return f"{e.message} ({name} is an option of {where}, not of {ctx.info_name})"
+    return e.format_message()
 
 
 def _terminated(signum, frame) -> None:

@@ -11,13 +11,14 @@ import difflib
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gradlab.errors import UserError
+from gradlab.errors import UserError, clip
 from gradlab.io import data_hash
 
 Activation = Literal["tanh", "relu", "sigmoid", "gelu", "identity"]
@@ -31,8 +32,21 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+KeyPath = tuple[Union[str, int], ...]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Conflict(ValueError):
+    """A model-level check: the message, and the keys (relative to the model) it is about,
+    the first one first. The error names the one an option set, if any (the option made the
+    conflict), else the first one the file writes."""
+
+    def __init__(self, message: str, *keys: Union[str, KeyPath]) -> None:
+        super().__init__(message)
+        self.keys = [(k,) if isinstance(k, str) else tuple(k) for k in keys]
 
 
 class InitConfig(_Strict):
@@ -60,15 +74,27 @@ class ModelConfig(_Strict):
     init: Optional[InitConfig] = None
     input_init: Optional[InitConfig] = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_by_kind(cls, data: Any) -> Any:
+        # `init: {gain: 1.1}` on a recurrent model keeps the recurrent default, orthogonal: a
+        # missing scheme is the model kind's, not InitConfig's (which is the mlp's).
+        if isinstance(data, dict) and isinstance(data.get("init"), dict) and "scheme" not in data["init"]:
+            if data.get("kind") in RECURRENT:
+                return {**data, "init": {"scheme": "orthogonal", **data["init"]}}
+        return data
+
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
         recurrent = self.kind in RECURRENT
         if self.kind == "rnn" and self.activation not in ("tanh", "relu"):
-            raise ValueError(f"activation of an rnn must be tanh or relu (as torch.nn.RNN), got {self.activation}")
+            raise _Conflict(f"an rnn takes activation tanh or relu (as torch.nn.RNN), got {self.activation}",
+                            "activation", "kind")
         if self.kind in ("lstm", "gru") and self.activation != "tanh":
-            raise ValueError(f"activation: an {self.kind}'s gates are fixed (sigmoid and tanh); leave activation out")
+            raise _Conflict(f"an {self.kind}'s gates are fixed (sigmoid and tanh), so activation must be left out "
+                            f"(or tanh), got {self.activation}", "activation", "kind")
         if not recurrent and self.input_init is not None:
-            raise ValueError("input_init applies to recurrent models only; an mlp has one init")
+            raise _Conflict("input_init applies to recurrent models only; an mlp has one init", "input_init", "kind")
         if self.init is None:
             object.__setattr__(self, "init", InitConfig(scheme="orthogonal" if recurrent else "xavier"))
         if recurrent and self.input_init is None:
@@ -120,8 +146,8 @@ class CopyTask(_Task):
     @model_validator(mode="after")
     def _room(self) -> "CopyTask":
         if self.seq_len < 2 * self.copy_len + 1:
-            raise ValueError(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
-                             f"(the symbols, a delimiter, the recall), got {self.seq_len}")
+            raise _Conflict(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
+                            f"(the symbols, a delimiter, the recall), got {self.seq_len}", "seq_len", "copy_len")
         return self
 
 
@@ -153,7 +179,8 @@ class SGDConfig(_Strict):
     @model_validator(mode="after")
     def _nesterov(self) -> "SGDConfig":
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+            raise _Conflict(f"nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD), got momentum "
+                            f"{self.momentum:g} and dampening {self.dampening:g}", "nesterov", "momentum", "dampening")
         return self
 
 
@@ -309,33 +336,60 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _resolve_seeds(self) -> "ExperimentConfig":
         if self.seed is not None and self.seeds is not None:
-            raise ValueError("give either `seed` or `seeds`, not both")
+            raise _Conflict("give either `seed` or `seeds`, not both", "seed", "seeds")
         seeds = self.seeds if self.seeds is not None else [self.seed if self.seed is not None else 0]
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
+            raise _Conflict(f"seeds must be distinct, got {clip(', '.join(map(str, seeds)))}",
+                            "seeds" if self.seeds is not None else "seed")
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
         sequence = self.task.kind in SEQUENCE_TASKS
         if sequence != (self.model.kind in RECURRENT):
             need = "a recurrent kind (rnn, lstm, gru)" if sequence else "kind mlp"
-            raise ValueError(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}")
+            raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
+                            ("model", "kind"), ("task", "kind"))
         if self.train.tbptt is not None and not sequence:
-            raise ValueError("train.tbptt (truncated backprop through time) applies to recurrent models only")
+            raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
+                            f"not to model {self.model.kind} on task {self.task.kind}",
+                            ("train", "tbptt"), ("task", "kind"), ("model", "kind"))
+        self._check_thresholds()
         if self.sweep is not None:
             want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
                     for c in self.sweep.clipping()]
             if list(self.clipping) != want:
-                raise ValueError("clipping: a sweep sets the clipping list (the baseline and method at each "
-                                 "threshold); give either sweep or clipping")
+                raise _Conflict("a sweep sets the clipping list (the baseline and method at each threshold); "
+                                "give either sweep or clipping", "clipping", "sweep")
         ids = [variant_id(c) for c in self.clipping]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"clipping lists the same variant twice: {', '.join(dup)}")
+        twice = next((j for j, i in enumerate(ids) if i in ids[:j]), None)
+        if twice is not None:
+            raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
+                            "each variant once", ("clipping", twice))
         return self
+
+    def _check_thresholds(self) -> None:
+        """A threshold outside the normal numbers of the training dtype means nothing there:
+        below the smallest one the clipped gradient is subnormal or zero (and 1e-320 is not
+        even a normal float64), above the largest one the threshold is inf in that dtype and
+        never clips."""
+        tiny, big = _DTYPE_RANGE[self.train.dtype]
+        for i, c in enumerate(self.clipping):
+            t = threshold_of(c)
+            if t is None or tiny <= t <= big:
+                continue
+            bound = f">= {tiny:g}, about the smallest normal" if t < tiny else f"<= {big:g}, about the largest"
+            field = "max_norm" if isinstance(c, ClipNorm) else "clip_value"
+            where = (("sweep", "thresholds"),) if self.sweep is not None else (("clipping", i, field),)
+            raise _Conflict(f"{'a threshold' if self.sweep is not None else field} must be {bound} "
+                            f"{self.train.dtype} (train.dtype), got {t!r}", *where, ("train", "dtype"))
 
     def resolved(self) -> dict:
         """The resolved config as plain data (what config.yaml holds and the hash covers)."""
         return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
+
+
+# The thresholds each training dtype holds as normal numbers: numpy.finfo's tiny and max,
+# rounded inward to two digits so that the bound a message names is itself allowed.
+_DTYPE_RANGE = {"float32": (1.2e-38, 3.4e38), "float64": (2.3e-308, 1.7e308)}
 
 
 def format_threshold(x: float) -> str:
@@ -367,8 +421,6 @@ def run_id(c: Union[ClipNone, ClipNorm, ClipValue], seed: int) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
-
-KeyPath = tuple[Union[str, int], ...]
 
 MAX_CONFIG_BYTES = 1_000_000
 MAX_ALIASES = 100
@@ -424,8 +476,8 @@ for _cls in (_Loader, _Dumper):
 
 
 def _one_line(text: str) -> str:
-    """User text echoed in a message: newlines and control characters escaped."""
-    return repr(text)[1:-1]
+    """User text echoed in a message: newlines and control characters escaped, cut short."""
+    return clip(text)
 
 
 def _dotted(path: Sequence[Union[str, int]]) -> str:
@@ -451,6 +503,57 @@ def _show_typed(v: Any) -> str:
     return s if v is None or isinstance(v, (list, tuple, dict)) else f"{s} ({type(v).__name__})"
 
 
+_BASES = {"x": ("a hexadecimal", 16), "o": ("an octal", 8), "b": ("a binary", 2)}
+_PREFIXED = re.compile(r"^[-+]?0([xXoObB])[0-9a-fA-F_]+$")
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+_WORD_BOOLS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def _yaml11_surprise(node: yaml.ScalarNode, loader: yaml.SafeLoader) -> Optional[str]:
+    """Why an unquoted scalar is refused: a form that YAML 1.1 (PyYAML) and YAML 1.2 read
+    differently, or that reads as something other than it looks (`1:30` is 90, `017` is 15,
+    `no` is false). A quoted scalar is a string, and an explicit tag says what it means."""
+    if node.style is not None or node.tag != loader.resolve(yaml.ScalarNode, node.value, (True, False)):
+        return None
+    text = node.value
+    shown = _show(text)
+    quote = f"or quote it (\"{text}\") for a string" if len(text) <= 30 else "or quote it for a string"
+    sign = -1 if text.startswith("-") else 1
+    digits = text.lstrip("+-").replace("_", "")
+    short = len(digits) <= 30  # the number is worth spelling out (and int() of 100 KB of digits is slow)
+    m = _PREFIXED.match(text)
+    if m:
+        base, radix = _BASES[m.group(1).lower()]
+        try:
+            n = sign * int(digits[2:], radix) if short else None
+        except ValueError:  # `0b12`: a string in YAML 1.1 and 1.2 alike
+            return None
+        write = f"write {n}" if n is not None else "write it in decimal"
+        return f"{shown} is {base} number; gradlab reads decimal numbers only: {write}, {quote}"
+    if _LEADING_ZERO.match(text):
+        decimal = f"{sign * int(digits)}" if short else "it without the leading zero"
+        if set(digits) <= set("01234567"):
+            octal = sign * int(digits, 8) if short else None
+            write = decimal if octal is None or str(octal) == decimal else f"{octal} (octal) or {decimal} (decimal)"
+            return (f"{shown} is octal{f' {octal}' if octal is not None else ''} in YAML 1.1, decimal in YAML 1.2; "
+                    f"write {write}, {quote}")
+        return f"{shown} has a leading zero (a string in YAML 1.1, a number in YAML 1.2); write {decimal}, {quote}"
+    if _SEXAGESIMAL.match(text):
+        if not short:
+            return f"{shown} is a base-60 number in YAML 1.1 (as in times), a string in YAML 1.2; {quote}"
+        head, _, frac = digits.partition(".")
+        n = 0
+        for part in head.split(":"):
+            n = n * 60 + int(part)
+        value = f"{sign * (n + float('0.' + (frac or '0'))):g}" if "." in digits else f"{sign * n}"
+        return f"{shown} is {value} in YAML 1.1 (base 60, as in times), a string in YAML 1.2; write {value}, {quote}"
+    if text.lower() in _WORD_BOOLS:
+        flag = str(_WORD_BOOLS[text.lower()]).lower()
+        return f"{shown} is {flag} in YAML 1.1, a string in YAML 1.2; write {flag}, {quote}"
+    return None
+
+
 class _Tree:
     """Plain data from a composed YAML node tree, with the 1-based line of every key path."""
 
@@ -464,7 +567,7 @@ class _Tree:
         allowed = _SCALAR_TAGS if isinstance(node, yaml.ScalarNode) else {
             _YAML + ("seq" if isinstance(node, yaml.SequenceNode) else "map")}
         if node.tag not in allowed:
-            what = "merge keys (<<)" if node.tag == _YAML + "merge" else "YAML tag " + node.tag.replace(_YAML, "!!")
+            what = "merge keys (<<)" if node.tag == _YAML + "merge" else "YAML tag " + clip(node.tag.replace(_YAML, "!!"))
             raise self.fail(f"unsupported {what}; a config holds only plain values, lists and mappings", node, path)
 
     def build(self, node: yaml.Node, path: KeyPath = ()) -> Any:
@@ -496,6 +599,9 @@ class _Tree:
                 self.lines[path + (key,)] = line
                 out[key] = self.build(value_node, path + (key,))
             return out
+        surprise = _yaml11_surprise(node, self.loader)
+        if surprise:
+            raise self.fail(surprise, node, path)
         try:
             return self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError, LookupError, AttributeError):  # e.g. `!!int abc`
@@ -536,11 +642,32 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
     return tree.build(node), tree.lines
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _regular_file(st: os.stat_result, file: str) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(file)
+    if not stat.S_ISREG(st.st_mode):
+        what = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise UserError(f"is {what}, not a regular file; a config must be a file", file=file)
+
+
 def _read_text(path: Path) -> str:
     file = str(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never more: the path may be /dev/zero
+        # A FIFO, a terminal or a device would block the read (or never end): only a regular
+        # file (or a symlink to one) is a config. Checked before opening, so that opening has
+        # no side effect, and again on what was opened, without blocking, should it change.
+        _regular_file(os.stat(path), file)
+        with open(path, "rb", opener=_open_nonblocking) as fh:
+            _regular_file(os.fstat(fh.fileno()), file)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UserError("no such file", file=file) from None
     except IsADirectoryError:
@@ -551,7 +678,7 @@ def _read_text(path: Path) -> str:
         why = e.strerror or str(e)
         raise UserError(f"cannot read: {why[:1].lower()}{why[1:]}", file=file) from None
     if len(raw) > MAX_CONFIG_BYTES:
-        size = path.stat().st_size  # 0 for a device or a pipe, which may never end
+        size = path.stat().st_size  # smaller than what was read if the file is growing
         what = f"{size / 1e6:.1f} MB" if size > MAX_CONFIG_BYTES else f"more than {MAX_CONFIG_BYTES / 1e6:.0f} MB"
         raise UserError(f"config is {what}; a config is a few hundred bytes", file=file)
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -566,29 +693,56 @@ def _read_text(path: Path) -> str:
         raise UserError(f"is not UTF-8 text (byte 0x{raw[e.start]:02x})", file=file, line=line) from None
 
 
-def _schema_default(path: Sequence[Union[str, int]]) -> Any:
-    """The default mapping or list at `path`, so that `--set clipping.1.max_norm=2` edits the
-    default clipping list when the file has none."""
-    cur: Any = ExperimentConfig.model_construct(name="_").model_dump()
+def _field_default(data: dict, path: Sequence[Union[str, int]]) -> Any:
+    """The schema default of the field at `path`, for the kinds the data names (or their
+    defaults): what `--set clipping.1.max_norm=2` edits when the file has no clipping."""
+    tp: Any = ExperimentConfig
+    cur: Any = data
+    default: Any = None
     for part in path:
+        tp = _unwrap(tp)
+        if get_origin(tp) is Union:  # a discriminated union: the member the data (or the default) names
+            members = get_args(tp)
+            tag = _tag_of(members[0])
+            kind = cur.get(tag) if isinstance(cur, dict) else None
+            if kind is None and isinstance(default, BaseModel):
+                kind = getattr(default, tag)
+            tp = next((m for m in members if kind in get_args(m.model_fields[tag].annotation)), None)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str) and part in tp.model_fields:
+            field = tp.model_fields[part]
+            tp, default = field.annotation, field.get_default(call_default_factory=True)
+        elif get_origin(tp) is list and isinstance(part, int):
+            tp, default = get_args(tp)[0], None
+        else:
+            return None
         try:
             cur = cur[part]
         except (KeyError, IndexError, TypeError):
-            return {}
-    return cur if isinstance(cur, (dict, list)) else {}
+            cur = None
+    return default
 
 
-def _apply_override(data: dict, text: str, sources: dict[KeyPath, str]) -> None:
-    """`--set key.path=value`: digit parts index lists, missing mappings are created."""
+def _as_written(value: Any) -> Any:
+    """A default as a user would write it: only what differs from the defaults below it, so
+    that its kind's own defaults (orthogonal for a recurrent init) still apply."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_defaults=True)
+    return [_as_written(v) for v in value] if isinstance(value, list) else value
+
+
+def _apply_override(data: dict, text: str, sources: dict[KeyPath, str], made: set[KeyPath]) -> None:
+    """`--set key.path=value`, applied to what the file says, before any default: digit parts
+    index lists, missing mappings are created empty (a missing list the indexes go into is
+    its default, as a user would write it)."""
     key, eq, raw = text.partition("=")
     parts = [p.strip() for p in key.split(".")]
     if not eq or not all(parts):
-        raise UserError("expected key.path=value, e.g. --set model.depth=64", file="--set", key=_one_line(text))
-    source = f"--set {_one_line(text)}"
+        raise UserError("expected key.path=value, e.g. --set model.depth=64", file="--set", key=clip(text))
+    source = f"--set {clip(text)}"
     try:
         value, _ = _parse_yaml(raw, source)
     except UserError as e:
-        e.line, e.key = None, e.key or _one_line(key.strip())  # the line of a one-line option says nothing
+        e.line, e.key = None, e.key or _dotted(parts)  # the line of a one-line option says nothing
         raise
     node: Any = data
     path: list[Union[str, int]] = []
@@ -603,26 +757,65 @@ def _apply_override(data: dict, text: str, sources: dict[KeyPath, str]) -> None:
                             file=source, key=_dotted(path + [part]))
         path.append(part)
         if i == len(parts) - 1:
+            if part in ("kind", "method") and isinstance(node, dict) and node.get(part) != value:
+                # A default belongs to its kind: another kind does not inherit it. What the file
+                # wrote stays, and is refused if the new kind has no such key (see _user_error).
+                for k in [k for k in node if tuple(path[:-1]) + (k,) in made]:
+                    del node[k]
             node[part] = value
-        else:
-            if isinstance(node, dict) and part not in node:
-                node[part] = _schema_default(path)
-            node = node[part]
+            break
+        if isinstance(node, dict) and part not in node:
+            below = parts[i + 1]
+            if below.isascii() and below.isdigit():
+                default = _field_default(data, path)
+                if not isinstance(default, list):
+                    raise UserError(f"`{_dotted(path)}` is not in the config and has no default list to index; "
+                                    f"set it whole, e.g. --set {_dotted(path)}=[...]", file=source, key=_dotted(path))
+                node[part] = _as_written(default)
+                made.update(_paths(node[part], tuple(path)))
+            else:
+                node[part] = {}
+        node = node[part]
     sources[tuple(path)] = source
+    made.difference_update([p for p in made if p[: len(path)] == tuple(path)])
 
 
-def _locate(path: KeyPath, file: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> dict:
-    """Where a value came from: the option that set it (or an ancestor), else the file and
-    the line of the path or of its nearest ancestor written in the file."""
-    prefixes = [path[:n] for n in range(len(path), -1, -1)]
-    for p in prefixes:
-        if p in sources:
-            return {"file": sources[p], "line": None}
-    if path and path not in lines:  # a key the file does not have, made by `--set path.below=...`
-        below = [s for k, s in sources.items() if k[: len(path)] == path]
+def _paths(value: Any, path: KeyPath) -> list[KeyPath]:
+    """Every key path in `value` (placed at `path`), itself included."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [path] + [p for k, v in items for p in _paths(v, path + (k,))]
+
+
+class _Origins:
+    """Where each value came from: an option (`--set ...`, `--seeds`, `--thresholds`) or the
+    file, with the line of every key path the file writes."""
+
+    def __init__(self, file: str, lines: dict[KeyPath, int], sources: Optional[dict[KeyPath, str]] = None) -> None:
+        self.file, self.lines, self.sources = file, lines, sources or {}
+
+    def option(self, path: KeyPath) -> Optional[str]:
+        """The option that set `path` (it or an ancestor) or changed it (something below it);
+        for a key the file does not write, the option that set the kind of its mapping
+        (`--set clipping.0.method=norm` makes max_norm required)."""
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.sources:
+                return self.sources[path[:n]]
+        below = [s for k, s in self.sources.items() if k[: len(path)] == path]
         if below:
-            return {"file": below[0], "line": None}
-    return {"file": file, "line": next((lines[p] for p in prefixes if p in lines), None)}
+            return below[0]
+        return self.tag_option(path) if path and path not in self.lines else None
+
+    def tag_option(self, path: KeyPath) -> Optional[str]:
+        """The option that changed the kind (or method) of the mapping holding `path`."""
+        return next((self.sources[path[:-1] + (t,)] for t in ("kind", "method") if path[:-1] + (t,) in self.sources),
+                    None)
+
+    def locate(self, path: KeyPath) -> dict:
+        option = self.option(path)
+        if option is not None:
+            return {"file": option, "line": None}
+        prefixes = [path[:n] for n in range(len(path), -1, -1)]
+        return {"file": self.file, "line": next((self.lines[p] for p in prefixes if p in self.lines), None)}
 
 
 # ----------------------------------------------------------------------------- validation errors
@@ -701,51 +894,74 @@ def _unknown_key(key: Any, fields: list[str]) -> str:
     return f"unknown key {_show(str(key))}; {hint}"
 
 
-def _describe(err: dict) -> tuple[str, KeyPath]:
-    """A short message for one pydantic error, and the sub-key (if any) it is really about."""
+def _describe(err: dict) -> tuple[str, list[KeyPath]]:
+    """A short message for one pydantic error, and the sub-keys (if any) it is really about."""
     kind, v, ctx, loc = err["type"], err.get("input"), err.get("ctx") or {}, err["loc"]
     if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]}, got {_show_typed(v)}", ()
+        return f"must be {_TYPE_WORDS[kind]}, got {_show_typed(v)}", []
     if kind in _BOUNDS:
         op, bound = _BOUNDS[kind][0], ctx[_BOUNDS[kind][1]]
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
-        return f"must be {op} {bound}, got {_show(v)}", ()
+        return f"must be {op} {bound}, got {_show(v)}", []
     if kind == "finite_number":
-        return f"must be finite, got {_show(v)}", ()
+        return f"must be finite, got {_show(v)}", []
     if kind == "missing":
-        return "required key is missing", ()
+        return "required key is missing", []
     if kind == "extra_forbidden":
-        return _unknown_key(loc[-1], _fields_at(loc[:-1])), ()
+        return _unknown_key(loc[-1], _fields_at(loc[:-1])), []
     if kind == "literal_error":
-        return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), ()
+        return _one_of(re.findall(r"'([^']*)'", ctx["expected"]), v), []
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tag = ctx["discriminator"].strip("'")
         allowed = re.findall(r"'([^']*)'", ctx.get("expected_tags", "")) or _tags(loc, tag)
         if kind == "union_tag_invalid":
-            return _one_of(allowed, ctx["tag"]), (tag,)
-        return f"required key is missing; must be one of {', '.join(allowed)}", (tag,)
+            return _one_of(allowed, ctx["tag"]), [(tag,)]
+        return f"required key is missing; must be one of {', '.join(allowed)}", [(tag,)]
     if kind == "string_pattern_mismatch":  # NAME_PATTERN is the only pattern
-        return f"must be 1-64 letters, digits, - or _; got {_show(v)}", ()
+        return f"must be 1-64 letters, digits, - or _; got {_show(v)}", []
     if kind in ("too_short", "too_long"):
         n = ctx["min_length"] if kind == "too_short" else ctx["max_length"]
         bound = "at least" if kind == "too_short" else "at most"
-        return f"must have {bound} {n} item{'s' * (n != 1)}, got {ctx['actual_length']}", ()
-    if kind == "value_error":
-        # A model-level check: point at the first field of that model the message names.
-        message = str(ctx["error"])
-        fields = _fields_at(loc)
-        named = next((w for w in re.findall(r"\w+", message) if w in fields), None)
-        return message, (named,) if named else ()
-    return err["msg"][:1].lower() + err["msg"][1:], ()
+        return f"must have {bound} {n} item{'s' * (n != 1)}, got {ctx['actual_length']}", []
+    if kind == "value_error":  # a check of ours: a field's own, or a model's (_Conflict) with its keys
+        return str(ctx["error"]), getattr(ctx["error"], "keys", [])
+    return err["msg"][:1].lower() + err["msg"][1:], []
 
 
-def _user_error(exc: ValidationError, data: dict, locate: Any) -> UserError:
+def _about(base: KeyPath, subs: Sequence[KeyPath], origins: _Origins) -> KeyPath:
+    """The key a model-level check is about: of the keys it names, the first one an option
+    set (the option made the conflict), else the first one the file writes, else the first."""
+    paths = [base + sub for sub in subs] or [base]
+    return next((p for p in paths if origins.option(p) is not None),
+                next((p for p in paths if p in origins.lines), paths[0]))
+
+
+def _user_error(exc: ValidationError, data: dict, origins: _Origins) -> UserError:
     errors = exc.errors()
-    message, sub = _describe(errors[0])
-    path = _data_path(errors[0]["loc"], data) + sub
+    message, subs = _describe(errors[0])
+    path = _about(_data_path(errors[0]["loc"], data), subs, origins)
+    where = origins.locate(path)
+    option = origins.tag_option(path)
+    if errors[0]["type"] == "extra_forbidden" and path in origins.lines and option:
+        # The file wrote the key for the kind (or method) it named; an option changed that. Not
+        # dropped: the user's value would vanish silently (a max_norm meant as the threshold).
+        tag = next(t for t in ("kind", "method") if path[:-1] + (t,) in origins.sources)
+        message = (f"{_show(str(path[-1]))} ({origins.file} line {origins.lines[path]}) does not apply to "
+                   f"{tag} {_show(_get(data, path[:-1] + (tag,)))}, which {option} chose; remove it "
+                   f"from the file or leave the {tag} as it is")
+        where = {"file": option, "line": None}
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})"
-    return UserError(message, key=_dotted(path) or None, **locate(path))
+    return UserError(message, key=_dotted(path) or None, **where)
+
+
+def _get(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 # ----------------------------------------------------------------------------- memory
@@ -809,17 +1025,19 @@ def available_memory_bytes() -> int:
         return 8 * 2**30
 
 
-def _check_memory(cfg: ExperimentConfig, file: str, line: Optional[int]) -> None:
+def _check_memory(cfg: ExperimentConfig, blame: Any) -> None:
+    """Refuse what would not fit, naming what made it too big: blame() -> file, key, line."""
     need, have = estimate_memory_bytes(cfg), available_memory_bytes()
     if need <= 0.8 * have:
         return
+    file, key, line = blame()
     v, p = len(cfg.clipping), _parameter_count(cfg)
     params = f"{p:,}" if p < 10**6 else f"{p:.2g}".replace("e+", "e")
     raise UserError(
         f"this experiment needs about {need / 2**30:.1f} GiB ({v} variant{'s' * (v != 1)} x {params} parameters "
         f"with gradients, optimizer state and activations), more than 80% of the {have / 2**30:.1f} GiB available; "
         "reduce model.width, model.depth, task.batch_size, train.steps or the clipping list",
-        file=file, key="model", line=line,
+        file=file, key=key, line=line,
     )
 
 
@@ -833,6 +1051,13 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
 
     `sweep` ({method, thresholds, baseline}, from `gradlab sweep`) replaces the config's
     clipping list by the baseline plus `method` at each threshold."""
+    return _load_config(path, overrides, seeds, sweep, explain=True)
+
+
+def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds: Optional[Sequence[int]],
+                 sweep: Optional[dict], explain: bool) -> ExperimentConfig:
+    """load_config; without `explain`, a memory refusal does not look for the option to
+    blame (that search loads the config again, in this way)."""
     path = Path(path)
     file = str(path)
     data, lines = _parse_yaml(_read_text(path), file)
@@ -841,27 +1066,55 @@ def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), se
     if not isinstance(data, dict):
         raise UserError(f"the top level must be a mapping of keys, got {_show_typed(data)}", file=file)
     sources: dict[KeyPath, str] = {}
+    made: set[KeyPath] = set()
     for item in overrides:
-        _apply_override(data, item, sources)
+        _apply_override(data, item, sources, made)
     if seeds is not None:
         data.pop("seed", None)
         data["seeds"] = list(seeds)
-        sources[("seeds",)] = "--seeds " + ",".join(map(str, seeds))
+        sources[("seeds",)] = "--seeds " + clip(",".join(map(str, seeds)))
     if sweep is not None:
         data.pop("clipping", None)
         data["sweep"] = dict(sweep)
-        sources[("sweep",)] = "--thresholds"
-    if "name" not in data and re.match(NAME_PATTERN, path.stem):
+        sources[("sweep",)] = sources[("clipping",)] = "--thresholds"  # the clipping list is made from it
+    elif "clipping" not in data and isinstance(data.get("sweep"), dict) and ("sweep",) in lines:
+        lines[("clipping",)] = lines[("sweep",)]  # made from the file's sweep
+    if "name" not in data:
+        if not re.match(NAME_PATTERN, path.stem):
+            raise UserError(f"the config has no `name` and its file name {_show(path.stem)} is not a valid one "
+                            "(1-64 letters, digits, - or _); add `name: ...` to the file or pass --set name=...",
+                            file=file, key="name")
         data["name"] = path.stem
 
-    def locate(p: KeyPath) -> dict:
-        return _locate(p, file, lines, sources)
-
+    origins = _Origins(file, lines, sources)
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise _user_error(e, data, locate) from None
-    _check_memory(cfg, **locate(("model",)))
+        raise _user_error(e, data, origins) from None
+
+    def fits(overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None, sweep: Optional[dict] = None) -> bool:
+        try:
+            _load_config(path, overrides, seeds, sweep, explain=False)
+        except UserError:
+            return False
+        return True
+
+    def blame() -> tuple[str, str, Optional[int]]:
+        """The size is a product of several sections: the file's model, unless the file alone
+        fits; then the first option that alone makes it too big, else the last one (with
+        those before it). Only computed when refusing."""
+        options = [(f"--set {clip(o)}", _dotted(o.partition("=")[0].split(".")), {"overrides": [o]})
+                   for o in overrides]
+        if seeds is not None:
+            options.append((sources[("seeds",)], "seeds", {"seeds": seeds}))
+        if sweep is not None:
+            options.append(("--thresholds", "clipping", {"sweep": sweep}))
+        if not explain or not options or not fits():
+            return file, "model", lines.get(("model",))
+        option, key, _ = next((o for o in options if not fits(**o[2])), options[-1])
+        return option, key, None
+
+    _check_memory(cfg, blame)
     return cfg
 
 
@@ -876,7 +1129,7 @@ def load_resolved(path: Union[str, os.PathLike]) -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise _user_error(e, data, lambda p: _locate(p, file, lines, {})) from None
+        raise _user_error(e, data, _Origins(file, lines)) from None
     missing = [k for k in cfg.resolved() if k not in data]
     if missing:
         raise UserError(f"`{missing[0]}` is missing; gradlab writes every key of the resolved config here",

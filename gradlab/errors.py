@@ -2,6 +2,41 @@
 
 from __future__ import annotations
 
+import re
+
+ECHO_LIMIT = 72
+# A path is cut in the middle, keeping its start and its file name; a long one is still
+# a path someone typed, so it gets more room than a value.
+PATH_LIMIT = 160
+
+
+def _printable(text: object) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """User text echoed in a message (an option's value, a key, a line of a file): one line,
+    control characters escaped, cut to `limit` characters so that a 100 KB value still gives
+    a readable line."""
+    text = _printable(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_path(text: object, limit: int = PATH_LIMIT) -> str:
+    text = _printable(text)
+    if len(text) <= limit:
+        return text
+    tail = (limit - 3) * 2 // 3
+    return text[: limit - 3 - tail] + "..." + text[-tail:]
+
+
+def one_line(message: str) -> str:
+    """A whole message as one readable line, whatever user text it holds: every run of
+    characters without a space longer than PATH_LIMIT is cut in its middle. The places that
+    echo user text cut it themselves, shorter; this keeps any other (a path in an OS error, a
+    Typer usage error) from making a 100 KB line."""
+    return re.sub(r"\S{%d,}" % (PATH_LIMIT + 1), lambda m: clip_path(m.group(0)), _printable(message))
+
 
 class UserError(Exception):
     """Bad input from the user: a config, an option value or a path.
@@ -33,14 +68,12 @@ class UserError(Exception):
     def __str__(self) -> str:
         where = ""
         if self.file:
-            where = str(self.file)
-            if len(where) > 240:  # a path of 4000 characters says no more than its two ends
-                where = f"{where[:118]}...{where[-119:]}"
+            where = clip_path(self.file)
             if self.line is not None:
                 where += f":{self.line}"
-        parts = [p for p in (where, self.key) if p]
+        parts = [p for p in (where, self.key and clip(self.key)) if p]
         prefix = ": ".join(parts)
-        return f"{prefix}: {self.message}" if prefix else self.message
+        return f"{prefix}: {one_line(self.message)}" if prefix else one_line(self.message)
 
 
 def _restore(message: str, file: str | None, key: str | None, line: int | None,

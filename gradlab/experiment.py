@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from . import io
 from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
-from .errors import UserError
+from .errors import UserError, clip_path
 from .records import METRIC_COLUMNS, summarize
 
 
@@ -238,11 +238,11 @@ def check_writable(out: Path) -> None:
     out = Path(out)
     why = io.path_problem(out)
     if why:
-        raise UserError(f"{io.short_path(out)}: {why}", key="--out")
+        raise UserError(f"{clip_path(out)}: {why}", key="--out")
     probe = out
     while not probe.exists():
         if probe.is_symlink():  # lexists but not exists: a dangling link or a loop
-            raise UserError(f"{io.short_path(probe)} is a symbolic link that leads nowhere (dangling or a loop)",
+            raise UserError(f"{clip_path(probe)} is a symbolic link that leads nowhere (dangling or a loop)",
                             key="--out")
         if probe.parent == probe:
             break
@@ -261,7 +261,7 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     longest = max((run_id(c, s) for c in cfg.clipping for s in cfg.seeds), key=len)
     why = io.path_problem(run_dir(exp, longest) / ".layer_norms.csv.12345678.tmp")
     if why:
-        raise UserError(f"{io.short_path(out)}: too deep for this experiment's files ({why})", key="--out")
+        raise UserError(f"{clip_path(out)}: too deep for this experiment's files ({why})", key="--out")
     text = dump_yaml(cfg)
     cfg_path = exp / "config.yaml"
     if not cfg_path.is_file() or cfg_path.read_text(encoding="utf-8") != text:
@@ -494,8 +494,8 @@ def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
     for given, what in ((path, None), (out, "--out")):
         why = io.path_problem(given) if given is not None else None
         if why:
-            raise UserError(f"{io.short_path(given)}: {why}" if what else why, key=what,
-                            file=None if what else io.short_path(given))
+            raise UserError(f"{clip_path(given)}: {why}" if what else why, key=what,
+                            file=None if what else clip_path(given))
     if path is None:
         root = Path(out)
         cands = [d.parent for d in root.glob("*/config.yaml")] if root.is_dir() else []

@@ -107,12 +107,6 @@ def path_problem(path: Any) -> Optional[str]:
     return None
 
 
-def short_path(path: Any, limit: int = 120) -> str:
-    """A path as a message shows it: cut in the middle when longer than `limit`."""
-    text = repr(str(path))[1:-1]  # control characters and undecodable bytes escaped
-    return text if len(text) <= limit else f"{text[: limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
-
-
 def os_reason(e: OSError) -> str:
     """A short reason for a failed write, with the remedy where there is an obvious one."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

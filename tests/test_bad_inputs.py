@@ -173,7 +173,12 @@ CASES = [
          "is not UTF-8 text (byte 0xe9)", setup=write_gen("latin1.yaml", "name: a\n# caf\xe9\n".encode("latin-1"))),
     Case("ten_megabytes", ["run", "{tmp}/huge.yaml", "--out", "{tmp}/out"], "{tmp}/huge.yaml",
          "config is 10.", proc=True, setup=write_gen("huge.yaml", ten_megabytes())),
-    Case("endless_device", ["run", "/dev/zero", "--out", "{tmp}/out"], "/dev/zero", "config is more than 1 MB"),
+    Case("endless_device", ["run", "/dev/zero", "--out", "{tmp}/out"], "/dev/zero",
+         "is a character device, not a regular file"),
+    Case("fifo", ["validate", "{tmp}/pipe.yaml"], "{tmp}/pipe.yaml", "is a FIFO (named pipe), not a regular file",
+         proc=True, setup=lambda tmp, mp: os.mkfifo(tmp / "pipe.yaml")),
+    Case("symlink_to_fifo", ["run", "{tmp}/link.yaml", "--out", "{tmp}/out"], "{tmp}/link.yaml", "is a FIFO",
+         proc=True, setup=lambda tmp, mp: (os.mkfifo(tmp / "pipe"), (tmp / "link.yaml").symlink_to("pipe"))),
     # --- YAML features a config must not use; python tags must never run
     Case("python_object_apply", run_config("python_object_apply.yaml"), "{bad}/python_object_apply.yaml:2: model",
          "unsupported YAML tag !!python/object/apply:os.system", proc=True),
@@ -205,6 +210,13 @@ CASES = [
          "must be a number, got `0.1` (str)"),
     Case("null_for_list", run_config("null_clipping.yaml"), "{bad}/null_clipping.yaml:2: clipping",
          "must be a list, got null"),
+    # --- YAML 1.1 forms that read as something other than they look
+    Case("yaml11_sexagesimal", run_config("yaml11_sexagesimal.yaml"), "{bad}/yaml11_sexagesimal.yaml:3: train.steps",
+         "`1:30` is 90 in YAML 1.1 (base 60, as in times)"),
+    Case("yaml11_octal", run_config("yaml11_octal.yaml"), "{bad}/yaml11_octal.yaml:3: model.depth",
+         "`017` is octal 15 in YAML 1.1, decimal in YAML 1.2"),
+    Case("yaml11_yes", run_config("yaml11_yes.yaml"), "{bad}/yaml11_yes.yaml:3: train.optimizer.nesterov",
+         "`yes` is true in YAML 1.1, a string in YAML 1.2; write true"),
     # --- numbers out of range
     Case("nan", run_config("nan_lr.yaml"), "{bad}/nan_lr.yaml:5: train.optimizer.lr", "must be finite, got nan"),
     Case("inf", run_config("inf_max_norm.yaml"), "{bad}/inf_max_norm.yaml:4: clipping.1.max_norm",
@@ -225,6 +237,8 @@ CASES = [
          "must be 1-64 letters, digits, - or _; got `a/b`"),
     Case("name_dotdot", run_config("name_dotdot.yaml"), "{bad}/name_dotdot.yaml:1: name", "got `..`"),
     Case("name_space", run_config("name_space.yaml"), "{bad}/name_space.yaml:1: name", "got `my experiment`"),
+    Case("name_from_bad_stem", ["validate", "{tmp}/exp.v2.yaml"], "{tmp}/exp.v2.yaml: name",
+         "its file name `exp.v2` is not a valid one", setup=write_gen("exp.v2.yaml", b"seed: 1\n")),
     # --- the config path
     Case("missing_file", ["run", "{tmp}/nope.yaml", "--out", "{tmp}/out"], "{tmp}/nope.yaml", "no such file"),
     Case("directory_as_config", ["run", "{bad}", "--out", "{tmp}/out"], "{bad}", "is a directory, expected a YAML file"),
@@ -240,6 +254,15 @@ CASES = [
     Case("thresholds_negative", sweep("--thresholds", "-1"), "--thresholds", "`-1` is not a positive finite number"),
     Case("thresholds_nan", sweep("--thresholds", "nan"), "--thresholds", "`nan` is not a positive finite number"),
     Case("thresholds_missing", sweep(), "Missing option '--thresholds'", "", proc=True),
+    Case("thresholds_subnormal", sweep("--thresholds", "1,1e-320"), "--thresholds: sweep.thresholds",
+         "a threshold must be >= 1.2e-38, about the smallest normal float32 (train.dtype), got 1e-320", proc=True),
+    Case("thresholds_subnormal_float64", sweep("--thresholds", "1e-320", "--set", "train.dtype=float64"),
+         "--thresholds: sweep.thresholds", "must be >= 2.3e-308, about the smallest normal float64"),
+    Case("thresholds_beyond_float32", sweep("--thresholds", "1e39"), "--thresholds: sweep.thresholds",
+         "must be <= 3.4e+38, about the largest float32 (train.dtype), got 1e+39"),
+    Case("set_clip_value_subnormal", ["validate", Q, "--set", "clipping.1={{method: value, clip_value: 1e-40}}"],
+         "--set clipping.1={{method: value, clip_value: 1e-40}}: clipping.1.clip_value",
+         "clip_value must be >= 1.2e-38, about the smallest normal float32"),
     Case("method_unknown", sweep("--thresholds", "1", "--method", "clip"), "--method", "must be norm or value"),
     Case("seeds_negative", ["run", Q, "--out", "{tmp}/out", "--seeds", "-1"], "--seeds", "got `-1`"),
     Case("seeds_sweep_not_a_number", sweep("--thresholds", "1", "--seeds", "0,x"), "--seeds", "got `x`"),
@@ -254,13 +277,32 @@ CASES = [
          "--set model.depht=3: model.depht", "did you mean `depth`?"),
     Case("set_mistyped_value", ["run", Q, "--out", "{tmp}/out", "--set", "model.depth=abc"],
          "--set model.depth=abc: model.depth", "must be an integer, got `abc` (str)"),
-    Case("set_bool_for_int", ["run", Q, "--out", "{tmp}/out", "--set", "train.steps=yes"],
-         "--set train.steps=yes: train.steps", "must be an integer, got true (bool)"),
+    Case("set_bool_for_int", ["run", Q, "--out", "{tmp}/out", "--set", "train.steps=true"],
+         "--set train.steps=true: train.steps", "must be an integer, got true (bool)"),
+    Case("set_yaml11_yes", ["run", Q, "--out", "{tmp}/out", "--set", "train.steps=yes"],
+         "--set train.steps=yes: train.steps", "`yes` is true in YAML 1.1, a string in YAML 1.2; write true"),
+    Case("set_yaml11_hex", ["validate", Q, "--set", "train.steps=0x1F"],
+         "--set train.steps=0x1F: train.steps", "`0x1F` is a hexadecimal number; gradlab reads decimal numbers only"),
     Case("set_bad_index", ["run", Q, "--out", "{tmp}/out", "--set", "clipping.7.max_norm=1"],
          "--set clipping.7.max_norm=1: clipping.7", "is not an index in it"),
     Case("set_yaml_syntax", ["run", Q, "--out", "{tmp}/out", "--set", "model.depth=[1"],
          "--set model.depth=[1: model.depth", "YAML syntax error"),
+    Case("set_tbptt_on_an_mlp", ["run", Q, "--out", "{tmp}/out", "--set", "train.tbptt=5"],
+         "--set train.tbptt=5: train.tbptt", "recurrent models on sequence tasks only"),
+    Case("set_model_kind_that_cannot_learn_the_task", ["validate", Q, "--set", "model.kind=rnn"],
+         "--set model.kind=rnn: model.kind", "model rnn cannot learn task teacher"),
+    Case("set_task_kind_leaves_a_key_of_the_old_one", ["validate", Q, "--set", "task.kind=copy"],
+         "--set task.kind=copy: task.input_dim", "`input_dim` ({quickstart} line 17) does not apply to kind `copy`"),
+    Case("set_method_leaves_a_key_of_the_old_one", ["run", Q, "--out", "{tmp}/out", "--set", "clipping.1.method=value",
+         "--set", "clipping.1.clip_value=0.1"], "--set clipping.1.method=value: clipping.1.max_norm",
+         "`max_norm` ({quickstart} line 25) does not apply to method `value`, which --set clipping.1.method=value chose"),
     Case("unknown_option", ["run", Q, "--out", "{tmp}/out", "--bogus"], "No such option: --bogus", ""),
+    Case("option_of_another_command", ["plot", "--thresholds", "1"], "No such option: --thresholds",
+         "(--thresholds is an option of sweep, not of plot)"),
+    Case("option_of_other_commands", ["validate", Q, "--workers", "2"], "No such option: --workers",
+         "(--workers is an option of run and sweep, not of validate)"),
+    Case("option_before_the_command", ["--seeds", "1", "validate", Q], "No such option: --seeds",
+         "(an option of run, sweep and validate: give it after the command name)"),
     # --- where results go
     Case("out_under_a_file", ["run", Q, "--out", "{tmp}/plain/sub"], "--out", "{tmp}/plain is a file, not a directory",
          setup=a_file("plain")),
@@ -437,6 +479,100 @@ def test_disk_full_mid_run_keeps_finished_runs_and_the_next_run_completes_the_re
     assert exp.name == ref_exp.name and files(exp) == expected
     assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs were not recomputed
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+HUGE = "x" * 100_000
+HUGE_SEEDS = ",".join(map(str, range(20_001)))
+HUGE_VALUES = [  # (what, args) with one huge value in each option and argument of each command
+    *[(f"{cmd}-{what}", [cmd, *pre, *args]) for cmd, pre in
+      [("run", [Q]), ("sweep", [Q, "--thresholds", "1"]), ("validate", [Q])] for what, args in [
+          ("seeds", ["--seeds", HUGE_SEEDS]), ("seeds-item", ["--seeds", "1," + HUGE]),
+          ("set", ["--set", HUGE]), ("set-key", ["--set", HUGE + "=1"]), ("set-value", ["--set", "model.depth=" + HUGE]),
+          ("set-name", ["--set", "name=" + HUGE]), ("set-list", ["--set", f"seeds=[{HUGE_SEEDS}]"]),
+          ("set-tag", ["--set", f"name=!!{HUGE} 1"]), ("set-hex", ["--set", "model.depth=0x" + "f" * 100_000]),
+          ("extra-argument", [HUGE]), ("unknown-option", ["--" + HUGE])]],
+    *[(f"{cmd}-workers", [cmd, Q, "--workers", HUGE]) for cmd in ("run", "sweep")],
+    ("sweep-thresholds", ["sweep", Q, "--thresholds", HUGE_SEEDS]),
+    ("sweep-thresholds-item", ["sweep", Q, "--thresholds", "1," + HUGE]),
+    ("sweep-method", ["sweep", Q, "--thresholds", "1", "--method", HUGE]),
+    *[(f"{cmd}-{what}", [cmd, *args]) for cmd in ("plot", "report") for what, args in [
+        ("unknown-option", ["--" + HUGE]), ("extra-argument", ["{tmp}", HUGE])]],
+    ("unknown-command", [HUGE]),
+    *[(f"{cmd}-config", [cmd, "{tmp}/" + HUGE + ".yaml"]) for cmd in ("run", "validate")],
+    *[(f"{cmd}-out", [cmd, Q, "--out", "{tmp}/" + HUGE]) for cmd in ("run", "validate")],
+    *[(f"{cmd}-out", [cmd, "--out", "{tmp}/" + HUGE]) for cmd in ("plot", "report")],
+    *[(f"{cmd}-experiment", [cmd, "{tmp}/" + HUGE]) for cmd in ("plot", "report")],
+]
+
+
+@pytest.mark.parametrize("what, args", HUGE_VALUES, ids=[w for w, _ in HUGE_VALUES])
+def test_a_huge_value_in_any_option_gives_a_short_line(what, args, tmp_path, capsys, monkeypatch):
+    """`--seeds $(seq -s, 0 20000)` and the like: what the message echoes is cut, so the one
+    line stays readable."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # a crash log, if any, goes here
+    fmt = dict(tmp=tmp_path, quickstart=QUICKSTART)
+    capsys.readouterr()
+    code = cli(*[a.format(**fmt) if len(a) < 1000 else a.replace("{tmp}", str(tmp_path)) for a in args],
+               cwd=tmp_path)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 400, f"{len(err)} characters: {err[:500]!r}"
+    assert code == 2 and ERROR_LINE.fullmatch(err), err
+
+
+@pytest.mark.parametrize("args", [["run", "{quickstart}", "--out", "{tmp}/" + "x" * 5000],
+                                  ["plot", "{tmp}/" + "x" * 5000]])
+def test_a_path_too_long_for_the_os_is_bad_input(args, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    capsys.readouterr()
+    code = cli(*[a.format(tmp=tmp_path, quickstart=QUICKSTART) for a in args])
+    assert code == 2, capsys.readouterr().err
+
+
+def test_did_you_mean_suggests_only_the_commands_own_options(capsys):
+    """Every option of every command, and typos of it, given to each other command."""
+    import typer
+
+    from gradlab.cli import app
+
+    group = typer.main.get_command(app)
+    options = {name: {o for p in cmd.params for o in p.opts if o.startswith("--")} | {"--help"}
+               for name, cmd in group.commands.items()}
+    every = set().union(*options.values())
+    assert {"--thresholds", "--workers", "--force", "--seeds"} <= every
+    for name, own in options.items():
+        for typo in sorted({t for o in every - own for t in (o, o[:-1], o + "s", o[:3] + o[4:])} - own):
+            capsys.readouterr()
+            assert cli(name, *(["{x}.yaml"] if name in ("run", "sweep", "validate") else []), typo) == 2
+            err = capsys.readouterr().err
+            m = re.search(r"\(Possible options: ([^)]*)\)", err)
+            suggested = set(m.group(1).split(", ")) if m else set()
+            assert suggested <= own, f"gradlab {name} {typo}: {err}"
+
+
+def test_the_extreme_thresholds_allowed_train_and_plot_without_a_warning(tmp_path):
+    """The smallest and largest threshold float32 allows, through a real process: exit 0, no
+    Python warning on stderr, run ids that read as the thresholds given."""
+    proc = subprocess.run([sys.executable, "-m", "gradlab.cli", "sweep", str(QUICKSTART), "--thresholds", "1.2e-38,3.4e38",
+                           *SMALL, "--out", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    (exp,) = tmp_path.glob("quickstart-*")
+    assert sorted(p.name for p in (exp / "runs").iterdir()) == ["none-s0", "norm-1.2e-38-s0", "norm-3.4e+38-s0"]
+    assert (exp / "plots" / "sweep_grad_norm_s0.png").is_file()
+
+
+def test_stdin_that_is_a_pipe_is_refused_without_waiting_for_it(tmp_path):
+    """`gradlab validate /dev/stdin` with a writer that never closes the pipe."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab.cli", "validate", "/dev/stdin"], cwd=tmp_path,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.wait(timeout=HANG_LIMIT)  # with stdin open: nothing is ever written to it
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("blocked reading a pipe")
+    _, err = proc.communicate()
+    assert proc.returncode == 2 and ERROR_LINE.fullmatch(err), err
+    assert "/dev/stdin: is a FIFO (named pipe), not a regular file" in err
 
 
 def test_a_user_error_crosses_a_process_boundary_whole():

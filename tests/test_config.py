@@ -16,6 +16,7 @@ from gradlab.config import (
     estimate_memory_bytes,
     experiment_dir,
     load_config,
+    variant_id,
 )
 from gradlab.errors import UserError
 
@@ -53,8 +54,17 @@ def test_seed_becomes_seeds(write):
 
 def test_name_defaults_to_file_stem(write):
     assert load_config(write("seed: 1\n", "deep-tanh_1.yaml")).name == "deep-tanh_1"
-    e = refused(write("seed: 1\n", "my exp.yaml"))
-    assert e.key == "name" and "missing" in e.message
+
+
+
+@pytest.mark.parametrize("stem", ["exp.v2", "my exp", "exp\u00e9", "x" * 65])
+def test_a_file_stem_that_is_not_a_name_says_so_and_how_to_set_one(write, stem):
+    p = write("seed: 1\n", stem + ".yaml")
+    e = refused(p)
+    assert (e.file, e.key, e.line) == (str(p), "name", None)
+    assert "its file name" in e.message and "is not a valid one" in e.message
+    assert "add `name: ...` to the file or pass --set name=..." in e.message
+    assert load_config(p, ["name=ok"]).name == "ok"
 
 
 @pytest.mark.parametrize("text", ["norm_type: inf", "norm_type: .inf", "norm_type: Infinity"])
@@ -66,6 +76,39 @@ def test_norm_type_inf_accepted(write, text):
 def test_exponent_without_dot_is_a_number(write):
     # YAML 1.1 (PyYAML) would read `1e-3` as a string.
     assert load_config(write("name: a\ntrain: {optimizer: {lr: 1e-3}}\n")).train.optimizer.lr == 1e-3
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("1:30", "`1:30` is 90 in YAML 1.1 (base 60, as in times), a string in YAML 1.2; write 90, or quote it"),
+    ("1:30.5", "`1:30.5` is 90.5 in YAML 1.1 (base 60"),
+    ("017", "`017` is octal 15 in YAML 1.1, decimal in YAML 1.2; write 15 (octal) or 17 (decimal), or quote it "
+            "(\"017\") for a string"),
+    ("-017", "octal -15"),
+    ("09", "`09` has a leading zero"),
+    ("0x1F", "`0x1F` is a hexadecimal number; gradlab reads decimal numbers only: write 31"),
+    ("0b101", "`0b101` is a binary number; gradlab reads decimal numbers only: write 5"),
+    ("0o17", "`0o17` is an octal number; gradlab reads decimal numbers only: write 15"),
+    ("no", "`no` is false in YAML 1.1, a string in YAML 1.2; write false, or quote it (\"no\") for a string"),
+    ("Yes", "`Yes` is true in YAML 1.1"),
+    ("OFF", "`OFF` is false"),
+    ("on", "`on` is true"),
+    ("0x" + "f" * 100_000, "write it in decimal, or quote it for a string"),
+])
+def test_yaml11_number_and_boolean_forms_are_refused_in_the_file_and_in_set(write, value, fragment):
+    """YAML 1.1 reads them as something other than they look (and other YAML readers differently)."""
+    p = write(f"name: a\ntrain:\n  steps: {value}\n")
+    e = refused(p)
+    assert (e.file, e.line, e.key) == (str(p), 3, "train.steps") and fragment in e.message
+    assert len(str(e)) < 300
+    e = refused(write("name: a\n"), [f"train.steps={value}"])
+    assert e.key == "train.steps" and e.line is None and fragment in e.message
+
+
+@pytest.mark.parametrize("text", ['name: "017"', "name: '0b101'", 'name: "no"', "name: !!str 0x1F", "name: y",
+                                  "train: {steps: 1_000}", "train: {optimizer: {lr: 0.5, nesterov: false, momentum: 0.1}}",
+                                  "train: {tbptt: ~}", "seed: 0", "model: {init: {gain: 0.5}}", "model: {depth: +3}"])
+def test_quoted_and_unambiguous_forms_are_read_as_written(write, text):
+    load_config(write(text + ("\nname: a\n" if not text.startswith("name") else "\n")))
 
 
 # ----------------------------------------------------------------------------- validation errors
@@ -152,7 +195,7 @@ def test_duplicate_seeds(write):
 
 def test_duplicate_clipping_variants(write):
     e = refused(write("name: a\nclipping:\n  - {method: norm, max_norm: 1}\n  - {method: norm, max_norm: 1.0}\n"))
-    assert (e.key, e.line) == ("clipping", 2) and "norm-1" in e.message
+    assert (e.key, e.line) == ("clipping.1", 4) and "same variant as clipping.0 (norm-1)" in e.message
 
 
 def test_nesterov_names_its_mapping(write):
@@ -246,6 +289,12 @@ def test_missing_file(tmp_path):
     assert e.file == str(p) and e.message == "no such file"
 
 
+def test_a_symlink_to_a_regular_file_is_a_config(write, tmp_path):
+    (tmp_path / "link.yaml").symlink_to(write("seed: 3\n", "real.yaml"))
+    cfg = load_config(tmp_path / "link.yaml")
+    assert cfg.name == "link" and cfg.seeds == [3]
+
+
 def test_directory(tmp_path):
     assert refused(tmp_path).message == "is a directory, expected a YAML file"
 
@@ -294,6 +343,107 @@ def test_set_happy_path(write):
 def test_set_indexes_the_default_clipping_list(write):
     cfg = load_config(write("name: a\n"), ["clipping.1.max_norm=3"])
     assert [c.method for c in cfg.clipping] == ["none", "norm"] and cfg.clipping[1].max_norm == 3.0
+
+
+def test_set_switches_a_kind_the_file_leaves_out(write):
+    """--set applies to what the file says, before any default: the new kind gets its own defaults."""
+    p = write("name: o2\n")
+    opt = load_config(p, ["train.optimizer.kind=adam"]).train.optimizer
+    assert opt.kind == "adam" and opt.lr == 0.001 and opt.betas == [0.9, 0.999]
+    model = load_config(write("name: c\ntask: {kind: copy}\n", "c.yaml"), ["model.kind=lstm"]).model
+    assert (model.kind, model.init.scheme, model.input_init.scheme) == ("lstm", "orthogonal", "xavier")
+    cfg = load_config(p, ["clipping.1.method=value", "clipping.1.clip_value=0.1"])
+    assert [variant_id(c) for c in cfg.clipping] == ["none", "value-0.1"]
+    cfg = load_config(p, ["train.optimizer.kind=adam", "train.optimizer.betas.1=0.99"])
+    assert cfg.train.optimizer.betas == [0.9, 0.99]
+
+
+@pytest.mark.parametrize("kind, task, scheme", [("rnn", "adding", "orthogonal"), ("gru", "copy", "orthogonal"),
+                                                ("mlp", "teacher", "xavier")])
+def test_an_init_without_scheme_gets_the_kinds_default_scheme(write, kind, task, scheme):
+    p = write(f"name: a\nmodel: {{kind: {kind}, init: {{gain: 1.1}}}}\ntask: {{kind: {task}}}\n")
+    assert load_config(p).model.init.scheme == scheme and load_config(p).model.init.gain == 1.1
+    assert load_config(write("name: a\n", "b.yaml"), [f"model.kind={kind}", f"task.kind={task}",
+                                                     "model.init.gain=2"]).model.init.scheme == scheme
+
+
+def test_a_method_changed_by_set_refuses_the_files_keys_of_the_old_one(write):
+    p = write("name: n\nclipping: [{method: norm, max_norm: 1}]\n")
+    e = refused(p, ["clipping.0.method=value", "clipping.0.clip_value=0.1"])
+    assert (e.file, e.key, e.line) == ("--set clipping.0.method=value", "clipping.0.max_norm", None)
+    assert e.message == (f"`max_norm` ({p} line 2) does not apply to method `value`, which --set "
+                         "clipping.0.method=value chose; remove it from the file or leave the method as it is")
+    e = refused(write("name: n\nclipping: [{method: none}]\n"), ["clipping.0.method=norm"])
+    assert (e.file, e.key, e.message) == ("--set clipping.0.method=norm", "clipping.0.max_norm",
+                                          "required key is missing")
+
+
+@pytest.mark.parametrize("text, overrides, where, key, fragment", [
+    ("name: b\nmodel:\n  depth: 2\ntrain:\n  steps: 5\n", ["train.tbptt=5"], "--set train.tbptt=5", "train.tbptt",
+     "recurrent models on sequence tasks only"),
+    ("name: b\n", ["task.kind=adding"], "--set task.kind=adding", "task.kind", "model mlp cannot learn task adding"),
+    ("name: b\ntask: {kind: adding}\n", [], "{file}:2", "task.kind", "model mlp cannot learn task adding"),
+    ("name: b\nmodel: {kind: gru}\ntask: {kind: teacher}\n", [], "{file}:2", "model.kind", "cannot learn"),
+    ("name: b\nmodel: {activation: gelu}\n", ["model.kind=rnn", "task.kind=adding"], "--set model.kind=rnn",
+     "model.kind", "an rnn takes activation tanh or relu"),
+    ("name: b\nmodel: {kind: rnn, activation: gelu}\ntask: {kind: adding}\n", [], "{file}:2", "model.activation",
+     "an rnn takes activation tanh or relu"),
+    ("name: b\nmodel: {kind: lstm, activation: relu}\ntask: {kind: adding}\n", [], "{file}:2",
+     "model.activation", "gates are fixed"),
+    ("name: b\nmodel: {input_init: {scheme: he}}\n", [], "{file}:2", "model.input_init", "recurrent models only"),
+    ("name: b\nmodel: {kind: lstm}\ntask:\n  kind: copy\n  seq_len: 11\n", ["task.copy_len=6"],
+     "--set task.copy_len=6", "task.copy_len", "at least 2 x copy_len + 1 = 13"),
+    ("name: b\nmodel: {kind: lstm}\ntask:\n  kind: copy\n  copy_len: 6\n  seq_len: 11\n", [], "{file}:6",
+     "task.seq_len", "at least 2 x copy_len + 1 = 13"),
+    ("name: b\ntrain:\n  optimizer: {momentum: 0.9}\n", ["train.optimizer.dampening=0.5",
+     "train.optimizer.nesterov=true"], "--set train.optimizer.nesterov=true", "train.optimizer.nesterov",
+     "dampening 0.5"),
+    ("name: b\nseed: 1\n", ["seeds=[1, 2]"], "--set seeds=[1, 2]", "seeds", "either `seed` or `seeds`"),
+    ("name: b\nsweep: {thresholds: [1]}\n", ["clipping.0.method=value", "clipping.0.clip_value=1"],
+     "--set clipping.0.method=value", "clipping", "give either sweep or clipping"),
+    ("name: b\nclipping:\n  - {method: value, clip_value: 1}\n  - {method: none}\n", ["clipping.1.method=value",
+     "clipping.1.clip_value=1"], "--set clipping.1.method=value", "clipping.1", "same variant as clipping.0"),
+])
+def test_a_models_check_names_the_key_and_the_option_that_set_it(write, text, overrides, where, key, fragment):
+    p = write(text)
+    e = refused(p, overrides)
+    got = e.file if e.line is None else f"{e.file}:{e.line}"
+    assert (got, e.key) == (where.format(file=p), key) and fragment in e.message, str(e)
+
+
+@pytest.mark.parametrize("dtype, clip, ok", [
+    ("float32", "{method: value, clip_value: 1e-40}", False), ("float32", "{method: norm, max_norm: 1e-39}", False),
+    ("float32", "{method: norm, max_norm: 1.2e-38}", True), ("float32", "{method: norm, max_norm: 1e39}", False),
+    ("float64", "{method: norm, max_norm: 1e-300}", True), ("float64", "{method: value, clip_value: 1e-320}", False),
+    ("float64", "{method: norm, max_norm: 1e300}", True),
+])
+def test_a_threshold_must_be_a_normal_number_of_the_training_dtype(write, dtype, clip, ok):
+    p = write(f"name: a\ntrain: {{dtype: {dtype}}}\nclipping:\n  - {clip}\n")
+    if ok:
+        load_config(p)
+        return
+    e = refused(p)
+    assert (e.line, e.key.rsplit(".", 1)[0]) == (4, "clipping.0") and f" {dtype} (train.dtype), got" in e.message
+    e = refused(write(f"name: a\nclipping:\n  - {clip}\n"), [f"train.dtype={dtype}"])
+    assert e.file == f"--set train.dtype={dtype}" and e.key == "train.dtype"
+
+
+@pytest.mark.parametrize("text", [
+    "name: a\n" + "k" * 100_000 + ": 1\n",  # a key
+    "name: a\nmodel:\n  activation: " + "t" * 100_000 + "\n",  # a value
+    "name: a\nseed: *" + "a" * 100_000 + "\n",  # an alias PyYAML names in its message
+    "name: a\nseed: !" + "t" * 100_000 + " 1\n",  # a tag
+    "t" * 100_000 + "\n",  # the whole file
+    "name: a\nmodel: {depth: 3, " + "w" * 100_000 + "\n",  # a syntax error around it
+], ids=["key", "value", "alias", "tag", "file", "syntax"])
+def test_huge_text_in_a_file_gives_a_short_line(write, text):
+    e = refused(write(text))
+    assert len(str(e)) < 400 and "\n" not in str(e), str(e)[:500]
+
+
+def test_seeds_option_that_repeats_is_named(write):
+    e = refused(write("name: a\n"), seeds=[1, 2, 1])
+    assert (e.file, e.key, e.line) == ("--seeds 1,2,1", "seeds", None)
 
 
 @pytest.mark.parametrize("item", ["model.depth", "=3", ".depth=3", "model..depth=3"])
@@ -350,6 +500,30 @@ def test_memory_message_and_estimate(write, monkeypatch):
     assert estimate_memory_bytes(cfg) == expected
     e = refused(write("name: a\nmodel: {width: 4096, depth: 16}\n"))
     assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message
+
+
+def test_memory_refusal_names_the_option_that_made_it_too_big(write, monkeypatch):
+    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    p = write("name: a\nmodel: {width: 64}\ntask: {batch_size: 8}\n")
+    load_config(p)  # the file alone fits
+    e = refused(p, ["train.steps=5", "task.batch_size=1000000"])
+    assert (e.file, e.key, e.line) == ("--set task.batch_size=1000000", "task.batch_size", None)
+    assert "GiB available" in e.message
+    e = refused(p, ["model.width=1000", "model.depth=100"])  # each fits, not both: the last is named
+    assert (e.file, e.key, e.line) == ("--set model.depth=100", "model.depth", None)
+    e = refused(p, seeds=list(range(2)), overrides=["model.width=100000"])
+    assert (e.file, e.key, e.line) == ("--set model.width=100000", "model.width", None)
+    big = write("name: a\nseed: 1\nmodel: {width: 4096, depth: 16}\n", "big.yaml")
+    e = refused(big, ["model.depth=15"])  # too big already in the file: the file's model is named
+    assert (e.file, e.key, e.line) == (str(big), "model", 3)
+
+
+def test_list_length_of_a_sweeps_clipping_names_where_the_sweep_came_from(write):
+    thresholds = list(range(1, 1001))
+    e = refused(write("name: a\n"), sweep={"method": "norm", "thresholds": thresholds, "baseline": True})
+    assert (e.file, e.key, e.line) == ("--thresholds", "clipping", None) and "at most 1000 items" in e.message
+    e = refused(write(f"name: a\nseed: 1\nsweep:\n  thresholds: {thresholds}\n"))
+    assert (e.key, e.line) == ("clipping", 3) and "at most 1000 items" in e.message
 
 
 # ----------------------------------------------------------------------------- hash and round trip

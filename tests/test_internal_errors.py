@@ -89,3 +89,13 @@ def test_debug_leaves_bad_input_at_exit_2_and_one_line(tmp_path, monkeypatch, ca
     assert cli(*debug, "run", QUICKSTART, "--workers", "0") == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_debug_is_in_the_help_and_still_taken_anywhere(capsys):
+    """main() takes --debug out of the arguments before Typer sees them; the help lists it all the same."""
+    assert cli("--help") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+--debug\s+Show the Python traceback of an internal error", out, re.M), out
+    for args in (["--debug", "validate", QUICKSTART], ["validate", QUICKSTART, "--debug"]):
+        assert cli(*args) == 0
+        assert "# valid:" in capsys.readouterr().out

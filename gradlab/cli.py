@@ -232,8 +232,12 @@ def report(
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
     from .report import write_report
 
+    from .environment import groups, statement
+
     exp, reports = _experiment(experiment, out, "report")
     write_report(exp, reports)
+    if len(groups(reports)) > 1:
+        _QuietProgress().warn(statement(reports).replace("**", ""))
     _print_outcome(exp, quiet=False, reports=reports)
 
 

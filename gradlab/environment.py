@@ -15,6 +15,7 @@ one). Python's version is left out: it does not touch the arithmetic, NumPy does
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from functools import lru_cache
@@ -72,7 +73,7 @@ def for_training() -> dict:
     thread train_seed trains on."""
     from threadpoolctl import threadpool_limits
 
-    from . import train  # noqa: F401  (loads NumPy and its BLAS, and says how training limits it)
+    from . import train  # noqa: F401  (loads NumPy, and with it the BLAS threadpoolctl looks for)
 
     with threadpool_limits(1, user_api="blas"):
         return current()
@@ -130,8 +131,6 @@ def differences(a: Optional[dict], b: Optional[dict]) -> list[str]:
 
 def key(env: Optional[dict]) -> str:
     """A hashable, order-free identity of an environment (None: unrecorded)."""
-    import json
-
     return "" if env is None else json.dumps(env, sort_keys=True)
 
 
@@ -187,7 +186,8 @@ def statement(reports: list[dict]) -> str:
         return ""
     if len(gs) == 1:
         env, ids = gs[0]
-        return (f"Numerical environment: {describe(env)} (all {len(ids)} runs). Runs reproduce bit for bit "
+        runs = "the one run" if len(ids) == 1 else f"all {len(ids)} runs"
+        return (f"Numerical environment: {describe(env)} ({runs}). Runs reproduce bit for bit "
                 "in the same environment (NumPy, BLAS library, kernel and thread count), statistically elsewhere.")
     parts = "; ".join(f"{_runs(ids)} in {describe(env)}" for env, ids in gs)
     return (f"**Mixed numerical environments**: {parts}. Each run reproduces bit for bit only in its own "

@@ -230,9 +230,8 @@ def report(
     out: Path = OutOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
-    from .report import write_report
-
     from .environment import groups, statement
+    from .report import write_report
 
     exp, reports = _experiment(experiment, out, "report")
     write_report(exp, reports)

@@ -21,12 +21,13 @@ import platform
 from functools import lru_cache
 from typing import Optional
 
-# The keys a run's `environment` holds, and what each must be (None where a BLAS does not say).
-FIELDS = (
-    ("machine", str), ("numpy", str), ("numpy_simd", (str, type(None))), ("blas", str),
-    ("blas_library", (str, type(None))), ("blas_version", (str, type(None))),
-    ("blas_kernel", (str, type(None))), ("blas_threads", (int, type(None))),
-)
+# The keys a run's `environment` holds, their types and how a message names them (None where
+# a BLAS does not say).
+_STR, _STR_OR_NULL, _INT_OR_NULL = ((str,), "a string"), ((str, type(None)), "a string or null"), \
+    ((int, type(None)), "an integer or null")
+FIELDS = (("machine", _STR), ("numpy", _STR), ("numpy_simd", _STR_OR_NULL), ("blas", _STR),
+          ("blas_library", _STR_OR_NULL), ("blas_version", _STR_OR_NULL), ("blas_kernel", _STR_OR_NULL),
+          ("blas_threads", _INT_OR_NULL))
 
 
 @lru_cache(maxsize=None)
@@ -48,7 +49,8 @@ def _numpy_blas(pools: list[dict]) -> Optional[dict]:
     """NumPy's own BLAS among the loaded ones (torch, in the same process, brings its own):
     the one shipped in NumPy's wheel, else the first."""
     blas = [p for p in pools if p.get("user_api") == "blas"]
-    ours = [p for p in blas if any(part.startswith("numpy") for part in os.path.normpath(p.get("filepath", "")).split(os.sep))]
+    ours = [p for p in blas
+            if any(part.startswith("numpy") for part in os.path.normpath(p.get("filepath", "")).split(os.sep))]
     return (ours or blas or [None])[0]
 
 
@@ -84,12 +86,11 @@ def problem(env) -> str:
     are allowed when they hold plain values."""
     if not isinstance(env, dict):
         return "not an object"
-    for key, kind in FIELDS:
+    for key, (types, what) in FIELDS:
         if key not in env:
             return f"no `{key}`"
-        value = env[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            return f"`{key}` is not {'an integer' if kind in (int, (int, type(None))) else 'a string'}"
+        if isinstance(env[key], bool) or not isinstance(env[key], types):
+            return f"`{key}` is not {what}"
     for key, value in env.items():
         if not isinstance(key, str) or not (value is None or isinstance(value, (str, int, float))):
             return f"`{key}` is not a plain value"
@@ -97,8 +98,10 @@ def problem(env) -> str:
 
 
 def describe(env: Optional[dict]) -> str:
-    """One line a reader can compare: `NumPy 2.4.6, OpenBLAS 0.3.31 SkylakeX kernel, 1 BLAS
-    thread, x86_64`. None: a run written before gradlab recorded environments."""
+    """One line a reader can compare: `NumPy 2.4.6 (AVX512_ICL loops), OpenBLAS 0.3.31.188.0
+    SkylakeX kernel, 1 BLAS thread, x86_64` (the best SIMD target NumPy found; any field in
+    which two environments differ is named by `differences`). None: a run written before
+    gradlab recorded environments."""
     if env is None:
         return "an unrecorded environment (written by a gradlab that did not record it)"
     blas = "no BLAS" if env.get("blas") == "none" else " ".join(

@@ -103,7 +103,8 @@ def test_a_resume_that_would_mix_environments_warns_names_the_runs_and_keeps_the
     err = capsys.readouterr().err
     assert err.count("warning") == 1, err
     assert ("complete runs computed in another numerical environment: 2 runs (none-s0 and norm-1-s0) in "
-            f"{environment.describe(elsewhere)} (another BLAS kernel: {other_kernel}, not {here['blas_kernel']})") in err
+            f"{environment.describe(elsewhere)} "
+            f"(another BLAS kernel: {other_kernel}, not {here['blas_kernel']})") in err
     assert f"This process computes in {environment.describe(here)}" in err
     assert "reproduce bit for bit only in their own environment" in err and "--force recomputes" in err
     for rid in ("norm-1-s1", "value-0.1-s0"):  # the runs of this environment are not named
@@ -202,6 +203,6 @@ def test_a_damaged_environment_is_damage_but_extra_plain_keys_are_not():
     assert environment.problem({**good, "future_key": "x"}) == ""
     assert environment.problem("SkylakeX") == "not an object"
     assert environment.problem({k: v for k, v in good.items() if k != "blas_kernel"}) == "no `blas_kernel`"
-    assert environment.problem({**good, "blas_threads": "1"}) == "`blas_threads` is not an integer"
+    assert environment.problem({**good, "blas_threads": "1"}) == "`blas_threads` is not an integer or null"
     assert environment.problem({**good, "numpy": None}) == "`numpy` is not a string"
     assert environment.problem({**good, "extra": [1]}) == "`extra` is not a plain value"

@@ -255,10 +255,13 @@ def report(
     wide: bool = WideOpt,
 ) -> None:
     """Print the NaN-divergence table of an experiment and (re)write its report.md."""
+    from .environment import groups, statement
     from .report import write_report
 
     exp, reports = _experiment(experiment, out, "report")
     write_report(exp, reports)
+    if len(groups(reports)) > 1:
+        _QuietProgress().warn(statement(reports).replace("**", ""))
     _print_outcome(exp, quiet=False, reports=reports, wide=wide)
 
 

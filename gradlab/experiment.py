@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from . import io
+from . import environment, io
 from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
 from .errors import UserError, clip_path
 from .records import METRIC_COLUMNS, summarize
@@ -179,6 +179,9 @@ def _report_problem(rep, rid: str) -> str:
         return f"its variant and seed make run {rep['variant']}-s{rep['seed']}"
     if not rep["diverged"] == (rep["divergence_step"] is not None) == (rep["first_nonfinite"] is not None):
         return "`diverged`, `divergence_step` and `first_nonfinite` disagree"
+    # Optional: runs of a gradlab that did not record it are whole, of an unknown environment.
+    if "environment" in rep and environment.problem(rep["environment"]):
+        return f"`environment`: {environment.problem(rep['environment'])}"
     return ""
 
 
@@ -220,16 +223,24 @@ def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...],
 
 def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
          warn: Callable[[str], None] = lambda text: None) -> list[SeedPlan]:
-    """Which runs of each seed are complete and which are to compute; damaged runs are redone."""
-    plans, h = [], config_hash(cfg)
+    """Which runs of each seed are complete and which are to compute; damaged runs are redone.
+    Complete runs computed in another numerical environment are kept, with one warning that
+    names them: their digits are not this machine's, and only --force makes them so."""
+    plans, kept, h = [], [], config_hash(cfg)
     for seed in cfg.seeds:
         p = SeedPlan(seed, [])
         for i, c in enumerate(cfg.clipping):
-            state, why = ("missing", "") if force else check_run(exp, run_id(c, seed), h)
+            state, why, rep = ("missing", "", None) if force else _check_run(exp, run_id(c, seed), h)
             if state == "damaged":
                 warn(f"run {run_id(c, seed)}: its files are damaged ({why}); computing it again")
             (p.done if state == "complete" else p.todo).append(i)
+            if rep is not None:
+                kept.append(rep)
         plans.append(p)
+    if kept:
+        text = environment.foreign_warning(kept, environment.for_training())
+        if text:
+            warn(text)
     return plans
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from . import io
+from . import environment, io
 from .io import as_float as _float
 from .io import read_yaml
 
@@ -470,6 +470,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
         + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
         "",
+        *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
         findings(reports),

@@ -8,7 +8,7 @@ non-finite value was born and dropped from the stack; the others go on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -40,6 +40,8 @@ class RunResult:
     first_nonfinite: Optional[FirstNonfinite]
     summary: dict
     steps: int
+    # gradlab.environment.current() as it was while the run trained: its digits hold there.
+    environment: Optional[dict] = field(default=None)
 
     def report(self) -> dict:
         """The run's report.json (and its summary.json entry)."""
@@ -57,6 +59,7 @@ class RunResult:
             "first_nonfinite": self.first_nonfinite.to_dict() if self.first_nonfinite else None,
             **self.summary,
             "steps": self.steps,
+            **({"environment": self.environment} if self.environment is not None else {}),
         }
 
 
@@ -120,8 +123,14 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     """
     from threadpoolctl import threadpool_limits
 
+    from .environment import current
+
     with threadpool_limits(1, user_api="blas"):
-        return _train_seed(cfg, seed, clips, indices, on_step)
+        results = _train_seed(cfg, seed, clips, indices, on_step)
+        env = current()
+    for r in results:
+        r.environment = env
+    return results
 
 
 def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,

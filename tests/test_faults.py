@@ -336,6 +336,9 @@ RUN_DAMAGES = {
                      "first_nonfinite": {**rep["first_nonfinite"], "step": rep["divergence_step"] - 1}})),
     "metrics-last-loss-edited": ("norm-1-s0", "metrics.csv", _row(-2, lambda line: line.split(",", 1)[0] + ",0.5"
                                                               + line[line.index(",", line.index(",") + 1):])),
+    "report-environment-not-an-object": ("norm-1-s0", "report.json", _json(_set("environment", "SkylakeX"))),
+    "report-environment-without-kernel": ("none-s1", "report.json",
+                                          _json(lambda rep: {**rep, "environment": _drop("blas_kernel")(rep["environment"])})),
     "metrics-cut-mid-row": ("norm-1-s0", "metrics.csv", lambda b: b[:-4]),
     "metrics-last-row-gone": ("norm-1-s0", "metrics.csv", lambda b: b[:b.rstrip(b"\n").rfind(b"\n") + 1]),
     "metrics-extra-column": ("norm-1-s0", "metrics.csv", _row(5, lambda line: line + ",1")),

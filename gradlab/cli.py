@@ -355,7 +355,7 @@ class _RichProgress:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: maps every outcome to SPEC.md's exit codes."""
+    """Console entry point: maps every outcome to the exit codes the README documents."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("GRADLAB_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]

@@ -1,6 +1,6 @@
 """An experiment on disk: plan its runs, skip the complete ones, train the rest, write it all.
 
-Layout (SPEC.md): outputs/<name>-<hash8>/{config.yaml, summary.json, report.md,
+Layout (the README's "The experiment directory"): outputs/<name>-<hash8>/{config.yaml, summary.json, report.md,
 runs/<run_id>/{metrics.csv, layer_norms.csv, report.json}, plots/*.png}. A run is complete
 when its report.json exists (written last) and its files agree with it; a run folder without
 report.json is redone, one whose files are damaged is named in a warning and redone.

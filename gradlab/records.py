@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-# SPEC.md's columns of metrics.csv, in order; `accuracy` follows for classification tasks.
+# The columns of metrics.csv the README documents, in order; `accuracy` follows for classification tasks.
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
 INTEGER_COLUMNS = ("clipped", "nonfinite")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy")

@@ -1,7 +1,7 @@
 """Reliability (issue 7): kill -9 at random moments, files damaged between runs, and `plot` /
 `report` on experiments that are only partly there.
 
-The contract under test (SPEC.md, "Experiment directory"): nothing is ever half-written, a
+The contract under test (the README's "The experiment directory"): nothing is ever half-written, a
 killed experiment resumes to the very bytes of an uninterrupted one, a damaged run is named,
 warned about and redone, and summary.json is derived from the runs, never trusted.
 """

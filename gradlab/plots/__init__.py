@@ -1,0 +1,108 @@
+"""The plots of one experiment, drawn from its directory alone (never from a live process).
+
+`draw_experiment` is the entry point. The package, by concern:
+
+    load        the complete runs, as gradlab.experiment validated them, and the config
+    describe    the words: a config's one-line description, a run's outcome, chance levels
+    style       what every figure shares: colours, labels, axes helpers, saving a PNG
+    over_steps  metrics over training steps, one panel per seed (grad_norm, loss, accuracy)
+    heatmaps    one run's per-parameter gradient norms, parameter x step
+    flow        one recurrent run's gradient through time
+    sweep       a threshold sweep's figures against the threshold
+    figures     which figures an experiment has, what each reads, which are out of date
+
+Matplotlib is imported inside the drawing functions only: `import gradlab.plots` must not
+load it (the CLI imports the package on every start-up).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+from pathlib import Path
+from typing import Optional
+
+from . import figures
+from .load import Experiment, Run, load_experiment
+
+__all__ = ["draw_experiment", "load_experiment", "Experiment", "Run"]
+
+_PLAN: Optional[figures.Plan] = None  # what a forked drawing process inherits
+
+
+def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[str]] = None,
+                    reports: Optional[list[dict]] = None, workers: int = 1) -> list[Path]:
+    """(Re)draw the plots of the experiment in `exp_dir` into `exp_dir/plots/`.
+
+    The complete runs are drawn (those `experiment.collect_reports` accepts; `reports`: its
+    answer, when the caller has it, saves validating every run again); with `only`, only the
+    runs of those ids. With `only_stale`, a figure whose inputs are unchanged since it was
+    drawn is kept (figures.py says what its inputs are). `workers` > 1 draws in that many
+    forked processes. Returns the paths written; [] when no run is complete yet.
+    """
+    exp = load_experiment(Path(exp_dir), only, reports)
+    if not exp.runs:
+        return []
+    p = figures.plan(exp)
+    out = exp.path / "plots"
+    stamps = figures.read_stamps(out) if out.is_dir() else {}
+    wanted = figures.fingerprints(p)
+    todo = [f for f in p.figures
+            if not (only_stale and stamps.get(f.name) == wanted[f.name] and (out / f.name).is_file())]
+    if not todo:
+        return []
+    # One combined sweep.png was drawn by older versions; a redraw should not leave it behind.
+    (out / "sweep.png").unlink(missing_ok=True)
+    drawn = _draw_all(p, todo, workers)
+    # Only what is on disk is stamped: a figure a run had nothing for is tried again.
+    kept = {f.name: stamps[f.name] for f in p.figures if f not in todo and f.name in stamps}
+    kept.update({f.name: wanted[f.name] for f, path in zip(todo, drawn) if path is not None and path.is_file()})
+    if kept or out.is_dir():
+        figures.write_stamps(out, kept)
+    return [path for path in drawn if path is not None]
+
+
+def _draw_all(p: figures.Plan, todo: list[figures.Figure], workers: int) -> list[Optional[Path]]:
+    """Each figure of `todo`, in that order, serially or in `workers` forked processes.
+
+    Forked, not spawned: the processes inherit matplotlib already imported (0.5 s or more a
+    process otherwise) and the experiment already read, so a task is only its index. The
+    parent loads both first; then each process renders whole figures, the costly part.
+    """
+    global _PLAN
+    workers = min(workers, len(todo))
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
+        return [figures.draw(p, f) for f in todo]
+    import matplotlib.figure  # noqa: F401  (loaded once, inherited by every process)
+
+    p.exp.colors  # noqa: B018  (computed once, inherited)
+    if any(f.run_id is None for f in todo):
+        for run in p.exp.runs:
+            run.metrics  # noqa: B018  (every overview figure reads every run)
+    _PLAN = p
+    # The longest first (a run's own figures, then the overview ones), so that no process
+    # is left with a heatmap to draw while the other has finished.
+    order = sorted(range(len(todo)), key=lambda i: todo[i].run_id is None)
+    result: list[Optional[Path]] = [None] * len(todo)
+    try:
+        with mp.get_context("fork").Pool(workers, initializer=_quiet_signals) as pool:
+            for i, path in pool.imap_unordered(_draw_index, [(i, todo[i]) for i in order]):
+                result[i] = path
+            pool.close()  # done: let them exit, rather than be terminated on leaving the block
+            pool.join()
+    finally:
+        _PLAN = None
+    return result
+
+
+def _quiet_signals() -> None:
+    # The parent decides on Ctrl-C and ends the pool; a drawing process must not run the
+    # CLI's own handlers (they would report a termination the parent already reports).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _draw_index(task: tuple[int, figures.Figure]) -> tuple[int, Optional[Path]]:
+    i, fig = task
+    assert _PLAN is not None
+    return i, figures.draw(_PLAN, fig)

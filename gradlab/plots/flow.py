@@ -16,7 +16,7 @@ from .describe import outcome
 from .load import Experiment, Run, as_int
 from .over_steps import downsample, plottable
 from .style import (BPTT_CMAP, MAX_BPTT_LAYERS, MAX_TBPTT_LINES, NONFINITE_COLOR, TITLE_CHARS, decade_ticks,
-                    new_figure, step_axis, wrap)
+                    legend_width, margins, new_figure, power_ticks, step_axis, text_height, text_width, wrap)
 
 # ----------------------------------------------------------------------------- gradient through time
 
@@ -199,7 +199,7 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     positions = np.linspace(*BPTT_CMAP[1:], len(layers)) if len(layers) > 1 else [BPTT_CMAP[1]]
     colors = {layer: cmap(float(x)) for layer, x in zip(layers, positions)}
 
-    fig = new_figure(11.0, 5.6)
+    fig = new_figure(11.0, 5.6, layout=None)  # laid out at the end, when the texts are known
     ax = fig.subplots()
     zeros = nonfinite = 0
     for layer in layers:
@@ -224,6 +224,8 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     else:
         ax.set_ylim(1e-3, 1.0)
     decade_ticks(ax.yaxis, *ax.get_ylim())
+    if math.log10(ax.get_ylim()[1] / ax.get_ylim()[0]) >= 2:  # its major ticks are powers of ten
+        power_ticks(ax.yaxis)
     step_axis(ax, 0.0, float(T - 1), pad=max(0.5, 0.01 * (T - 1)))
     ax.grid(True, which="major", alpha=0.3)
 
@@ -281,10 +283,15 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
 
     ax.set_xlabel(f"time step t        (backpropagation through time runs from t = {T - 1} back to t = 0  ←)")
     ax.set_ylabel("‖dL/dh_t‖: L2 norm over the batch (log scale)")
-    ax.set_title(f"Gradient through time — {run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
+    title = f"Gradient through time — {run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}"
+    ax.set_title(title, fontsize=11)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False)
     if notes:
-        fig.supxlabel("\n".join(notes), fontsize=9, color="0.25")
+        fig.supxlabel("\n".join(notes), fontsize=9, color="0.25", y=0.02)
+    ax.set_position(margins(
+        fig, left=0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10), right=0.35 + legend_width(handles, 9),
+        top=0.15 + text_height(title.count("\n") + 1, 11),
+        bottom=0.15 + text_height(2, 10) + 0.1 + (text_height(len(notes), 9) + 0.05 if notes else 0.0)))
     return style.save(fig, path)
 
 

@@ -12,7 +12,8 @@ from . import style
 from .describe import outcome
 from .load import Experiment, Run, read_table
 from .style import (DIVERGENCE_LINE_COLOR, MAX_HEATMAP_COLUMNS, MAX_YTICK_LABELS, NONFINITE_COLOR, TITLE_CHARS,
-                    ZERO_COLOR, new_figure, spare_minor_ticks, step_axis, wrap)
+                    ZERO_COLOR, new_figure, place_axes, power_ticks, spare_minor_ticks, step_axis, text_height,
+                    text_width, wrap)
 
 # ----------------------------------------------------------------------------- heatmap
 
@@ -63,33 +64,17 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     cmap = matplotlib.colormaps["viridis"].with_extremes(under=ZERO_COLOR, bad=NONFINITE_COLOR)
 
     rows = len(names)
-    fig = new_figure(10.0, min(8.0, max(3.6, 2.2 + 0.12 * min(rows, MAX_YTICK_LABELS))))
-    ax = fig.subplots()
-    first = float(steps[0])
-    width = shown.shape[1] * block
-    image = ax.imshow(
-        shown, aspect="auto", interpolation="nearest", cmap=cmap,
-        norm=LogNorm(vmin=vmin, vmax=vmax, clip=False),
-        extent=(first - 0.5, first + width - 0.5, rows - 0.5, -0.5),
-    )
-    bar = fig.colorbar(image, ax=ax, pad=0.01)
-    bar.set_label("gradient L2 norm (before clipping)")
-    spare_minor_ticks(bar.ax.yaxis, vmin, vmax)
-
     every = max(1, math.ceil(rows / MAX_YTICK_LABELS))
     if every > 1 and every % 2:
         every += 1  # parameters come in W/b pairs: an even stride labels the same kind each time
     ticks = np.arange(0, rows, every)
-    ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=8 if rows > 16 else 9)
-    ax.set_ylabel("parameter, in forward order" + (f"\n(one name in {every} shown)" if every > 1 else ""))
-    ax.set_xlabel("step" + (f" (each column: max over {block} steps)" if block > 1 else ""))
-    ax.set_title(f"{run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
-    step_axis(ax, first, float(steps[-1]), pad=0.5)  # exactly the image: no blank margin
+    labels = [names[i] for i in ticks]
+    tick_points = 8 if rows > 16 else 9
+    ylabel = "parameter, in forward order" + (f"\n(one name in {every} shown)" if every > 1 else "")
+    title = f"{run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}"
 
     handles = []
     if run.diverged and run.divergence_step is not None:
-        # On the left edge of the divergence step's column: the column itself stays visible.
-        ax.axvline(run.divergence_step - 0.5, color=DIVERGENCE_LINE_COLOR, linestyle="--", linewidth=1.6)
         handles.append(Line2D([], [], color=DIVERGENCE_LINE_COLOR, linestyle="--", label=f"diverged at step {run.divergence_step}"))
     if zero.any():
         handles.append(Patch(facecolor=ZERO_COLOR, label="zero gradient"))
@@ -97,8 +82,40 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
         handles.append(Patch(facecolor=NONFINITE_COLOR, label="NaN / inf gradient"))
     if not positive.size:
         handles.append(Patch(facecolor="white", edgecolor="none", label="(no finite non-zero norm: scale is arbitrary)"))
+
+    # A fixed layout, from the lengths of the texts: the parameter names on the left, the
+    # colour bar and its label on the right, the title above, the key below.
+    fig = new_figure(10.0, min(8.0, max(3.6, 2.2 + 0.12 * min(rows, MAX_YTICK_LABELS))), layout=None)
+    left = 0.15 + text_height(ylabel.count("\n") + 1, 10) + text_width(labels, tick_points) + 0.1
+    top = 0.12 + text_height(title.count("\n") + 1, 11)
+    bottom = 0.1 + 2 * text_height(1, 10) + 0.1 + (text_height(1, 9) + 0.1 if handles else 0.0)
+    ax = place_axes(fig, left, 1.35, top, bottom)
+    box = ax.get_position()
+    cax = fig.add_axes((box.x1 + 0.1 / 10.0, box.y0, 0.22 / 10.0, box.height))
+    first = float(steps[0])
+    width = shown.shape[1] * block
+    image = ax.imshow(
+        shown, aspect="auto", interpolation="nearest", cmap=cmap,
+        norm=LogNorm(vmin=vmin, vmax=vmax, clip=False),
+        extent=(first - 0.5, first + width - 0.5, rows - 0.5, -0.5),
+    )
+    bar = fig.colorbar(image, cax=cax)
+    bar.set_label("gradient L2 norm (before clipping)")
+    spare_minor_ticks(bar.ax.yaxis, vmin, vmax)
+    if math.log10(vmax / vmin) >= 1:  # decades among the ticks: labelled without mathtext
+        power_ticks(bar.ax.yaxis)
+
+    ax.set_yticks(ticks, labels, fontsize=tick_points)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel("step" + (f" (each column: max over {block} steps)" if block > 1 else ""))
+    ax.set_title(title, fontsize=11)
+    step_axis(ax, first, float(steps[-1]), pad=0.5)  # exactly the image: no blank margin
+    if run.diverged and run.divergence_step is not None:
+        # On the left edge of the divergence step's column: the column itself stays visible.
+        ax.axvline(run.divergence_step - 0.5, color=DIVERGENCE_LINE_COLOR, linestyle="--", linewidth=1.6)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=9,
+                   frameon=False)
     return style.save(fig, path)
 
 

@@ -12,7 +12,8 @@ import numpy as np
 from . import style
 from .describe import chance_accuracy
 from .load import Experiment, Run
-from .style import MAX_LINE_POINTS, MAX_PANEL_COLUMNS, new_figure, spare_minor_ticks, step_axis, variant_label, wrap
+from .style import (MAX_LINE_POINTS, MAX_PANEL_COLUMNS, legend_width, new_figure, power_ticks, spare_minor_ticks,
+                    step_axis, text_height, text_width, variant_label, wrap)
 
 def downsample(values: np.ndarray, max_points: int = MAX_LINE_POINTS) -> np.ndarray:
     """Indices of at most ~max_points samples keeping each stride's min and max (spikes
@@ -56,7 +57,7 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
     n = len(exp.seeds)
     ncols = min(n, MAX_PANEL_COLUMNS)
     nrows = math.ceil(n / ncols)
-    fig = new_figure(4.6 * ncols + legend_width, 3.6 * nrows + 1.1)
+    fig = new_figure(4.6 * ncols + legend_width, 3.6 * nrows + 1.1, layout=None)  # see `lay_out`
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -71,6 +72,26 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
         panels[seed] = ax
     fig.suptitle(f"{heading}\n{wrap(exp.summary, int(fig.get_figwidth() * 10))}")
     return fig, panels
+
+
+def lay_out(fig, panels: dict, key_width: float) -> None:
+    """Margins from the texts' lengths (constrained layout measured every text, doubling the
+    figure's cost): the axis labels left, the suptitle and panel titles above, the key to the
+    right (the figure is as wide as the panels and the key)."""
+    ncols = min(len(panels), MAX_PANEL_COLUMNS)
+    nrows = math.ceil(len(panels) / ncols)
+    h = fig.get_size_inches()[1]
+    right = key_width + 0.35
+    w = 4.6 * ncols + right
+    fig.set_size_inches(w, h)
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    left = 0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10)
+    top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + text_height(1, 12)
+    bottom = 0.1 + text_height(2, 10) + 0.1
+    panel_w = (w - left - right - 0.3 * (ncols - 1)) / ncols
+    panel_h = (h - top - bottom - (text_height(1, 12) + 0.3) * (nrows - 1)) / nrows
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
+                        wspace=0.3 / panel_w, hspace=(text_height(1, 12) + 0.3) / panel_h)
 
 
 def mark_divergence(ax, run: Run, column: str, log: bool, color: Any):
@@ -150,7 +171,10 @@ def draw_over_steps(
     for seed, ax in panels.items():
         if log:
             ax.set_yscale("log")
-            spare_minor_ticks(ax.yaxis, *ax.get_ylim())
+            lo, hi = ax.get_ylim()
+            spare_minor_ticks(ax.yaxis, lo, hi)
+            if hi / lo >= 100:  # decades among the ticks: labelled without mathtext
+                power_ticks(ax.yaxis)
         if ylim is not None:
             margin = 0.02 * (ylim[1] - ylim[0])  # a line at exactly 0 or 1 stays visible
             ax.set_ylim(ylim[0] - margin, ylim[1] + margin)
@@ -183,6 +207,7 @@ def draw_over_steps(
         corner.add_artist(corner.get_legend())
     corner.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
                   fontsize=9, frameon=False)
+    lay_out(fig, panels, legend_width(handles, 9))
     return style.save(fig, path)
 
 

@@ -137,7 +137,11 @@ def place_axes(fig, left: float, right: float, top: float, bottom: float):
 
 def legend_width(handles, points: float) -> float:
     """Inches of a one-column legend of these handles: the key, the gap, the longest line."""
-    lines = [line for h in handles for line in str(h.get_label()).split("\n")]
+    return key_width([str(h.get_label()) for h in handles], points)
+
+
+def key_width(labels: Iterable[str], points: float) -> float:
+    lines = [line for label in labels for line in label.split("\n")]
     return (2.0 + 0.8) * points / 72 + text_width(lines, points)
 
 

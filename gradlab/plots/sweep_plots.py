@@ -12,7 +12,8 @@ import numpy as np
 from . import style
 from .load import Experiment, Run
 from .over_steps import downsample, mark_divergence, plottable
-from .style import BASELINE_COLOR, TITLE_CHARS, decade_ticks, few_decade_ticks, fmt, new_figure, spare_minor_ticks, step_axis, wrap
+from .style import (BASELINE_COLOR, TITLE_CHARS, decade_ticks, few_decade_ticks, fmt, key_width, margins, new_figure,
+                    spare_minor_ticks, step_axis, text_height, text_width, wrap)
 from .sweep import MAX_BASELINE_LINES, MAX_THRESHOLD_TICKS, MEAN_LINE, SEED_LINE, Family, Sweep, _finite
 
 
@@ -41,7 +42,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _sweep_figure(exp: Experiment, sweep: Sweep, heading: str, width: float = 10.5, height: float = 5.2):
-    fig = new_figure(width, height)
+    fig = new_figure(width, height, layout=None)  # laid out by `_legend_right`, the last call
     ax = fig.subplots()
     ax.grid(True, which="major", alpha=0.3)
     seeds = ", ".join("?" if s is None else str(s) for s in sweep.seeds)
@@ -77,6 +78,16 @@ def _legend_right(ax, entries: list[tuple[Any, str]]) -> None:
         ax.legend([h for h, _ in entries], [label for _, label in entries], loc="upper left",
                   bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False, labelspacing=0.9,
                   handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)})
+    # The margins from the texts' lengths (constrained layout measured every text: half the
+    # figure's cost): the key right, the suptitle (and a left title) above, the axis labels.
+    fig = ax.figure
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    left_title = 1 if ax.get_title(loc="left") else 0
+    ax.set_position(margins(
+        fig, left=0.2 + text_height(1, 10) + text_width(["0.0001"], 10),
+        right=0.35 + key_width([label for _, label in entries], 9),
+        top=0.15 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + text_height(left_title, 9),
+        bottom=0.15 + text_height(2, 10) + 0.1))
 
 
 def _prefix(sweep: Sweep, fam: Family) -> str:
@@ -319,7 +330,7 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.lines import Line2D
 
-    fig = new_figure(11.0, 5.8)
+    fig = new_figure(11.0, 5.8, layout=None)  # laid out below, before the colour bars take their share
     ax = fig.subplots()
     ax.grid(True, which="major", alpha=0.3)
     runs = [r for r in sweep.baseline if r.seed == seed]
@@ -362,19 +373,9 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     step_axis(ax, first, max(float(max(lasts, default=first)), (sweep.total or 0) - 1.0))
     ax.set_xlabel("step")
     ax.set_ylabel("global gradient L2 norm, before clipping (log scale)")
-    ax.set_title(f"Gradient norm per step, seed {seed if seed is not None else '?'}: one line per threshold\n"
-                 f"{wrap(exp.summary, TITLE_CHARS)}", fontsize=11)
-
-    for fam in reversed(sweep.families):  # the last colour bar made sits next to the axes
-        colors = [exp.colors.get(fam.variants[t], fam.color) for t in fam.thresholds]
-        n = len(colors)
-        mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1), n), cmap=ListedColormap(colors))
-        bar = fig.colorbar(mappable, ax=ax, pad=0.015, fraction=0.05, aspect=30)
-        every = max(1, math.ceil(n / MAX_THRESHOLD_TICKS))
-        ticks = np.arange(0, n, every)
-        bar.set_ticks(ticks + 0.5, labels=[fmt(fam.thresholds[i]) for i in ticks])
-        bar.ax.tick_params(length=0)
-        bar.set_label(f"{fam.quantity}: the colour of its line")
+    title = (f"Gradient norm per step, seed {seed if seed is not None else '?'}: one line per threshold\n"
+             f"{wrap(exp.summary, TITLE_CHARS)}")
+    ax.set_title(title, fontsize=11)
 
     entries: list[tuple[Any, str]] = []
     if any(r.method == "none" for r in runs):
@@ -388,6 +389,28 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     if diverged:
         entries.append((Line2D([], [], color="black", marker="x", markeredgewidth=2, markersize=9, linestyle="none"),
                         "diverged (NaN/inf)"))
-    fig.legend([h for h, _ in entries], [label for _, label in entries], loc="outside lower center",
+
+    # A fixed layout (see _legend_right): each colour bar takes its share of the axes' width
+    # and needs ~0.9 inch for its labels; the key is one row below.
+    bar_room = 0.9
+    ax.set_position(margins(
+        fig, left=0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10), right=0.15 + bar_room * len(sweep.families),
+        top=0.15 + text_height(title.count("\n") + 1, 11),
+        bottom=0.15 + text_height(2, 10) + 0.15 + text_height(max(l.count("\n") + 1 for _, l in entries), 9)))
+    axes_width = ax.get_position().width * fig.get_figwidth()
+    for i, fam in enumerate(reversed(sweep.families)):  # the last colour bar made sits next to the axes
+        colors = [exp.colors.get(fam.variants[t], fam.color) for t in fam.thresholds]
+        n = len(colors)
+        mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1), n), cmap=ListedColormap(colors))
+        # A bar made earlier sits further out: its gap holds the labels of the bar made after it.
+        pad = bar_room / axes_width if i < len(sweep.families) - 1 else 0.015
+        bar = fig.colorbar(mappable, ax=ax, pad=pad, fraction=0.05, aspect=30)
+        every = max(1, math.ceil(n / MAX_THRESHOLD_TICKS))
+        ticks = np.arange(0, n, every)
+        bar.set_ticks(ticks + 0.5, labels=[fmt(fam.thresholds[i]) for i in ticks])
+        bar.ax.tick_params(length=0)
+        bar.set_label(f"{fam.quantity}: the colour of its line")
+
+    fig.legend([h for h, _ in entries], [label for _, label in entries], loc="lower center", bbox_to_anchor=(0.5, 0.0),
                ncol=len(entries), fontsize=9, frameon=False)
     return style.save(fig, path)

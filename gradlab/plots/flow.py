@@ -199,7 +199,7 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     positions = np.linspace(*BPTT_CMAP[1:], len(layers)) if len(layers) > 1 else [BPTT_CMAP[1]]
     colors = {layer: cmap(float(x)) for layer, x in zip(layers, positions)}
 
-    fig = new_figure(11.0, 5.6, layout=None)  # laid out at the end, when the texts are known
+    fig = new_figure(11.0, 5.6)  # laid out at the end, when the texts are known
     ax = fig.subplots()
     zeros = nonfinite = 0
     for layer in layers:

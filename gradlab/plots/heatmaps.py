@@ -85,7 +85,7 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
 
     # A fixed layout, from the lengths of the texts: the parameter names on the left, the
     # colour bar and its label on the right, the title above, the key below.
-    fig = new_figure(10.0, min(8.0, max(3.6, 2.2 + 0.12 * min(rows, MAX_YTICK_LABELS))), layout=None)
+    fig = new_figure(10.0, min(8.0, max(3.6, 2.2 + 0.12 * min(rows, MAX_YTICK_LABELS))))
     left = 0.15 + text_height(ylabel.count("\n") + 1, 10) + text_width(labels, tick_points) + 0.1
     top = 0.12 + text_height(title.count("\n") + 1, 11)
     bottom = 0.1 + 2 * text_height(1, 10) + 0.1 + (text_height(1, 9) + 0.1 if handles else 0.0)

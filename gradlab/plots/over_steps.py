@@ -57,7 +57,7 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
     n = len(exp.seeds)
     ncols = min(n, MAX_PANEL_COLUMNS)
     nrows = math.ceil(n / ncols)
-    fig = new_figure(4.6 * ncols + legend_width, 3.6 * nrows + 1.1, layout=None)  # see `lay_out`
+    fig = new_figure(4.6 * ncols + legend_width, 3.6 * nrows + 1.1)  # see `lay_out`
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)

@@ -102,11 +102,13 @@ def wrap(text: str, width: int) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def new_figure(width: float, height: float, layout: Optional[str] = "constrained"):
-    """A figure; with layout=None, one the caller lays out itself (see `Margins`)."""
+def new_figure(width: float, height: float):
+    """A figure its drawing function lays out itself, with `margins` computed from the texts'
+    lengths: matplotlib's constrained layout measured every text by rendering it, which was
+    half of a figure's cost (benchmarks/plot_bench.py)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    return Figure(figsize=(width, height), dpi=DPI)
 
 
 # Text measured without rendering it: DejaVu Sans' widest common advances are about 0.6 em.

@@ -42,7 +42,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def _sweep_figure(exp: Experiment, sweep: Sweep, heading: str, width: float = 10.5, height: float = 5.2):
-    fig = new_figure(width, height, layout=None)  # laid out by `_legend_right`, the last call
+    fig = new_figure(width, height)  # laid out by `_legend_right`, the last call
     ax = fig.subplots()
     ax.grid(True, which="major", alpha=0.3)
     seeds = ", ".join("?" if s is None else str(s) for s in sweep.seeds)
@@ -330,7 +330,7 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.lines import Line2D
 
-    fig = new_figure(11.0, 5.8, layout=None)  # laid out below, before the colour bars take their share
+    fig = new_figure(11.0, 5.8)  # laid out below, before the colour bars take their share
     ax = fig.subplots()
     ax.grid(True, which="major", alpha=0.3)
     runs = [r for r in sweep.baseline if r.seed == seed]

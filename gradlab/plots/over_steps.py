@@ -74,7 +74,7 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
     return fig, panels
 
 
-def lay_out(fig, panels: dict, key_width: float) -> None:
+def lay_out(fig, panels: dict, key_width: float, heading: str, summary: str) -> None:
     """Margins from the texts' lengths (constrained layout measured every text, doubling the
     figure's cost): the axis labels left, the suptitle and panel titles above, the key to the
     right (the figure is as wide as the panels and the key)."""
@@ -84,7 +84,8 @@ def lay_out(fig, panels: dict, key_width: float) -> None:
     right = key_width + 0.35
     w = 4.6 * ncols + right
     fig.set_size_inches(w, h)
-    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    suptitle = f"{heading}\n{wrap(summary, int(w * 10))}"  # wrapped to the final width
+    fig.suptitle(suptitle)
     left = 0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10)
     top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + text_height(1, 12)
     bottom = 0.1 + text_height(2, 10) + 0.1
@@ -207,7 +208,7 @@ def draw_over_steps(
         corner.add_artist(corner.get_legend())
     corner.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
                   fontsize=9, frameon=False)
-    lay_out(fig, panels, legend_width(handles, 9))
+    lay_out(fig, panels, legend_width(handles, 9), heading, exp.summary)
     return style.save(fig, path)
 
 

@@ -390,13 +390,18 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
         entries.append((Line2D([], [], color="black", marker="x", markeredgewidth=2, markersize=9, linestyle="none"),
                         "diverged (NaN/inf)"))
 
-    # A fixed layout (see _legend_right): each colour bar takes its share of the axes' width
-    # and needs ~0.9 inch for its labels; the key is one row below.
+    # A fixed layout (see _legend_right): each colour bar takes its share of the axes' width;
+    # the outermost one's labels need ~0.9 inch of margin, the others' fit in the gap that
+    # separates the bars; the key goes below, in as many rows as it needs.
     bar_room = 0.9
+    ncol = len(entries)  # as many to a row as the figure's width holds
+    while ncol > 1 and ncol * max(key_width([label], 9) + 0.25 for _, label in entries) > fig.get_figwidth() - 0.3:
+        ncol -= 1
+    rows = math.ceil(len(entries) / ncol)
     ax.set_position(margins(
-        fig, left=0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10), right=0.15 + bar_room * len(sweep.families),
+        fig, left=0.2 + text_height(1, 10) + text_width(["10⁻¹⁰⁰"], 10), right=0.15 + bar_room,
         top=0.15 + text_height(title.count("\n") + 1, 11),
-        bottom=0.15 + text_height(2, 10) + 0.15 + text_height(max(l.count("\n") + 1 for _, l in entries), 9)))
+        bottom=0.15 + text_height(2, 10) + 0.25 + rows * (text_height(max(l.count("\n") + 1 for _, l in entries), 9) + 0.1)))
     axes_width = ax.get_position().width * fig.get_figwidth()
     for i, fam in enumerate(reversed(sweep.families)):  # the last colour bar made sits next to the axes
         colors = [exp.colors.get(fam.variants[t], fam.color) for t in fam.thresholds]
@@ -404,7 +409,7 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
         mappable = ScalarMappable(norm=BoundaryNorm(np.arange(n + 1), n), cmap=ListedColormap(colors))
         # A bar made earlier sits further out: its gap holds the labels of the bar made after it.
         pad = bar_room / axes_width if i < len(sweep.families) - 1 else 0.015
-        bar = fig.colorbar(mappable, ax=ax, pad=pad, fraction=0.05, aspect=30)
+        bar = fig.colorbar(mappable, ax=ax, pad=pad, fraction=0.05, aspect=30, use_gridspec=False)
         every = max(1, math.ceil(n / MAX_THRESHOLD_TICKS))
         ticks = np.arange(0, n, every)
         bar.set_ticks(ticks + 0.5, labels=[fmt(fam.thresholds[i]) for i in ticks])
@@ -412,5 +417,5 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
         bar.set_label(f"{fam.quantity}: the colour of its line")
 
     fig.legend([h for h, _ in entries], [label for _, label in entries], loc="lower center", bbox_to_anchor=(0.5, 0.0),
-               ncol=len(entries), fontsize=9, frameon=False)
+               ncol=ncol, fontsize=9, frameon=False)
     return style.save(fig, path)

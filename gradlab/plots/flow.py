@@ -15,7 +15,7 @@ from . import style
 from .describe import outcome
 from .load import Experiment, Run, as_int
 from .over_steps import downsample, plottable
-from .style import (BPTT_CMAP, MAX_BPTT_LAYERS, MAX_TBPTT_LINES, NONFINITE_COLOR, TITLE_CHARS, decade_ticks,
+from .style import (BPTT_CMAP, MAX_BPTT_LAYERS, MAX_TBPTT_LINES, NONFINITE_COLOR, TITLE, TITLE_CHARS, decade_ticks,
                     legend_width, margins, new_figure, power_ticks, step_axis, text_height, text_width, wrap)
 
 # ----------------------------------------------------------------------------- gradient through time
@@ -284,7 +284,7 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     ax.set_xlabel(f"time step t        (backpropagation through time runs from t = {T - 1} back to t = 0  ←)")
     ax.set_ylabel("‖dL/dh_t‖: L2 norm over the batch (log scale)")
     title = f"Gradient through time — {run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}"
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, **TITLE)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9, frameon=False)
     if notes:
         fig.supxlabel("\n".join(notes), fontsize=9, color="0.25", y=0.02)

@@ -11,7 +11,7 @@ import numpy as np
 from . import style
 from .describe import outcome
 from .load import Experiment, Run, read_table
-from .style import (DIVERGENCE_LINE_COLOR, MAX_HEATMAP_COLUMNS, MAX_YTICK_LABELS, NONFINITE_COLOR, TITLE_CHARS,
+from .style import (DIVERGENCE_LINE_COLOR, MAX_HEATMAP_COLUMNS, MAX_YTICK_LABELS, NONFINITE_COLOR, TITLE, TITLE_CHARS,
                     ZERO_COLOR, new_figure, place_axes, power_ticks, spare_minor_ticks, step_axis, text_height,
                     text_width, wrap)
 
@@ -108,7 +108,7 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     ax.set_yticks(ticks, labels, fontsize=tick_points)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("step" + (f" (each column: max over {block} steps)" if block > 1 else ""))
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, **TITLE)
     step_axis(ax, first, float(steps[-1]), pad=0.5)  # exactly the image: no blank margin
     if run.diverged and run.divergence_step is not None:
         # On the left edge of the divergence step's column: the column itself stays visible.

@@ -12,7 +12,7 @@ import numpy as np
 from . import style
 from .describe import chance_accuracy
 from .load import Experiment, Run
-from .style import (MAX_LINE_POINTS, MAX_PANEL_COLUMNS, legend_width, new_figure, power_ticks, spare_minor_ticks,
+from .style import (MAX_LINE_POINTS, MAX_PANEL_COLUMNS, TITLE, legend_width, new_figure, power_ticks, spare_minor_ticks,
                     step_axis, text_height, text_width, variant_label, wrap)
 
 def downsample(values: np.ndarray, max_points: int = MAX_LINE_POINTS) -> np.ndarray:
@@ -63,7 +63,7 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
         ax.set_visible(False)
     panels = {}
     for i, (seed, ax) in enumerate(zip(exp.seeds, axes)):
-        ax.set_title(f"seed {seed if seed is not None else '?'}")
+        ax.set_title(f"seed {seed if seed is not None else '?'}", **TITLE)
         ax.grid(True, which="major", alpha=0.3)
         # With hidden spare panels the bottom visible one in each column carries the label.
         if i + ncols >= n:

@@ -40,6 +40,11 @@ FAMILY_CMAPS = {"norm": ("viridis", 0.0, 0.8), "value": ("YlOrRd", 0.45, 0.95)}
 OTHER_CMAP = ("cool", 0.1, 0.9)
 # Recurrent layers bottom (dark) to top (light), short of the yellow that vanishes on white.
 BPTT_CMAP = ("plasma", 0.0, 0.82)
+# Titles at a fixed height above their axes: matplotlib's automatic placement measures every
+# tick label of the axes first, about 20 ms an axes (no figure has ticks on top to avoid).
+TITLE = dict(y=1.0)
+# zlib level 3 rather than PIL's 6: a third less encoding time for a tenth more bytes.
+PNG_OPTIONS = dict(compress_level=3)
 
 # ----------------------------------------------------------------------------- style
 
@@ -204,8 +209,9 @@ def step_axis(ax, first: float, last: float, pad: Optional[float] = None) -> Non
 def save(fig, path: Path) -> Path:
     """Render to memory, then write atomically: a reader never sees half a PNG."""
     buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    fig.clear()  # no pyplot registry holds the figure; clearing frees artists at once
+    # Not cleared afterwards (13 ms a figure): no pyplot registry holds it, so it is freed
+    # with its last reference.
+    fig.savefig(buf, format="png", dpi=DPI, pil_kwargs=PNG_OPTIONS)
     write_bytes(path, buf.getvalue())
     return path
 

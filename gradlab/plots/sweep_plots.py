@@ -12,7 +12,7 @@ import numpy as np
 from . import style
 from .load import Experiment, Run
 from .over_steps import downsample, mark_divergence, plottable
-from .style import (BASELINE_COLOR, TITLE_CHARS, decade_ticks, few_decade_ticks, fmt, key_width, margins, new_figure,
+from .style import (BASELINE_COLOR, TITLE, TITLE_CHARS, decade_ticks, few_decade_ticks, fmt, key_width, margins, new_figure,
                     spare_minor_ticks, step_axis, text_height, text_width, wrap)
 from .sweep import MAX_BASELINE_LINES, MAX_THRESHOLD_TICKS, MEAN_LINE, SEED_LINE, Family, Sweep, _finite
 
@@ -177,7 +177,7 @@ def draw_final_loss(exp: Experiment, sweep: Sweep, path: Path) -> Path:
                             f"no clipping (none): diverged in\nevery seed{at}: no final loss"))
             # Above the axes, where no mark can sit under it.
             every = {1: "its one seed", 2: "both seeds"}.get(len(base), f"all {len(base)} seeds")
-            ax.set_title(f"no clipping: diverged in {every}{at}", loc="left", fontsize=9, color=BASELINE_COLOR)
+            ax.set_title(f"no clipping: diverged in {every}{at}", loc="left", fontsize=9, color=BASELINE_COLOR, **TITLE)
 
     log = bool(shown) and min(shown) > 0
     if log:
@@ -375,7 +375,7 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     ax.set_ylabel("global gradient L2 norm, before clipping (log scale)")
     title = (f"Gradient norm per step, seed {seed if seed is not None else '?'}: one line per threshold\n"
              f"{wrap(exp.summary, TITLE_CHARS)}")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(title, fontsize=11, **TITLE)
 
     entries: list[tuple[Any, str]] = []
     if any(r.method == "none" for r in runs):

@@ -646,3 +646,23 @@ def test_every_plot_module_imports_without_matplotlib():
             "for name in names: importlib.import_module('gradlab.plots.' + name)\n"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_a_drawing_process_that_dies_costs_no_figure(tmp_path, monkeypatch):
+    """The out-of-memory killer takes a drawing process: the figures it left are drawn by
+    the parent, and the call returns (a pool of processes can otherwise wait forever)."""
+    import os
+
+    exp = make_experiment(tmp_path / "killed", variants=("none", "norm-1"), seeds=(0,), steps=6)
+    parent, real = os.getpid(), heatmap_mod.draw_heatmap
+
+    def die_in_a_child(exp, run, path):
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(exp, run, path)
+
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", die_in_a_child)
+    drawn = {p.name for p in draw_experiment(exp, workers=2)}
+    assert drawn == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
+    for name in drawn:
+        assert_png(exp / "plots" / name)

@@ -27,7 +27,7 @@ from .load import Experiment, Run, load_experiment
 
 __all__ = ["draw_experiment", "load_experiment", "Experiment", "Run"]
 
-_PLAN: Optional[figures.Plan] = None  # what a forked drawing process inherits
+_WORK: Optional[tuple[figures.Plan, list[figures.Figure]]] = None  # inherited by the forked processes
 
 
 def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[str]] = None,
@@ -65,34 +65,41 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[
 def _draw_all(p: figures.Plan, todo: list[figures.Figure], workers: int) -> list[Optional[Path]]:
     """Each figure of `todo`, in that order, serially or in `workers` forked processes.
 
-    Forked, not spawned: the processes inherit matplotlib already imported (0.5 s or more a
-    process otherwise) and the experiment already read, so a task is only its index. The
-    parent loads both first; then each process renders whole figures, the costly part.
+    Forked, not spawned: the processes inherit matplotlib already imported (0.4 s or more a
+    process otherwise) and the experiment already read, so that a task is only an index.
+    A drawing process that dies (the out-of-memory killer) costs no figure: what it left
+    undone is drawn here.
     """
-    global _PLAN
+    global _WORK
     workers = min(workers, len(todo))
     if workers <= 1 or "fork" not in mp.get_all_start_methods():
         return [figures.draw(p, f) for f in todo]
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     import matplotlib.figure  # noqa: F401  (loaded once, inherited by every process)
 
     p.exp.colors  # noqa: B018  (computed once, inherited)
     if any(f.run_id is None for f in todo):
         for run in p.exp.runs:
             run.metrics  # noqa: B018  (every overview figure reads every run)
-    _PLAN = p
-    # The longest first (a run's own figures, then the overview ones), so that no process
-    # is left with a heatmap to draw while the other has finished.
-    order = sorted(range(len(todo)), key=lambda i: todo[i].run_id is None)
-    result: list[Optional[Path]] = [None] * len(todo)
+    _WORK = p, todo
+    # The longest first (the overview figures, then each run's own), so that no process is
+    # left drawing a long one while the other has finished.
+    order = sorted(range(len(todo)), key=lambda i: todo[i].run_id is not None)
+    result: dict[int, Optional[Path]] = {}
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_quiet_signals)
     try:
-        with mp.get_context("fork").Pool(workers, initializer=_quiet_signals) as pool:
-            for i, path in pool.imap_unordered(_draw_index, [(i, todo[i]) for i in order]):
-                result[i] = path
-            pool.close()  # done: let them exit, rather than be terminated on leaving the block
-            pool.join()
+        futures = {pool.submit(_draw_index, i): i for i in order}
+        for future, i in futures.items():
+            try:
+                result[i] = future.result()
+            except BrokenProcessPool:
+                break
     finally:
-        _PLAN = None
-    return result
+        pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: each finishes its figure, no more
+        _WORK = None
+    return [result[i] if i in result else figures.draw(p, todo[i]) for i in range(len(todo))]
 
 
 def _quiet_signals() -> None:
@@ -102,7 +109,7 @@ def _quiet_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _draw_index(task: tuple[int, figures.Figure]) -> tuple[int, Optional[Path]]:
-    i, fig = task
-    assert _PLAN is not None
-    return i, figures.draw(_PLAN, fig)
+def _draw_index(i: int) -> Optional[Path]:
+    assert _WORK is not None
+    p, todo = _WORK
+    return figures.draw(p, todo[i])

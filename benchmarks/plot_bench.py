@@ -6,13 +6,14 @@
 - `gradlab run configs/quickstart.yaml` end to end, with and without --no-plots;
 - the 18-run sweep of benchmarks/sweep_bench.py as `gradlab run`, with and without --no-plots
   (goal: plots included, at most 3x without);
-- a rerun of the complete quickstart, nothing to compute (goal: under 0.5 s).
+- a rerun of the complete quickstart, nothing to compute (goal: under 0.5 s);
+- with --before DIR, the end-to-end cases of another gradlab tree too (a commit before).
 
 Every end-to-end case is a fresh `python -m gradlab.cli` process (start-up counted alike),
 timed wall-clock, the cases interleaved so that load from other processes hits them alike;
 the median of --repeats is reported, and ratios are between cases of this same run.
 
-    python benchmarks/plot_bench.py [--repeats 3]
+    python benchmarks/plot_bench.py [--repeats 3] [--before DIR]
 """
 
 from __future__ import annotations
@@ -39,17 +40,17 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def cli(*args: str) -> float:
+def cli(*args: str, tree: Path = ROOT) -> float:
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gradlab.cli", *args, "--quiet"], check=True, cwd=ROOT, env=ENV,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "gradlab.cli", *args, "--quiet"], check=True, cwd=tree,
+                   env={**ENV, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
-def fresh(work: Path, config: Path, plots: bool) -> float:
+def fresh(work: Path, config: Path, plots: bool, tree: Path = ROOT) -> float:
     out = work / ("plots" if plots else "noplots")
     shutil.rmtree(out, ignore_errors=True)
-    return cli("run", str(config), "--out", str(out), *([] if plots else ["--no-plots"]))
+    return cli("run", str(config), "--out", str(out), *([] if plots else ["--no-plots"]), tree=tree)
 
 
 def per_kind(exp: Path, repeats: int) -> dict[str, list[float]]:
@@ -83,6 +84,8 @@ def draw_all(exp: Path, workers: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (median reported)")
+    ap.add_argument("--before", type=Path, help="another gradlab tree (e.g. `git archive COMMIT | tar -x -C DIR`): "
+                    "its end-to-end cases are timed in the same run, interleaved")
     args = ap.parse_args()
     n = args.repeats
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,6 +111,14 @@ def main() -> None:
             "18-run sweep: 42 figures, 1 process": lambda: draw_all(sw_exp, 1),
             "18-run sweep: 42 figures, 2 processes": lambda: draw_all(sw_exp, 2),
         }
+        if args.before:
+            before = args.before.resolve()
+            cases.update({
+                "before: quickstart, plots": lambda: fresh(work / "b_qs", QUICKSTART, True, before),
+                "before: quickstart rerun, nothing to do": lambda: cli("run", str(QUICKSTART), "--out",
+                                                                       str(work / "b_qs" / "plots"), tree=before),
+                "before: 18-run sweep, plots": lambda: fresh(work / "b_sw", sweep_yaml, True, before),
+            })
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(n):  # interleaved, so that drift hits every case alike
             for name, fn in cases.items():

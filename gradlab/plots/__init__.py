@@ -8,11 +8,12 @@
     over_steps  metrics over training steps, one panel per seed (grad_norm, loss, accuracy)
     heatmaps    one run's per-parameter gradient norms, parameter x step
     flow        one recurrent run's gradient through time
-    sweep       a threshold sweep's figures against the threshold
+    sweep       a threshold sweep: its clipping families and their runs by threshold
+    sweep_plots a sweep's figures against the threshold
     figures     which figures an experiment has, what each reads, which are out of date
 
-Matplotlib is imported inside the drawing functions only: `import gradlab.plots` must not
-load it (the CLI imports the package on every start-up).
+NumPy and matplotlib are imported by the drawing modules only: deciding that nothing is to
+be redrawn (a rerun of a complete experiment) must not load them.
 """
 
 from __future__ import annotations
@@ -47,19 +48,29 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[
     out = exp.path / "plots"
     stamps = figures.read_stamps(out) if out.is_dir() else {}
     wanted = figures.fingerprints(p)
-    todo = [f for f in p.figures
-            if not (only_stale and stamps.get(f.name) == wanted[f.name] and (out / f.name).is_file())]
+    todo = [f for f in p.figures if not (only_stale and _fresh(out / f.name, stamps.get(f.name), wanted[f.name]))]
     if not todo:
         return []
     # One combined sweep.png was drawn by older versions; a redraw should not leave it behind.
     (out / "sweep.png").unlink(missing_ok=True)
     drawn = _draw_all(p, todo, workers)
-    # Only what is on disk is stamped: a figure a run had nothing for is tried again.
     kept = {f.name: stamps[f.name] for f in p.figures if f not in todo and f.name in stamps}
-    kept.update({f.name: wanted[f.name] for f, path in zip(todo, drawn) if path is not None and path.is_file()})
+    for f, path in zip(todo, drawn):
+        if path is None:  # its run has nothing to show: not tried again until its inputs change
+            kept[f.name] = _EMPTY + wanted[f.name]
+        elif path.is_file():  # (a test's stand-in may draw nothing)
+            kept[f.name] = wanted[f.name]
     if kept or out.is_dir():
         figures.write_stamps(out, kept)
     return [path for path in drawn if path is not None]
+
+
+_EMPTY = "empty:"
+
+
+def _fresh(path: Path, stamp: Optional[str], wanted: str) -> bool:
+    """Drawn (or found to have nothing to show) from the inputs it has now."""
+    return stamp == _EMPTY + wanted or (stamp == wanted and path.is_file())
 
 
 def _draw_all(p: figures.Plan, todo: list[figures.Figure], workers: int) -> list[Optional[Path]]:

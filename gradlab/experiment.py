@@ -492,8 +492,8 @@ def finish(exp: Path, plots: bool = True, only_stale: bool = False,
     if plots:
         from .plots import draw_experiment
 
-        only = None if reports is None else {r["run_id"] for r in reports}
-        drawn = draw_experiment(exp, only_stale=only_stale, only=only)
+        # One process per core: the training that may have run before has finished with them.
+        drawn = draw_experiment(exp, only_stale=only_stale, reports=reports, workers=os.cpu_count() or 1)
     write_report(exp, reports)
     return drawn
 

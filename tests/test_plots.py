@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from gradlab.io import write_bytes, write_csv, write_json, write_text
-from gradlab import plots
-from gradlab.plots import _aggregate_columns, _downsample, draw_experiment, load_experiment
+from gradlab.experiment import collect_reports, config_hash_of
+from gradlab.plots import describe, figures, flow, over_steps, style
+from gradlab.plots import heatmaps as heatmap_mod
+from gradlab.plots import sweep as sweep_mod
+from gradlab.plots import draw_experiment, load_experiment
+from gradlab.plots.heatmaps import aggregate_columns as _aggregate_columns
+from gradlab.plots.over_steps import downsample as _downsample
+from gradlab.records import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -32,9 +38,12 @@ def _clip_entry(variant: str) -> str:
 def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int | None = None,
               report: bool = True, layer_nan: bool = False, layer_zero: bool = False,
               metrics_nan: bool = False, accuracy: bool = False, first_nonfinite: dict | None = None,
-              clip_fraction: float = 0.5, loss_scale: float = 1.0) -> dict:
-    """One run folder; a diverged run stops at `diverge_at` with a NaN/inf last row. With
-    `accuracy`, metrics.csv gets the classification tasks' extra last column."""
+              clip_fraction: float = 0.5, loss_scale: float = 1.0, variant_index: int = 0) -> dict:
+    """One run folder as gradlab writes it (experiment.collect_reports accepts it); a diverged
+    run stops at `diverge_at` with a NaN/inf last row. The outcome fields of report.json are
+    derived from metrics.csv as gradlab derives them; `clip_fraction` of the healthy steps
+    are flagged clipped. With `accuracy`, metrics.csv gets the classification tasks' extra
+    last column."""
     rng = np.random.default_rng(seed)
     method, _, thr = variant.partition("-")
     threshold = float(thr) if thr else None
@@ -48,8 +57,10 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
         grad[-1], clipped[-1], loss[-1], nonfinite[-1] = math.inf, math.nan, math.nan, 1
     if metrics_nan:
         grad[:], clipped[:], loss[:] = math.nan, math.nan, math.nan
+    healthy = n - int(nonfinite.sum())
+    flags = np.arange(n) < round(clip_fraction * healthy)
     rows = [[int(t[i]), loss[i], grad[i], clipped[i], min(1.0, clipped[i] / grad[i]) if np.isfinite(grad[i]) else math.nan,
-             int(clipped[i] < grad[i]), 0.01 * clipped[i], int(nonfinite[i])] for i in range(n)]
+             int(flags[i]), 0.01 * clipped[i], int(nonfinite[i])] for i in range(n)]
     if accuracy:  # from chance (1/4) up; the diverged row has none
         acc = np.clip(0.25 + 0.7 * (1 - np.exp(-t / 5.0)) + 0.05 * rng.random(n), 0, 1)
         if diverge_at is not None:
@@ -66,14 +77,13 @@ def write_run(exp: Path, variant: str, seed: int, steps: int, *, diverge_at: int
         layers[:, -1] = math.nan
     write_csv(d / "layer_norms.csv", ["step", *PARAMS], [[i, *layers[:, i]] for i in range(n)])
     rep = {
-        "run_id": f"{variant}-s{seed}", "seed": seed, "variant": variant, "method": method,
-        "threshold": threshold, "norm_type": 2.0 if method == "norm" else None,
+        "run_id": f"{variant}-s{seed}", "seed": seed, "variant": variant, "variant_index": variant_index,
+        "method": method, "threshold": threshold, "norm_type": 2.0 if method == "norm" else None,
         "diverged": diverge_at is not None, "divergence_step": diverge_at,
         "first_nonfinite": None if diverge_at is None else
         first_nonfinite or {"step": diverge_at, "phase": "backward", "where": "layer1.W", "kind": "inf"},
-        "max_grad_norm": float(np.nanmax(np.where(np.isfinite(grad), grad, np.nan))) if np.isfinite(grad).any() else "nan",
-        "final_loss": None if diverge_at is not None else float(loss[-1]),
-        "steps_completed": n if diverge_at is None else diverge_at, "clip_fraction": clip_fraction, "steps": steps,
+        **summarize(METRICS + ["accuracy"] * accuracy, [[float(v) for v in row] for row in rows]),
+        "steps": steps, "config_hash": config_hash_of(exp),
     }
     if report:
         write_json(d / "report.json", rep)
@@ -89,10 +99,10 @@ def make_experiment(exp: Path, variants=("none", "norm-1", "value-0.1"), seeds=(
         "clipping:\n" + "".join(_clip_entry(v) for v in variants)))
     reports = []
     for seed in seeds:
-        for v in variants:
+        for i, v in enumerate(variants):
             rid = f"{v}-s{seed}"
             rep = write_run(exp, v, seed, steps, diverge_at=steps // 2 if v == "none" else None,
-                            report=rid not in skip_report, **run_options.get(rid, {}))
+                            report=rid not in skip_report, variant_index=i, **run_options.get(rid, {}))
             if rid not in skip_report:
                 reports.append(rep)
     if summary:
@@ -143,7 +153,7 @@ def test_partial_experiment_draws_complete_runs_only(tmp_path, monkeypatch):
     assert (exp / "runs" / "value-0.1-s1" / "metrics.csv").is_file()
     # Heatmaps are drawn for real in test_draws_every_plot_as_png; here only which ones.
     heatmaps = []
-    monkeypatch.setattr(plots, "_draw_heatmap", lambda exp, run, path: heatmaps.append(run.run_id))
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda exp, run, path: heatmaps.append(run.run_id))
     written = draw_experiment(exp)
     assert sorted(heatmaps) == ["none-s0", "none-s1", "norm-1-s0", "norm-1-s1", "value-0.1-s0"]
     assert {p.name for p in written} == {"grad_norm.png", "loss.png"}
@@ -195,7 +205,7 @@ def make_sweep(exp: Path, thresholds=(0.1, 1.0, 10.0), seeds=(0, 1, 2), steps=12
     for seed in seeds:
         for i, v in enumerate(variants):
             rank = i / max(1, len(variants) - 1)
-            reports.append(write_run(exp, v, seed, steps, diverge_at=diverge.get(f"{v}-s{seed}"),
+            reports.append(write_run(exp, v, seed, steps, diverge_at=diverge.get(f"{v}-s{seed}"), variant_index=i,
                                      clip_fraction=0.0 if v == "none" else 1.0 - 0.9 * rank,
                                      loss_scale=1.0 + 3 * rank + 0.5 * seed))
     write_json(exp / "summary.json", reports)
@@ -213,7 +223,7 @@ class Facts(dict):
 def sweep_only(monkeypatch) -> Facts:
     """Draw only the sweep's plots (the others are covered above and would only cost time)."""
     facts = Facts()
-    real_save = plots._save
+    real_save = style.save
 
     def save(fig, path):
         facts[path.name] = figure_facts(fig)
@@ -222,9 +232,9 @@ def sweep_only(monkeypatch) -> Facts:
         fig.clear()
         return path
 
-    monkeypatch.setattr(plots, "_save", save)
-    monkeypatch.setattr(plots, "_draw_heatmap", lambda *args: None)
-    monkeypatch.setattr(plots, "_draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    monkeypatch.setattr(style, "save", save)
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda *args: None)
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
     return facts
 
 
@@ -314,15 +324,16 @@ def test_sweep_colors_follow_the_threshold(tmp_path):
     # The baseline is neutral; every clipped variant has a colour of its own.
     assert e.colors["none"] == "#303030"
     assert len({e.colors[v] for v in e.variants}) == 4
-    sweep = plots._find_sweep(e)
+    sweep = sweep_mod.find_sweep(e)
     assert [f.thresholds for f in sweep.families] == [[0.1, 1.0, 10.0]] and len(sweep.baseline) == 1
 
 
 def test_plain_run_is_no_sweep(tmp_path):
     """One threshold per method and no `sweep:` in the config: no sweep plots."""
     exp = make_experiment(tmp_path / "plain", variants=("none", "norm-1"), seeds=(0,), steps=6)
-    assert plots._find_sweep(load_experiment(exp)) is None
-    assert plots._draw_sweep(load_experiment(exp), exp / "plots") == []
+    assert sweep_mod.find_sweep(load_experiment(exp)) is None
+    plan = figures.plan(load_experiment(exp))
+    assert plan.sweep is None and not [f for f in plan.figures if f.name.startswith("sweep")]
 
 
 def test_downsample_keeps_extremes_and_gaps():
@@ -397,7 +408,7 @@ def make_recurrent(exp: Path, T: int = 24, steps: int = 12, tbptt: int | None = 
     div = steps // 2
     where = {"step": div, "phase": "backward", "where": f"lstm.1.h @ t={T - 6}", "kind": "inf", "t": T - 6}
     reports = [write_run(exp, "none", 0, steps, diverge_at=div, accuracy=True, first_nonfinite=where),
-               write_run(exp, "norm-1", 0, steps, accuracy=True)]
+               write_run(exp, "norm-1", 0, steps, accuracy=True, variant_index=1)]
     write_flow(exp / "runs" / "none-s0", T, [0, div - 1], explode_last=True, tbptt=tbptt)
     write_flow(exp / "runs" / "norm-1-s0", T, [0, steps - 1], tbptt=tbptt)
     write_json(exp / "summary.json", reports)
@@ -437,19 +448,19 @@ def recurrent(tmp_path_factory) -> tuple[Path, list[Path], dict]:
     exp = make_recurrent(tmp_path_factory.mktemp("rec") / "lstm_order", tbptt=8)
     write_flow(exp / "runs" / "norm-1-s0", 2400, [0, 11], layers=[f"lstm.{i}" for i in range(10)])
     facts: dict[str, dict] = {}
-    real_save, real_over_steps = plots._save, plots._draw_over_steps
+    real_save, real_over_steps = style.save, over_steps.draw_over_steps
 
     def save(fig, path):
         facts[path.name] = figure_facts(fig)
         return real_save(fig, path)
 
-    def over_steps(exp, columns, **kw):
+    def accuracy_only(exp, columns, **kw):
         return real_over_steps(exp, columns, **kw) if kw["path"].name == "accuracy.png" else kw["path"]
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(plots, "_save", save)
-        m.setattr(plots, "_draw_over_steps", over_steps)
-        m.setattr(plots, "_draw_heatmap", lambda exp, run, path: path)
+        m.setattr(style, "save", save)
+        m.setattr(over_steps, "draw_over_steps", accuracy_only)
+        m.setattr(heatmap_mod, "draw_heatmap", lambda exp, run, path: path)
         written = draw_experiment(exp)
     return exp, written, facts
 
@@ -496,7 +507,7 @@ def test_bptt_plot_stays_readable_when_long_and_deep(recurrent):
     assert "step 11 (final)" in f["legend"]
     assert "8 of 10 layers shown" in f["caption"]
     assert "299 boundaries, too many to draw" in f["caption"] and f["vlines"] == []
-    assert max(f["points"]) <= plots.MAX_LINE_POINTS + 2
+    assert max(f["points"]) <= style.MAX_LINE_POINTS + 2
     assert "masked" not in f["caption"]
 
 
@@ -513,34 +524,34 @@ def test_describe_recurrent_configs():
            "task": {"kind": "adding", "batch_size": 64, "seq_len": 30},
            "train": {"steps": 300, "optimizer": {"kind": "sgd", "lr": 0.05, "momentum": 0.9, "dampening": 0.0,
                                                  "nesterov": False, "weight_decay": 0.0}, "tbptt": None}}
-    assert plots._describe_config(cfg, "x") == \
+    assert describe.describe_config(cfg, "x") == \
         "rnn_adding — rnn depth 1 width 64 tanh (orthogonal init ×1.2), adding T=30, sgd lr 0.05 momentum 0.9"
     cfg["model"] = {"kind": "gru", "depth": 3, "width": 32, "activation": "tanh", "init": {"scheme": "orthogonal", "gain": 1.0}}
     cfg["task"] = {"kind": "copy", "seq_len": 40, "copy_len": 5, "n_symbols": 8}
     cfg["train"] = {"optimizer": {"kind": "adamw", "lr": 0.001, "betas": [0.9, 0.999], "weight_decay": 0.01, "amsgrad": False},
                     "tbptt": 10}
-    assert plots._describe_config(cfg, "x") == ("rnn_adding — gru depth 3 width 32 (orthogonal init ×1), "
+    assert describe.describe_config(cfg, "x") == ("rnn_adding — gru depth 3 width 32 (orthogonal init ×1), "
                                                 "copy T=40 (5 of 8 symbols), adamw lr 0.001 wd 0.01, truncated BPTT every 10 steps")
-    assert plots._chance_accuracy(cfg) == (0.125, "1/8")
+    assert describe.chance_accuracy(cfg) == (0.125, "1/8")
     # The MLP's default teacher task is not named (titles stay as they were); spirals is.
-    assert plots._describe_config({"name": "m", "model": {"kind": "mlp"}, "task": {"kind": "teacher"}}, "x") == "m — mlp"
-    assert plots._describe_config({"name": "m", "task": {"kind": "spirals"}}, "x") == "m — spirals"
+    assert describe.describe_config({"name": "m", "model": {"kind": "mlp"}, "task": {"kind": "teacher"}}, "x") == "m — mlp"
+    assert describe.describe_config({"name": "m", "task": {"kind": "spirals"}}, "x") == "m — spirals"
 
 
 def test_flow_step_labels_and_truncation_boundaries(tmp_path):
     e = load_experiment(make_recurrent(tmp_path / "labels", steps=12))
     none, norm = (next(r for r in e.runs if r.run_id == rid) for rid in ("none-s0", "norm-1-s0"))
-    assert plots._flow_step_label(none, 0, last=False) == "step 0"
-    assert plots._flow_step_label(none, 5, last=True) == "step 5 (last before divergence at step 6)"
-    assert plots._flow_step_label(norm, 11, last=True) == "step 11 (final)"
-    assert plots._flow_step_label(norm, 7, last=True) == "step 7 (last recorded)"
+    assert flow.flow_step_label(none, 0, last=False) == "step 0"
+    assert flow.flow_step_label(none, 5, last=True) == "step 5 (last before divergence at step 6)"
+    assert flow.flow_step_label(norm, 11, last=True) == "step 11 (final)"
+    assert flow.flow_step_label(norm, 7, last=True) == "step 7 (last recorded)"
     none.first_nonfinite = {"step": 6, "phase": "update", "where": "lstm.0.W_hh", "kind": "inf"}
-    assert plots._flow_step_label(none, 6, last=True) == "step 6 (gradients finite; its update diverged)"
+    assert flow.flow_step_label(none, 6, last=True) == "step 6 (gradients finite; its update diverged)"
     # The recurrent backward pass's rule: boundary between t and t + 1 when (T - 1 - t) % K == 0.
     for T, K in ((10, 3), (12, 4), (5, 1), (7, 10)):
-        assert plots._tbptt_boundaries(T, K) == [t for t in range(T - 1) if (T - 1 - t) % K == 0]
-    assert plots._tbptt_boundaries(10, 3) == [0, 3, 6]
-    assert plots._tbptt_boundaries(10, None) == []
+        assert flow.tbptt_boundaries(T, K) == [t for t in range(T - 1) if (T - 1 - t) % K == 0]
+    assert flow.tbptt_boundaries(10, 3) == [0, 3, 6]
+    assert flow.tbptt_boundaries(10, None) == []
 
 
 def test_read_flow_is_lenient(tmp_path):
@@ -548,29 +559,112 @@ def test_read_flow_is_lenient(tmp_path):
     # Columns found by name; a damaged row, a missing value and a missing t are skipped or gaps.
     path.write_text("layer,t,grad_norm,step\nrnn.10,0,1.0,3\nrnn.2,0,inf,3\nrnn.2,2,nan,3\n"
                     "rnn.2,x,1,3\nrnn.2,1\n\nrnn.10,2,0,7\n")
-    flow = plots._read_flow(path)
-    assert flow.T == 3 and flow.steps == [3, 7] and flow.layers == ["rnn.2", "rnn.10"]
-    assert np.isinf(flow.norms[3]["rnn.2"][0]) and np.isnan(flow.norms[3]["rnn.2"][1])
-    assert flow.present[3]["rnn.2"].tolist() == [True, False, True]
-    assert plots._read_flow(tmp_path / "missing.csv") is None
+    read = flow.read_flow(path)
+    assert read.T == 3 and read.steps == [3, 7] and read.layers == ["rnn.2", "rnn.10"]
+    assert np.isinf(read.norms[3]["rnn.2"][0]) and np.isnan(read.norms[3]["rnn.2"][1])
+    assert read.present[3]["rnn.2"].tolist() == [True, False, True]
+    assert flow.read_flow(tmp_path / "missing.csv") is None
     path.write_text("step,layer,t,grad_norm\n")
-    assert plots._read_flow(path) is None
-    assert plots._pick_layers([f"gru.{i}" for i in range(20)], 8)[::7] == ["gru.0", "gru.19"]
+    assert flow.read_flow(path) is None
+    assert flow.pick_layers([f"gru.{i}" for i in range(20)], 8)[::7] == ["gru.0", "gru.19"]
 
 
-def test_only_stale_keeps_fresh_bptt_plots(recurrent, monkeypatch):
+def test_unchanged_plots_are_not_redrawn(tmp_path):
+    """A rerun (only_stale) keeps every figure whose inputs are unchanged, file untouched; a
+    run computed again redraws its own figures and those that show every run; `gradlab
+    plot` (not only_stale) redraws everything."""
+    exp = make_experiment(tmp_path / "rerun", variants=("none", "norm-1"), seeds=(0,), steps=6)
+    names = {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
+    assert {p.name for p in draw_experiment(exp, only_stale=True)} == names
+
+    def mtimes() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in (exp / "plots").glob("*.png")}
+
+    before = mtimes()
+    assert draw_experiment(exp, only_stale=True) == []
+    assert mtimes() == before
+    write_run(exp, "norm-1", 0, 6, variant_index=1)  # the run computed again: its files written anew
+    assert {p.name for p in draw_experiment(exp, only_stale=True)} == {"grad_norm.png", "loss.png",
+                                                                        "heatmap_norm-1-s0.png"}
+    after = mtimes()
+    assert after["heatmap_none-s0.png"] == before["heatmap_none-s0.png"]
+    assert after["heatmap_norm-1-s0.png"] != before["heatmap_norm-1-s0.png"]
+    # A figure deleted by hand is drawn again; so is everything when asked for explicitly.
+    (exp / "plots" / "loss.png").unlink()
+    assert {p.name for p in draw_experiment(exp, only_stale=True)} == {"loss.png"}
+    assert {p.name for p in draw_experiment(exp)} == names
+
+
+def test_only_stale_redraws_a_recurrent_run_that_changed(recurrent, monkeypatch):
     exp = recurrent[0]
     drawn = []
-    monkeypatch.setattr(plots, "_draw_over_steps", lambda exp, columns, **kw: kw["path"])
-    monkeypatch.setattr(plots, "_draw_heatmap", lambda exp, run, path: drawn.append(path.name))
-    monkeypatch.setattr(plots, "_draw_bptt", lambda exp, run, path: drawn.append(path.name))
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: drawn.append(kw["path"].name))
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda exp, run, path: drawn.append(path.name))
+    monkeypatch.setattr(flow, "draw_bptt", lambda exp, run, path: drawn.append(path.name))
     draw_experiment(exp, only_stale=True)
-    # The bptt plots are newer than their reports: kept. The fixture never wrote the heatmaps.
-    assert sorted(drawn) == ["heatmap_none-s0.png", "heatmap_norm-1-s0.png"]
-    for name in drawn:
-        (exp / "plots" / name).write_bytes(b"")
+    # The bptt plots and accuracy.png were drawn with these inputs: kept. The fixture never
+    # wrote the others.
+    assert sorted(drawn) == ["grad_norm.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png", "loss.png"]
     drawn.clear()
+    # The stand-ins returned None (nothing to show): with unchanged inputs, not tried again.
+    draw_experiment(exp, only_stale=True)
+    assert drawn == []
     report = exp / "runs" / "norm-1-s0" / "report.json"
     report.write_bytes(report.read_bytes())  # the run was redone
     draw_experiment(exp, only_stale=True)
-    assert sorted(drawn) == ["bptt_norm-1-s0.png", "heatmap_norm-1-s0.png"]
+    assert sorted(drawn) == ["accuracy.png", "bptt_norm-1-s0.png", "grad_norm.png", "heatmap_norm-1-s0.png", "loss.png"]
+
+
+def test_parallel_drawing_gives_the_serial_files(tmp_path):
+    """Two processes draw byte for byte what one draws (Agg renders deterministically and
+    the PNGs carry no time stamp), and the same set of files."""
+    serial, parallel = (make_experiment(tmp_path / d / "exp", variants=("none", "norm-1"), seeds=(0, 1), steps=6)
+                        for d in ("serial", "parallel"))
+    a = sorted(p.name for p in draw_experiment(serial, workers=1))
+    b = sorted(p.name for p in draw_experiment(parallel, workers=2))
+    assert a == b and len(a) == 6
+    assert sorted(p.name for p in (serial / "plots").iterdir()) == sorted(p.name for p in (parallel / "plots").iterdir())
+    for name in a:
+        assert (serial / "plots" / name).read_bytes() == (parallel / "plots" / name).read_bytes(), name
+
+
+def test_draws_exactly_the_runs_gradlab_validated(tmp_path):
+    """A run whose report.json disagrees with its metrics.csv is damaged: `gradlab report`
+    leaves it out, and so do the plots. Reports passed in are drawn as given."""
+    exp = make_experiment(tmp_path / "strict", variants=("none", "norm-1"), seeds=(0,), steps=6)
+    assert len(collect_reports(exp)) == 2
+    path = exp / "runs" / "norm-1-s0" / "report.json"
+    path.write_text(path.read_text().replace('"steps_completed": 6', '"steps_completed": 5'))
+    assert [r["run_id"] for r in collect_reports(exp)] == ["none-s0"]
+    assert [r.run_id for r in load_experiment(exp).runs] == ["none-s0"]
+    reports = collect_reports(exp)
+    assert [r.run_id for r in load_experiment(exp, reports=reports).runs] == ["none-s0"]
+
+
+def test_every_plot_module_imports_without_matplotlib():
+    code = ("import importlib, pkgutil, sys, gradlab.plots as p\n"
+            "names = [m.name for m in pkgutil.iter_modules(p.__path__)]\n"
+            "assert {'load', 'describe', 'style', 'over_steps', 'heatmaps', 'flow', 'sweep', 'sweep_plots', 'figures'} <= set(names), names\n"
+            "for name in names: importlib.import_module('gradlab.plots.' + name)\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_a_drawing_process_that_dies_costs_no_figure(tmp_path, monkeypatch):
+    """The out-of-memory killer takes a drawing process: the figures it left are drawn by
+    the parent, and the call returns (a pool of processes can otherwise wait forever)."""
+    import os
+
+    exp = make_experiment(tmp_path / "killed", variants=("none", "norm-1"), seeds=(0,), steps=6)
+    parent, real = os.getpid(), heatmap_mod.draw_heatmap
+
+    def die_in_a_child(exp, run, path):
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(exp, run, path)
+
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", die_in_a_child)
+    drawn = {p.name for p in draw_experiment(exp, workers=2)}
+    assert drawn == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
+    for name in drawn:
+        assert_png(exp / "plots" / name)

@@ -1,0 +1,112 @@
+"""Words for the figures: a config's one-line description and a run's outcome.
+
+The only place in the plots that knows models, tasks and optimizers (an LSTM's gates, the
+teacher task nobody names); the drawing modules take the text as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+from gradlab.io import as_float as _num
+
+if TYPE_CHECKING:
+    from .load import Run
+
+
+def as_int(x: Any) -> Optional[int]:
+    v = _num(x)
+    return int(v) if v is not None and math.isfinite(v) else None
+
+
+def describe_config(cfg: dict, fallback_name: str) -> str:
+    """'name — mlp depth 24 width 64 tanh (normal init ×2), sgd lr 0.05' for figure titles;
+    for a recurrent model also the task ('rnn depth 1 width 64 tanh (orthogonal init ×1.2),
+    adding T=30, sgd lr 0.05 momentum 0.9, truncated BPTT every 10 steps')."""
+
+    def get(*keys: str) -> Any:
+        node: Any = cfg
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return None
+            node = node[k]
+        return node
+
+    def number(x: Any) -> Optional[str]:
+        return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    name = str(get("name") or fallback_name)
+    kind = get("model", "kind")
+    model = [
+        str(v)
+        for v in (
+            kind,
+            f"depth {get('model', 'depth')}" if get("model", "depth") is not None else None,
+            f"width {get('model', 'width')}" if get("model", "width") is not None else None,
+            # An LSTM's or GRU's gates are fixed (sigmoid and tanh): its `activation` says nothing.
+            get("model", "activation") if kind not in ("lstm", "gru") else None,
+        )
+        if v is not None
+    ]
+    scheme, gain = get("model", "init", "scheme"), get("model", "init", "gain")
+    if scheme is not None:
+        model.append(f"({scheme} init" + (f" ×{number(gain)})" if number(gain) else ")"))
+    parts = [" ".join(model)] if model else []
+
+    # The teacher regression is the MLP default and was never named; every other task is.
+    task = get("task", "kind")
+    if task is not None and task != "teacher":
+        text = str(task)
+        if number(get("task", "seq_len")):
+            text += f" T={number(get('task', 'seq_len'))}"
+        if task == "copy" and number(get("task", "copy_len")):
+            text += f" ({number(get('task', 'copy_len'))} of {number(get('task', 'n_symbols')) or '?'} symbols)"
+        parts.append(text)
+
+    opt, lr = get("train", "optimizer", "kind"), get("train", "optimizer", "lr")
+    if opt is not None:
+        text = f"{opt} lr {number(lr)}" if number(lr) else str(opt)
+        for key, label in (("momentum", "momentum"), ("weight_decay", "wd")):
+            value = get("train", "optimizer", key)
+            if number(value) and value:
+                text += f" {label} {number(value)}"
+        for flag in ("nesterov", "amsgrad", "centered"):
+            if get("train", "optimizer", flag) is True:
+                text += f" {flag}"
+        parts.append(text)
+    tbptt = get("train", "tbptt")
+    if number(tbptt):
+        parts.append("truncated BPTT every " + ("step" if tbptt == 1 else f"{number(tbptt)} steps"))
+    return f"{name} — {', '.join(parts)}" if parts else name
+
+
+def chance_accuracy(cfg: dict) -> Optional[tuple[float, str]]:
+    """(accuracy of a uniform guess, its fraction as text) for the classification tasks."""
+    task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
+    kind = task.get("kind")
+    if kind == "spirals":
+        return 0.5, "1/2"
+    if kind == "temporal_order":
+        return 0.25, "1/4"
+    if kind == "copy":  # accuracy counts the recall window, where only the symbols make sense
+        n = as_int(task.get("n_symbols")) or 8
+        return 1.0 / n, f"1/{n}"
+    return None
+
+
+def outcome(run: Run) -> str:
+    if not run.diverged:
+        done = run.steps_completed if run.steps_completed is not None else run.steps
+        return f"trained {done} step{'s' if done != 1 else ''}" if done is not None else "trained"
+    text = f"diverged at step {run.divergence_step if run.divergence_step is not None else '?'}"
+    first = run.first_nonfinite or {}
+    if first.get("phase"):
+        text += f" in {first['phase']}"
+    if first.get("where"):
+        text += f" at {first['where']}"
+    if first.get("kind"):
+        text += f" ({first['kind']})"
+    return text
+
+

@@ -1,0 +1,118 @@
+"""Which figures an experiment has, what each one reads, and whether it is out of date.
+
+A figure is redrawn only when what it shows may have changed: the files of the runs it draws
+(their size and modification time: a run computed again writes them anew), the set of those
+runs, config.yaml, and the drawing code itself. That is its fingerprint, kept beside the
+PNGs in plots/.inputs.json. Deciding needs neither matplotlib nor the runs' numbers, so that
+a rerun of a complete experiment costs almost nothing (loading matplotlib alone costs more
+than the 0.5 s such a rerun is allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from gradlab.io import write_text
+
+from . import sweep
+from .load import Experiment
+
+STAMPS = ".inputs.json"
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # its file under plots/
+    kind: str  # what the benchmark times separately: grad_norm, heatmap, bptt, sweep_divergence, ...
+    run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: it shows every run
+    inputs: tuple[Path, ...]
+
+
+@dataclass
+class Plan:
+    exp: Experiment
+    sweep: Optional[sweep.Sweep]
+    figures: list[Figure]
+
+
+def plan(exp: Experiment) -> Plan:
+    """Every figure of the experiment, overview figures first."""
+    shared = tuple(p for r in exp.runs for p in (r.path / "report.json", r.path / "metrics.csv"))
+    figures = [Figure("grad_norm.png", "grad_norm", None, shared), Figure("loss.png", "loss", None, shared)]
+    if any("accuracy" in r.columns for r in exp.runs):  # classification tasks only
+        figures.append(Figure("accuracy.png", "accuracy", None, shared))
+    found = sweep.find_sweep(exp) if exp.runs else None
+    if found is not None:
+        for name in sweep.SWEEP_PLOTS:
+            figures.append(Figure(name, name[:-4], None, shared))
+        seed = sweep.first_seed(exp, found)
+        figures.append(Figure(f"sweep_grad_norm_s{seed if seed is not None else 'x'}.png", "sweep_grad_norm", None,
+                              shared))
+    for run in exp.runs:
+        report = run.path / "report.json"
+        for kind, source in (("heatmap", "layer_norms.csv"), ("bptt", "bptt_norms.csv")):
+            if kind == "heatmap" or (run.path / source).is_file():  # an MLP has no gradient through time
+                figures.append(Figure(f"{kind}_{run.run_id}.png", kind, run.run_id, (report, run.path / source)))
+    return Plan(exp, found, figures)
+
+
+def draw(p: Plan, fig: Figure) -> Optional[Path]:
+    """Draw one figure; None when its run has nothing to show. The drawing functions are
+    looked up when called, so that a test can stand in for any of them."""
+    from . import flow, heatmaps, over_steps, sweep_plots  # NumPy and matplotlib: only to draw
+
+    exp, path = p.exp, p.exp.path / "plots" / fig.name
+    if fig.run_id is not None:
+        run = next(r for r in exp.runs if r.run_id == fig.run_id)
+        return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
+    if fig.kind in ("grad_norm", "loss", "accuracy"):
+        return getattr(over_steps, f"draw_{fig.kind}")(exp, path)
+    if fig.kind == "sweep_grad_norm":
+        return sweep_plots.draw_grad_norm(exp, p.sweep, sweep.first_seed(exp, p.sweep), path)
+    return getattr(sweep_plots, "draw_" + fig.kind[len("sweep_"):])(exp, p.sweep, path)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the drawing code: a gradlab that draws differently redraws every figure."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(p: Plan, fig: Figure, config: str) -> str:
+    h = hashlib.sha256(f"{code_version()}\n{config}\n".encode())
+    for path in fig.inputs:
+        try:
+            st = os.stat(path)
+            h.update(f"{path.relative_to(p.exp.path)} {st.st_size} {st.st_mtime_ns}\n".encode())
+        except (OSError, ValueError):
+            h.update(f"{path} missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+def fingerprints(p: Plan) -> dict[str, str]:
+    try:
+        config = hashlib.sha256((p.exp.path / "config.yaml").read_bytes()).hexdigest()
+    except OSError:
+        config = "unreadable"
+    return {fig.name: fingerprint(p, fig, config) for fig in p.figures}
+
+
+def read_stamps(out: Path) -> dict[str, str]:
+    try:
+        stamps = json.loads((out / STAMPS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def write_stamps(out: Path, stamps: dict[str, str]) -> None:
+    write_text(out / STAMPS, json.dumps(stamps, indent=0, sort_keys=True) + "\n")

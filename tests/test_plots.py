@@ -668,3 +668,51 @@ def test_a_drawing_process_that_dies_costs_no_figure(tmp_path, monkeypatch):
     assert drawn == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
     for name in drawn:
         assert_png(exp / "plots" / name)
+
+
+def _over_steps_facts(exp: Path, monkeypatch, name: str = "grad_norm.png") -> dict:
+    """What grad_norm.png (or another over-steps figure) shows, without drawing the rest."""
+    facts: dict[str, dict] = {}
+    real_save = style.save
+
+    def save(fig, path):
+        facts[path.name] = {**figure_facts(fig), "ylims": [a.get_ylim() for a in fig.axes if a.get_visible()]}
+        return real_save(fig, path)
+
+    monkeypatch.setattr(style, "save", save)
+    monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda *args: None)
+    draw_experiment(exp)
+    return facts[name]
+
+
+def test_an_explosion_leaves_through_the_top_and_the_clipped_runs_keep_the_scale(tmp_path, monkeypatch):
+    """The baseline reaching 1e10 would squash the clipped runs into one flat band: the y
+    range follows the runs that stay finite (and the thresholds), the explosion is marked at
+    the top edge with its peak value and step, every threshold is labelled, and the key has
+    no two entries that look alike."""
+    exp = make_experiment(tmp_path / "exp", variants=("none", "norm-1", "norm-10"), seeds=(0,), steps=80)
+    write_run(exp, "none", 0, 80, diverge_at=69)  # exp(69/3) ~ 1e10 at its peak
+    facts = _over_steps_facts(exp, monkeypatch)
+    (bottom, top), = facts["ylims"][:1]
+    assert top < 100 and bottom > 0.01, facts["ylims"]  # healthy runs: 0.5-5.5, thresholds 1 and 10
+    peak = next(t for t in facts["texts"] if t.startswith("none: "))
+    assert peak.endswith("at step 68") and float(peak.split()[1]) > 1e9, peak
+    assert {"1", "10"} <= set(facts["texts"])  # each threshold named at its line
+    entries = [e for e in facts["legend"] if e]
+    assert len(entries) == len(set(entries)), entries
+    assert "off the scale: peak value, step" in entries and "before clipping" in entries
+
+
+def test_runs_that_stay_within_reach_are_all_on_the_scale(tmp_path, monkeypatch):
+    exp = make_experiment(tmp_path / "exp", variants=("none", "norm-1"), seeds=(0,), steps=30)
+    write_run(exp, "none", 0, 30, diverge_at=8)  # peaks at exp(7/3) ~ 10: close to the others
+    facts = _over_steps_facts(exp, monkeypatch)
+    assert not any(t.startswith("none: ") for t in facts["texts"])
+    assert facts["ylims"][0][1] > 10
+
+
+def test_a_run_non_finite_from_step_0_is_marked_on_the_top_edge_as_such(tmp_path, monkeypatch):
+    exp = make_experiment(tmp_path / "exp", variants=("none", "norm-1"), seeds=(0,), steps=30)
+    write_run(exp, "none", 0, 30, diverge_at=0)
+    facts = _over_steps_facts(exp, monkeypatch)
+    assert "none: diverged at step 0 (no finite value)" in facts["legend"], facts["legend"]

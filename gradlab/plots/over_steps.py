@@ -95,7 +95,66 @@ def lay_out(fig, panels: dict, key_width: float, heading: str, summary: str) -> 
                         wspace=0.3 / panel_w, hspace=(text_height(1, 12) + 0.3) / panel_h)
 
 
-def mark_divergence(ax, run: Run, column: str, log: bool, color: Any):
+# A run that stays finite sets the y range; a diverging one is let in only while it stays
+# within this much of that range (decades on a log axis, spans on a linear one). Beyond it,
+# the explosion would squash every other line into a flat band: it leaves through the top
+# edge instead, marked there with its peak value and step.
+KEY_COLOR = "0.5"
+ROOM = 1.0
+TOP_PAD = 0.08  # of the range: room above the highest healthy line for the edge labels
+
+
+def y_view(runs: list[Run], names: list[str], log: bool, thresholds: list[float]) -> Optional[tuple[float, float]]:
+    """(bottom, top) of the panels when some diverging run would swamp the rest, else None
+    (matplotlib's own limits). The range of the runs that never diverged, and of the drawn
+    thresholds, with a margin."""
+    def values(runs) -> np.ndarray:
+        parts = [plottable(r.metrics[c], log) for r in runs for c in names if c in r.metrics]
+        v = np.concatenate(parts) if parts else np.zeros(0)
+        return v[~np.isnan(v)]
+
+    healthy = np.concatenate([values([r for r in runs if not r.diverged]), np.asarray(thresholds, float)])
+    wild = values([r for r in runs if r.diverged])
+    if not healthy.size or not wild.size:
+        return None
+    f = np.log10 if log else (lambda x: x)
+    lo, hi = float(f(healthy.min())), float(f(healthy.max()))
+    span = max(hi - lo, 1.0 if log else abs(hi) * 0.1 or 1.0)
+    if float(f(wild.max())) <= hi + ROOM * span:
+        return None  # close enough: every line fits without hiding the others
+    bottom = min(lo, float(f(wild.min())))
+    top = hi + TOP_PAD * 2 * span
+    bottom -= TOP_PAD * (top - bottom) / 2
+    return (10 ** bottom, 10 ** top) if log else (bottom, top)
+
+
+def mark_off_scale(ax, run: Run, names: list[str], top: float, color: Any, slot: int) -> bool:
+    """A triangle on the top edge at the step of the run's peak, labelled with the peak's
+    value and step, when the run leaves the panel through the top. `slot` staggers the
+    labels of several such runs in one panel. Returns whether it did."""
+    steps = run.metrics.get("step")
+    peak_value, peak_step = -math.inf, None
+    for c in names:
+        v = run.metrics.get(c)
+        if steps is None or v is None:
+            continue
+        finite = np.isfinite(v)
+        if finite.any():
+            i = int(np.argmax(np.where(finite, v, -np.inf)))
+            if v[i] > peak_value:
+                peak_value, peak_step = float(v[i]), int(steps[i])
+    if peak_step is None or peak_value <= top:
+        return False
+    edge = ax.get_xaxis_transform()  # x in steps, y in axes fractions
+    ax.plot([peak_step], [1.0], transform=edge, clip_on=False, marker="^", markersize=8, color=color,
+            linestyle="none", zorder=6)
+    ax.annotate(f"{run.variant}: {peak_value:.3g} at step {peak_step}", (peak_step, 1.0), xycoords=edge,
+                xytext=(6, -12 - 11 * slot), textcoords="offset points", fontsize=7.5, color=color,
+                ha="left", va="center", zorder=6)
+    return True
+
+
+def mark_divergence(ax, run: Run, column: str, log: bool, color: Any, top: Optional[float] = None):
     """An x at the divergence step, on the last drawable value before it (or at the top)."""
     from matplotlib.lines import Line2D
 
@@ -110,10 +169,14 @@ def mark_divergence(ax, run: Run, column: str, log: bool, color: Any):
         ok = np.flatnonzero((steps <= step) & ~np.isnan(plottable(values, log)))
         y = float(values[ok[-1]]) if len(ok) else None
     if step is not None:
-        if y is not None:
+        if y is not None and (top is None or y <= top):
             ax.plot([step], [y], **mark)
-        else:  # nothing finite to sit on (diverged at once): pin it to the top of the panel
-            ax.plot([step], [0.97], transform=ax.get_xaxis_transform(), clip_on=False, **mark)
+        else:
+            # Off the top (an explosion the view leaves out), or nothing finite to sit on (a
+            # run non-finite from its first step): on the top edge, where its values went.
+            ax.plot([step], [1.0], transform=ax.get_xaxis_transform(), clip_on=False, **mark)
+            if y is None:
+                label += " (no finite value)"
     return Line2D([], [], label=label, **mark)
 
 
@@ -139,9 +202,16 @@ def draw_over_steps(
 
     names = [c for c, _, _ in columns]
     log = False if ylim is not None else use_log(exp, names, force_log)
+    # Only an L2 max_norm is on the scale of grad_norm (always the L2 norm); a value or
+    # L-inf threshold drawn there would look violated when it is not.
+    drawn = {r.variant: r.threshold for r in exp.runs
+             if thresholds and r.method == "norm" and r.threshold and r.norm_type in (None, 2.0)}
+    view = None if ylim is not None else y_view(exp.runs, names, log, list(drawn.values()))
+    top = view[1] if view else None
     fig, panels = panel_grid(exp, heading)
     few = max((len(r.metrics.get("step", ())) for r in exp.runs), default=0) <= 20
     diverged_handles: dict[Any, list] = {s: [] for s in exp.seeds}
+    off = {s: 0 for s in exp.seeds}  # runs marked off the top of each panel so far
     for run in sorted(exp.runs, key=lambda r: exp.variants.index(r.variant)):
         ax, color = panels[run.seed], exp.colors[run.variant]
         steps = run.metrics.get("step")
@@ -157,12 +227,16 @@ def draw_over_steps(
                 steps[idx], y[idx], linestyle=dash, color=color, linewidth=1.4,
                 marker="." if few else None, alpha=0.95 if col == names[0] else 0.85,
             )
-        # Only an L2 max_norm is on the scale of grad_norm (always the L2 norm); a value or
-        # L-inf threshold drawn there would look violated when it is not.
-        if thresholds and run.method == "norm" and run.threshold and run.norm_type in (None, 2.0):
-            ax.axhline(run.threshold, color=color, linestyle=":", linewidth=1.3)
+        if run.variant in drawn:
+            ax.axhline(drawn[run.variant], color=color, linestyle=":", linewidth=1.5, zorder=4)
+            # Named at its right end, so that two thresholds of one colour family are told apart.
+            ax.annotate(f"{style.fmt(drawn[run.variant])}", (1.0, drawn[run.variant]),
+                        xycoords=ax.get_yaxis_transform(), xytext=(-3, 2), textcoords="offset points",
+                        fontsize=7.5, color=color, ha="right", va="bottom", zorder=4)
         if run.diverged:
-            diverged_handles[run.seed].append(mark_divergence(ax, run, names[0], log, color))
+            diverged_handles[run.seed].append(mark_divergence(ax, run, names[0], log, color, top))
+            if top is not None:
+                off[run.seed] += mark_off_scale(ax, run, names, top, color, off[run.seed])
 
     # The whole configured training horizon, so that an early divergence looks early.
     firsts = [r.metrics["step"][0] for r in exp.runs if len(r.metrics.get("step", ()))]
@@ -179,6 +253,8 @@ def draw_over_steps(
         if ylim is not None:
             margin = 0.02 * (ylim[1] - ylim[0])  # a line at exactly 0 or 1 stays visible
             ax.set_ylim(ylim[0] - margin, ylim[1] + margin)
+        elif view is not None:
+            ax.set_ylim(*view)
         if reference is not None:
             ax.axhline(reference[0], color="0.55", linestyle=":", linewidth=1.3, zorder=1)
         if diverged_handles[seed]:
@@ -190,16 +266,23 @@ def draw_over_steps(
     # One key for the whole figure: which colour is which variant, which line style is what.
     present = [v for v in exp.variants if any(r.variant == v for r in exp.runs)]
     handles = [Line2D([], [], color=exp.colors[v], linewidth=2, label=variant_label(exp, v)) for v in present]
-    if len(columns) > 1:
-        handles += [Line2D([], [], color="black", linestyle=s, label=m) for _, s, m in columns]
-    if thresholds and any(r.method == "norm" for r in exp.runs):
-        handles.append(Line2D([], [], color="black", linestyle=":", label="max_norm threshold"))
+    # The line-style key in grey under its own heading: a black "before clipping" line would
+    # read as a second entry for the (black) baseline.
+    key = [Line2D([], [], color=KEY_COLOR, linestyle=s, label=m) for _, s, m in columns] if len(columns) > 1 else []
+    if drawn:
+        key.append(Line2D([], [], color=KEY_COLOR, linestyle=":", linewidth=1.5, label="max_norm threshold"))
+    if any(off.values()):
+        key.append(Line2D([], [], color=KEY_COLOR, marker="^", markersize=8, linestyle="none",
+                          label="off the scale: peak value, step"))
+    if key:
+        handles += [Line2D([], [], linestyle="none", label="")] + key
     if thresholds and any(r.method == "value" or (r.method == "norm" and r.norm_type not in (None, 2.0)) for r in exp.runs):
         handles.append(Line2D([], [], linestyle="none", label="(value-clipping and non-L2 thresholds\nare not L2 norms: not drawn)"))
     if reference is not None:
         handles.append(Line2D([], [], color="0.55", linestyle=":", linewidth=1.3, label=f"chance ({reference[1]})"))
     if any(r.diverged for r in exp.runs):
-        handles.append(Line2D([], [], color="black", marker="x", markeredgewidth=2, linestyle="none", label="diverged (NaN/inf)"))
+        handles.append(Line2D([], [], color=KEY_COLOR, marker="x", markeredgewidth=2, linestyle="none",
+                              label="diverged (NaN/inf)"))
     # Hung off the first row's last panel rather than the figure: a figure legend starts at
     # the very top, where a narrow (one-seed) figure's title runs into it. Only an axes'
     # own legend counts for the layout, so that panel's divergence legend becomes an artist.

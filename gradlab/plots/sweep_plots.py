@@ -11,7 +11,7 @@ import numpy as np
 
 from . import style
 from .load import Experiment, Run
-from .over_steps import downsample, mark_divergence, plottable
+from .over_steps import downsample, mark_divergence, mark_off_scale, plottable, y_view
 from .style import (BASELINE_COLOR, TITLE, TITLE_CHARS, decade_ticks, few_decade_ticks, fmt, key_width, margins, new_figure,
                     spare_minor_ticks, step_axis, text_height, text_width, wrap)
 from .sweep import MAX_BASELINE_LINES, MAX_THRESHOLD_TICKS, MEAN_LINE, SEED_LINE, Family, Sweep, _finite
@@ -339,6 +339,11 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
     diverged = False
     thresholds_drawn = False
     few = max((len(r.metrics.get("step", ())) for r in runs), default=0) <= 20
+    # An explosion far above the rest leaves through the top, marked with its peak (see
+    # over_steps.y_view), instead of squashing the thresholds being compared.
+    view = y_view(runs, ["grad_norm"], True, [r.threshold for r in runs if r.method == "norm"
+                                               and r.norm_type in (None, 2.0) and _finite(r.threshold)])
+    off = 0
     for r in runs:
         color = BASELINE_COLOR if r.method == "none" else exp.colors.get(r.variant, "0.5")
         steps, values = r.metrics.get("step"), r.metrics.get("grad_norm")
@@ -358,10 +363,14 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
             drawn.append(r.threshold)
         if r.diverged:
             diverged = True
-            mark_divergence(ax, r, "grad_norm", True, color)
+            mark_divergence(ax, r, "grad_norm", True, color, view[1] if view else None)
+            if view:
+                off += mark_off_scale(ax, r, ["grad_norm"], view[1], color, off)
 
     ax.set_yscale("log")
-    if drawn:
+    if view:
+        ax.set_ylim(*view)
+    elif drawn:
         lo, hi = math.log10(min(drawn)), math.log10(max(drawn))
         pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
         ax.set_ylim(10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
@@ -386,6 +395,9 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
         entries.append((Line2D([], [], color="0.4", linestyle=":", linewidth=1.2), "its max_norm, same colour"))
     if any(f.method == "value" or (f.method == "norm" and f.norm_type not in (None, 2.0)) for f in sweep.families):
         entries.append((Line2D([], [], linestyle="none"), "(clip_value and non-L2 thresholds are\nnot L2 norms: not drawn)"))
+    if off:
+        entries.append((Line2D([], [], color="0.4", marker="^", markersize=8, linestyle="none"),
+                        "off the scale: peak value, step"))
     if diverged:
         entries.append((Line2D([], [], color="black", marker="x", markeredgewidth=2, markersize=9, linestyle="none"),
                         "diverged (NaN/inf)"))

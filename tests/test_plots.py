@@ -716,3 +716,16 @@ def test_a_run_non_finite_from_step_0_is_marked_on_the_top_edge_as_such(tmp_path
     write_run(exp, "none", 0, 30, diverge_at=0)
     facts = _over_steps_facts(exp, monkeypatch)
     assert "none: diverged at step 0 (no finite value)" in facts["legend"], facts["legend"]
+
+
+def test_thresholds_near_the_ends_of_float64_plot_without_a_warning(tmp_path):
+    """A float64 sweep may use thresholds from 1e-300 to 1e300: matplotlib's own log
+    autoscaling and tick location overflow there (RuntimeWarnings from matplotlib, which no
+    user should see); gradlab sets the limits and the ticks itself."""
+    import warnings
+
+    exp = make_sweep(tmp_path / "wide", thresholds=(1e-300, 1.0, 1e300), seeds=(0,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        written = draw_experiment(exp, workers=1)
+    assert {"grad_norm.png", "sweep_final_loss.png"} <= {p.name for p in written}

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
 from . import style
 from .describe import chance_accuracy
 from .load import Experiment, Run
-from .style import (MAX_LINE_POINTS, MAX_PANEL_COLUMNS, TITLE, legend_width, new_figure, power_ticks, spare_minor_ticks,
+from .style import (MAX_LINE_POINTS, MAX_PANEL_COLUMNS, TITLE, decade_ticks, legend_width, new_figure, power_ticks,
                     step_axis, text_height, text_width, variant_label, wrap)
 
 def downsample(values: np.ndarray, max_points: int = MAX_LINE_POINTS) -> np.ndarray:
@@ -104,10 +104,18 @@ ROOM = 1.0
 TOP_PAD = 0.08  # of the range: room above the highest healthy line for the edge labels
 
 
-def y_view(runs: list[Run], names: list[str], log: bool, thresholds: list[float]) -> Optional[tuple[float, float]]:
-    """(bottom, top) of the panels when some diverging run would swamp the rest, else None
-    (matplotlib's own limits). The range of the runs that never diverged, and of the drawn
-    thresholds, with a margin."""
+class View(NamedTuple):
+    bottom: float
+    top: float
+    clipped: bool  # some diverging run goes above `top`: mark it on the edge
+
+
+def y_view(runs: list[Run], names: list[str], log: bool, thresholds: list[float]) -> Optional[View]:
+    """The y range of the panels. When some diverging run would swamp the rest: the range of
+    the runs that never diverged and of the drawn thresholds, with a margin (`clipped`).
+    Otherwise, on a log axis, every value's range with a margin, computed here because
+    matplotlib's own margins overflow for values near 1e±300; on a linear axis None
+    (matplotlib's own limits)."""
     def values(runs) -> np.ndarray:
         parts = [plottable(r.metrics[c], log) for r in runs for c in names if c in r.metrics]
         v = np.concatenate(parts) if parts else np.zeros(0)
@@ -115,17 +123,25 @@ def y_view(runs: list[Run], names: list[str], log: bool, thresholds: list[float]
 
     healthy = np.concatenate([values([r for r in runs if not r.diverged]), np.asarray(thresholds, float)])
     wild = values([r for r in runs if r.diverged])
-    if not healthy.size or not wild.size:
-        return None
     f = np.log10 if log else (lambda x: x)
-    lo, hi = float(f(healthy.min())), float(f(healthy.max()))
-    span = max(hi - lo, 1.0 if log else abs(hi) * 0.1 or 1.0)
-    if float(f(wild.max())) <= hi + ROOM * span:
-        return None  # close enough: every line fits without hiding the others
-    bottom = min(lo, float(f(wild.min())))
-    top = hi + TOP_PAD * 2 * span
-    bottom -= TOP_PAD * (top - bottom) / 2
-    return (10 ** bottom, 10 ** top) if log else (bottom, top)
+
+    def view(bottom: float, top: float, clipped: bool) -> View:
+        # Within float64's normal range: 10 ** 309 overflows, 10 ** -330 is 0 on a log axis.
+        return View(10 ** max(bottom, -307.0), 10 ** min(top, 307.0), clipped) if log else View(bottom, top, clipped)
+
+    if healthy.size and wild.size:
+        lo, hi = float(f(healthy.min())), float(f(healthy.max()))
+        span = max(hi - lo, 1.0 if log else abs(hi) * 0.1 or 1.0)
+        if float(f(wild.max())) > hi + ROOM * span:
+            bottom = min(lo, float(f(wild.min())))
+            top = hi + TOP_PAD * 2 * span
+            return view(bottom - TOP_PAD * (top - bottom) / 2, top, True)
+    every = np.concatenate([healthy, wild])
+    if not log or not every.size:
+        return None
+    lo, hi = float(f(every.min())), float(f(every.max()))
+    pad = max(0.05 * (hi - lo), 0.15)
+    return view(lo - pad, hi + pad, False)
 
 
 def mark_off_scale(ax, run: Run, names: list[str], top: float, color: Any, slot: int) -> bool:
@@ -207,7 +223,7 @@ def draw_over_steps(
     drawn = {r.variant: r.threshold for r in exp.runs
              if thresholds and r.method == "norm" and r.threshold and r.norm_type in (None, 2.0)}
     view = None if ylim is not None else y_view(exp.runs, names, log, list(drawn.values()))
-    top = view[1] if view else None
+    top = view.top if view and view.clipped else None
     fig, panels = panel_grid(exp, heading)
     few = max((len(r.metrics.get("step", ())) for r in exp.runs), default=0) <= 20
     diverged_handles: dict[Any, list] = {s: [] for s in exp.seeds}
@@ -244,17 +260,17 @@ def draw_over_steps(
     first = float(min(firsts, default=0.0))
     step_axis(next(iter(panels.values())), first, max(float(max(lasts, default=first)), (exp.steps or 0) - 1.0))
     for seed, ax in panels.items():
+        if view is not None and ylim is None:
+            ax.set_ylim(view.bottom, view.top)  # before the log scale, whose autoscale would overflow
         if log:
             ax.set_yscale("log")
             lo, hi = ax.get_ylim()
-            spare_minor_ticks(ax.yaxis, lo, hi)
-            if hi / lo >= 100:  # decades among the ticks: labelled without mathtext
+            decade_ticks(ax.yaxis, lo, hi)  # over 12 decades, matplotlib's locator picks odd ones (or overflows)
+            if math.log10(hi) - math.log10(lo) >= 2:  # decades among the ticks: labelled without mathtext
                 power_ticks(ax.yaxis)
         if ylim is not None:
             margin = 0.02 * (ylim[1] - ylim[0])  # a line at exactly 0 or 1 stays visible
             ax.set_ylim(ylim[0] - margin, ylim[1] + margin)
-        elif view is not None:
-            ax.set_ylim(*view)
         if reference is not None:
             ax.axhline(reference[0], color="0.55", linestyle=":", linewidth=1.3, zorder=1)
         if diverged_handles[seed]:

@@ -57,10 +57,11 @@ def _threshold_axis(ax, sweep: Sweep) -> None:
 
     thresholds = sweep.thresholds
     lo, hi = min(thresholds), max(thresholds)
-    span = math.log10(hi / lo)
+    span = math.log10(hi) - math.log10(lo)
     pad = 0.5 if span == 0 else max(0.12, 0.07 * span)
+    # The limits before the log scale, whose autoscale overflows for thresholds near 1e±300.
+    ax.set_xlim(10 ** max(math.log10(lo) - pad, -307.0), 10 ** min(math.log10(hi) + pad, 307.0))
     ax.set_xscale("log")
-    ax.set_xlim(lo / 10 ** pad, hi * 10 ** pad)
     if len(thresholds) <= MAX_THRESHOLD_TICKS:
         ax.set_xticks(thresholds, [fmt(t) for t in thresholds])
         ax.xaxis.set_minor_locator(NullLocator())
@@ -363,19 +364,19 @@ def draw_grad_norm(exp: Experiment, sweep: Sweep, seed: Optional[int], path: Pat
             drawn.append(r.threshold)
         if r.diverged:
             diverged = True
-            mark_divergence(ax, r, "grad_norm", True, color, view[1] if view else None)
-            if view:
-                off += mark_off_scale(ax, r, ["grad_norm"], view[1], color, off)
+            mark_divergence(ax, r, "grad_norm", True, color, view.top if view and view.clipped else None)
+            if view and view.clipped:
+                off += mark_off_scale(ax, r, ["grad_norm"], view.top, color, off)
 
-    ax.set_yscale("log")
-    if view:
-        ax.set_ylim(*view)
+    if view and view.clipped:
+        ax.set_ylim(view.bottom, view.top)  # before the log scale, whose autoscale would overflow
     elif drawn:
         lo, hi = math.log10(min(drawn)), math.log10(max(drawn))
         pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
         ax.set_ylim(10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
+    ax.set_yscale("log")
     lo, hi = ax.get_ylim()
-    (few_decade_ticks if math.log10(hi / lo) <= 3 else decade_ticks)(ax.yaxis, lo, hi)
+    (few_decade_ticks if math.log10(hi) - math.log10(lo) <= 3 else decade_ticks)(ax.yaxis, lo, hi)
     firsts = [r.metrics["step"][0] for r in runs if len(r.metrics.get("step", ()))]
     lasts = [r.metrics["step"][-1] for r in runs if len(r.metrics.get("step", ()))]
     first = float(min(firsts, default=0.0))

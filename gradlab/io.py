@@ -59,11 +59,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     fix, not a bug: it becomes a UserError naming the path, and no temporary file is left.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        where = e.filename if e.filename else path.parent
-        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
+    make_dir(path.parent)
     with deferred_interrupt():
         tmp = None
         try:
@@ -83,6 +79,15 @@ def write_bytes(path: Path, data: bytes) -> None:
             if isinstance(e, OSError):
                 raise UserError(f"cannot write this file ({os_reason(e)})", file=str(path)) from e
             raise
+
+
+def make_dir(path: Path) -> None:
+    """A folder and its parents; a failure of the file system is a UserError naming it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = e.filename if e.filename else path
+        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
 
 
 # Errors of the file system that the user fixes (space, permissions, mounts) and errors of a

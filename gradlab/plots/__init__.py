@@ -23,6 +23,8 @@ import signal
 from pathlib import Path
 from typing import Optional
 
+from gradlab.io import make_dir
+
 from . import figures
 from .load import Experiment, Run, load_experiment
 
@@ -51,6 +53,7 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[
     todo = [f for f in p.figures if not (only_stale and _fresh(out / f.name, stamps.get(f.name), wanted[f.name]))]
     if not todo:
         return []
+    make_dir(out)  # a read-only experiment fails here, before seconds of drawing
     # One combined sweep.png was drawn by older versions; a redraw should not leave it behind.
     (out / "sweep.png").unlink(missing_ok=True)
     drawn = _draw_all(p, todo, workers)

@@ -277,7 +277,89 @@ class ClipValue(_Strict):
     clip_value: Positive
 
 
-ClipConfig = Annotated[Union[ClipNone, ClipNorm, ClipValue], Field(discriminator="method")]
+class ClipPerTensor(_Strict):
+    """Clip every parameter tensor to its own L2 norm, as Keras `clipnorm`."""
+
+    method: Literal["per_tensor"]
+    max_norm: Positive
+
+
+class ClipAGC(_Strict):
+    """Adaptive gradient clipping (Brock et al. 2021) as optax.adaptive_grad_clip: each unit's
+    gradient norm at most `clipping` times its weight norm (at least eps); `exclude` names
+    layers left alone (`head`: the output layer)."""
+
+    method: Literal["agc"]
+    clipping: Positive = 0.01
+    eps: Positive = 0.001
+    exclude: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=10_000)] = []
+
+
+class ClipAutoClip(_Strict):
+    """AutoClip (Seetharaman et al. 2020): clip to the `percentile` of the pre-clip norms so
+    far (the last `history` of them, if given), the current one included."""
+
+    method: Literal["autoclip"]
+    percentile: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 10.0
+    history: Optional[Annotated[int, Field(ge=1, le=10_000_000)]] = None
+
+
+class ClipZClip(_Strict):
+    """ZClip (Kumar et al. 2025): an EMA of the norm's mean and variance; a z-score above
+    z_thresh clips adaptively; max_norm caps every step (null: no cap)."""
+
+    method: Literal["zclip"]
+    alpha: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.97
+    z_thresh: Positive = 2.5
+    warmup: Annotated[int, Field(ge=1, le=100_000)] = 25
+    max_norm: Optional[Positive] = 1.0
+
+
+class SkipSpikes(_Strict):
+    """Skip the optimizer step of a spike (OLMo-core's SkipStepOptimizer on the gradient
+    norm); with `nonfinite`, of a NaN/inf gradient too (optax apply_if_finite)."""
+
+    method: Literal["skip"]
+    sigma: Positive = 6.0
+    window: Annotated[int, Field(ge=2, le=100_000)] = 128
+    nonfinite: bool = False
+    max_consecutive: Annotated[int, Field(ge=0, le=1_000_000)] = 5
+
+
+RuleConfig = Annotated[Union[ClipNone, ClipNorm, ClipValue, ClipPerTensor, ClipAGC, ClipAutoClip, ClipZClip,
+                             SkipSpikes], Field(discriminator="method")]
+# The rules that change the gradient's direction: a chain holds at most one (its cosine
+# is then that rule's, with no copy of the gradient).
+DIRECTION_RULES = ("value", "per_tensor", "agc")
+
+
+class ClipChain(_Strict):
+    """Rules applied in order, each to what the one before left."""
+
+    method: Literal["chain"]
+    rules: Annotated[list[RuleConfig], Field(min_length=1, max_length=100)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        rules = data.get("rules") if isinstance(data, dict) else None
+        for i, r in enumerate(rules if isinstance(rules, list) else []):
+            if isinstance(r, dict) and r.get("method") == "chain":
+                raise _Conflict("a chain cannot hold a chain; list all its rules in one chain", ("rules", i, "method"))
+        return data
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> "ClipChain":
+        turning = [i for i, r in enumerate(self.rules) if r.method in DIRECTION_RULES]
+        if len(turning) > 1:
+            raise _Conflict(f"a chain holds at most one rule that changes the gradient's direction "
+                            f"({', '.join(DIRECTION_RULES)}), got {self.rules[turning[0]].method} and "
+                            f"{self.rules[turning[1]].method}", ("rules", turning[1], "method"))
+        return self
+
+
+ClipConfig = Annotated[Union[ClipNone, ClipNorm, ClipValue, ClipPerTensor, ClipAGC, ClipAutoClip, ClipZClip,
+                             SkipSpikes, ClipChain], Field(discriminator="method")]
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -373,11 +455,11 @@ class ExperimentConfig(_Strict):
         never clips."""
         tiny, big = _DTYPE_RANGE[self.train.dtype]
         for i, c in enumerate(self.clipping):
-            t = threshold_of(c)
+            t = threshold_of(c) if c.method in _GRADIENT_THRESHOLDS else None
             if t is None or tiny <= t <= big:
                 continue
             bound = f">= {tiny:g}, about the smallest normal" if t < tiny else f"<= {big:g}, about the largest"
-            field = "max_norm" if isinstance(c, ClipNorm) else "clip_value"
+            field = THRESHOLD_KEYS[c.method]
             where = (("sweep", "thresholds"),) if self.sweep is not None else (("clipping", i, field),)
             raise _Conflict(f"{'a threshold' if self.sweep is not None else field} must be {bound} "
                             f"{self.train.dtype} (train.dtype), got {t!r}", *where, ("train", "dtype"))
@@ -397,26 +479,50 @@ def format_threshold(x: float) -> str:
     return f"{x:g}" if math.isfinite(x) else ("inf" if x > 0 else "nan")
 
 
-def variant_id(c: Union[ClipNone, ClipNorm, ClipValue]) -> str:
-    """Stable name of one clipping variant, used in run ids: none, norm-1, norm-p1-1, value-0.1."""
-    if isinstance(c, ClipNorm):
-        p = "" if c.norm_type == 2.0 else f"p{format_threshold(c.norm_type)}-"
-        e = "" if c.eps == 1e-6 else f"-eps{format_threshold(c.eps)}"
-        return f"norm-{p}{format_threshold(c.max_norm)}{e}"
-    if isinstance(c, ClipValue):
-        return f"value-{format_threshold(c.clip_value)}"
+def variant_id(c: Any) -> str:
+    """Stable name of one clipping variant, used in run ids: none, norm-1, norm-p1-1, value-0.1,
+    per_tensor-1, agc-0.01, autoclip-p10, zclip-2.5, skip-6, chain-agc-0.01+norm-1. A value
+    other than its default is named; the defaults are not, so that the short ids stay."""
+    f = format_threshold
+    m = c.method
+    if m == "norm":
+        p = "" if c.norm_type == 2.0 else f"p{f(c.norm_type)}-"
+        e = "" if c.eps == 1e-6 else f"-eps{f(c.eps)}"
+        return f"norm-{p}{f(c.max_norm)}{e}"
+    if m == "value":
+        return f"value-{f(c.clip_value)}"
+    if m == "per_tensor":
+        return f"per_tensor-{f(c.max_norm)}"
+    if m == "agc":
+        return (f"agc-{f(c.clipping)}" + ("" if c.eps == 0.001 else f"-eps{f(c.eps)}")
+                + ("".join(f"-x{layer}" for layer in c.exclude)))
+    if m == "autoclip":
+        return f"autoclip-p{f(c.percentile)}" + ("" if c.history is None else f"-h{c.history}")
+    if m == "zclip":
+        cap = "" if c.max_norm == 1.0 else ("-nocap" if c.max_norm is None else f"-max{f(c.max_norm)}")
+        return (f"zclip-{f(c.z_thresh)}" + ("" if c.alpha == 0.97 else f"-a{f(c.alpha)}")
+                + ("" if c.warmup == 25 else f"-w{c.warmup}") + cap)
+    if m == "skip":
+        return (f"skip-{f(c.sigma)}" + ("" if c.window == 128 else f"-w{c.window}")
+                + ("-nonfinite" if c.nonfinite else "") + ("" if c.max_consecutive == 5 else f"-c{c.max_consecutive}"))
+    if m == "chain":
+        return "chain-" + "+".join(variant_id(r) for r in c.rules)
     return "none"
 
 
-def threshold_of(c: Union[ClipNone, ClipNorm, ClipValue]) -> float | None:
-    if isinstance(c, ClipNorm):
-        return c.max_norm
-    if isinstance(c, ClipValue):
-        return c.clip_value
-    return None
+# Each method's main knob: report.json's `threshold` and what a sweep varies.
+THRESHOLD_KEYS = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
+                  "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
+# The knobs compared with gradient values, which must be normal numbers of the training dtype.
+_GRADIENT_THRESHOLDS = ("norm", "value", "per_tensor")
 
 
-def run_id(c: Union[ClipNone, ClipNorm, ClipValue], seed: int) -> str:
+def threshold_of(c: Any) -> float | None:
+    key = THRESHOLD_KEYS.get(c.method)
+    return None if key is None else getattr(c, key)
+
+
+def run_id(c: Any, seed: int) -> str:
     return f"{variant_id(c)}-s{seed}"
 
 

@@ -79,7 +79,7 @@ def unreadable(tmp: Path, monkeypatch) -> None:
     else:  # root reads through chmod 000: the same refusal, simulated where the loader opens
         def denied(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(p))
-        monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+        monkeypatch.setattr("gradlab.config.loading.open", denied, raising=False)
 
 
 SMALL = ["--set", "train.steps=3", "--set", "model.depth=2", "--seeds", "0", "--workers", "1", "--quiet"]

@@ -304,7 +304,7 @@ def test_unreadable(write, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     # chmod 0 would not stop root, who runs the tests in some containers.
-    monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+    monkeypatch.setattr("gradlab.config.loading.open", denied, raising=False)
     assert "permission denied" in refused(write("name: a\n")).message
 
 
@@ -492,7 +492,7 @@ def test_memory_refusal_is_fast(write):
 
 
 def test_memory_message_and_estimate(write, monkeypatch):
-    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr("gradlab.config.memory.available_memory_bytes", lambda: 2**30)
     cfg = load_config(write("name: a\n"))  # the defaults fit in 1 GiB
     m, t = cfg.model, cfg.task
     params = (t.input_dim * m.width + m.width) + (m.depth - 2) * (m.width**2 + m.width) + (m.width * t.output_dim + 1)
@@ -503,7 +503,7 @@ def test_memory_message_and_estimate(write, monkeypatch):
 
 
 def test_memory_refusal_names_the_option_that_made_it_too_big(write, monkeypatch):
-    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr("gradlab.config.memory.available_memory_bytes", lambda: 2**30)
     p = write("name: a\nmodel: {width: 64}\ntask: {batch_size: 8}\n")
     load_config(p)  # the file alone fits
     e = refused(p, ["train.steps=5", "task.batch_size=1000000"])

@@ -176,6 +176,9 @@ CASES = [
          "at most one rule that changes the gradient's direction"),
     Case("rule_zclip_alpha_one", run_config("rule_zclip_alpha_one.yaml"),
          "{bad}/rule_zclip_alpha_one.yaml:3: clipping.0.alpha", "must be < 1, got 1.0"),
+    Case("rule_agc_exclude_unknown_layer", run_config("rule_agc_exclude_unknown_layer.yaml"),
+         "{bad}/rule_agc_exclude_unknown_layer.yaml:4: clipping.0.exclude.0",
+         "no layer `layer9` in this mlp to exclude: its layers are layer0 ... layer3 and head"),
     Case("rule_skip_typo", run_config("rule_skip_typo.yaml"),
          "{bad}/rule_skip_typo.yaml:3: clipping.0.windw", "did you mean `window`?"),
     # --- not text

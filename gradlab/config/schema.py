@@ -7,6 +7,7 @@ Types are strict: YAML `true` is not an integer and `"3"` is not a number.
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -281,6 +282,7 @@ class ExperimentConfig(_Strict):
                             f"not to model {self.model.kind} on task {self.task.kind}",
                             ("train", "tbptt"), ("task", "kind"), ("model", "kind"))
         self._check_thresholds()
+        self._check_excluded_layers()
         if self.sweep is not None:
             want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
                     for c in self.sweep.clipping()]
@@ -293,6 +295,23 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
                             "each variant once", ("clipping", twice))
         return self
+
+    def _check_excluded_layers(self) -> None:
+        """agc's `exclude` names layers of this model: a misspelt one would clip the layer the
+        user meant to keep, silently."""
+        m = self.model
+        layers = ([f"layer{i}" for i in range(m.depth)] if m.kind == "mlp"
+                  else [f"{m.kind}.{i}" for i in range(m.depth)]) + ["head"]
+        for i, c in enumerate(self.clipping):
+            inner = [(("clipping", i, "rules", j), r) for j, r in enumerate(c.rules)] if c.method == "chain" \
+                else [(("clipping", i), c)]
+            for path, r in inner:
+                for k, name in enumerate(r.exclude if r.method == "agc" else ()):
+                    if name not in layers:
+                        close = difflib.get_close_matches(name, layers, n=1)
+                        hint = f" (did you mean `{close[0]}`?)" if close else ""
+                        raise _Conflict(f"no layer `{clip(name)}` in this {m.kind} to exclude: its layers are "
+                                        f"{layers[0]} ... {layers[-2]} and head{hint}", path + ("exclude", k))
 
     def _check_thresholds(self) -> None:
         """A threshold outside the normal numbers of the training dtype means nothing there:

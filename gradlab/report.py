@@ -29,13 +29,15 @@ def _num(x, fmt: str = ".3g") -> str:
 
 
 def columns(reports: list[dict]) -> tuple[str, ...]:
-    """The table's columns: accuracy only for classification tasks."""
-    return COLUMNS + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ())
+    """The table's columns: the cosine the rule kept for runs that record it, accuracy only
+    for classification tasks."""
+    return (COLUMNS + (("grad cosine",) if any("mean_grad_cosine" in r for r in reports) else ())
+            + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ()))
 
 
 def table_rows(reports: list[dict]) -> list[list[str]]:
     """One row of strings per run, in columns() order (shared by report.md and the CLI table)."""
-    with_acc = len(columns(reports)) > len(COLUMNS)
+    cols = columns(reports)
     rows = []
     for r in reports:
         f = r.get("first_nonfinite") or {}
@@ -44,7 +46,8 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
             "yes" if r["diverged"] else "no", _num(r.get("divergence_step"), "d"),
             f.get("phase", "-"), f.get("where", "-"), _num(r.get("max_grad_norm")),
             _num(r.get("final_loss")), f"{r.get('clip_fraction', 0.0):.0%}",
-        ] + ([_pct(r.get("final_accuracy"))] if with_acc else []))
+        ] + ([_num(r.get("mean_grad_cosine"), ".4g")] if "grad cosine" in cols else [])
+          + ([_pct(r.get("final_accuracy"))] if "final accuracy" in cols else []))
     return rows
 
 
@@ -52,9 +55,9 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
 # and when it diverged, and where; then its numbers. method, threshold and seed are in the
 # run id already. report.md has every column.
 TERMINAL_PRIORITY = ("run", "diverged", "step", "where", "final loss", "final accuracy", "max grad norm",
-                     "clip fraction", "phase")
+                     "clip fraction", "grad cosine", "phase")
 SHORT_HEADERS = {"diverged": "div", "max grad norm": "max grad", "final loss": "loss", "clip fraction": "clip",
-                 "final accuracy": "acc"}
+                 "final accuracy": "acc", "grad cosine": "cos"}
 
 
 def terminal_columns(reports: list[dict], width: int, wide: bool = False) -> list[tuple[int, str]]:

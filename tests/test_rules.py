@@ -508,6 +508,7 @@ def test_adaptive_rules_config_runs_from_the_cli(tmp_path):
         assert "mean_grad_cosine" in rep
     assert summary["autoclip-p10-s0"]["mean_grad_cosine"] == pytest.approx(1.0, abs=1e-12)
     assert summary["agc-0.01-xhead-s0"]["mean_grad_cosine"] < 1.0
+    assert "| clip fraction | grad cosine |" in (exp / "report.md").read_text()
     # The run store checks report.json against its metrics.csv: a second run finds all complete.
     assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
                "--quiet", "--no-plots") == 0

@@ -139,13 +139,18 @@ def _config_dict(cfg) -> dict:
     return {}
 
 
+# Each method's main knob (gradlab.config.THRESHOLD_KEYS, without importing the schema).
+_KNOBS = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
+          "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
+
+
 def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:
     """(method, threshold, norm_type) of one config.yaml clipping entry."""
     method = str(clip.get("method"))
     if method == "norm":
         return method, _float(clip.get("max_norm")), _float(clip.get("norm_type", 2.0))
-    if method == "value":
-        return method, _float(clip.get("clip_value")), None
+    if method in _KNOBS:
+        return method, _float(clip.get(_KNOBS[method])), None
     return method, None, None
 
 
@@ -227,6 +232,17 @@ def _variant_of(clip: dict) -> str:
                 f"{'' if eps in (None, 1e-6) else f'-eps{fmt(eps)}'}")
     if method == "value":
         return f"value-{fmt(threshold)}"
+    if method in _KNOBS or method == "chain":
+        # The other rules' ids name every key off its default: the schema's rule, on the
+        # resolved entry (the plot and report commands have loaded the schema already).
+        from pydantic import ValidationError
+
+        from .config import variant_id
+        from .config.rules import RULE_ADAPTER
+        try:
+            return variant_id(RULE_ADAPTER.validate_python(clip))
+        except ValidationError:
+            return method
     return method
 
 

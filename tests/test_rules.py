@@ -512,3 +512,23 @@ def test_adaptive_rules_config_runs_from_the_cli(tmp_path):
     # The run store checks report.json against its metrics.csv: a second run finds all complete.
     assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
                "--quiet", "--no-plots") == 0
+
+
+def test_sweep_varies_each_rules_main_knob(tmp_path):
+    out = tmp_path / "out"
+    assert cli("sweep", ROOT / "configs" / "quickstart.yaml", "--method", "agc", "--thresholds", "0.1,0.01",
+               "--set", "train.steps=5", "--seeds", "0", "--out", out, "--quiet", "--no-plots") == 0
+    (exp,) = [d for d in out.iterdir() if d.is_dir()]
+    summary = json.loads((exp / "summary.json").read_text())
+    assert [(r["run_id"], r["threshold"]) for r in summary] == [("none-s0", None), ("agc-0.01-s0", 0.01),
+                                                                ("agc-0.1-s0", 0.1)]
+    report = (exp / "report.md").read_text()
+    assert "| 0.01 | ok " in report and "| 0.1 | ok " in report  # the threshold x seed table
+    cfg = ExperimentConfig.model_validate(dict(name="s", sweep=dict(method="zclip", thresholds=[3, 1.5])))
+    assert [variant_id(c) for c in cfg.clipping] == ["none", "zclip-1.5", "zclip-3"]
+
+
+def test_a_sweep_threshold_outside_the_knobs_range_names_the_option(tmp_path, capsys):
+    assert cli("sweep", ROOT / "configs" / "quickstart.yaml", "--method", "autoclip", "--thresholds", "5,150",
+               "--out", tmp_path / "out") == 2
+    assert "--thresholds: clipping.2.percentile: must be <= 100, got 150.0" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from .base import NonNegative, Positive, _Conflict, _Strict
 
@@ -132,3 +132,6 @@ class ClipChain(_Strict):
 
 ClipConfig = Annotated[Union[ClipNone, ClipNorm, ClipValue, ClipPerTensor, ClipAGC, ClipAutoClip, ClipZClip,
                              SkipSpikes, ClipChain], Field(discriminator="method")]
+
+# One clipping entry, validated on its own (the report names the variants of a config.yaml).
+RULE_ADAPTER = TypeAdapter(ClipConfig)

@@ -11,12 +11,14 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gradlab.errors import clip
 
 from .base import Activation, DType, InitScheme, NonNegative, Positive, Size, _Conflict, _Strict
-from .rules import ClipConfig, ClipNone, ClipNorm, ClipValue
+from .rules import ClipConfig, ClipNone, ClipNorm
+
+_CLIPPING_LIST = TypeAdapter(list[ClipConfig])
 
 class InitConfig(_Strict):
     """Weight initialisation: `scheme` sets the base std (or orthogonality), `gain` scales it."""
@@ -219,7 +221,7 @@ class SweepConfig(_Strict):
     """A threshold sweep (what `gradlab sweep` sets): the clipping list is the baseline `none`
     (unless baseline is false) plus `method` at each threshold, in ascending order."""
 
-    method: Literal["norm", "value"] = "norm"
+    method: Literal["norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"] = "norm"
     thresholds: Annotated[list[Positive], Field(min_length=1, max_length=1000)]
     baseline: bool = True
 
@@ -231,7 +233,9 @@ class SweepConfig(_Strict):
         return sorted(v)
 
     def clipping(self) -> list[dict]:
-        key = "max_norm" if self.method == "norm" else "clip_value"
+        """The clipping list: `thresholds` are values of the method's main knob (THRESHOLD_KEYS),
+        its other keys at their defaults."""
+        key = THRESHOLD_KEYS[self.method]
         return ([{"method": "none"}] if self.baseline else []) + [
             {"method": self.method, key: t} for t in self.thresholds]
 
@@ -284,8 +288,10 @@ class ExperimentConfig(_Strict):
         self._check_thresholds()
         self._check_excluded_layers()
         if self.sweep is not None:
-            want = [{"none": ClipNone, "norm": ClipNorm, "value": ClipValue}[c["method"]](**c)
-                    for c in self.sweep.clipping()]
+            try:
+                want = _CLIPPING_LIST.validate_python(self.sweep.clipping())
+            except ValidationError:
+                want = None
             if list(self.clipping) != want:
                 raise _Conflict("a sweep sets the clipping list (the baseline and method at each threshold); "
                                 "give either sweep or clipping", "clipping", "sweep")

@@ -532,3 +532,23 @@ def test_a_sweep_threshold_outside_the_knobs_range_names_the_option(tmp_path, ca
     assert cli("sweep", ROOT / "configs" / "quickstart.yaml", "--method", "autoclip", "--thresholds", "5,150",
                "--out", tmp_path / "out") == 2
     assert "--thresholds: clipping.2.percentile: must be <= 100, got 150.0" in capsys.readouterr().err
+
+
+def test_stateful_rules_go_on_bit_for_bit_after_a_neighbour_diverges():
+    """The quickstart's unclipped run diverges within 8 steps and is dropped from the stack;
+    the stateful rules beside it keep their history (sliced, not rebuilt): each equals its run
+    alone."""
+    from gradlab.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", overrides=[
+        "train.steps=40", "clipping=[{method: none}, {method: autoclip, percentile: 20}, {method: zclip, warmup: 3},"
+        " {method: skip, window: 24, sigma: 1.0}, {method: chain, rules: [{method: skip, window: 24},"
+        " {method: autoclip}]}]"], seeds=[0])
+    together = train_seed(cfg, 0)
+    assert together[0].first_nonfinite is not None and together[0].first_nonfinite.step < 20
+    assert together[1].first_nonfinite is None and together[1].steps == 40
+    for i, c in enumerate(cfg.clipping[1:], start=1):
+        alone = train_seed(cfg, 0, [c], [i])[0]
+        assert alone.first_nonfinite == together[i].first_nonfinite
+        assert np.array_equal(np.array(alone.metrics_rows, float), np.array(together[i].metrics_rows, float),
+                              equal_nan=True), alone.run_id

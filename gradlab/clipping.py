@@ -24,8 +24,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .norms import param_norms, row_norms, total_norm
-from .transforms import (Clipper, Transform, cosine_of_factors, finish, group_order, register, rule_of,  # noqa: F401
-                         scale_)
+# Clipper and group_order are re-exported: callers found the stack of rules here before.
+from .transforms import (Clipper, Context, Transform, cosine_of_factors, finish, group_order,  # noqa: F401
+                         register, rule_of, scale_)
 
 Grads = dict[str, np.ndarray]
 
@@ -135,9 +136,11 @@ def unit_norms(a: np.ndarray, axis: int | None, whole: np.ndarray | None = None)
     axis `axis` (of the unstacked tensor); a vector (axis None) is one unit, `whole` if given."""
     if axis is None:
         return (whole if whole is not None else param_norms({"a": a})[0])[:, None]
-    # One variant at a time, the reduced axis last: row_norms never overflows.
-    return np.stack([row_norms(a[v] if axis == 1 else a[v].T) for v in range(a.shape[0])]) if a.shape[0] else \
-        np.zeros((0, a.shape[2 - axis]))
+    if not a.shape[0]:
+        return np.zeros((0, a.shape[2 - axis]))
+    # One variant at a time, the reduced axis last: row_norms never overflows, and a variant's
+    # norms do not depend on its neighbours in the stack.
+    return np.stack([row_norms(a[v] if axis == 1 else a[v].T) for v in range(a.shape[0])])
 
 
 @register("agc")
@@ -355,7 +358,7 @@ class Chain(Transform):
                 skipped = stats["skipped"] if skipped is None else skipped | stats["skipped"]
             if j + 1 < len(self.rules):  # what the next rule receives
                 norms = ctx.norms * stats["clip_coef"] if rule.scaling else param_norms(grads)
-                ctx = type(ctx)(norms, stats["clipped_norm"], ctx.raw_norm, ctx.fan_in)
+                ctx = Context(norms, stats["clipped_norm"], ctx.raw_norm, ctx.fan_in)
         l2 = first["grad_norm"]
         out = finish(l2, stats["clipped_norm"], clipped, cosine)
         if skipped is not None:
@@ -378,7 +381,6 @@ def apply_rule(rule: Transform, g: Grads) -> dict:
     """One call of a rule on a stack of one, with the context the training loop gives it."""
     norms = param_norms(g, 2.0)
     l2 = total_norm(norms, 2.0)
-    from .transforms import Context
     return rule.update(g, rule.init(g), {}, Context(norms, l2, l2, {}))[2]
 
 

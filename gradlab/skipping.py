@@ -66,8 +66,8 @@ class SkipSpikes(Transform):
             if n + 1 >= max(20, window // 2):
                 prev = hist[v, window - n:]
                 mean, std = float(np.mean(prev)), float(np.std(prev, ddof=1))
-                with np.errstate(all="ignore"):
-                    z = abs(g - mean) / std if std else (math.inf if g != mean else math.nan)
+                # torch divides by a zero std too: inf, or NaN for g == mean; both skip.
+                z = abs(g - mean) / std if std else (math.inf if g != mean else math.nan)
                 skipped[v] = not z <= self.sigma[v]
             hist[v, :-1] = hist[v, 1:]  # oldest out, newest in: the history in step order
             hist[v, -1] = g

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .norms import param_norms, total_norm
+from .norms import total_norm
 
 Grads = dict[str, np.ndarray]
 Stats = dict[str, np.ndarray]

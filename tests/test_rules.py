@@ -492,7 +492,7 @@ def test_a_chain_cannot_hold_two_rules_that_turn_the_gradient():
 
 
 # ----------------------------------------------------------------------------- the CLI
-def test_adaptive_rules_config_runs_from_the_cli(tmp_path):
+def test_adaptive_rules_config_runs_from_the_cli(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
                "--quiet", "--no-plots") == 0
@@ -509,9 +509,17 @@ def test_adaptive_rules_config_runs_from_the_cli(tmp_path):
     assert summary["autoclip-p10-s0"]["mean_grad_cosine"] == pytest.approx(1.0, abs=1e-12)
     assert summary["agc-0.01-xhead-s0"]["mean_grad_cosine"] < 1.0
     assert "| clip fraction | grad cosine |" in (exp / "report.md").read_text()
-    # The run store checks report.json against its metrics.csv: a second run finds all complete.
+    # The run store checks report.json against its metrics.csv, the new fields too: a second
+    # run finds every run complete but the one whose mean_grad_cosine was edited.
+    edited = json.loads((exp / "runs" / "autoclip-p10-s0" / "report.json").read_text())
+    edited["mean_grad_cosine"] = 0.5
+    (exp / "runs" / "autoclip-p10-s0" / "report.json").write_text(json.dumps(edited))
+    capsys.readouterr()
     assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
                "--quiet", "--no-plots") == 0
+    err = capsys.readouterr().err
+    assert "run autoclip-p10-s0: its files are damaged" in err and "`mean_grad_cosine`" in err
+    assert err.count("its files are damaged") == 1
 
 
 def test_sweep_varies_each_rules_main_knob(tmp_path):

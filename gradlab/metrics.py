@@ -66,19 +66,13 @@ class Recorder:
     def log(self, step: int, ids: np.ndarray, v: StepValues, nonfinite=None) -> None:
         """One row for each variant in `ids` (their places in the initial stack)."""
         row = self.values[step]
+        own = {"loss": v.loss, "update_norm": np.nan if v.update_norm is None else v.update_norm,
+               "nonfinite": 0.0 if nonfinite is None else nonfinite,
+               "accuracy": np.nan if v.accuracy is None else v.accuracy}
         s = v.stats
         for k, name in enumerate(self.all_columns[1:]):
-            if name == "loss":
-                col = v.loss
-            elif name == "update_norm":
-                col = np.nan if v.update_norm is None else v.update_norm
-            elif name == "nonfinite":
-                col = 0.0 if nonfinite is None else nonfinite
-            elif name == "accuracy":
-                col = np.nan if v.accuracy is None else v.accuracy
-            else:
-                col = s.get(name, 0.0)
-            row[ids, k] = col
+            # The rules' stats by name; a column a rule does not report (skipped) is 0 there.
+            row[ids, k] = own[name] if name in own else s.get(name, 0.0)
         self.layer[step, ids] = v.norms.T
         self.rows[ids] = step + 1
 

@@ -210,12 +210,17 @@ class Clipper:
     def __call__(self, grads: Grads, norms: np.ndarray, params: Optional[Mapping[str, np.ndarray]] = None) -> Stats:
         l2 = total_norm(norms, 2.0)
         ctx = Context(norms, l2, l2, self.fan_in)
-        parts = []
-        for j, (sl, rule) in enumerate(self.groups):
-            view = {k: g[sl] for k, g in grads.items()}
-            pview = {k: p[sl] for k, p in params.items()} if params is not None else {}
-            _, self.states[j], stats = rule.update(view, self.states[j], pview, ctx.take(sl))
-            parts.append(stats)
+        params = params if params is not None else {}
+        if len(self.groups) == 1:  # the common case, on the hot path: no views to make
+            _, self.states[0], stats = self.groups[0][1].update(grads, self.states[0], params, ctx)
+            parts = [stats]
+        else:
+            parts = []
+            for j, (sl, rule) in enumerate(self.groups):
+                view = {k: g[sl] for k, g in grads.items()}
+                pview = {k: p[sl] for k, p in params.items()}
+                _, self.states[j], stats = rule.update(view, self.states[j], pview, ctx.take(sl))
+                parts.append(stats)
         if len(parts) == 1 and set(parts[0]) >= set(self.columns):
             return parts[0]
         n = len(self.configs)

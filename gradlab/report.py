@@ -116,16 +116,21 @@ def findings(reports: list[dict]) -> str:
             accs = [r["final_accuracy"] for r in ok if isinstance(r.get("final_accuracy"), (int, float))]
             if accs:
                 loss_txt += f", accuracy {_pct(min(accs))}" + (f"-{_pct(max(accs))}" if len(accs) > 1 else "")
+            skips = [r["skip_fraction"] for r in ok if isinstance(r.get("skip_fraction"), (int, float))]
+            skip_txt = f", skipping {sum(skips) / len(skips):.0%}" if skips else ""
             sentences.append(f"`{variant}` trained {ok[0]['steps']} steps in {len(ok)} of {seeds}"
-                             f"{loss_txt}, clipping {clip:.0%} of steps.")
+                             f"{loss_txt}, clipping {clip:.0%} of steps{skip_txt}.")
     return " ".join(sentences)
 
 
 # ----------------------------------------------------------------------------- threshold sweep
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_grad_norm_s")
-_METHOD_RANK = {"none": 0, "norm": 1, "value": 2}
-_QUANTITY = {"norm": "max_norm", "value": "clip_value"}
+_METHOD_RANK = {m: i for i, m in enumerate(("none", "norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"))}
+# Each method's main knob, the quantity a sweep of it varies (gradlab.config.THRESHOLD_KEYS,
+# without importing the schema).
+_QUANTITY = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
+             "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
 
 
 def _config_dict(cfg) -> dict:
@@ -139,9 +144,7 @@ def _config_dict(cfg) -> dict:
     return {}
 
 
-# Each method's main knob (gradlab.config.THRESHOLD_KEYS, without importing the schema).
-_KNOBS = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
-          "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
+_KNOBS = _QUANTITY
 
 
 def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:
@@ -268,7 +271,7 @@ def sweep_rows(reports: list[dict], cfg) -> tuple[list, list[SweepRow]]:
 
     def order(row: SweepRow) -> tuple:
         method, p, eps = row.family
-        return (_METHOD_RANK.get(method, 3), method, p or 0.0, eps,
+        return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method, p or 0.0, eps,
                 row.threshold if row.threshold is not None else 0.0, row.variant)
 
     return seeds, sorted(rows.values(), key=order)

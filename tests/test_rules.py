@@ -560,3 +560,11 @@ def test_stateful_rules_go_on_bit_for_bit_after_a_neighbour_diverges():
         assert alone.first_nonfinite == together[i].first_nonfinite
         assert np.array_equal(np.array(alone.metrics_rows, float), np.array(together[i].metrics_rows, float),
                               equal_nan=True), alone.run_id
+
+
+def test_findings_name_the_skipped_fraction():
+    from gradlab.report import findings
+
+    rep = {"variant": "skip-6", "diverged": False, "steps": 100, "final_loss": 0.5, "clip_fraction": 0.0,
+           "skip_fraction": 0.04, "run_id": "skip-6-s0", "seed": 0}
+    assert findings([rep]) == "`skip-6` trained 100 steps in 1 of 1 seed, final loss 0.5, clipping 0% of steps, skipping 4%."

@@ -105,7 +105,10 @@ def run(
 def sweep(
     config: Path = typer.Argument(..., help="Experiment config (YAML); its clipping list is replaced."),
     thresholds: str = typer.Option(..., "--thresholds", metavar="0.1,1,10", help="Clipping thresholds, comma-separated."),
-    method: str = typer.Option("norm", "--method", metavar="norm|value", help="Clip by global norm or by value."),
+    method: str = typer.Option("norm", "--method", metavar="METHOD",
+                               help="The rule whose main knob the thresholds set: norm (max_norm), value (clip_value), "
+                                    "per_tensor (max_norm), agc (clipping), autoclip (percentile), zclip (z_thresh), "
+                                    "skip (sigma)."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the unclipped baseline."),
     set_: Optional[List[str]] = SetOpt,
     seeds: Optional[str] = SeedsOpt,
@@ -118,13 +121,22 @@ def sweep(
 ) -> None:
     """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
     threshold keeps the model stable and what it costs."""
-    if method not in ("norm", "value"):
-        raise UserError(f"must be norm or value, got `{clip(method)}`", key="--method")
+    if method not in SWEEP_METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(method, SWEEP_METHODS, n=1)
+        raise UserError(f"must be one of {', '.join(SWEEP_METHODS)}; got `{clip(method)}`"
+                        + (f" (did you mean `{close[0]}`?)" if close else ""), key="--method")
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
     from .config import load_config
 
     _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, workers,
              not no_plots, wide)
+
+
+# What `gradlab sweep --method` takes (gradlab.config.SweepConfig's methods; spelt out here so
+# that a bad option is refused before pydantic is imported).
+SWEEP_METHODS = ("norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip")
 
 
 def parse_thresholds(text: str) -> list[float]:

@@ -12,7 +12,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .clipping import ClipStats
 from .records import INTEGER_COLUMNS, METRIC_COLUMNS, summarize
 
 
@@ -21,7 +20,7 @@ class StepValues:
     """Per-variant values of one step, arrays over the current stack."""
 
     loss: np.ndarray
-    stats: ClipStats
+    stats: dict[str, np.ndarray]  # the transforms' per-variant statistics, by metrics.csv column
     norms: np.ndarray  # (n_tensors, V): each tensor's gradient L2 norm before clipping
     accuracy: Optional[np.ndarray] = None
     flow: Optional[dict[str, np.ndarray]] = None  # layer -> (V, T): norm of dL/dh_t
@@ -33,7 +32,7 @@ class StepValues:
             if v is None:
                 return None
             if f == "stats":
-                return v.take(idx)
+                return {k: a[idx] for k, a in v.items()}
             if f == "norms":
                 return v[:, idx]
             if f == "flow":
@@ -43,26 +42,37 @@ class StepValues:
 
 
 class Recorder:
-    def __init__(self, steps: int, n_variants: int, param_names: Sequence[str], accuracy: bool = False) -> None:
-        self.columns = METRIC_COLUMNS + (("accuracy",) if accuracy else ())
+    def __init__(self, steps: int, n_variants: int, param_names: Sequence[str], accuracy: bool = False,
+                 extra: Sequence[Sequence[str]] = ()) -> None:
+        """`extra`: per variant, the metrics.csv columns its rule adds (`skipped`)."""
+        extra = [tuple(e) for e in extra] or [()] * n_variants
+        union = tuple(dict.fromkeys(c for e in extra for c in e))
+        self.all_columns = METRIC_COLUMNS + ("grad_cosine",) + union + (("accuracy",) if accuracy else ())
+        # Each variant's file has the columns of its own rule only.
+        self.variant_columns = [tuple(c for c in self.all_columns if c not in union or c in e) for e in extra]
         self.param_names = list(param_names)
-        self.values = np.full((steps, n_variants, len(self.columns) - 1), np.nan)
+        self.values = np.full((steps, n_variants, len(self.all_columns) - 1), np.nan)
         self.layer = np.full((steps, n_variants, len(self.param_names)), np.nan)
         self.rows = np.zeros(n_variants, dtype=np.int64)
         # Gradient flow through time: the first healthy step and the latest healthy one.
         self.flow_first: dict[int, tuple[int, dict]] = {}
         self.flow_last: dict[int, tuple[int, dict]] = {}
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of a stack whose variants all have the same ones (the first variant's)."""
+        return self.variant_columns[0] if self.variant_columns else self.all_columns
+
     def log(self, step: int, ids: np.ndarray, v: StepValues, nonfinite=None) -> None:
         """One row for each variant in `ids` (their places in the initial stack)."""
         row = self.values[step]
+        own = {"loss": v.loss, "update_norm": np.nan if v.update_norm is None else v.update_norm,
+               "nonfinite": 0.0 if nonfinite is None else nonfinite,
+               "accuracy": np.nan if v.accuracy is None else v.accuracy}
         s = v.stats
-        cols = [v.loss, s.grad_norm, s.clipped_norm, s.clip_coef, s.clipped,
-                np.nan if v.update_norm is None else v.update_norm, 0.0 if nonfinite is None else nonfinite]
-        if len(self.columns) > len(METRIC_COLUMNS):
-            cols.append(np.nan if v.accuracy is None else v.accuracy)
-        for k, col in enumerate(cols):
-            row[ids, k] = col
+        for k, name in enumerate(self.all_columns[1:]):
+            # The rules' stats by name; a column a rule does not report (skipped) is 0 there.
+            row[ids, k] = own[name] if name in own else s.get(name, 0.0)
         self.layer[step, ids] = v.norms.T
         self.rows[ids] = step + 1
 
@@ -76,9 +86,10 @@ class Recorder:
             self.flow_last[int(i)] = snap
 
     def metrics_rows(self, v: int) -> list[list]:
-        names = self.columns[1:]
+        names = self.all_columns[1:]
+        mine = [k for k, name in enumerate(names) if name in self.variant_columns[v]]
         return [[s] + [int(x) if names[k] in INTEGER_COLUMNS and math.isfinite(x) else float(x)
-                       for k, x in enumerate(self.values[s, v])]
+                       for k, x in ((k, self.values[s, v, k]) for k in mine)]
                 for s in range(int(self.rows[v]))]
 
     def layer_rows(self, v: int) -> list[list]:
@@ -95,4 +106,4 @@ class Recorder:
     def summary(self, v: int) -> dict:
         """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy),
         from the rows metrics.csv gets, by the rule the run store checks them with."""
-        return summarize(self.columns, self.metrics_rows(v))
+        return summarize(self.variant_columns[v], self.metrics_rows(v))

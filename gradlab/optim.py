@@ -1,7 +1,9 @@
 """Optimizers over a stack of variants, applied after clipping.
 
 Each keeps its state per variant (the same leading axis as the parameters), updates the
-parameters in place and returns the per-variant L2 norm of the update it applied.
+parameters in place and returns the per-variant L2 norm of the update it applied. The step
+count is per variant too: a variant whose step was skipped has taken one step fewer, and
+Adam's bias correction must know it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,33 @@ from .norms import param_norms, total_norm
 class Optimizer:
     """What all optimizers share: a state of nested dicts whose arrays have the variant axis."""
 
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
+        """Apply one step in place; `grads` may be overwritten. Returns each variant's update norm."""
+        t = state["step"]
+        if t.size == 0 or t.min() == t.max():  # the usual case: one step count, one stacked call
+            norm = self._update(params, grads, state, int(t[0]) if t.size else 0)
+        else:  # after a skip: each variant with its own count, on views of its slices
+            norm = np.empty(t.size)
+            for v in range(t.size):
+                one = lambda d: {k: a[v:v + 1] for k, a in d.items()}  # noqa: E731
+                sub = {k: (one(x) if isinstance(x, dict) else x) for k, x in state.items() if k != "step"}
+                norm[v] = self._update(one(params), one(grads), sub, int(t[v]))[0]
+        state["step"] = t + 1
+        return norm
+
+    def _update(self, params, grads, state, t: int) -> np.ndarray:
+        """The step of variants that have all taken t steps before this one."""
+        raise NotImplementedError
+
     @staticmethod
     def select(state: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
         """The state of a smaller stack (after variants were dropped)."""
         # intp, so that an empty `keep` still indexes (np.asarray([]) is float64).
         return _take(state, np.asarray(keep, dtype=np.intp))
+
+
+def _variants(params: dict[str, np.ndarray]) -> int:
+    return next(iter(params.values())).shape[0] if params else 0
 
 
 def _take(node: Any, keep: np.ndarray) -> Any:
@@ -44,11 +68,12 @@ class SGD(Optimizer):
         self.nesterov, self.weight_decay = nesterov, weight_decay
 
     def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"step": 0, "buf": {k: np.zeros_like(v) for k, v in params.items()} if self.momentum else {}}
+        return {"step": np.zeros(_variants(params), np.int64),
+                "buf": {k: np.zeros_like(v) for k, v in params.items()} if self.momentum else {}}
 
-    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
-        """Apply one step in place; `grads` may be overwritten. Returns ||lr * d|| per variant."""
-        first = state["step"] == 0
+    def _update(self, params, grads, state, t):
+        """Returns ||lr * d|| per variant."""
+        first = t == 0
         for name, p in params.items():
             g = grads[name]
             if self.weight_decay:
@@ -69,7 +94,6 @@ class SGD(Optimizer):
             # temporary, and its norm is the update norm.
             np.multiply(d, self.lr, out=g)
             p -= g
-        state["step"] += 1
         return total_norm(param_norms(grads))
 
 
@@ -94,12 +118,12 @@ class _Adaptive(Optimizer):
         raise NotImplementedError
 
     def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"step": 0, **{b: {k: np.zeros_like(v) for k, v in params.items()}
-                              for b in ("scratch", *self._buffers())}}
+        return {"step": np.zeros(_variants(params), np.int64), **{b: {k: np.zeros_like(v) for k, v in params.items()}
+                                                                  for b in ("scratch", *self._buffers())}}
 
-    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
-        """Apply one step in place; `grads` may be overwritten. Returns ||d|| per variant."""
-        state["step"] = t = state["step"] + 1
+    def _update(self, params, grads, state, t):
+        """Returns ||d|| per variant."""
+        t += 1
         names = ("scratch", *self._buffers())
         steps = {}
         for k, p in params.items():

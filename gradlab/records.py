@@ -11,14 +11,18 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-# The columns of metrics.csv the README documents, in order; `accuracy` follows for classification tasks.
+# The columns of metrics.csv the README documents, in order; `grad_cosine` follows (runs of a
+# gradlab before it lack it), then each rule's own (`skipped`), then `accuracy` for
+# classification tasks.
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
-INTEGER_COLUMNS = ("clipped", "nonfinite")
-OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy")
+INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
+OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
+                  "mean_grad_cosine", "skip_fraction")
 
 
 def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
-    """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy).
+    """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy,
+    mean_grad_cosine, skip_fraction: each where metrics.csv has the column it comes from).
 
     A step is healthy when nothing in it was non-finite; the row of the step a run diverged
     at is kept for its gradient norm but not for its loss. A value that never existed (a run
@@ -37,6 +41,12 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         "steps_completed": len(healthy),
         "clip_fraction": clipped / len(healthy) if healthy else 0.0,
     }
+    if "grad_cosine" in at:
+        # The direction a rule kept where it acted: over the healthy clipped steps, in step order.
+        cos = [r[at["grad_cosine"]] for r in healthy if r[at["clipped"]] == 1 and math.isfinite(r[at["grad_cosine"]])]
+        out["mean_grad_cosine"] = sum(cos) / len(cos) if cos else None
+    if "skipped" in at:
+        out["skip_fraction"] = sum(1 for r in healthy if r[at["skipped"]] == 1) / len(healthy) if healthy else 0.0
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None

@@ -29,13 +29,15 @@ def _num(x, fmt: str = ".3g") -> str:
 
 
 def columns(reports: list[dict]) -> tuple[str, ...]:
-    """The table's columns: accuracy only for classification tasks."""
-    return COLUMNS + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ())
+    """The table's columns: the cosine the rule kept for runs that record it, accuracy only
+    for classification tasks."""
+    return (COLUMNS + (("grad cosine",) if any("mean_grad_cosine" in r for r in reports) else ())
+            + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ()))
 
 
 def table_rows(reports: list[dict]) -> list[list[str]]:
     """One row of strings per run, in columns() order (shared by report.md and the CLI table)."""
-    with_acc = len(columns(reports)) > len(COLUMNS)
+    cols = columns(reports)
     rows = []
     for r in reports:
         f = r.get("first_nonfinite") or {}
@@ -44,7 +46,8 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
             "yes" if r["diverged"] else "no", _num(r.get("divergence_step"), "d"),
             f.get("phase", "-"), f.get("where", "-"), _num(r.get("max_grad_norm")),
             _num(r.get("final_loss")), f"{r.get('clip_fraction', 0.0):.0%}",
-        ] + ([_pct(r.get("final_accuracy"))] if with_acc else []))
+        ] + ([_num(r.get("mean_grad_cosine"), ".4g")] if "grad cosine" in cols else [])
+          + ([_pct(r.get("final_accuracy"))] if "final accuracy" in cols else []))
     return rows
 
 
@@ -52,9 +55,9 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
 # and when it diverged, and where; then its numbers. method, threshold and seed are in the
 # run id already. report.md has every column.
 TERMINAL_PRIORITY = ("run", "diverged", "step", "where", "final loss", "final accuracy", "max grad norm",
-                     "clip fraction", "phase")
+                     "clip fraction", "grad cosine", "phase")
 SHORT_HEADERS = {"diverged": "div", "max grad norm": "max grad", "final loss": "loss", "clip fraction": "clip",
-                 "final accuracy": "acc"}
+                 "final accuracy": "acc", "grad cosine": "cos"}
 
 
 def terminal_columns(reports: list[dict], width: int, wide: bool = False) -> list[tuple[int, str]]:
@@ -113,16 +116,21 @@ def findings(reports: list[dict]) -> str:
             accs = [r["final_accuracy"] for r in ok if isinstance(r.get("final_accuracy"), (int, float))]
             if accs:
                 loss_txt += f", accuracy {_pct(min(accs))}" + (f"-{_pct(max(accs))}" if len(accs) > 1 else "")
+            skips = [r["skip_fraction"] for r in ok if isinstance(r.get("skip_fraction"), (int, float))]
+            skip_txt = f", skipping {sum(skips) / len(skips):.0%}" if skips else ""
             sentences.append(f"`{variant}` trained {ok[0]['steps']} steps in {len(ok)} of {seeds}"
-                             f"{loss_txt}, clipping {clip:.0%} of steps.")
+                             f"{loss_txt}, clipping {clip:.0%} of steps{skip_txt}.")
     return " ".join(sentences)
 
 
 # ----------------------------------------------------------------------------- threshold sweep
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_grad_norm_s")
-_METHOD_RANK = {"none": 0, "norm": 1, "value": 2}
-_QUANTITY = {"norm": "max_norm", "value": "clip_value"}
+_METHOD_RANK = {m: i for i, m in enumerate(("none", "norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"))}
+# Each method's main knob, the quantity a sweep of it varies (gradlab.config.THRESHOLD_KEYS,
+# without importing the schema).
+_QUANTITY = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
+             "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
 
 
 def _config_dict(cfg) -> dict:
@@ -136,13 +144,16 @@ def _config_dict(cfg) -> dict:
     return {}
 
 
+_KNOBS = _QUANTITY
+
+
 def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:
     """(method, threshold, norm_type) of one config.yaml clipping entry."""
     method = str(clip.get("method"))
     if method == "norm":
         return method, _float(clip.get("max_norm")), _float(clip.get("norm_type", 2.0))
-    if method == "value":
-        return method, _float(clip.get("clip_value")), None
+    if method in _KNOBS:
+        return method, _float(clip.get(_KNOBS[method])), None
     return method, None, None
 
 
@@ -224,6 +235,17 @@ def _variant_of(clip: dict) -> str:
                 f"{'' if eps in (None, 1e-6) else f'-eps{fmt(eps)}'}")
     if method == "value":
         return f"value-{fmt(threshold)}"
+    if method in _KNOBS or method == "chain":
+        # The other rules' ids name every key off its default: the schema's rule, on the
+        # resolved entry (the plot and report commands have loaded the schema already).
+        from pydantic import ValidationError
+
+        from .config import variant_id
+        from .config.rules import RULE_ADAPTER
+        try:
+            return variant_id(RULE_ADAPTER.validate_python(clip))
+        except ValidationError:
+            return method
     return method
 
 
@@ -249,7 +271,7 @@ def sweep_rows(reports: list[dict], cfg) -> tuple[list, list[SweepRow]]:
 
     def order(row: SweepRow) -> tuple:
         method, p, eps = row.family
-        return (_METHOD_RANK.get(method, 3), method, p or 0.0, eps,
+        return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method, p or 0.0, eps,
                 row.threshold if row.threshold is not None else 0.0, row.variant)
 
     return seeds, sorted(rows.values(), key=order)

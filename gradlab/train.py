@@ -13,7 +13,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .clipping import Clipper, group_order
 from .config import ExperimentConfig, run_id, threshold_of, variant_id
 from .divergence import FirstNonfinite, locate_step, locate_update
 from .metrics import Recorder, StepValues
@@ -22,6 +21,7 @@ from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
 from .tasks import build_task
+from .transforms import Clipper, columns_of, group_order, take
 
 
 @dataclass
@@ -71,16 +71,17 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 class _Stack:
-    """The variants still training: their parameters, optimizer state and clipping rules.
+    """The variants still training: their parameters, optimizer state and transforms (clip
+    and skip rules, with their state).
 
     Positions in `alive` refer to the initial stack, so records never shift when a diverged
     variant is dropped.
     """
 
-    def __init__(self, p0: dict[str, np.ndarray], clips: Sequence[Any], opt, dtype: str) -> None:
+    def __init__(self, p0: dict[str, np.ndarray], clips: Sequence[Any], opt, dtype: str, fan_in: dict) -> None:
         self.params = stack(p0, len(clips))
-        self.clipper = Clipper(clips)
-        self.clipper.init(self.params)
+        self.transforms = Clipper(clips, fan_in)
+        self.transforms.init(self.params)
         self.opt = opt
         self.state = opt.init(self.params)
         self.alive = np.arange(len(clips))
@@ -97,16 +98,36 @@ class _Stack:
         keep = np.asarray([i for i in range(len(self.alive)) if i not in found], dtype=np.int64)
         self.params = {k: v[keep] for k, v in self.params.items()}
         self.state = self.opt.select(self.state, keep)
-        self.clipper = self.clipper.select(keep)
+        self.transforms = self.transforms.select(keep)
         self.alive = self.alive[keep]
         return keep
 
-    def update(self, grads: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
-        """The optimizer step; returns the update norms and the variants it made non-finite."""
+    def update(self, grads: dict[str, np.ndarray], skipped: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """The optimizer step; returns the update norms and the variants it made non-finite.
+
+        The variants whose step is skipped are stepped with the others (one stacked call)
+        and then given back their parameters and optimizer state as they were: bit for bit,
+        and at no cost on the steps that skip nothing."""
+        skip = np.flatnonzero(skipped) if skipped is not None else np.zeros(0, np.intp)
+        if skip.size:
+            saved = take({"params": self.params, "state": self.state}, skip)
         update_norm = self.opt.update(self.params, grads, self.state)
+        if skip.size:
+            _put(self.params, saved["params"], skip)
+            _put(self.state, saved["state"], skip)
+            update_norm[skip] = 0.0
         self.reach[self.alive] += update_norm
         risky = np.flatnonzero(~(self.reach[self.alive] < self.limit))
         return update_norm, (locate_update(self.params, risky) if risky.size else {})
+
+
+def _put(node: Any, saved: Any, idx: np.ndarray) -> None:
+    """Write the slices `saved` (from transforms.take) back into the arrays of `node`."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            _put(v, saved[k], idx)
+        elif isinstance(v, np.ndarray):
+            v[idx] = saved[k]
 
 
 def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = None,
@@ -146,8 +167,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     # which names the parameter), not a RuntimeWarning.
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
-    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype)
-    rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification)
+    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes)
+    rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
+                   extra=[columns_of(clips[i]) for i in order])
     recurrent = hasattr(model, "layer_names")
 
     data = rng["data"]
@@ -160,8 +182,12 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             flow = {} if recurrent else None
             grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
             norms = param_norms(grads)
-            vals = StepValues(loss, run.clipper(grads, norms), norms, task.accuracy(out, y), flow)
-            bad = ~(np.isfinite(loss) & np.isfinite(vals.stats.grad_norm))
+            stats = run.transforms(grads, norms, run.params)  # clip; decide skips
+            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow)
+            skipped = stats.get("skipped")
+            bad = ~(np.isfinite(loss) & np.isfinite(stats["grad_norm"]))
+            if skipped is not None:
+                bad &= ~skipped  # a non-finite step skipped on purpose is not a divergence
             if bad.any():
                 found = locate_step(model, task, run.params, x, y, np.flatnonzero(bad))
                 rec.log(step, run.alive[bad], vals.take(bad), nonfinite=1.0)
@@ -169,8 +195,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 if not run.alive.size:
                     break
                 grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
+                skipped = vals.stats.get("skipped")
             rec.log_flow(step, run.alive, vals.flow)
-            vals.update_norm, found = run.update(grads)
+            vals.update_norm, found = run.update(grads, skipped)
             rec.log(step, run.alive, vals,
                     nonfinite=np.isin(np.arange(len(run.alive)), list(found)) if found else None)
             if found:
@@ -185,7 +212,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
         fn = run.failures.get(pos)
         results.append(RunResult(
             run_id=run_id(clips[i], seed), seed=seed, variant_index=indices[i], clip=clips[i],
-            param_names=model.param_names, columns=rec.columns, metrics_rows=rec.metrics_rows(pos),
+            param_names=model.param_names, columns=rec.variant_columns[pos], metrics_rows=rec.metrics_rows(pos),
             layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
             summary=rec.summary(pos), steps=steps))
     results.sort(key=lambda r: r.variant_index)

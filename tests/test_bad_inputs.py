@@ -79,7 +79,7 @@ def unreadable(tmp: Path, monkeypatch) -> None:
     else:  # root reads through chmod 000: the same refusal, simulated where the loader opens
         def denied(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(p))
-        monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+        monkeypatch.setattr("gradlab.config.loading.open", denied, raising=False)
 
 
 SMALL = ["--set", "train.steps=3", "--set", "model.depth=2", "--seeds", "0", "--workers", "1", "--quiet"]
@@ -162,6 +162,25 @@ CASES = [
          "duplicate key `model.depth` (lines 3 and 6)"),
     Case("duplicate_top_key", run_config("duplicate_top_key.yaml"), "{bad}/duplicate_top_key.yaml:5: train",
          "duplicate key `train` (lines 2 and 5)"),
+    # --- clipping rules: methods, their keys and ranges, chains
+    Case("rule_unknown_method", run_config("rule_unknown_method.yaml"),
+         "{bad}/rule_unknown_method.yaml:4: clipping.1.method", "got `agcc` (did you mean `agc`?)"),
+    Case("rule_percentile_zero", run_config("rule_percentile_zero.yaml"),
+         "{bad}/rule_percentile_zero.yaml:4: clipping.0.percentile", "must be > 0, got 0"),
+    Case("rule_percentile_above_100", run_config("rule_percentile_above_100.yaml"),
+         "{bad}/rule_percentile_above_100.yaml:4: clipping.0.percentile", "must be <= 100, got 101"),
+    Case("rule_chain_in_chain", run_config("rule_chain_in_chain.yaml"),
+         "{bad}/rule_chain_in_chain.yaml:6: clipping.0.rules.1.method", "a chain cannot hold a chain"),
+    Case("rule_chain_two_directions", run_config("rule_chain_two_directions.yaml"),
+         "{bad}/rule_chain_two_directions.yaml:6: clipping.0.rules.1.method",
+         "at most one rule that changes the gradient's direction"),
+    Case("rule_zclip_alpha_one", run_config("rule_zclip_alpha_one.yaml"),
+         "{bad}/rule_zclip_alpha_one.yaml:3: clipping.0.alpha", "must be < 1, got 1.0"),
+    Case("rule_agc_exclude_unknown_layer", run_config("rule_agc_exclude_unknown_layer.yaml"),
+         "{bad}/rule_agc_exclude_unknown_layer.yaml:4: clipping.0.exclude.0",
+         "no layer `layer9` in this mlp to exclude: its layers are layer0 ... layer3 and head"),
+    Case("rule_skip_typo", run_config("rule_skip_typo.yaml"),
+         "{bad}/rule_skip_typo.yaml:3: clipping.0.windw", "did you mean `window`?"),
     # --- not text
     Case("binary", ["run", "{tmp}/model.yaml", "--out", "{tmp}/out"], "{tmp}/model.yaml", "NUL bytes",
          proc=True, setup=write_gen("model.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)),
@@ -263,7 +282,8 @@ CASES = [
     Case("set_clip_value_subnormal", ["validate", Q, "--set", "clipping.1={{method: value, clip_value: 1e-40}}"],
          "--set clipping.1={{method: value, clip_value: 1e-40}}: clipping.1.clip_value",
          "clip_value must be >= 1.2e-38, about the smallest normal float32"),
-    Case("method_unknown", sweep("--thresholds", "1", "--method", "clip"), "--method", "must be norm or value"),
+    Case("method_unknown", sweep("--thresholds", "1", "--method", "clip"), "--method",
+         "must be one of norm, value, per_tensor, agc, autoclip, zclip, skip; got `clip` (did you mean `zclip`?)"),
     Case("seeds_negative", ["run", Q, "--out", "{tmp}/out", "--seeds", "-1"], "--seeds", "got `-1`"),
     Case("seeds_sweep_not_a_number", sweep("--thresholds", "1", "--seeds", "0,x"), "--seeds", "got `x`"),
     Case("seeds_twice", ["run", Q, "--out", "{tmp}/out", "--seeds", "0,0"], "--seeds", "seeds must be distinct"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gradlab.config import (
     ExperimentConfig,
@@ -304,7 +306,7 @@ def test_unreadable(write, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     # chmod 0 would not stop root, who runs the tests in some containers.
-    monkeypatch.setattr("gradlab.config.open", denied, raising=False)
+    monkeypatch.setattr("gradlab.config.loading.open", denied, raising=False)
     assert "permission denied" in refused(write("name: a\n")).message
 
 
@@ -492,7 +494,7 @@ def test_memory_refusal_is_fast(write):
 
 
 def test_memory_message_and_estimate(write, monkeypatch):
-    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr("gradlab.config.memory.available_memory_bytes", lambda: 2**30)
     cfg = load_config(write("name: a\n"))  # the defaults fit in 1 GiB
     m, t = cfg.model, cfg.task
     params = (t.input_dim * m.width + m.width) + (m.depth - 2) * (m.width**2 + m.width) + (m.width * t.output_dim + 1)
@@ -503,7 +505,7 @@ def test_memory_message_and_estimate(write, monkeypatch):
 
 
 def test_memory_refusal_names_the_option_that_made_it_too_big(write, monkeypatch):
-    monkeypatch.setattr("gradlab.config.available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr("gradlab.config.memory.available_memory_bytes", lambda: 2**30)
     p = write("name: a\nmodel: {width: 64}\ntask: {batch_size: 8}\n")
     load_config(p)  # the file alone fits
     e = refused(p, ["train.steps=5", "task.batch_size=1000000"])
@@ -580,3 +582,37 @@ def test_task_and_optimizer_kinds(write):
     assert "needs a recurrent kind" in e.message
     e = refused(write("name: a\nmodel: {kind: rnn, activation: gelu}\ntask: {kind: adding}\n"))
     assert e.key == "model.activation" and e.line == 2
+
+
+def test_rule_defaults_are_their_references_and_survive_the_resolved_form(tmp_path):
+    """agc as optax (0.01, 1e-3), autoclip as its reference (10th percentile, all history),
+    zclip as its reference (0.97, 2.5, 25, cap 1.0), skip as OLMo-core (6 sigma, 128 steps)
+    with optax's 5 consecutive non-finite steps; a chain's rules keep theirs."""
+    cfg = ExperimentConfig.model_validate(dict(name="r", clipping=[
+        {"method": "agc"}, {"method": "autoclip"}, {"method": "zclip"}, {"method": "skip"},
+        {"method": "per_tensor", "max_norm": 2.0},
+        {"method": "chain", "rules": [{"method": "skip", "nonfinite": True}, {"method": "zclip", "max_norm": None}]}]))
+    agc, auto, z, skip, per_tensor, chain = cfg.clipping
+    assert (agc.clipping, agc.eps, agc.exclude) == (0.01, 0.001, [])
+    assert (auto.percentile, auto.history) == (10.0, None)
+    assert (z.alpha, z.z_thresh, z.warmup, z.max_norm) == (0.97, 2.5, 25, 1.0)
+    assert (skip.sigma, skip.window, skip.nonfinite, skip.max_consecutive) == (6.0, 128, False, 5)
+    assert chain.rules[1].max_norm is None and chain.rules[0].nonfinite
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_a_per_tensor_threshold_must_be_a_normal_number_of_the_dtype():
+    with pytest.raises(ValidationError, match="max_norm must be >= 1.2e-38"):
+        ExperimentConfig.model_validate(dict(name="r", clipping=[{"method": "per_tensor", "max_norm": 1e-40}]))
+    # a percentile or a z-score is no gradient value: any positive one is fine in float32
+    ExperimentConfig.model_validate(dict(name="r", clipping=[{"method": "autoclip", "percentile": 1e-3}]))
+
+
+def test_existing_methods_keep_their_ids_and_hash():
+    """Adding rules changed no resolved config of none, norm or value: their run ids and
+    experiment directories stay."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    assert [variant_id(c) for c in cfg.clipping] == ["none", "norm-1", "norm-10"]
+    assert config_hash(cfg) == "fa8d9505"

@@ -132,6 +132,27 @@ def test_gradient_overflow_with_finite_loss_is_located_in_backward(monkeypatch, 
         assert np.isfinite(m[0, 1]) and not np.isfinite(m[0, 2])  # the loss was fine; the gradient was not
 
 
+def test_a_nonfinite_gradient_is_skipped_up_to_max_consecutive_then_located(monkeypatch):
+    """The same inf gradient every step (h1 = c whatever the input, and a skipped step changes
+    nothing): `skip` with nonfinite skips it max_consecutive times in a row, leaving the weights
+    as they were, then lets the next through and the run diverges where it was born; alone in a chain too.
+    Without nonfinite, or unclipped, it diverges at once."""
+    set_weights(monkeypatch, ladder(1e30, 1e-13, 0.0))
+    cfg = ladder_config("clipping=[{method: none}, {method: skip, nonfinite: true, max_consecutive: 3},"
+                        " {method: chain, rules: [{method: skip, nonfinite: true, max_consecutive: 3},"
+                        " {method: zclip, warmup: 2}]}, {method: skip}]", steps=10)
+    none, skip, chain, plain = train_seed(cfg, 0)
+    for r in (none, plain):
+        assert fault(r) == (0, "backward", "layer2.W", "inf")
+    for r in (skip, chain):
+        assert fault(r) == (3, "backward", "layer2.W", "inf"), r.run_id  # the 4th in a row goes through
+        rows = [dict(zip(r.columns, row)) for row in r.metrics_rows]
+        assert [row["skipped"] for row in rows] == [1, 1, 1, 0]
+        assert all(row["update_norm"] == 0.0 and row["nonfinite"] == 0 for row in rows[:3])
+        assert all(row["grad_norm"] == math.inf for row in rows)
+        assert r.summary["skip_fraction"] == 1.0 and r.summary["steps_completed"] == 3
+
+
 def test_float64_gradient_norm_beyond_the_range_is_named_gradient_norm(monkeypatch):
     """Every value finite, but the global norm is not: grad layer2.W = 4 entries of c Delta in
     [1.08e308, 1.32e308] (c = 6e305, out = 4 c a = 100), whose L2 norm (>= 2.16e308) exceeds

@@ -52,7 +52,7 @@ BAD = [
     (["--thresholds", "1,2,1"], "--thresholds: `1` appears twice"),
     (["--thresholds", "1", "--seeds", "-1"], "--seeds"),
     (["--thresholds", "1", "--workers", "0"], "--workers"),
-    (["--thresholds", "1", "--method", "clip"], "--method: must be norm or value"),
+    (["--thresholds", "1", "--method", "clip"], "--method: must be one of norm, value, per_tensor"),
     ([], "--thresholds"),
 ]
 

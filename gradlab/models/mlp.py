@@ -45,6 +45,12 @@ class MLP:
     def param_names(self) -> list[str]:
         return list(self.shapes)
 
+    @property
+    def fan_in_axes(self) -> dict[str, int | None]:
+        """Each parameter's input axis (without the variant axis), or None for a vector:
+        unit-wise clipping (AGC) measures one norm per output unit along it. x @ W: (in, out)."""
+        return {name: 0 if name.endswith(".W") else None for name in self.shapes}
+
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One set of initial parameters, without the variant axis; biases start at zero."""
         params = {}

@@ -72,6 +72,13 @@ class Recurrent:
     def param_names(self) -> list[str]:
         return list(self.shapes)
 
+    @property
+    def fan_in_axes(self) -> dict[str, int | None]:
+        """Each parameter's input axis (without the variant axis), or None for a vector.
+        The recurrent weights have torch's (G*H, in) layout; the head is x @ W, (H, O)."""
+        return {name: (0 if name == "head.W" else 1) if len(shape) == 2 else None
+                for name, shape in self.shapes.items()}
+
     def layer_names(self) -> list[str]:
         return [f"{self.kind}.{l}" for l in range(self.depth)]
 

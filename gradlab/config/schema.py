@@ -1,0 +1,403 @@
+"""The experiment schema (pydantic): model, task, training, the clipping list and sweeps,
+and the names a resolved config gives its variants and runs.
+
+Every value is range-checked here, once, so that the engine can trust what it is given.
+Types are strict: YAML `true` is not an integer and `"3"` is not a number.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from gradlab.errors import clip
+
+from .base import Activation, DType, InitScheme, NonNegative, Positive, Size, _Conflict, _Strict
+from .rules import ClipConfig, ClipNone, ClipNorm
+
+_CLIPPING_LIST = TypeAdapter(list[ClipConfig])
+
+class InitConfig(_Strict):
+    """Weight initialisation: `scheme` sets the base std (or orthogonality), `gain` scales it."""
+
+    scheme: InitScheme = "xavier"
+    gain: Positive = 1.0
+
+
+RECURRENT = ("rnn", "lstm", "gru")
+
+
+class ModelConfig(_Strict):
+    """An MLP, or a stack of recurrent layers (torch's RNN/LSTM/GRU) with a linear head.
+
+    For recurrent models `init` is the recurrent weights' (W_hh) init, orthogonal by default
+    (its gain sets the spectral radius: the classic explosion knob), and `input_init` the
+    input weights' (W_ih), Glorot by default. `activation` of an Elman RNN is tanh or relu.
+    """
+
+    kind: Literal["mlp", "rnn", "lstm", "gru"] = "mlp"
+    depth: Annotated[int, Field(ge=1, le=10_000)] = 8
+    width: Size = 64
+    activation: Activation = "tanh"
+    init: Optional[InitConfig] = None
+    input_init: Optional[InitConfig] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scheme_by_kind(cls, data: Any) -> Any:
+        # `init: {gain: 1.1}` on a recurrent model keeps the recurrent default, orthogonal: a
+        # missing scheme is the model kind's, not InitConfig's (which is the mlp's).
+        if isinstance(data, dict) and isinstance(data.get("init"), dict) and "scheme" not in data["init"]:
+            if data.get("kind") in RECURRENT:
+                return {**data, "init": {"scheme": "orthogonal", **data["init"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _defaults_by_kind(self) -> "ModelConfig":
+        recurrent = self.kind in RECURRENT
+        if self.kind == "rnn" and self.activation not in ("tanh", "relu"):
+            raise _Conflict(f"an rnn takes activation tanh or relu (as torch.nn.RNN), got {self.activation}",
+                            "activation", "kind")
+        if self.kind in ("lstm", "gru") and self.activation != "tanh":
+            raise _Conflict(f"an {self.kind}'s gates are fixed (sigmoid and tanh), so activation must be left out "
+                            f"(or tanh), got {self.activation}", "activation", "kind")
+        if not recurrent and self.input_init is not None:
+            raise _Conflict("input_init applies to recurrent models only; an mlp has one init", "input_init", "kind")
+        if self.init is None:
+            object.__setattr__(self, "init", InitConfig(scheme="orthogonal" if recurrent else "xavier"))
+        if recurrent and self.input_init is None:
+            object.__setattr__(self, "input_init", InitConfig(scheme="xavier"))
+        return self
+
+
+class _Task(_Strict):
+    batch_size: Size = 64
+
+
+class TeacherTask(_Task):
+    """Regress the output of a fixed random teacher network on Gaussian inputs."""
+
+    kind: Literal["teacher"]
+    input_dim: Size = 16
+    output_dim: Size = 1
+    teacher_depth: Annotated[int, Field(ge=1, le=100)] = 2
+    teacher_width: Size = 32
+    noise: NonNegative = 0.0
+
+
+class SpiralsTask(_Task):
+    """Two interleaved spirals in the plane: two-class classification (for MLPs)."""
+
+    kind: Literal["spirals"]
+    turns: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 1.5
+    noise: NonNegative = 0.05
+
+
+SeqLen = Annotated[int, Field(ge=2, le=100_000)]
+
+
+class AddingTask(_Task):
+    """Sum the two marked values of a sequence (Hochreiter & Schmidhuber 1997)."""
+
+    kind: Literal["adding"]
+    seq_len: SeqLen = 50
+
+
+class CopyTask(_Task):
+    """Read `copy_len` symbols, wait, then reproduce them after a delimiter (copying memory)."""
+
+    kind: Literal["copy"]
+    seq_len: SeqLen = 30
+    copy_len: Annotated[int, Field(ge=1, le=10_000)] = 5
+    n_symbols: Annotated[int, Field(ge=2, le=1000)] = 8
+
+    @model_validator(mode="after")
+    def _room(self) -> "CopyTask":
+        if self.seq_len < 2 * self.copy_len + 1:
+            raise _Conflict(f"seq_len must be at least 2 x copy_len + 1 = {2 * self.copy_len + 1} "
+                            f"(the symbols, a delimiter, the recall), got {self.seq_len}", "seq_len", "copy_len")
+        return self
+
+
+class TemporalOrderTask(_Task):
+    """Classify the order of two marked symbols among distractors (Pascanu et al. 2013)."""
+
+    kind: Literal["temporal_order"]
+    seq_len: Annotated[int, Field(ge=10, le=100_000)] = 50
+
+
+TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask],
+                       Field(discriminator="kind")]
+SEQUENCE_TASKS = ("adding", "copy", "temporal_order")
+
+Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+Eps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class SGDConfig(_Strict):
+    """SGD exactly as torch.optim.SGD defines momentum, dampening, nesterov, weight decay."""
+
+    kind: Literal["sgd"]
+    lr: Positive = 0.01
+    momentum: NonNegative = 0.0
+    dampening: NonNegative = 0.0
+    nesterov: bool = False
+    weight_decay: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> "SGDConfig":
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise _Conflict(f"nesterov needs momentum > 0 and dampening = 0 (as torch.optim.SGD), got momentum "
+                            f"{self.momentum:g} and dampening {self.dampening:g}", "nesterov", "momentum", "dampening")
+        return self
+
+
+class AdamConfig(_Strict):
+    """Adam as torch.optim.Adam (L2 weight decay added to the gradient)."""
+
+    kind: Literal["adam"]
+    lr: Positive = 0.001
+    betas: Annotated[list[Beta], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+    eps: Eps = 1e-8
+    weight_decay: NonNegative = 0.0
+    amsgrad: bool = False
+
+
+class AdamWConfig(AdamConfig):
+    """AdamW as torch.optim.AdamW (decoupled weight decay)."""
+
+    kind: Literal["adamw"]  # type: ignore[assignment]
+    weight_decay: NonNegative = 0.01
+
+
+class RMSpropConfig(_Strict):
+    """RMSprop as torch.optim.RMSprop (alpha, eps outside the root, centered, momentum)."""
+
+    kind: Literal["rmsprop"]
+    lr: Positive = 0.01
+    alpha: Beta = 0.99
+    eps: Eps = 1e-8
+    weight_decay: NonNegative = 0.0
+    momentum: NonNegative = 0.0
+    centered: bool = False
+
+
+OptimizerConfig = Annotated[Union[SGDConfig, AdamConfig, AdamWConfig, RMSpropConfig], Field(discriminator="kind")]
+
+
+def _default_kind(data: Any, key: str, kind: str) -> Any:
+    """A mapping under `key` without `kind` gets the default kind: `task: {batch_size: 8}`
+    means the teacher task, `optimizer: {lr: 0.1}` SGD."""
+    if isinstance(data, dict) and isinstance(data.get(key), dict) and "kind" not in data[key]:
+        return {**data, key: {"kind": kind, **data[key]}}
+    return data
+
+
+class TrainConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _sgd_by_default(cls, data: Any) -> Any:
+        return _default_kind(data, "optimizer", "sgd")
+
+    steps: Annotated[int, Field(ge=1, le=10_000_000)] = 200
+    optimizer: OptimizerConfig = SGDConfig(kind="sgd")
+    dtype: DType = "float32"
+    # Truncated BPTT: the hidden state is detached every `tbptt` steps (counted from the
+    # end of the sequence), so no gradient flows back further than that. Recurrent only.
+    tbptt: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
+
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def _default_clipping() -> list:
+    return [ClipNone(method="none"), ClipNorm(method="norm", max_norm=1.0)]
+
+
+class SweepConfig(_Strict):
+    """A threshold sweep (what `gradlab sweep` sets): the clipping list is the baseline `none`
+    (unless baseline is false) plus `method` at each threshold, in ascending order."""
+
+    method: Literal["norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"] = "norm"
+    thresholds: Annotated[list[Positive], Field(min_length=1, max_length=1000)]
+    baseline: bool = True
+
+    @field_validator("thresholds")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"thresholds must be distinct, got {', '.join(map(format_threshold, v))}")
+        return sorted(v)
+
+    def clipping(self) -> list[dict]:
+        """The clipping list: `thresholds` are values of the method's main knob (THRESHOLD_KEYS),
+        its other keys at their defaults."""
+        key = THRESHOLD_KEYS[self.method]
+        return ([{"method": "none"}] if self.baseline else []) + [
+            {"method": self.method, key: t} for t in self.thresholds]
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: every clipping variant x every seed."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1)]] = None
+    seeds: Optional[Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=10_000)]] = None
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TeacherTask(kind="teacher")
+    train: TrainConfig = TrainConfig()
+    clipping: Annotated[list[ClipConfig], Field(min_length=1, max_length=1000)] = Field(
+        default_factory=_default_clipping
+    )
+    sweep: Optional[SweepConfig] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_by_default(cls, data: Any) -> Any:
+        data = _default_kind(data, "task", "teacher")
+        # A sweep's clipping list is derived from it (and kept in the resolved config).
+        if isinstance(data, dict) and isinstance(data.get("sweep"), dict) and "clipping" not in data:
+            try:
+                data = {**data, "clipping": SweepConfig.model_validate(data["sweep"]).clipping()}
+            except ValidationError:
+                pass  # reported where it belongs, by the field's own validation
+        return data
+
+    @model_validator(mode="after")
+    def _resolve_seeds(self) -> "ExperimentConfig":
+        if self.seed is not None and self.seeds is not None:
+            raise _Conflict("give either `seed` or `seeds`, not both", "seed", "seeds")
+        seeds = self.seeds if self.seeds is not None else [self.seed if self.seed is not None else 0]
+        if len(set(seeds)) != len(seeds):
+            raise _Conflict(f"seeds must be distinct, got {clip(', '.join(map(str, seeds)))}",
+                            "seeds" if self.seeds is not None else "seed")
+        object.__setattr__(self, "seeds", list(seeds))
+        object.__setattr__(self, "seed", None)
+        sequence = self.task.kind in SEQUENCE_TASKS
+        if sequence != (self.model.kind in RECURRENT):
+            need = "a recurrent kind (rnn, lstm, gru)" if sequence else "kind mlp"
+            raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
+                            ("model", "kind"), ("task", "kind"))
+        if self.train.tbptt is not None and not sequence:
+            raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
+                            f"not to model {self.model.kind} on task {self.task.kind}",
+                            ("train", "tbptt"), ("task", "kind"), ("model", "kind"))
+        self._check_thresholds()
+        self._check_excluded_layers()
+        if self.sweep is not None:
+            try:
+                want = _CLIPPING_LIST.validate_python(self.sweep.clipping())
+            except ValidationError:
+                want = None
+            if list(self.clipping) != want:
+                raise _Conflict("a sweep sets the clipping list (the baseline and method at each threshold); "
+                                "give either sweep or clipping", "clipping", "sweep")
+        ids = [variant_id(c) for c in self.clipping]
+        twice = next((j for j, i in enumerate(ids) if i in ids[:j]), None)
+        if twice is not None:
+            raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
+                            "each variant once", ("clipping", twice))
+        return self
+
+    def _check_excluded_layers(self) -> None:
+        """agc's `exclude` names layers of this model: a misspelt one would clip the layer the
+        user meant to keep, silently."""
+        m = self.model
+        layers = ([f"layer{i}" for i in range(m.depth)] if m.kind == "mlp"
+                  else [f"{m.kind}.{i}" for i in range(m.depth)]) + ["head"]
+        for i, c in enumerate(self.clipping):
+            inner = [(("clipping", i, "rules", j), r) for j, r in enumerate(c.rules)] if c.method == "chain" \
+                else [(("clipping", i), c)]
+            for path, r in inner:
+                for k, name in enumerate(r.exclude if r.method == "agc" else ()):
+                    if name not in layers:
+                        close = difflib.get_close_matches(name, layers, n=1)
+                        hint = f" (did you mean `{close[0]}`?)" if close else ""
+                        raise _Conflict(f"no layer `{clip(name)}` in this {m.kind} to exclude: its layers are "
+                                        f"{layers[0]} ... {layers[-2]} and head{hint}", path + ("exclude", k))
+
+    def _check_thresholds(self) -> None:
+        """A threshold outside the normal numbers of the training dtype means nothing there:
+        below the smallest one the clipped gradient is subnormal or zero (and 1e-320 is not
+        even a normal float64), above the largest one the threshold is inf in that dtype and
+        never clips."""
+        tiny, big = _DTYPE_RANGE[self.train.dtype]
+        for i, c in enumerate(self.clipping):
+            t = threshold_of(c) if c.method in _GRADIENT_THRESHOLDS else None
+            if t is None or tiny <= t <= big:
+                continue
+            bound = f">= {tiny:g}, about the smallest normal" if t < tiny else f"<= {big:g}, about the largest"
+            field = THRESHOLD_KEYS[c.method]
+            where = (("sweep", "thresholds"),) if self.sweep is not None else (("clipping", i, field),)
+            raise _Conflict(f"{'a threshold' if self.sweep is not None else field} must be {bound} "
+                            f"{self.train.dtype} (train.dtype), got {t!r}", *where, ("train", "dtype"))
+
+    def resolved(self) -> dict:
+        """The resolved config as plain data (what config.yaml holds and the hash covers)."""
+        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
+
+
+# The thresholds each training dtype holds as normal numbers: numpy.finfo's tiny and max,
+# rounded inward to two digits so that the bound a message names is itself allowed.
+_DTYPE_RANGE = {"float32": (1.2e-38, 3.4e38), "float64": (2.3e-308, 1.7e308)}
+
+
+def format_threshold(x: float) -> str:
+    """1.0 -> '1', 0.1 -> '0.1', 1e-05 -> '1e-05': short, stable, file-name safe."""
+    return f"{x:g}" if math.isfinite(x) else ("inf" if x > 0 else "nan")
+
+
+def variant_id(c: Any) -> str:
+    """Stable name of one clipping variant, used in run ids: none, norm-1, norm-p1-1, value-0.1,
+    per_tensor-1, agc-0.01, autoclip-p10, zclip-2.5, skip-6, chain-agc-0.01+norm-1. A value
+    other than its default is named; the defaults are not, so that the short ids stay."""
+    f = format_threshold
+    m = c.method
+    if m == "norm":
+        p = "" if c.norm_type == 2.0 else f"p{f(c.norm_type)}-"
+        e = "" if c.eps == 1e-6 else f"-eps{f(c.eps)}"
+        return f"norm-{p}{f(c.max_norm)}{e}"
+    if m == "value":
+        return f"value-{f(c.clip_value)}"
+    if m == "per_tensor":
+        return f"per_tensor-{f(c.max_norm)}"
+    if m == "agc":
+        return (f"agc-{f(c.clipping)}" + ("" if c.eps == 0.001 else f"-eps{f(c.eps)}")
+                + ("".join(f"-x{layer}" for layer in c.exclude)))
+    if m == "autoclip":
+        return f"autoclip-p{f(c.percentile)}" + ("" if c.history is None else f"-h{c.history}")
+    if m == "zclip":
+        cap = "" if c.max_norm == 1.0 else ("-nocap" if c.max_norm is None else f"-max{f(c.max_norm)}")
+        return (f"zclip-{f(c.z_thresh)}" + ("" if c.alpha == 0.97 else f"-a{f(c.alpha)}")
+                + ("" if c.warmup == 25 else f"-w{c.warmup}") + cap)
+    if m == "skip":
+        return (f"skip-{f(c.sigma)}" + ("" if c.window == 128 else f"-w{c.window}")
+                + ("-nonfinite" if c.nonfinite else "") + ("" if c.max_consecutive == 5 else f"-c{c.max_consecutive}"))
+    if m == "chain":
+        return "chain-" + "+".join(variant_id(r) for r in c.rules)
+    return "none"
+
+
+# Each method's main knob: report.json's `threshold` and what a sweep varies.
+THRESHOLD_KEYS = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
+                  "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
+# The knobs compared with gradient values, which must be normal numbers of the training dtype.
+_GRADIENT_THRESHOLDS = ("norm", "value", "per_tensor")
+
+
+def threshold_of(c: Any) -> float | None:
+    key = THRESHOLD_KEYS.get(c.method)
+    return None if key is None else getattr(c, key)
+
+
+def run_id(c: Any, seed: int) -> str:
+    return f"{variant_id(c)}-s{seed}"
+
+
+
+def _tag_of(model: type) -> str:
+    """The discriminator field of a union member: clipping variants by method, the rest by kind."""
+    return "method" if "method" in model.model_fields else "kind"

@@ -164,6 +164,30 @@ _REPORT_FIELDS = (
 )
 
 
+def rule_problem(rule, rep: Optional[dict] = None) -> str:
+    """What is wrong with report.json's `rule` descriptor (the README's report.json section),
+    or "". With `rep`, it must agree with the report's own method and threshold."""
+    if not isinstance(rule, dict):
+        return "not an object"
+    if not isinstance(rule.get("method"), str) or not isinstance(rule.get("label"), str):
+        return "no method or label string"
+    if not isinstance(rule.get("knobs"), dict):
+        return "`knobs` is not an object"
+    swept = rule.get("swept", "absent")
+    if swept is not None and not (isinstance(swept, dict) and isinstance(swept.get("knob"), str)
+                                  and (swept.get("value") is None or _is_number(swept.get("value")))):
+        return "`swept` is neither null nor an object with a knob name and a number"
+    if swept is not None and rule["knobs"].get(swept["knob"], swept.get("value")) != swept.get("value"):
+        return f"`swept` says {swept['knob']} {swept.get('value')}, its knobs {rule['knobs'].get(swept['knob'])}"
+    if rep is not None:
+        if rule["method"] != rep.get("method"):
+            return f"its method {rule['method']} is not the run's {rep.get('method')}"
+        value = swept.get("value") if swept else None
+        if value != rep.get("threshold"):
+            return f"its swept value {value} is not the run's threshold {rep.get('threshold')}"
+    return ""
+
+
 def _report_problem(rep, rid: str) -> str:
     """What is wrong with a run's report.json, or ""."""
     if not isinstance(rep, dict):
@@ -179,6 +203,10 @@ def _report_problem(rep, rid: str) -> str:
         return f"its variant and seed make run {rep['variant']}-s{rep['seed']}"
     if not rep["diverged"] == (rep["divergence_step"] is not None) == (rep["first_nonfinite"] is not None):
         return "`diverged`, `divergence_step` and `first_nonfinite` disagree"
+    # Optional: runs of a gradlab before rules described themselves are whole; the report
+    # reads their rule from config.yaml.
+    if "rule" in rep and rule_problem(rep["rule"], rep):
+        return f"`rule`: {rule_problem(rep['rule'], rep)}"
     # Optional: runs of a gradlab that did not record it are whole, of an unknown environment.
     if "environment" in rep and environment.problem(rep["environment"]):
         return f"`environment`: {environment.problem(rep['environment'])}"

@@ -54,6 +54,7 @@ class RunResult:
             "method": c.method,
             "threshold": threshold_of(c),
             "norm_type": getattr(c, "norm_type", None),
+            "rule": c.describe(),
             "diverged": self.first_nonfinite is not None,
             "divergence_step": self.first_nonfinite.step if self.first_nonfinite else None,
             "first_nonfinite": self.first_nonfinite.to_dict() if self.first_nonfinite else None,

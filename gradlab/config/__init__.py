@@ -14,7 +14,8 @@ from .loading import (MAX_ALIASES, MAX_CONFIG_BYTES, MAX_NESTING, MAX_VALUES, co
                       experiment_dir, load_config, load_resolved)
 from .memory import _parameter_count, available_memory_bytes, estimate_memory_bytes, task_dims
 from .rules import (DIRECTION_RULES, ClipAGC, ClipAutoClip, ClipChain, ClipConfig, ClipNone, ClipNorm,
-                    ClipPerTensor, ClipValue, ClipZClip, RuleConfig, SkipSpikes)
+                    ClipPerTensor, ClipValue, ClipZClip, RULES, Rule, RuleConfig, SkipSpikes, parse_rule,
+                    register_rule, unregister_rule)
 from .schema import (NAME_PATTERN, RECURRENT, SEQUENCE_TASKS, THRESHOLD_KEYS, AdamConfig, AdamWConfig, AddingTask,
                      CopyTask, ExperimentConfig, InitConfig, ModelConfig, OptimizerConfig, RMSpropConfig, SGDConfig,
                      SpiralsTask, SweepConfig, TaskConfig, TeacherTask, TemporalOrderTask, TrainConfig,
@@ -28,5 +29,6 @@ __all__ = [
     "SkipSpikes", "NAME_PATTERN", "RECURRENT", "SEQUENCE_TASKS", "THRESHOLD_KEYS", "AdamConfig", "AdamWConfig",
     "AddingTask", "CopyTask", "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "RMSpropConfig",
     "SGDConfig", "SpiralsTask", "SweepConfig", "TaskConfig", "TeacherTask", "TemporalOrderTask", "TrainConfig",
-    "format_threshold", "run_id", "threshold_of", "variant_id",
+    "format_threshold", "run_id", "threshold_of", "variant_id", "RULES", "Rule", "parse_rule", "register_rule",
+    "unregister_rule",
 ]

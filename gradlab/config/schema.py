@@ -16,7 +16,8 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 from gradlab.errors import clip
 
 from .base import Activation, DType, InitScheme, NonNegative, Positive, Size, _Conflict, _Strict
-from .rules import ClipConfig, ClipNone, ClipNorm
+from . import rules
+from .rules import RULES, ClipConfig, ClipNone, ClipNorm, format_threshold
 
 _CLIPPING_LIST = TypeAdapter(list[ClipConfig])
 
@@ -221,7 +222,7 @@ class SweepConfig(_Strict):
     """A threshold sweep (what `gradlab sweep` sets): the clipping list is the baseline `none`
     (unless baseline is false) plus `method` at each threshold, in ascending order."""
 
-    method: Literal["norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"] = "norm"
+    method: Literal["norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"] = "norm"  # see _rebuild
     thresholds: Annotated[list[Positive], Field(min_length=1, max_length=1000)]
     baseline: bool = True
 
@@ -345,52 +346,38 @@ class ExperimentConfig(_Strict):
 _DTYPE_RANGE = {"float32": (1.2e-38, 3.4e38), "float64": (2.3e-308, 1.7e308)}
 
 
-def format_threshold(x: float) -> str:
-    """1.0 -> '1', 0.1 -> '0.1', 1e-05 -> '1e-05': short, stable, file-name safe."""
-    return f"{x:g}" if math.isfinite(x) else ("inf" if x > 0 else "nan")
-
-
 def variant_id(c: Any) -> str:
     """Stable name of one clipping variant, used in run ids: none, norm-1, norm-p1-1, value-0.1,
-    per_tensor-1, agc-0.01, autoclip-p10, zclip-2.5, skip-6, chain-agc-0.01+norm-1. A value
-    other than its default is named; the defaults are not, so that the short ids stay."""
-    f = format_threshold
-    m = c.method
-    if m == "norm":
-        p = "" if c.norm_type == 2.0 else f"p{f(c.norm_type)}-"
-        e = "" if c.eps == 1e-6 else f"-eps{f(c.eps)}"
-        return f"norm-{p}{f(c.max_norm)}{e}"
-    if m == "value":
-        return f"value-{f(c.clip_value)}"
-    if m == "per_tensor":
-        return f"per_tensor-{f(c.max_norm)}"
-    if m == "agc":
-        return (f"agc-{f(c.clipping)}" + ("" if c.eps == 0.001 else f"-eps{f(c.eps)}")
-                + ("".join(f"-x{layer}" for layer in c.exclude)))
-    if m == "autoclip":
-        return f"autoclip-p{f(c.percentile)}" + ("" if c.history is None else f"-h{c.history}")
-    if m == "zclip":
-        cap = "" if c.max_norm == 1.0 else ("-nocap" if c.max_norm is None else f"-max{f(c.max_norm)}")
-        return (f"zclip-{f(c.z_thresh)}" + ("" if c.alpha == 0.97 else f"-a{f(c.alpha)}")
-                + ("" if c.warmup == 25 else f"-w{c.warmup}") + cap)
-    if m == "skip":
-        return (f"skip-{f(c.sigma)}" + ("" if c.window == 128 else f"-w{c.window}")
-                + ("-nonfinite" if c.nonfinite else "") + ("" if c.max_consecutive == 5 else f"-c{c.max_consecutive}"))
-    if m == "chain":
-        return "chain-" + "+".join(variant_id(r) for r in c.rules)
-    return "none"
+    per_tensor-1, agc-0.01, autoclip-p10, zclip-2.5, skip-6, chain-agc-0.01+norm-1. Each rule
+    names itself (gradlab.config.rules.Rule.variant_id)."""
+    return c.variant_id()
 
 
-# Each method's main knob: report.json's `threshold` and what a sweep varies.
-THRESHOLD_KEYS = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
-                  "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
+# Each method's main knob: report.json's `threshold` and what a sweep varies (kept in step
+# with the registry by _rebuild).
+THRESHOLD_KEYS = {m: c.knob for m, c in RULES.items() if c.knob}
 # The knobs compared with gradient values, which must be normal numbers of the training dtype.
 _GRADIENT_THRESHOLDS = ("norm", "value", "per_tensor")
 
 
 def threshold_of(c: Any) -> float | None:
-    key = THRESHOLD_KEYS.get(c.method)
-    return None if key is None else getattr(c, key)
+    return getattr(c, c.knob) if getattr(c, "knob", None) else None
+
+
+def _rebuild() -> None:
+    """The models holding a clipping list (or naming the methods a sweep takes), rebuilt
+    from the registry after a rule is added."""
+    global _CLIPPING_LIST
+    THRESHOLD_KEYS.clear()
+    THRESHOLD_KEYS.update({m: c.knob for m, c in RULES.items() if c.knob})
+    SweepConfig.model_fields["method"].annotation = Literal[tuple(THRESHOLD_KEYS)]
+    SweepConfig.model_rebuild(force=True)
+    ExperimentConfig.model_fields["clipping"].annotation = list[rules.ClipConfig]
+    ExperimentConfig.model_rebuild(force=True)
+    _CLIPPING_LIST = TypeAdapter(list[rules.ClipConfig])
+
+
+rules._REBUILD.append(_rebuild)
 
 
 def run_id(c: Any, seed: int) -> str:

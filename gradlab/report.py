@@ -127,10 +127,6 @@ def findings(reports: list[dict]) -> str:
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_grad_norm_s")
 _METHOD_RANK = {m: i for i, m in enumerate(("none", "norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"))}
-# Each method's main knob, the quantity a sweep of it varies (gradlab.config.THRESHOLD_KEYS,
-# without importing the schema).
-_QUANTITY = {"norm": "max_norm", "value": "clip_value", "per_tensor": "max_norm", "agc": "clipping",
-             "autoclip": "percentile", "zclip": "z_thresh", "skip": "sigma"}
 
 
 def _config_dict(cfg) -> dict:
@@ -144,52 +140,59 @@ def _config_dict(cfg) -> dict:
     return {}
 
 
-_KNOBS = _QUANTITY
+def _same(a, b) -> bool:
+    """Equal as report.json holds them (inf and nan as strings)."""
+    return io.json_safe(a) == io.json_safe(b)
 
 
-def _clip_threshold(clip: dict) -> tuple[str, float | None, float | None]:
-    """(method, threshold, norm_type) of one config.yaml clipping entry."""
-    method = str(clip.get("method"))
-    if method == "norm":
-        return method, _float(clip.get("max_norm")), _float(clip.get("norm_type", 2.0))
-    if method in _KNOBS:
-        return method, _float(clip.get(_KNOBS[method])), None
-    return method, None, None
-
-
-def is_sweep(reports: list[dict], cfg) -> bool:
-    """A threshold sweep: the config has `sweep` (from `gradlab sweep`), or its clipping list
-    (or the finished runs) has one method at two or more thresholds."""
-    cfg = _config_dict(cfg)
-    if isinstance(cfg.get("sweep"), dict):
-        return True
-    seen: dict[str, set] = defaultdict(set)
-    for clip in cfg.get("clipping") or []:
-        if isinstance(clip, dict):
-            method, threshold, _ = _clip_threshold(clip)
-            if threshold is not None:
-                seen[method].add(threshold)
-    for r in reports:
-        threshold = _float(r.get("threshold"))
-        if r.get("method") not in (None, "none") and threshold is not None:
-            seen[r["method"]].add(threshold)
-    return any(len(ts) >= 2 for ts in seen.values())
+def _sortable(v) -> tuple:
+    x = _float(v)
+    return (0, x, "") if x is not None and not math.isnan(x) else (1, 0.0, io.dumps_json(v))
 
 
 @dataclass
 class SweepRow:
-    """One clipping variant of a sweep across seeds: seed -> its report (finished runs only)."""
+    """One clipping variant across seeds: its descriptor (report.json's `rule`) and seed -> its
+    report (finished runs only). Everything the table and plots say of the variant is read
+    from the descriptor, never from its id."""
 
     variant: str
-    method: str
-    threshold: float | None
-    norm_type: float | None
+    rule: dict
     runs: dict = field(default_factory=dict)
 
     @property
+    def method(self) -> str:
+        return str(self.rule.get("method"))
+
+    @property
+    def knob(self) -> str | None:
+        """The knob a sweep of this rule varies (None for none and chain)."""
+        swept = self.rule.get("swept")
+        return swept.get("knob") if isinstance(swept, dict) else None
+
+    @property
+    def threshold(self) -> float | None:
+        swept = self.rule.get("swept")
+        return _float(swept.get("value")) if isinstance(swept, dict) else None
+
+    @property
+    def fixed(self) -> dict:
+        """The knobs a sweep holds fixed: every knob but the swept one."""
+        knobs = self.rule.get("knobs") if isinstance(self.rule.get("knobs"), dict) else {}
+        return {k: v for k, v in knobs.items() if k != self.knob}
+
+    @property
+    def norm_type(self) -> float | None:
+        return _float(self.fixed.get("norm_type", 2.0)) if self.method == "norm" else None
+
+    @property
+    def label(self) -> str:
+        return str(self.rule.get("label") or self.variant)
+
+    @property
     def family(self) -> tuple:
-        return (self.method, self.norm_type if self.method == "norm" else None,
-                self.variant.partition("-eps")[2] if self.method == "norm" else "")
+        """The rows one sweep line joins: one method, one swept knob, the other knobs equal."""
+        return (self.method, self.knob, tuple(sorted((k, _sortable(v)) for k, v in self.fixed.items())))
 
     @property
     def ok(self) -> list[dict]:
@@ -213,7 +216,16 @@ class SweepRow:
     @property
     def clip_fraction(self) -> float | None:
         """The mean over every finished seed (a diverged run's is over its steps before divergence)."""
-        values = [_float(r.get("clip_fraction")) for r in self.runs.values()]
+        return self._mean("clip_fraction")
+
+    @property
+    def grad_cosine(self) -> float | None:
+        """The mean over the finished seeds of their mean grad_cosine over clipped steps (the
+        direction the rule kept); None where no seed clipped or recorded it."""
+        return self._mean("mean_grad_cosine")
+
+    def _mean(self, key: str) -> float | None:
+        values = [_float(r.get(key)) for r in self.runs.values()]
         values = [x for x in values if x is not None and math.isfinite(x)]
         return sum(values) / len(values) if values else None
 
@@ -222,59 +234,100 @@ class SweepRow:
         return bool(self.runs) and not self.diverged
 
 
-def _variant_of(clip: dict) -> str:
-    """gradlab.config.variant_id of one config.yaml clipping entry."""
-    def fmt(x) -> str:
-        v = _float(x)
-        return str(x) if v is None else (f"{v:g}" if math.isfinite(v) else ("inf" if v > 0 else "nan"))
+def _described(clip: dict) -> tuple[str, dict] | None:
+    """(variant id, descriptor) of one config.yaml clipping entry, by the schema's own rule;
+    None when the entry is not a valid rule of this gradlab."""
+    from pydantic import ValidationError
 
-    method, threshold, p = _clip_threshold(clip)
-    if method == "norm":
-        eps = _float(clip.get("eps", 1e-6))
-        return (f"norm-{'' if p in (None, 2.0) else f'p{fmt(p)}-'}{fmt(threshold)}"
-                f"{'' if eps in (None, 1e-6) else f'-eps{fmt(eps)}'}")
-    if method == "value":
-        return f"value-{fmt(threshold)}"
-    if method in _KNOBS or method == "chain":
-        # The other rules' ids name every key off its default: the schema's rule, on the
-        # resolved entry (the plot and report commands have loaded the schema already).
-        from pydantic import ValidationError
+    from .config import parse_rule
+    try:
+        rule = parse_rule(clip)
+    except ValidationError:
+        return None
+    return rule.variant_id(), io.json_safe(rule.describe())
 
-        from .config import variant_id
-        from .config.rules import RULE_ADAPTER
-        try:
-            return variant_id(RULE_ADAPTER.validate_python(clip))
-        except ValidationError:
-            return method
-    return method
+
+def rules_of(reports: list[dict], cfg) -> dict[str, dict]:
+    """variant -> its descriptor, for every variant of the config and of the finished runs.
+
+    A run's report.json says it; a config entry is matched to a run by its knobs (config.yaml
+    holds every knob resolved), so a complete experiment needs no schema. The schema describes
+    the entries no run describes: variants still to run, and runs of a gradlab before
+    descriptors (their rule is the config entry of the same variant)."""
+    cfg = _config_dict(cfg)
+    out: dict[str, dict] = {}
+    for r in reports:
+        rule = r.get("rule")
+        if isinstance(rule, dict) and isinstance(r.get("variant"), str):
+            out.setdefault(r["variant"], rule)
+    described = [{"method": d.get("method"), **(d.get("knobs") or {})} for d in out.values()]
+    for clip in cfg.get("clipping") or []:
+        if isinstance(clip, dict) and not any(_same(clip, d) for d in described):
+            found = _described(clip)
+            if found is not None:
+                out.setdefault(*found)
+    for r in reports:  # an older run its config no longer describes: what its report says
+        v = r.get("variant")
+        if isinstance(v, str) and v not in out:
+            t = r.get("threshold")
+            out[v] = {"method": str(r.get("method")), "knobs": {}, "label": v,
+                      "swept": None if t is None else {"knob": "threshold", "value": t}}
+    return out
+
+
+def is_sweep(reports: list[dict], cfg) -> bool:
+    """A threshold sweep: the config has `sweep` (from `gradlab sweep`), or its clipping list
+    (or the finished runs) has one method at two or more thresholds."""
+    if isinstance(_config_dict(cfg).get("sweep"), dict):
+        return True
+    seen: dict[str, set] = defaultdict(set)
+    for rule in rules_of(reports, cfg).values():
+        row = SweepRow("", rule)
+        if row.method != "none" and row.threshold is not None:
+            seen[row.method].add(row.threshold)
+    return any(len(ts) >= 2 for ts in seen.values())
 
 
 def sweep_rows(reports: list[dict], cfg) -> tuple[list, list[SweepRow]]:
     """(seeds, rows) of the threshold x seed table: the baseline first, then each family by
     ascending threshold; the config's variants and seeds are there before their runs finish."""
     cfg = _config_dict(cfg)
-    rows: dict[str, SweepRow] = {}
-    for clip in cfg.get("clipping") or []:
-        if isinstance(clip, dict):
-            method, threshold, p = _clip_threshold(clip)
-            variant = _variant_of(clip)
-            rows.setdefault(variant, SweepRow(variant, method, threshold, p if method == "norm" else None))
+    rows = {v: SweepRow(v, rule) for v, rule in rules_of(reports, cfg).items()}
     seeds = [s for s in (cfg.get("seeds") or ([cfg["seed"]] if cfg.get("seed") is not None else [])) if s is not None]
     for r in reports:
-        variant = str(r.get("variant") or str(r.get("run_id", "?")).rpartition("-s")[0])
-        method = str(r.get("method") or "none")
-        row = rows.setdefault(variant, SweepRow(variant, method, _float(r.get("threshold")),
-                                                _float(r.get("norm_type")) if method == "norm" else None))
-        row.runs[r.get("seed")] = r
+        rows[r["variant"]].runs[r.get("seed")] = r
         if r.get("seed") not in seeds:
             seeds.append(r.get("seed"))
 
     def order(row: SweepRow) -> tuple:
-        method, p, eps = row.family
-        return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method, p or 0.0, eps,
+        method, knob, fixed = row.family
+        return (_METHOD_RANK.get(method, len(_METHOD_RANK)), method, str(knob), fixed,
                 row.threshold if row.threshold is not None else 0.0, row.variant)
 
     return seeds, sorted(rows.values(), key=order)
+
+
+def _text(v) -> str:
+    x = _float(v)
+    if isinstance(v, list):
+        return ", ".join(map(_text, v))
+    return _num(x, "g") if x is not None else str(v).lower()
+
+
+def family_names(rows: list[SweepRow]) -> dict[tuple, str]:
+    """family -> 'norm max_norm (norm_type 1)': its method and swept knob, and the fixed knobs
+    in which it differs from another family of its method (none when it is the only one)."""
+    first: dict[tuple, SweepRow] = {}
+    for r in rows:
+        if r.method != "none":
+            first.setdefault(r.family, r)
+    names = {}
+    for fam, r in first.items():
+        others = [o for f, o in first.items() if f != fam and o.method == r.method]
+        differ = [k for k, v in r.fixed.items() if any(not _same(o.fixed.get(k), v) for o in others)]
+        rest = ", ".join(f"{k} {_text(r.fixed[k])}" for k in differ)
+        names[fam] = " ".join(x for x in (r.method, r.knob) if x) + (f" ({rest})" if rest else "")
+    return names
 
 
 def _one_family(rows: list[SweepRow]) -> bool:
@@ -310,7 +363,8 @@ def sweep_table(reports: list[dict], cfg) -> list[str]:
     seeds, rows = sweep_rows(reports, cfg)
     one = _one_family(rows)
     families = list(dict.fromkeys(r.method for r in rows if r.method != "none"))
-    head = (_QUANTITY.get(families[0], "threshold") if one and families else "variant")
+    knob = next((r.knob for r in rows if r.method != "none"), None)
+    head = (knob or "threshold") if one and families else "variant"
     header = [head] + [f"seed {s}" for s in seeds] + ["trained", "mean final loss (trained seeds)", "clip fraction"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -397,7 +451,7 @@ def sweep_finding(reports: list[dict], cfg) -> str:
     rows = [r for r in rows if r.runs]
     one = _one_family(rows)
     families = list(dict.fromkeys(r.family for r in rows if r.method != "none"))
-    quantities = list(dict.fromkeys(_QUANTITY.get(f[0], f[0]) for f in families))
+    quantities = list(dict.fromkeys(f[1] or f[0] for f in families))
     what = _join(quantities) if quantities else "clipping thresholds"
     head = f"Sweep of {what} over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}: "
     if not rows:
@@ -408,8 +462,8 @@ def sweep_finding(reports: list[dict], cfg) -> str:
     stable = []
     for fam in families:
         members = [r for r in rows if r.family == fam]
-        name = "threshold" if one else (_QUANTITY.get(fam[0], fam[0]) if len(quantities) == len(families)
-                                        else members[0].variant.rsplit("-", 1)[0])
+        name = "threshold" if one else (fam[1] or fam[0] if len(quantities) == len(families)
+                                        else family_names(rows)[fam])
         text = _stable_text(members, name)
         if text:
             stable.append((text, [r for r in members if r.stable]))

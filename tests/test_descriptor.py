@@ -126,3 +126,34 @@ def test_the_run_store_takes_a_missing_descriptor_and_refuses_a_malformed_one(tm
     damaged = []
     assert [r["run_id"] for r in collect_reports(exp, damaged)] == ["none-s0"]
     assert damaged == [("agc-0.02-s0", "report.json: `rule`: its method norm is not the run's agc")]
+
+
+# ------------------------------------------------------------------ the report reads descriptors
+
+def _rep(rule: dict, seed: int, **kw) -> dict:
+    variant = rule.variant_id()
+    return {"run_id": f"{variant}-s{seed}", "seed": seed, "variant": variant, "method": rule.method,
+            "threshold": getattr(rule, rule.knob) if rule.knob else None, "rule": rule.describe(),
+            "diverged": False, "divergence_step": None, "first_nonfinite": None, "final_loss": 0.1,
+            "clip_fraction": 0.5, "steps": 10, "steps_completed": 10, **kw}
+
+
+def test_sweep_rows_come_from_the_descriptors_and_the_config():
+    from gradlab.report import family_names, sweep_rows, sweep_table
+
+    clips = [{"method": "none"}, {"method": "norm", "max_norm": 1.0}, {"method": "norm", "max_norm": 10.0},
+             {"method": "norm", "max_norm": 1.0, "norm_type": 1.0}, {"method": "norm", "max_norm": 10.0, "norm_type": 1.0}]
+    cfg = ExperimentConfig.model_validate({"name": "x", "seeds": [0], "clipping": clips}).resolved()
+    done = [parse_rule(c) for c in clips[:4]]  # norm-p1-10 has not run yet
+    seeds, rows = sweep_rows([_rep(r, 0) for r in done], cfg)
+    assert [r.variant for r in rows] == ["none", "norm-p1-1", "norm-p1-10", "norm-1", "norm-10"]
+    assert [len(r.runs) for r in rows] == [1, 1, 0, 1, 1]
+    assert rows[2].threshold == 10.0 and rows[2].knob == "max_norm" and rows[2].norm_type == 1.0
+    names = family_names(rows)
+    assert sorted(names.values()) == ["norm max_norm (norm_type 1)", "norm max_norm (norm_type 2)"]
+    agc = [parse_rule({"method": "agc", "clipping": t}) for t in (0.01, 0.04)]
+    acfg = {"seeds": [0], "clipping": [{"method": "agc", "clipping": t, "eps": 0.001, "exclude": []}
+                                       for t in (0.01, 0.04)]}
+    table = sweep_table([_rep(r, 0, mean_grad_cosine=0.9) for r in agc], acfg)
+    assert table[0].startswith("| clipping | seed 0 |") and table[2].startswith("| 0.01 | ok 0.1 |")
+    assert sweep_rows([_rep(r, 0, mean_grad_cosine=0.9) for r in agc], acfg)[1][0].grad_cosine == 0.9

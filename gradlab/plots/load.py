@@ -72,6 +72,7 @@ class Experiment:
     variants: list[str]
     variant_info: dict[str, tuple[str, Optional[float], Optional[float]]]
     config: dict = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # variant -> its descriptor's label
     _colors: Optional[dict[str, Any]] = field(default=None, repr=False)
 
     @property
@@ -143,6 +144,7 @@ def load_experiment(exp_dir: Path, only: Optional[set[str]] = None, reports: Opt
         variants=variants,
         variant_info=info,
         config=cfg,
+        labels={row.variant: row.label for row in rows},
     )
 
 

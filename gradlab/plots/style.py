@@ -91,7 +91,8 @@ def variant_label(exp: Experiment, variant: str) -> str:
         return f"{variant}: {p}max_norm {fmt(threshold)}"
     if method == "value":
         return f"{variant}: each element to ±{fmt(threshold)}"
-    return variant
+    label = exp.labels.get(variant)
+    return f"{variant}: {label}" if label and label != variant else variant
 
 
 def wrap(text: str, width: int) -> str:

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from .describe import as_int
 from .load import Experiment, Run
-from .style import fmt
 
 SWEEP_PLOTS = ("sweep_final_loss.png", "sweep_divergence.png", "sweep_clip_fraction.png")
 MAX_THRESHOLD_TICKS = 12  # more thresholds than this: the log axis's own ticks
@@ -31,8 +30,8 @@ class Family:
     """The runs of one clipping method at several thresholds: (seed, threshold) -> run."""
 
     method: str
-    norm_type: Optional[float]
-    suffix: str  # a variant id's '-eps...' part: another eps is another family
+    knob: str  # the swept knob, from the variants' descriptors
+    title: str  # report.family_names: the method, the knob, the fixed knobs telling it apart
     thresholds: list[float]
     runs: dict[tuple[Optional[int], float], Run]
     variants: dict[float, str]
@@ -46,12 +45,14 @@ class Family:
         return matplotlib.colormaps[name](pos)
 
     @property
+    def norm_type(self) -> Optional[float]:
+        """The norm a norm family clips (2 unless its runs say otherwise)."""
+        return next(iter(self.rows.values())).norm_type if self.rows else None
+
+    @property
     def quantity(self) -> str:
-        """What the threshold is: 'max_norm', 'max_norm (L1 norm)', 'clip_value'."""
-        if self.method == "norm":
-            p = "" if self.norm_type in (None, 2.0) else f" (L{fmt(self.norm_type)} norm)"
-            return f"max_norm{p}" + (f" {self.suffix.lstrip('-')}" if self.suffix else "")
-        return "clip_value" if self.method == "value" else f"{self.method} threshold"
+        """What the threshold is: 'max_norm', 'max_norm (norm_type 1)', 'clipping', 'z_thresh'."""
+        return self.title[len(self.method) + 1:] if self.title.startswith(self.method + " ") else self.title
 
     @property
     def name(self) -> str:
@@ -79,23 +80,26 @@ def find_sweep(exp: Experiment) -> Optional[Sweep]:
     """The threshold sweep of an experiment: every clipping family with two or more
     thresholds among the complete runs, and the family a `sweep:` config entry names (even
     with one threshold); None when there is none (a plain run with one threshold each)."""
-    from gradlab.report import sweep_rows
+    from gradlab.report import family_names, sweep_rows
 
     spec = exp.config.get("sweep") if isinstance(exp.config.get("sweep"), dict) else None
     swept = spec.get("method") if spec else None
     by_id = {r.run_id: r for r in exp.runs}
     groups: dict[tuple, list] = {}
     # In the table's order: by family, then by threshold.
-    for row in sweep_rows([r.report for r in exp.runs], exp.config)[1]:
+    all_rows = sweep_rows([r.report for r in exp.runs], exp.config)[1]
+    for row in all_rows:
         if row.method != "none" and row.runs and _finite(row.threshold) and row.threshold > 0:
             groups.setdefault(row.family, []).append(row)
+    titles = family_names(all_rows)
     families = []
-    for (method, norm_type, eps), rows in groups.items():
-        plain = norm_type in (None, 2.0) and not eps  # what `gradlab sweep` makes
-        if len(rows) < 2 and not (swept == method and plain):
+    for fam, rows in groups.items():
+        # A `sweep:` entry makes its clipping list (the schema refuses any other): each of
+        # its families is a sweep even at one threshold.
+        if len(rows) < 2 and swept != fam[0]:
             continue
         families.append(Family(
-            method=method, norm_type=norm_type, suffix=f"-eps{eps}" if eps else "",
+            method=fam[0], knob=str(fam[1]), title=titles[fam],
             thresholds=[row.threshold for row in rows],
             runs={(seed, row.threshold): by_id[rep["run_id"]] for row in rows for seed, rep in row.runs.items()},
             variants={row.threshold: row.variant for row in rows}, rows={row.threshold: row for row in rows},

@@ -125,7 +125,7 @@ def findings(reports: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- threshold sweep
 
-SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_grad_norm_s")
+SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_direction", "sweep_grad_norm_s")
 _METHOD_RANK = {m: i for i, m in enumerate(("none", "norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip"))}
 
 
@@ -359,18 +359,23 @@ def _fraction(x: float | None) -> str:
 def sweep_table(reports: list[dict], cfg) -> list[str]:
     """The markdown table of a sweep: one row per threshold (the baseline first), one column
     per seed, each cell `ok <final loss>` or `div @ <step>`; then the seeds that trained, the
-    mean final loss over them, and the mean clip fraction."""
+    mean final loss over them, the mean clip fraction, and the mean grad cosine (of the runs'
+    means over their clipped steps)."""
     seeds, rows = sweep_rows(reports, cfg)
     one = _one_family(rows)
     families = list(dict.fromkeys(r.method for r in rows if r.method != "none"))
     knob = next((r.knob for r in rows if r.method != "none"), None)
     head = (knob or "threshold") if one and families else "variant"
-    header = [head] + [f"seed {s}" for s in seeds] + ["trained", "mean final loss (trained seeds)", "clip fraction"]
+    # The direction kept, for runs that record it (as the runs table's `grad cosine`).
+    cosine = any("mean_grad_cosine" in r for r in reports)
+    header = [head] + [f"seed {s}" for s in seeds] + ["trained", "mean final loss (trained seeds)", "clip fraction"] \
+        + (["grad cosine (clipped steps)"] if cosine else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [_label(row, one)] + [_cell(row.runs.get(s)) for s in seeds]
         cells += [f"{len(row.ok)}/{len(row.runs)}", _num(row.mean_loss),
                   "-" if row.method == "none" else _fraction(row.clip_fraction)]
+        cells += [_num(row.grad_cosine, ".4g")] if cosine else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -569,7 +574,10 @@ def render(exp: Path, reports: list[dict]) -> str:
             "",
             "`ok L`: trained to the end with final loss L; `div @ S`: diverged at step S (the first NaN/inf); "
             "`-`: not finished yet. The mean final loss is over the seeds that did not diverge; the clip "
-            "fraction is the mean over the finished seeds (for a diverged run, over its steps before the divergence).",
+            "fraction is the mean over the finished seeds (for a diverged run, over its steps before the divergence)"
+            + ("; the grad cosine (the direction kept, 1 for a rule that only scales) the mean over the finished "
+               "seeds of each run's mean over its clipped steps." if any("mean_grad_cosine" in r for r in reports)
+               else "."),
             "",
         ]
         lines += [f"![{p.stem}](plots/{p.name})" for p in sweep_plots]

@@ -444,7 +444,8 @@ def test_plot_and_report_of_a_partly_finished_experiment(clean, exp, capsys):
     assert cli("plot", exp) == 0
     out, err = capsys.readouterr()
     drawn = {Path(line).name for line in out.split()}
-    assert drawn == {"grad_norm.png", "loss.png", "heatmap_norm-1-s0.png", "heatmap_value-0.1-s1.png"}
+    # value-0.1 turns the gradient: the direction it kept is drawn too.
+    assert drawn == {"grad_norm.png", "loss.png", "direction.png", "heatmap_norm-1-s0.png", "heatmap_value-0.1-s1.png"}
     for name in drawn:
         assert_png(exp / "plots" / name)
     assert {p.name for p in (exp / "plots").glob("heatmap_*")} == {"heatmap_norm-1-s0.png", "heatmap_value-0.1-s1.png"}

@@ -20,7 +20,7 @@ from typing import Optional
 
 from gradlab.io import write_text
 
-from . import sweep
+from . import direction, sweep
 from .load import Experiment
 
 STAMPS = ".inputs.json"
@@ -47,6 +47,8 @@ def plan(exp: Experiment) -> Plan:
     figures = [Figure("grad_norm.png", "grad_norm", None, shared), Figure("loss.png", "loss", None, shared)]
     if any("accuracy" in r.columns for r in exp.runs):  # classification tasks only
         figures.append(Figure("accuracy.png", "accuracy", None, shared))
+    if direction.turns(exp.runs):
+        figures.append(Figure("direction.png", "direction", None, shared))
     found = sweep.find_sweep(exp) if exp.runs else None
     if found is not None:
         for name in sweep.SWEEP_PLOTS:
@@ -54,6 +56,8 @@ def plan(exp: Experiment) -> Plan:
         seed = sweep.first_seed(exp, found)
         figures.append(Figure(f"sweep_grad_norm_s{seed if seed is not None else 'x'}.png", "sweep_grad_norm", None,
                               shared))
+        if direction.turns(direction.sweep_runs(found)):
+            figures.append(Figure("sweep_direction.png", "sweep_direction", None, shared))
     for run in exp.runs:
         report = run.path / "report.json"
         for kind, source in (("heatmap", "layer_norms.csv"), ("bptt", "bptt_norms.csv")):
@@ -71,6 +75,10 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
     if fig.run_id is not None:
         run = next(r for r in exp.runs if r.run_id == fig.run_id)
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
+    if fig.kind == "direction":
+        return direction.draw_direction(exp, path)
+    if fig.kind == "sweep_direction":
+        return direction.draw_sweep_direction(exp, p.sweep, path)
     if fig.kind in ("grad_norm", "loss", "accuracy"):
         return getattr(over_steps, f"draw_{fig.kind}")(exp, path)
     if fig.kind == "sweep_grad_norm":

@@ -38,6 +38,10 @@ DIVERGENCE_LINE_COLOR = "black"
 # ranges skip the ends that vanish on white.
 FAMILY_CMAPS = {"norm": ("viridis", 0.0, 0.8), "value": ("YlOrRd", 0.45, 0.95)}
 OTHER_CMAP = ("cool", 0.1, 0.9)
+# The other methods' colormaps, one per method in order of appearance: with one shared map,
+# per_tensor, agc, zclip, ... of one threshold each all took its middle colour.
+OTHER_CMAPS = (OTHER_CMAP, ("Greens", 0.5, 0.9), ("Purples", 0.5, 0.9), ("Oranges", 0.5, 0.9),
+               ("RdPu", 0.5, 0.9), ("copper", 0.3, 0.8), ("pink", 0.2, 0.5), ("Greys", 0.45, 0.75))
 # Recurrent layers bottom (dark) to top (light), short of the yellow that vanishes on white.
 BPTT_CMAP = ("plasma", 0.0, 0.82)
 # Titles at a fixed height above their axes: matplotlib's automatic placement measures every
@@ -66,8 +70,9 @@ def variant_colors(variants: list[str], info: dict) -> dict[str, Any]:
             colors[v] = BASELINE_COLOR
         else:
             families.setdefault(method, []).append(v)
+    others = [m for m in families if m not in FAMILY_CMAPS]
     for method, members in families.items():
-        name, lo, hi = FAMILY_CMAPS.get(method, OTHER_CMAP)
+        name, lo, hi = FAMILY_CMAPS.get(method) or OTHER_CMAPS[others.index(method) % len(OTHER_CMAPS)]
         cmap = matplotlib.colormaps[name]
         n = len(members)
         pos = [lo + (hi - lo) * i / (n - 1) for i in range(n)] if n > 1 else [(lo + hi) / 2]

@@ -6,6 +6,7 @@ config.yaml), so `gradlab report` can rewrite it at any time.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -145,6 +146,21 @@ def _same(a, b) -> bool:
     return io.json_safe(a) == io.json_safe(b)
 
 
+def _entry_of(rule: dict) -> dict:
+    """The config.yaml clipping entry a descriptor describes (a chain's knobs hold its rules'
+    descriptors)."""
+    knobs = rule.get("knobs") if isinstance(rule.get("knobs"), dict) else {}
+    if rule.get("method") == "chain" and isinstance(knobs.get("rules"), list):
+        knobs = {**knobs, "rules": [_entry_of(r) if isinstance(r, dict) else r for r in knobs["rules"]]}
+    return {"method": rule.get("method"), **knobs}
+
+
+def _canon(entry: dict) -> str:
+    """A clipping entry as one comparable string (a set of them matches a 1000-threshold
+    sweep's entries to its runs in linear time)."""
+    return json.dumps(io.json_safe(entry), sort_keys=True)
+
+
 def _sortable(v) -> tuple:
     x = _float(v)
     return (0, x, "") if x is not None and not math.isnan(x) else (1, 0.0, io.dumps_json(v))
@@ -260,9 +276,9 @@ def rules_of(reports: list[dict], cfg) -> dict[str, dict]:
         rule = r.get("rule")
         if isinstance(rule, dict) and isinstance(r.get("variant"), str):
             out.setdefault(r["variant"], rule)
-    described = [{"method": d.get("method"), **(d.get("knobs") or {})} for d in out.values()]
+    described = {_canon(_entry_of(d)) for d in out.values()}
     for clip in cfg.get("clipping") or []:
-        if isinstance(clip, dict) and not any(_same(clip, d) for d in described):
+        if isinstance(clip, dict) and _canon(clip) not in described:
             found = _described(clip)
             if found is not None:
                 out.setdefault(*found)

@@ -157,3 +157,28 @@ def test_sweep_rows_come_from_the_descriptors_and_the_config():
     table = sweep_table([_rep(r, 0, mean_grad_cosine=0.9) for r in agc], acfg)
     assert table[0].startswith("| clipping | seed 0 |") and table[2].startswith("| 0.01 | ok 0.1 |")
     assert sweep_rows([_rep(r, 0, mean_grad_cosine=0.9) for r in agc], acfg)[1][0].grad_cosine == 0.9
+
+
+def test_a_complete_experiment_is_described_by_its_runs_alone(tmp_path, monkeypatch):
+    """Every config entry is matched to its runs' descriptors by its knobs (inf, lists and a
+    chain's rules included): no schema parse for a finished experiment."""
+    import gradlab.report as report
+    from gradlab.experiment import collect_reports
+    from gradlab.io import read_yaml
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: c\nseeds: [0]\nmodel: {depth: 3, width: 8}\ntrain: {steps: 5}\nclipping:\n"
+                   "  - {method: norm, max_norm: 0.5, norm_type: inf}\n  - {method: agc, exclude: [head]}\n"
+                   "  - {method: chain, rules: [{method: agc}, {method: norm, max_norm: 1.0}]}\n")
+    assert cli("run", cfg, "--out", tmp_path / "out", "--quiet", "--no-plots") == 0
+    (exp,) = (tmp_path / "out").iterdir()
+
+    def unmatched(clip):
+        raise AssertionError(f"parsed {clip}")
+
+    monkeypatch.setattr(report, "_described", unmatched)
+    _, rows = report.sweep_rows(collect_reports(exp), read_yaml(exp / "config.yaml"))
+    assert [(r.variant, r.label, len(r.runs)) for r in rows] == [
+        ("norm-pinf-0.5", "norm max_norm 0.5 (norm_type inf)", 1),
+        ("agc-0.01-xhead", "agc clipping 0.01 (exclude head)", 1),
+        ("chain-agc-0.01+norm-1", "agc clipping 0.01 then norm max_norm 1", 1)]

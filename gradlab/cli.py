@@ -124,9 +124,12 @@ def sweep(
     if method not in SWEEP_METHODS:
         import difflib
 
-        close = difflib.get_close_matches(method, SWEEP_METHODS, n=1)
-        raise UserError(f"must be one of {', '.join(SWEEP_METHODS)}; got `{clip(method)}`"
-                        + (f" (did you mean `{close[0]}`?)" if close else ""), key="--method")
+        from .config import THRESHOLD_KEYS  # and the rules registered from outside gradlab
+
+        if method not in THRESHOLD_KEYS:
+            close = difflib.get_close_matches(method, list(THRESHOLD_KEYS), n=1)
+            raise UserError(f"must be one of {', '.join(THRESHOLD_KEYS)}; got `{clip(method)}`"
+                            + (f" (did you mean `{close[0]}`?)" if close else ""), key="--method")
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
     from .config import load_config
 
@@ -134,8 +137,9 @@ def sweep(
              not no_plots, wide)
 
 
-# What `gradlab sweep --method` takes (gradlab.config.SweepConfig's methods; spelt out here so
-# that a bad option is refused before pydantic is imported).
+# What `gradlab sweep --method` takes without loading the schema (gradlab.config.SweepConfig's
+# built-in methods, spelt out so that a bad option is refused before pydantic is imported; a
+# rule registered with gradlab.config.register_rule is looked up in the registry).
 SWEEP_METHODS = ("norm", "value", "per_tensor", "agc", "autoclip", "zclip", "skip")
 
 

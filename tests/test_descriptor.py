@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Optional
 
 import numpy as np
 import pytest
+from pydantic import Field
 
 from conftest import cli
 from gradlab.config import ExperimentConfig, Rule, parse_rule, register_rule, unregister_rule, variant_id
 from gradlab.experiment import rule_problem
 from gradlab.transforms import RULES as ENGINE_RULES
-from gradlab.transforms import Transform, finish
+from gradlab.transforms import Transform, finish, scale_
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ a rule from outside gradlab
@@ -182,3 +185,45 @@ def test_a_complete_experiment_is_described_by_its_runs_alone(tmp_path, monkeypa
         ("norm-pinf-0.5", "norm max_norm 0.5 (norm_type inf)", 1),
         ("agc-0.01-xhead", "agc clipping 0.01 (exclude head)", 1),
         ("chain-agc-0.01+norm-1", "agc clipping 0.01 then norm max_norm 1", 1)]
+
+
+class ClipScale(Rule):
+    """Every gradient times `factor`: a registered rule with a main knob, to sweep."""
+
+    knob: ClassVar[Optional[str]] = "factor"
+    method: Literal["scale"]
+    factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class Scale(Transform):
+    def __init__(self, configs):
+        super().__init__(configs)
+        self.factor = np.array([c.factor for c in configs])
+
+    def update(self, grads, state, params, ctx):
+        scale_(grads, self.factor)
+        l2 = ctx.grad_norm
+        return grads, state, finish(l2, self.factor * l2, np.isfinite(l2))
+
+
+def test_a_registered_rule_with_a_knob_is_swept_through_the_cli(tmp_path, capsys):
+    ENGINE_RULES["scale"] = Scale
+    register_rule(ClipScale)
+    try:
+        assert cli("sweep", ROOT / "configs" / "quickstart.yaml", "--method", "scale", "--thresholds", "0.25,0.5",
+                   "--seeds", "0", "--set", "train.steps=10", "--set", "model.depth=3", "--out", tmp_path,
+                   "--quiet", "--workers", "1") == 0
+    finally:
+        unregister_rule("scale")
+        ENGINE_RULES.pop("scale", None)
+    (exp,) = tmp_path.iterdir()
+    rep = json.loads((exp / "runs" / "scale-0.25-s0" / "report.json").read_text())
+    assert rep["rule"] == {"method": "scale", "knobs": {"factor": 0.25}, "label": "scale factor 0.25",
+                           "swept": {"knob": "factor", "value": 0.25}} and rep["threshold"] == 0.25
+    md = (exp / "report.md").read_text()
+    assert "| factor | seed 0 |" in md and "| 0.25 | ok" in md
+    assert (exp / "plots" / "sweep_clip_fraction.png").is_file()
+    # Unregistered, the option is refused again, naming what it takes.
+    assert cli("sweep", ROOT / "configs" / "quickstart.yaml", "--method", "scale", "--thresholds", "1",
+               "--out", tmp_path) != 0
+    assert "must be one of norm, value" in capsys.readouterr().err

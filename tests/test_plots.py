@@ -12,9 +12,10 @@ import pytest
 
 from gradlab.io import write_bytes, write_csv, write_json, write_text
 from gradlab.experiment import collect_reports, config_hash_of
-from gradlab.plots import describe, figures, flow, over_steps, style
+from gradlab.plots import describe, figures, flow, multiples, over_steps, style
 from gradlab.plots import heatmaps as heatmap_mod
 from gradlab.plots import sweep as sweep_mod
+from gradlab.plots import sweep_plots as sweep_mod_plots
 from gradlab.plots import draw_experiment, load_experiment
 from gradlab.plots.heatmaps import aggregate_columns as _aggregate_columns
 from gradlab.plots.over_steps import downsample as _downsample
@@ -234,6 +235,7 @@ def sweep_only(monkeypatch) -> Facts:
 
     monkeypatch.setattr(style, "save", save)
     monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda *args: None)
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda *args: None)
     monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
     return facts
 
@@ -644,7 +646,7 @@ def test_draws_exactly_the_runs_gradlab_validated(tmp_path):
 def test_every_plot_module_imports_without_matplotlib():
     code = ("import importlib, pkgutil, sys, gradlab.plots as p\n"
             "names = [m.name for m in pkgutil.iter_modules(p.__path__)]\n"
-            "assert {'load', 'describe', 'style', 'over_steps', 'heatmaps', 'flow', 'sweep', 'sweep_plots', 'figures'} <= set(names), names\n"
+            "assert {'load', 'describe', 'style', 'over_steps', 'heatmaps', 'flow', 'multiples', 'sweep', 'sweep_plots', 'figures'} <= set(names), names\n"
             "for name in names: importlib.import_module('gradlab.plots.' + name)\n"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
@@ -668,3 +670,132 @@ def test_a_drawing_process_that_dies_costs_no_figure(tmp_path, monkeypatch):
     assert drawn == {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s0.png"}
     for name in drawn:
         assert_png(exp / "plots" / name)
+
+
+# ----------------------------------------------------------------------------- small multiples
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch) -> dict:
+    """Every figure saved, as the figure object (by file name); the PNGs are written too."""
+    figs: dict = {}
+    real_save = style.save
+
+    def save(fig, path):
+        figs[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(style, "save", save)
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    return figs
+
+
+def panels(fig) -> list:
+    """The panels of a small-multiples figure, in reading order (not the colour bar)."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def test_a_sweep_draws_one_heatmap_figure_per_seed_with_a_panel_per_variant(tmp_path, drawn_figures):
+    diverge = {"none-s0": 4, "norm-10-s1": 7}
+    exp = make_sweep(tmp_path / "sweep", thresholds=(10.0, 0.1, 1.0), seeds=(0, 1), diverge=diverge)
+    (exp / "plots").mkdir()
+    write_bytes(exp / "plots" / "heatmap_none-s0.png", b"old")  # drawn per run by an older version
+    written = {p.name for p in draw_experiment(exp)}
+    assert {"heatmaps_s0.png", "heatmaps_s1.png"} <= written
+    # No per-run figure of a sweep: neither drawn nor left behind.
+    assert not [n for n in written if n.startswith("heatmap_")]
+    assert not list((exp / "plots").glob("heatmap_*.png"))
+    for name in ("heatmaps_s0.png", "heatmaps_s1.png"):
+        assert_png(exp / "plots" / name)
+        fig = drawn_figures[name]
+        axes = panels(fig)
+        # Threshold order whatever the config's order: the baseline first.
+        assert [ax.get_title().split("\n")[0] for ax in axes] == [
+            "none (no clipping)", "norm-0.1: max_norm 0.1", "norm-1: max_norm 1", "norm-10: max_norm 10"]
+        # One colour scale: every panel's image has the same limits, and one colour bar shows them.
+        images = [ax.images[0] for ax in axes]
+        assert len({(im.norm.vmin, im.norm.vmax) for im in images}) == 1
+        assert len([ax for ax in fig.axes if ax.get_label() == "<colorbar>"]) == 1
+        # Shared step and parameter axes; parameter names on the first column only.
+        assert len({ax.get_xlim() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
+        assert [t.get_text() for t in axes[0].get_yticklabels()][:2] == ["layer0.W", "layer0.b"]
+        assert all(not ax.get_yticklabels() for ax in axes[1:2])
+    fig0, fig1 = drawn_figures["heatmaps_s0.png"], drawn_figures["heatmaps_s1.png"]
+    # The divergence is marked in its own panel: the baseline in seed 0, norm-10 in seed 1.
+    dashed = lambda ax: [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]  # noqa: E731
+    assert [dashed(ax) for ax in panels(fig0)] == [[3.5], [], [], []]
+    assert [dashed(ax) for ax in panels(fig1)] == [[], [], [], [6.5]]
+    assert panels(fig1)[3].get_title().endswith("diverged at step 7: backward, layer1.W")
+    # The limits are those of every panel's norms together.
+    e = load_experiment(exp)
+    vmin, vmax = panels(fig0)[0].images[0].norm.vmin, panels(fig0)[0].images[0].norm.vmax
+    norms = []
+    for run in figures.seed_runs(e, 0):
+        header, table = heatmap_mod.read_table(run.path / "layer_norms.csv")
+        norms.append(table[:, 1:].ravel())
+    allnorms = np.concatenate(norms)
+    allnorms = allnorms[np.isfinite(allnorms) & (allnorms > 0)]
+    assert (vmin, vmax) == (allnorms.min(), allnorms.max())
+
+
+def test_a_recurrent_sweep_draws_one_bptt_figure_per_seed(tmp_path, drawn_figures, monkeypatch):
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda *args: None)
+    exp = make_sweep(tmp_path / "rsweep", thresholds=(1.0, 0.1), seeds=(3,), diverge={"none-s3": 5})
+    for i, rid in enumerate(("none-s3", "norm-0.1-s3", "norm-1-s3")):
+        write_flow(exp / "runs" / rid, 20, [0, 4 if rid == "none-s3" else 11], explode_last=rid == "none-s3")
+    written = {p.name for p in draw_experiment(exp)}
+    assert "bptt_s3.png" in written and not [n for n in written if n.startswith("bptt_none")]
+    assert_png(exp / "plots" / "bptt_s3.png")
+    axes = panels(drawn_figures["bptt_s3.png"])
+    assert [ax.get_title().split("\n")[0] for ax in axes] == ["none (no clipping)", "norm-0.1: max_norm 0.1",
+                                                              "norm-1: max_norm 1"]
+    # One y scale (log) and one t axis for every panel; the exploding baseline sets its top.
+    assert {ax.get_yscale() for ax in axes} == {"log"}
+    assert len({ax.get_ylim() for ax in axes}) == 1 and len({ax.get_xlim() for ax in axes}) == 1
+    legend = [t.get_text() for t in axes[2].get_legend().get_texts()]
+    assert {"lstm.0 (bottom)", "lstm.1 (top)", "step 0", "top edge: NaN/inf at that t"} <= set(legend)
+
+
+def test_grid_shapes_for_2_to_12_panels():
+    shapes = {n: multiples.grid_shape(n) for n in range(1, 13)}
+    assert shapes == {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3), 7: (2, 4), 8: (2, 4),
+                      9: (3, 3), 10: (3, 4), 11: (3, 4), 12: (3, 4)}
+    assert all(r * c >= n and c <= style.MAX_MULTIPLE_COLUMNS for n, (r, c) in shapes.items())
+
+
+def test_which_experiments_get_small_multiples(tmp_path, monkeypatch):
+    """A sweep does, whatever its size; a run of a few variants that is no sweep keeps one
+    figure per run; more than three variants get small multiples anyway."""
+    def names(exp):
+        return {f.name for f in figures.plan(load_experiment(exp)).figures}
+
+    small = names(make_experiment(tmp_path / "small", variants=("none", "norm-1", "value-0.1"), seeds=(0, 1), steps=4))
+    assert {"heatmap_none-s0.png", "heatmap_value-0.1-s1.png"} <= small
+    assert not [n for n in small if n.startswith("heatmaps_")]
+    two = names(make_sweep(tmp_path / "two", thresholds=(1.0, 10.0), seeds=(0,), baseline=False, sweep_key=False))
+    assert "heatmaps_s0.png" in two and not [n for n in two if n.startswith("heatmap_")]
+    # (The fixtures write no fourth variant that is not a sweep: the same rule, one lower.)
+    monkeypatch.setattr(figures, "MAX_OWN_FIGURE_VARIANTS", 2)
+    many = names(tmp_path / "small")
+    assert "heatmaps_s1.png" in many and not [n for n in many if n.startswith("heatmap_")]
+
+
+def test_a_redone_run_redraws_its_seeds_small_multiples_only(tmp_path, monkeypatch):
+    exp = make_sweep(tmp_path / "incr", thresholds=(0.1, 1.0), seeds=(0, 1), steps=6)
+    drawn = []
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: drawn.append(kw["path"].name))
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda exp, seed, runs, path: drawn.append(
+        (path.name, [r.run_id for r in runs])))
+    for name in ("final_loss", "divergence", "clip_fraction", "grad_norm"):
+        monkeypatch.setattr(sweep_mod_plots, f"draw_{name}", lambda *args: drawn.append(args[-1].name))
+    draw_experiment(exp, only_stale=True)
+    assert ("heatmaps_s1.png", ["none-s1", "norm-0.1-s1", "norm-1-s1"]) in drawn
+    drawn.clear()
+    draw_experiment(exp, only_stale=True)
+    assert drawn == []  # a rerun with nothing new draws nothing
+    report = exp / "runs" / "norm-1-s1" / "report.json"
+    report.write_bytes(report.read_bytes())  # the run was redone
+    draw_experiment(exp, only_stale=True)
+    assert ("heatmaps_s1.png", ["none-s1", "norm-0.1-s1", "norm-1-s1"]) in drawn
+    assert not [d for d in drawn if isinstance(d, tuple) and d[0] == "heatmaps_s0.png"]
+

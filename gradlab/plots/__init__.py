@@ -104,9 +104,9 @@ def _draw_all(p: figures.Plan, todo: list[figures.Figure], workers: int) -> list
         for run in p.exp.runs:
             run.metrics  # noqa: B018  (every overview figure reads every run)
     _WORK = p, todo
-    # The longest first (a seed's small multiples, the overview figures, then each run's
-    # own), so that no process is left drawing a long one while the other has finished.
-    order = sorted(range(len(todo)), key=lambda i: (todo[i].seed is None, todo[i].run_id is not None))
+    # The longest first, so that no process is left drawing a long one while the other has
+    # finished (ties in the plan's order).
+    order = sorted(range(len(todo)), key=lambda i: -figures.expected_cost(todo[i]))
     result: dict[int, Optional[Path]] = {}
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_quiet_signals)
     try:

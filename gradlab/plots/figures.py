@@ -73,6 +73,17 @@ def plan(exp: Experiment) -> Plan:
 
 
 MAX_OWN_FIGURE_VARIANTS = 3
+# What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
+# drawing processes take the longest first, so that none is left with a long one at the end.
+COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5}
+
+
+def expected_cost(fig: Figure) -> float:
+    if fig.seed is not None:  # a panel per run of the seed (two inputs each)
+        return 1.0 + 0.35 * len(fig.inputs) / 2
+    if fig.run_id is not None:
+        return 1.0
+    return COST.get(fig.kind, 1.5)
 
 
 def small_multiples(exp: Experiment) -> bool:

@@ -31,7 +31,7 @@ STAMPS = ".inputs.json"
 class Figure:
     name: str  # its file under plots/
     kind: str  # what the benchmark times separately: grad_norm, heatmap, bptt, sweep_divergence, ...
-    run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: it shows every run
+    run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: every run, or with `seed` that seed's
     inputs: tuple[Path, ...]
     seed: Optional[int] = None  # small multiples: the runs of this seed, one panel each
 
@@ -44,7 +44,8 @@ class Plan:
 
 
 def plan(exp: Experiment) -> Plan:
-    """Every figure of the experiment, overview figures first."""
+    """Every figure of the experiment, overview figures first, then those of each seed
+    (small multiples) or of each run (`small_multiples` decides which)."""
     shared = tuple(p for r in exp.runs for p in (r.path / "report.json", r.path / "metrics.csv"))
     figures = [Figure("grad_norm.png", "grad_norm", None, shared), Figure("loss.png", "loss", None, shared)]
     if any("accuracy" in r.columns for r in exp.runs):  # classification tasks only

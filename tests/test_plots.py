@@ -709,11 +709,6 @@ def divergence_panels(canvas) -> list[str]:
                    for x, y in points)]
 
 
-def panels(fig) -> list:
-    """The panels of a small-multiples figure, in reading order (not the colour bar)."""
-    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-
-
 def test_a_sweep_draws_one_heatmap_figure_per_seed_with_a_panel_per_variant(tmp_path, drawn_figures):
     diverge = {"none-s0": 4, "norm-10-s1": 7}
     exp = make_sweep(tmp_path / "sweep", thresholds=(10.0, 0.1, 1.0), seeds=(0, 1), diverge=diverge)
@@ -766,13 +761,18 @@ def test_a_recurrent_sweep_draws_one_bptt_figure_per_seed(tmp_path, drawn_figure
     written = {p.name for p in draw_experiment(exp)}
     assert "bptt_s3.png" in written and not [n for n in written if n.startswith("bptt_none")]
     assert_png(exp / "plots" / "bptt_s3.png")
-    axes = panels(drawn_figures["bptt_s3.png"])
-    assert [ax.get_title().split("\n")[0] for ax in axes] == ["none (no clipping)", "norm-0.1: max_norm 0.1",
-                                                              "norm-1: max_norm 1"]
-    # One y scale (log) and one t axis for every panel; the exploding baseline sets its top.
-    assert {ax.get_yscale() for ax in axes} == {"log"}
-    assert len({ax.get_ylim() for ax in axes}) == 1 and len({ax.get_xlim() for ax in axes}) == 1
-    legend = [t.get_text() for t in axes[2].get_legend().get_texts()]
+    fig = drawn_figures["bptt_s3.png"]
+    canvas = heatmap_canvas(fig)
+    assert [t.get_text().split("\n")[0] for t in canvas.texts if t.get_gid() == "title"] == [
+        "none (no clipping)", "norm-0.1: max_norm 0.1", "norm-1: max_norm 1"]
+    # One y scale (log) and one t axis for every panel: panels of one size, one row of them
+    # with the norm's ticks on the first only (the exploding baseline sets the top).
+    frames = panel_frames(canvas)
+    assert list(frames) == ["none-s3", "norm-0.1-s3", "norm-1-s3"]
+    assert len({(f.get_width(), f.get_height()) for f in frames.values()}) == 1
+    powers = [t.get_text() for t in canvas.texts if t.get_text().startswith("10")]
+    assert powers and len(set(powers)) == len(powers)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"lstm.0 (bottom)", "lstm.1 (top)", "step 0", "top edge: NaN/inf at that t"} <= set(legend)
 
 

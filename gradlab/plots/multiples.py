@@ -21,7 +21,7 @@ from .load import Experiment, Run, as_int, read_table
 from .over_steps import plottable
 from .style import (BPTT_CMAP, DIVERGENCE_LINE_COLOR, EM_WIDTH, MAX_BPTT_LAYERS, MAX_MULTIPLE_COLUMNS,
                     MAX_PANEL_YTICK_LABELS, MAX_TBPTT_LINES, MULTIPLE_HEATMAP_COLUMNS, MULTIPLE_PANEL_WIDTH,
-                    NONFINITE_COLOR, TITLE, ZERO_COLOR, key_width, new_figure, power_label, power_ticks,
+                    NONFINITE_COLOR, ZERO_COLOR, key_width, new_figure, power_label, power_ticks,
                     spare_minor_ticks, text_height, text_width, variant_label, wrap)
 
 TITLE_POINTS = 9
@@ -54,48 +54,6 @@ def short_outcome(run: Run, chars: int) -> str:
 def panel_title(exp: Experiment, run: Run) -> str:
     chars = int(MULTIPLE_PANEL_WIDTH * 72 / (EM_WIDTH * TITLE_POINTS))
     return f"{variant_label(exp, run.variant)}\n{short_outcome(run, chars)}"
-
-
-def _panels(fig, n: int, left: float, right: float, top: float, bottom: float, panel_h: float,
-            gap_w: float, gap_h: float) -> list:
-    """n axes in grid_shape(n), placed in inches from the figure's edges (a fixed layout:
-    nothing is measured). Their axes are made one by `_share`."""
-    nrows, ncols = grid_shape(n)
-    width, height = fig.get_size_inches()
-    axes: list = []
-    for i in range(n):
-        r, c = divmod(i, ncols)
-        x0 = left + c * (MULTIPLE_PANEL_WIDTH + gap_w)
-        y0 = height - top - (r + 1) * panel_h - r * gap_h
-        axes.append(fig.add_axes((x0 / width, y0 / height, MULTIPLE_PANEL_WIDTH / width, panel_h / height)))
-    return axes
-
-
-def _share(axes: list, xlim: tuple, ylim: tuple, xticks: list, yticks: list, ylabels: list[str],
-           grid: bool = False) -> None:
-    """The same limits in every panel, the ticks on the grid's edges only: the left column
-    names the y ticks, the bottom panel of each column the x ticks. Not matplotlib's shared
-    axes: those give every panel its tick artists (about 1 ms each, labelled or not), most
-    of a panel's cost; grid lines, where wanted, are plain lines instead."""
-    from matplotlib.ticker import NullLocator
-
-    n = len(axes)
-    ncols = grid_shape(n)[1]
-    for i, ax in enumerate(axes):
-        ax.set_xlim(*xlim)
-        ax.set_ylim(*ylim)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.yaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(xticks if i + ncols >= n else [])
-        if i % ncols == 0:
-            ax.set_yticks(yticks, ylabels)
-        else:
-            ax.set_yticks([])
-        ax.tick_params(labelsize=TICK_POINTS)
-        if grid:
-            look = dict(colors="#b0b0b0", alpha=0.3, linewidth=0.8, zorder=0)
-            ax.vlines(xticks, 0, 1, transform=ax.get_xaxis_transform(), **look)
-            ax.hlines(yticks, 0, 1, transform=ax.get_yaxis_transform(), **look)
 
 
 def step_ticks(lo: float, hi: float) -> list[float]:
@@ -247,9 +205,9 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
         if run in diverged:
             # On the left edge of the divergence step's column: the column itself stays visible.
             divergences.append([(at(run.divergence_step - 0.5), y0), (at(run.divergence_step - 0.5), y1)])
-        if (last + 0.5 - end) > 0.25 * span:
-            # A run that stopped early leaves most of its panel blank: say why, in the blank.
-            why = f"diverged at step {run.divergence_step}:\nno step after it" if run in diverged else "no steps recorded here"
+        why = f"diverged at step {run.divergence_step}:\nno step after it" if run in diverged else "no step recorded here"
+        if x0 + MULTIPLE_PANEL_WIDTH - at(end) > text_width(why.split("\n"), 9) + 0.2:
+            # A run that stopped early leaves its panel blank after that: say why, in the blank.
             canvas.text((at(end) + x0 + MULTIPLE_PANEL_WIDTH) / 2, (y0 + y1) / 2, why, ha="center", va="center",
                         fontsize=9, color="0.35")
         marks += [[(at(t), y0), (at(t), y0 - 0.05)] for t in xticks]
@@ -367,27 +325,77 @@ def draw_bptts(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Optio
     top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + title_h
     fig = new_figure(*figure_size(n, left, right, top, bottom, panel_h, gap_w, gap_h))
     fig.suptitle(suptitle, y=1 - 0.1 / fig.get_figheight(), va="top")
-    axes = _panels(fig, n, left, right, top, bottom, panel_h, gap_w, gap_h)
+    w, h = fig.get_size_inches()
 
+    # One y range for every panel, in decades, so that a norm near the float64 limit leaves a
+    # margin without overflowing; a flat flow still gets about a decade, and the lines stay
+    # off the edge bands.
+    drawn = {id(f): [f.steps[0]] + ([f.steps[-1]] if len(f.steps) > 1 else []) for _, f in panels}
+    values = [plottable(f.norms[s][layer], log=True) for _, f in panels for s in drawn[id(f)] for layer in layers
+              if layer in f.layers]
+    values = np.concatenate(values) if values else np.zeros(0)
+    positive = values[~np.isnan(values)]
+    if positive.size:
+        lo, hi = math.log10(float(positive.min())), math.log10(float(positive.max()))
+        pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
+        ylim = (10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
+    else:
+        ylim = (1e-3, 1.0)
+        notes.append("no finite non-zero norm to draw: the scale is arbitrary")
+    pad = max(0.5, 0.01 * (T - 1))
+    xlim = (-pad, T - 1 + pad)
+    xticks, (yticks, ylabels) = step_ticks(0, T - 1), log_ticks(*ylim)
+
+    # As the heatmaps: the panels are drawn into one axes over the figure, each in a transform
+    # of its own (t and a log norm onto its rectangle), not as axes of their own (~17 ms each).
+    canvas = fig.add_axes((0, 0, 1, 1), label="<canvas>")
+    canvas.set_axis_off()
+    canvas.set_autoscale_on(False)
+    nrows, ncols = grid_shape(n)
     zeros = nonfinite = 0
     born = False
-    shown = []
-    for ax, (run, f) in zip(axes, panels):
-        drawn_steps = [f.steps[0]] + ([f.steps[-1]] if len(f.steps) > 1 else [])
+    grid, marks = [], []
+    for i, (run, f) in enumerate(panels):
+        r, c = divmod(i, ncols)
+        x0 = left + c * (MULTIPLE_PANEL_WIDTH + gap_w)
+        y1 = h - top - r * (panel_h + gap_h)
+        y0 = y1 - panel_h
+        panel = _Panel(canvas, fig, (x0 / w, y0 / h, MULTIPLE_PANEL_WIDTH / w, panel_h / h), xlim, ylim, run.run_id)
         for layer in layers:
             if layer not in f.layers:
                 continue
-            for step in drawn_steps:
-                pale = step == drawn_steps[0] and len(drawn_steps) > 1
-                z, b = _draw_flow_line(ax, f.norms[step][layer], f.present[step][layer], "-" if step == drawn_steps[0] else "--",
-                                       linewidth=2.4 if pale else 1.6, color=colors[layer], alpha=0.55 if pale else 1.0)
+            for step in drawn[id(f)]:
+                pale = step == drawn[id(f)][0] and len(drawn[id(f)]) > 1
+                z, b = _draw_flow_line(panel, f.norms[step][layer], f.present[step][layer],
+                                       "-" if step == drawn[id(f)][0] else "--", linewidth=2.4 if pale else 1.6,
+                                       color=colors[layer], alpha=0.55 if pale else 1.0)
                 zeros, nonfinite = zeros + z, nonfinite + b
-                shown.append(plottable(f.norms[step][layer], log=True))
         if boundaries and len(boundaries) <= MAX_TBPTT_LINES:
-            for t in boundaries:
-                ax.axvline(t + 0.5, color="0.35", linestyle=":", linewidth=1.1, zorder=1)
-        born |= _mark_birth(ax, run, f, colors)
-        ax.set_title(panel_title(exp, run), fontsize=TITLE_POINTS, **TITLE)
+            panel.lines([[(t + 0.5, 0.0), (t + 0.5, 1.0)] for t in boundaries], panel.xaxis, colors="0.35",
+                        linestyles=":", linewidths=1.1, zorder=1)
+        born |= _mark_birth(panel, run, f, colors)
+        canvas.text(0.5, 1.0 + 0.05 / panel_h, panel_title(exp, run), transform=panel.box, ha="center", va="bottom",
+                    fontsize=TITLE_POINTS, gid="title")
+        panel.lines([[(t, 0.0), (t, 1.0)] for t in xticks], panel.xaxis, colors="#b0b0b0", alpha=0.3, linewidths=0.8,
+                    zorder=0)
+        panel.lines([[(0.0, y), (1.0, y)] for y in yticks], panel.yaxis, colors="#b0b0b0", alpha=0.3, linewidths=0.8,
+                    zorder=0)
+        panel.lines([[(t, 0.0), (t, -0.05 / panel_h)] for t in xticks], panel.xaxis, colors="black", linewidths=0.8,
+                    clip=False)
+        panel.lines([[(0.0, y), (-0.05 / MULTIPLE_PANEL_WIDTH, y)] for y in yticks], panel.yaxis, colors="black",
+                    linewidths=0.8, clip=False)
+        if i + ncols >= n:  # the bottom panel of its column: the t axis
+            for t in xticks:
+                canvas.text(t, -0.08 / panel_h, f"{t:g}", transform=panel.xaxis, ha="center", va="top", fontsize=TICK_POINTS)
+            canvas.text(0.5, -(0.1 + text_height(1, TICK_POINTS)) / panel_h,
+                        f"time step t  (BPTT runs from {T - 1} back to 0 ←)", transform=panel.box, ha="center", va="top",
+                        fontsize=9)
+        if c == 0:  # the first column: the norm axis
+            for y, label in zip(yticks, ylabels):
+                canvas.text(-0.08 / MULTIPLE_PANEL_WIDTH, y, label, transform=panel.yaxis, ha="right", va="center",
+                            fontsize=TICK_POINTS)
+            canvas.text(-(0.12 + text_width(ylabels, TICK_POINTS)) / MULTIPLE_PANEL_WIDTH, 0.5, "‖dL/dh_t‖ (log)",
+                        transform=panel.box, rotation=90, ha="right", va="center", fontsize=9)
     if born:
         handles.append(Line2D([], [], marker="v", markersize=9, color="white", markeredgecolor=NONFINITE_COLOR,
                               markeredgewidth=1.5, linestyle="none", label="first NaN/inf (its t)"))
@@ -395,35 +403,60 @@ def draw_bptts(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Optio
         handles.append(Line2D([], [], color="0.3", linewidth=4, label="top edge: NaN/inf at that t"))
     if zeros:
         handles.append(Line2D([], [], color="0.3", linewidth=4, label="bottom edge: zero at that t"))
-
-    values = np.concatenate(shown) if shown else np.zeros(0)
-    positive = values[~np.isnan(values)]
-    if positive.size:
-        # In decades, so that a norm near the float64 limit leaves a margin without overflowing;
-        # a flat flow still gets about a decade, and the lines stay off the edge bands.
-        lo, hi = math.log10(float(positive.min())), math.log10(float(positive.max()))
-        pad = max(0.15, 0.05 * (hi - lo), (1.0 - (hi - lo)) / 2)
-        ylim = (10 ** max(lo - pad, -300.0), 10 ** min(hi + pad, 300.0))
-    else:
-        ylim = (1e-3, 1.0)
-        notes.append("no finite non-zero norm to draw: the scale is arbitrary")
-    for ax in axes:
-        ax.set_yscale("log")
-    pad = max(0.5, 0.01 * (T - 1))
-    _share(axes, (-pad, T - 1 + pad), ylim, step_ticks(0, T - 1), *log_ticks(*ylim), grid=True)
-    nrows, ncols = grid_shape(n)
-    for i, ax in enumerate(axes):
-        if i % ncols == 0:
-            ax.set_ylabel("‖dL/dh_t‖ (log)", fontsize=9)
-        if i + ncols >= n:
-            ax.set_xlabel(f"time step t  (BPTT runs from {T - 1} back to 0 ←)", fontsize=9)
+    canvas.set_xlim(0, 1)
+    canvas.set_ylim(0, 1)
     # The key right of the first row's last panel.
-    axes[min(n, ncols) - 1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,
-                                   fontsize=9, frameon=False)
+    x = left + min(n, ncols) * (MULTIPLE_PANEL_WIDTH + gap_w) + 0.1
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(x / w, 1 - top / h), borderaxespad=0.0, fontsize=9,
+               frameon=False)
     text = "\n".join(notes + ([caption] if caption else []))
     if text:
         fig.text(0.5, 0.05 / fig.get_figheight(), text, ha="center", va="bottom", fontsize=9, color="0.25")
     return style.save(fig, path)
+
+
+class _Panel:
+    """One panel of a figure drawn into a single axes: what flow's line drawing asks of an axes
+    (`plot`, `get_xaxis_transform`), in the panel's own coordinates (t, and the norm on a log
+    scale), clipped to the panel's rectangle."""
+
+    def __init__(self, canvas, fig, rect: tuple, xlim: tuple, ylim: tuple, gid: str):
+        from matplotlib.patches import Rectangle
+        from matplotlib.scale import LogTransform
+        from matplotlib.transforms import (Bbox, BboxTransformFrom, BboxTransformTo, IdentityTransform,
+                                           TransformedBbox, blended_transform_factory)
+
+        self.canvas = canvas
+        self.box = BboxTransformTo(TransformedBbox(Bbox.from_bounds(*rect), fig.transFigure))
+        log = blended_transform_factory(IdentityTransform(), LogTransform(10))
+        limits = BboxTransformFrom(Bbox([[xlim[0], math.log10(ylim[0])], [xlim[1], math.log10(ylim[1])]]))
+        self.data = log + limits + self.box
+        self.xaxis = blended_transform_factory(self.data, self.box)  # t, and a fraction of the height
+        self.yaxis = blended_transform_factory(self.box, self.data)  # a fraction of the width, and a norm
+        self.frame = Rectangle((0, 0), 1, 1, transform=self.box, fill=False, edgecolor="black", linewidth=0.8,
+                               zorder=3, gid=gid)
+        canvas.add_artist(self.frame)
+
+    def get_xaxis_transform(self):
+        return self.xaxis
+
+    def plot(self, *args, transform=None, clip_on: bool = True, **kw):
+        lines = self.canvas.plot(*args, transform=transform or self.data, clip_on=clip_on, **kw)
+        for line in lines if clip_on else []:
+            line.set_clip_path(self.frame)
+        return lines
+
+    def lines(self, segments: list, transform, clip: bool = True, **kw) -> None:
+        from matplotlib.collections import LineCollection
+
+        if not segments:
+            return
+        collection = LineCollection(segments, transform=transform, **kw)
+        if clip:
+            collection.set_clip_path(self.frame)
+        else:
+            collection.set_clip_on(False)
+        self.canvas.add_collection(collection, autolim=False)
 
 
 def _mark_birth(ax, run: Run, f, colors: dict) -> bool:

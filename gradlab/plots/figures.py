@@ -81,8 +81,7 @@ COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5}
 
 def expected_cost(fig: Figure) -> float:
     if fig.seed is not None:  # a panel per run of the seed (two inputs each)
-        per_panel = 0.2 if fig.kind == "seed_heatmaps" else 0.35  # images in one axes; lines in an axes each
-        return 1.5 + per_panel * len(fig.inputs) / 2
+        return 1.5 + 0.2 * len(fig.inputs) / 2
     if fig.run_id is not None:
         return 1.0
     return COST.get(fig.kind, 1.5)

@@ -819,3 +819,19 @@ def test_a_redone_run_redraws_its_seeds_small_multiples_only(tmp_path, monkeypat
     assert ("heatmaps_s1.png", ["none-s1", "norm-0.1-s1", "norm-1-s1"]) in drawn
     assert not [d for d in drawn if isinstance(d, tuple) and d[0] == "heatmaps_s0.png"]
 
+
+
+def test_small_multiples_drawn_in_parallel_give_the_serial_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    serial, parallel = (make_sweep(tmp_path / d / "exp", thresholds=(0.1, 1.0), seeds=(0, 1), steps=6,
+                                   diverge={"none-s1": 3}) for d in ("serial", "parallel"))
+    for exp in (serial, parallel):
+        for rid in ("none-s0", "norm-0.1-s0", "norm-1-s0"):
+            write_flow(exp / "runs" / rid, 8, [0, 5])
+    a = sorted(p.name for p in draw_experiment(serial, workers=1))
+    b = sorted(p.name for p in draw_experiment(parallel, workers=2))
+    assert a == b and {"heatmaps_s0.png", "heatmaps_s1.png", "bptt_s0.png"} <= set(a)
+    files = sorted(p.name for p in (serial / "plots").glob("*.png"))  # (the overview's stand-in writes none)
+    assert files == sorted(p.name for p in (parallel / "plots").glob("*.png")) and "bptt_s0.png" in files
+    for name in files:
+        assert (serial / "plots" / name).read_bytes() == (parallel / "plots" / name).read_bytes(), name

@@ -160,7 +160,7 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
     panel_h = max(1.3, min(2.8, 0.45 + 0.17 * len(labels)))
     title_h = text_height(2, TITLE_POINTS) + 0.08
     left = 0.15 + text_height(ylabel.count("\n") + 1, 9) + text_width(labels, TICK_POINTS) + 0.1
-    right = 0.12 + 0.2 + 0.08 + text_width(["10⁻¹⁰"], TICK_POINTS) + text_height(1, 10) + 0.15
+    right = 0.12 + 0.2 + 0.08 + text_width(["10⁻¹⁰"], TICK_POINTS) + text_height(2, 9) + 0.15
     bottom = 0.1 + text_height(2, 10) + 0.1 + (text_height(1, 9) + 0.1 if handles else 0.0) + \
         (text_height(1, 9) + 0.05 if caption else 0.0)
     gap_w, gap_h = 0.15, title_h + 0.1
@@ -236,7 +236,8 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
     x = left + ncols * MULTIPLE_PANEL_WIDTH + (ncols - 1) * gap_w + 0.12
     cax = fig.add_axes((x / w, grid_bottom / h, 0.2 / w, (grid_top - grid_bottom) / h), label="<colorbar>")
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label("gradient L2 norm before clipping (every panel)", fontsize=9)
+    # On two lines: one would be taller than the bar of a single row of small panels.
+    bar.set_label("gradient L2 norm\nbefore clipping", fontsize=9)
     bar.ax.tick_params(labelsize=TICK_POINTS)
     spare_minor_ticks(bar.ax.yaxis, vmin, vmax)
     if math.log10(vmax / vmin) >= 1:  # decades among the ticks: labelled without mathtext

@@ -59,11 +59,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     fix, not a bug: it becomes a UserError naming the path, and no temporary file is left.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        where = e.filename if e.filename else path.parent
-        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
+    make_dir(path.parent)
     with deferred_interrupt():
         tmp = None
         try:
@@ -91,6 +87,15 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
                                 errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
 
 PATH_MAX, NAME_MAX = 4096, 255  # Linux's; pathconf may say otherwise for a given file system
+
+
+def make_dir(path: Path) -> None:
+    """Create a folder and its parents; a file system that refuses is a UserError naming it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = e.filename if e.filename else path
+        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
 
 
 def path_problem(path: Any) -> Optional[str]:

@@ -24,6 +24,8 @@ import signal
 from pathlib import Path
 from typing import Optional
 
+from gradlab.io import make_dir
+
 from . import figures
 from .load import Experiment, Run, load_experiment
 
@@ -52,6 +54,9 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[
     todo = [f for f in p.figures if not (only_stale and _fresh(out / f.name, stamps.get(f.name), wanted[f.name]))]
     if not todo:
         return []
+    # Where the figures go, before any is drawn: a folder that cannot be made (a read-only
+    # file system) is reported at once, not after importing matplotlib and drawing a figure.
+    make_dir(out)
     # One combined sweep.png was drawn by older versions; a redraw should not leave it behind.
     (out / "sweep.png").unlink(missing_ok=True)
     if only is None and out.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -573,8 +574,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         findings(reports),
         "",
     ]
-    plots = sorted((exp / "plots").glob("*.png"), key=lambda p: (p.name.startswith("heatmap_"), p.name)) \
-        if (exp / "plots").is_dir() else []
+    plots = sorted((exp / "plots").glob("*.png"), key=_plot_order) if (exp / "plots").is_dir() else []
     sweep = is_sweep(reports, cfg)
     # A sweep's own plots go with its table, in the order of SWEEP_PLOTS.
     sweep_plots = sorted((p for p in plots if p.stem.startswith(SWEEP_PLOTS)),
@@ -612,13 +612,32 @@ def render(exp: Path, reports: list[dict]) -> str:
               "the loss, a gradient or a parameter after the update; `where` names the tensor in "
               "which it was born, in the order the values were computed. Steps count from 0; "
               "the final loss of a diverged run is its last finite loss.", ""]
-    # The overview plots first, then one heatmap per run (a sweep's own plots are above).
+    # The overview plots first, then a sweep's small multiples seed by seed, or one heatmap
+    # per run (a sweep's own plots are above).
     plots = [p for p in plots if p not in sweep_plots]
     if plots:
         lines += ["## Plots", ""]
-        lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
+        first_multiple = next((p for p in plots if _plot_order(p)[0] == 1), None)
+        for p in plots:
+            if p == first_multiple:
+                lines += [""] if lines[-1] else []
+                lines.append("Each seed's runs side by side, one panel per clipping variant (the baseline first, then "
+                             "by threshold), on shared axes and one colour scale: `heatmaps_s<seed>` (per-parameter "
+                             "gradient norm) and, for recurrent models, `bptt_s<seed>` (gradient through time).")
+                lines.append("")
+            lines.append(f"![{p.stem}](plots/{p.name})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _plot_order(path: Path) -> tuple:
+    """The overview figures, then the small multiples by seed (heatmaps, then gradient
+    through time), then the figures of single runs (gradient through time, then heatmaps)."""
+    name = path.name
+    m = re.fullmatch(r"(heatmaps|bptt)_s(-?\d+)\.png", name)
+    if m:
+        return (1, int(m.group(2)), m.group(1) != "heatmaps", name)
+    return (2 if name.startswith(("heatmap_", "bptt_")) else 0, 0, False, name)
 
 
 def write_report(exp: Path, reports: list[dict] | None = None) -> Path:

@@ -50,7 +50,9 @@ def test_run_writes_the_experiment_directory(experiment):
         layer = read_csv(d / "layer_norms.csv")
         assert list(layer[0])[:3] == ["step", "layer0.W", "layer0.b"] and len(layer) == len(rows)
     plots = {p.name for p in (experiment / "plots").glob("*.png")}
-    assert {"grad_norm.png", "loss.png", "heatmap_none-s0.png", "heatmap_norm-1-s1.png"} <= plots
+    # The quickstart is a sweep (norm at 1 and at 10): one heatmap figure per seed, a panel per variant.
+    assert {"grad_norm.png", "loss.png", "heatmaps_s0.png", "heatmaps_s1.png"} <= plots
+    assert not [name for name in plots if name.startswith("heatmap_")]
     assert not list(experiment.rglob("*.tmp"))
 
 
@@ -123,7 +125,7 @@ def test_plot_of_a_partly_finished_experiment_says_what_is_missing(tmp_path, cap
     assert cli("plot", exp) == 0
     captured = capsys.readouterr()
     assert "grad_norm.png" in captured.out and "not finished, so not drawn: norm-10-s0" in captured.err
-    assert (exp / "plots" / "heatmap_none-s0.png").is_file() and not (exp / "plots" / "heatmap_norm-10-s0.png").exists()
+    assert (exp / "plots" / "heatmaps_s0.png").is_file()
 
 
 def test_validate_prints_resolved_config_and_writes_nothing(tmp_path, capsys):

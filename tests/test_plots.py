@@ -12,9 +12,10 @@ import pytest
 
 from gradlab.io import write_bytes, write_csv, write_json, write_text
 from gradlab.experiment import collect_reports, config_hash_of
-from gradlab.plots import describe, figures, flow, over_steps, style
+from gradlab.plots import describe, figures, flow, multiples, over_steps, style
 from gradlab.plots import heatmaps as heatmap_mod
 from gradlab.plots import sweep as sweep_mod
+from gradlab.plots import sweep_plots as sweep_mod_plots
 from gradlab.plots import draw_experiment, load_experiment
 from gradlab.plots.heatmaps import aggregate_columns as _aggregate_columns
 from gradlab.plots.over_steps import downsample as _downsample
@@ -234,6 +235,7 @@ def sweep_only(monkeypatch) -> Facts:
 
     monkeypatch.setattr(style, "save", save)
     monkeypatch.setattr(heatmap_mod, "draw_heatmap", lambda *args: None)
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda *args: None)
     monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
     return facts
 
@@ -644,7 +646,7 @@ def test_draws_exactly_the_runs_gradlab_validated(tmp_path):
 def test_every_plot_module_imports_without_matplotlib():
     code = ("import importlib, pkgutil, sys, gradlab.plots as p\n"
             "names = [m.name for m in pkgutil.iter_modules(p.__path__)]\n"
-            "assert {'load', 'describe', 'style', 'over_steps', 'heatmaps', 'flow', 'sweep', 'sweep_plots', 'figures'} <= set(names), names\n"
+            "assert {'load', 'describe', 'style', 'over_steps', 'heatmaps', 'flow', 'multiples', 'sweep', 'sweep_plots', 'figures'} <= set(names), names\n"
             "for name in names: importlib.import_module('gradlab.plots.' + name)\n"
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
@@ -729,3 +731,168 @@ def test_thresholds_near_the_ends_of_float64_plot_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         written = draw_experiment(exp, workers=1)
     assert {"grad_norm.png", "sweep_final_loss.png"} <= {p.name for p in written}
+
+
+# ----------------------------------------------------------------------------- small multiples
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch) -> dict:
+    """Every figure saved, as the figure object (by file name); the PNGs are written too."""
+    figs: dict = {}
+    real_save = style.save
+
+    def save(fig, path):
+        figs[path.name] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(style, "save", save)
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    return figs
+
+
+def heatmap_canvas(fig):
+    """The one axes a small-multiples heatmap figure draws its panels into."""
+    return next(ax for ax in fig.axes if ax.get_label() == "<canvas>")
+
+
+def panel_frames(canvas) -> dict:
+    """run id -> the frame of its panel."""
+    return {p.get_gid(): p for p in canvas.patches if p.get_gid()}
+
+
+def divergence_panels(canvas) -> list[str]:
+    """The runs whose panel holds a divergence line."""
+    lines = [c for c in canvas.collections if c.get_gid() == "divergence"]
+    points = [seg.mean(axis=0) for c in lines for seg in c.get_segments()]
+    return [rid for rid, f in panel_frames(canvas).items()
+            if any(f.get_x() <= x <= f.get_x() + f.get_width() and f.get_y() <= y <= f.get_y() + f.get_height()
+                   for x, y in points)]
+
+
+def test_a_sweep_draws_one_heatmap_figure_per_seed_with_a_panel_per_variant(tmp_path, drawn_figures):
+    diverge = {"none-s0": 4, "norm-10-s1": 7}
+    exp = make_sweep(tmp_path / "sweep", thresholds=(10.0, 0.1, 1.0), seeds=(0, 1), diverge=diverge)
+    (exp / "plots").mkdir()
+    write_bytes(exp / "plots" / "heatmap_none-s0.png", b"old")  # drawn per run by an older version
+    written = {p.name for p in draw_experiment(exp)}
+    assert {"heatmaps_s0.png", "heatmaps_s1.png"} <= written
+    # No per-run figure of a sweep: neither drawn nor left behind.
+    assert not [n for n in written if n.startswith("heatmap_")]
+    assert not list((exp / "plots").glob("heatmap_*.png"))
+    for name in ("heatmaps_s0.png", "heatmaps_s1.png"):
+        assert_png(exp / "plots" / name)
+        canvas = heatmap_canvas(drawn_figures[name])
+        # Threshold order whatever the config's order: the baseline first.
+        assert [t.get_text().split("\n")[0] for t in canvas.texts if t.get_gid() == "title"] == [
+            "none (no clipping)", "norm-0.1: max_norm 0.1", "norm-1: max_norm 1", "norm-10: max_norm 10"]
+        # One colour scale: every panel's image has the same limits, and one colour bar shows them.
+        assert len(canvas.images) == 4 and len({(im.norm.vmin, im.norm.vmax) for im in canvas.images}) == 1
+        assert len([ax for ax in drawn_figures[name].axes if ax.get_label() == "<colorbar>"]) == 1
+        # Shared axes: panels of one size, a run of every step fills its panel; the parameter
+        # names on the first column only (2 x 2: two rows of six).
+        frames = panel_frames(canvas)
+        assert len({(f.get_width(), f.get_height()) for f in frames.values()}) == 1
+        names = [t.get_text() for t in canvas.texts if t.get_gid() == "parameter"]
+        assert names == PARAMS * 2
+    fig0, fig1 = (heatmap_canvas(drawn_figures[f"heatmaps_s{s}.png"]) for s in (0, 1))
+    frame = panel_frames(fig1)["norm-1-s1"]
+    left, right, _, _ = fig1.images[2].get_extent()
+    assert (left, right) == pytest.approx((frame.get_x(), frame.get_x() + frame.get_width()))
+    # The divergence is marked in its own panel: the baseline in seed 0, norm-10 in seed 1.
+    assert divergence_panels(fig0) == ["none-s0"] and divergence_panels(fig1) == ["norm-10-s1"]
+    assert any(t.get_text().endswith("diverged at step 7: backward, layer1.W") for t in fig1.texts)
+    # The limits are those of every panel's norms together.
+    e = load_experiment(exp)
+    vmin, vmax = fig0.images[0].norm.vmin, fig0.images[0].norm.vmax
+    norms = []
+    for run in figures.seed_runs(e, 0):
+        header, table = heatmap_mod.read_table(run.path / "layer_norms.csv")
+        norms.append(table[:, 1:].ravel())
+    allnorms = np.concatenate(norms)
+    allnorms = allnorms[np.isfinite(allnorms) & (allnorms > 0)]
+    assert (vmin, vmax) == (allnorms.min(), allnorms.max())
+
+
+def test_a_recurrent_sweep_draws_one_bptt_figure_per_seed(tmp_path, drawn_figures, monkeypatch):
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda *args: None)
+    exp = make_sweep(tmp_path / "rsweep", thresholds=(1.0, 0.1), seeds=(3,), diverge={"none-s3": 5})
+    for i, rid in enumerate(("none-s3", "norm-0.1-s3", "norm-1-s3")):
+        write_flow(exp / "runs" / rid, 20, [0, 4 if rid == "none-s3" else 11], explode_last=rid == "none-s3")
+    written = {p.name for p in draw_experiment(exp)}
+    assert "bptt_s3.png" in written and not [n for n in written if n.startswith("bptt_none")]
+    assert_png(exp / "plots" / "bptt_s3.png")
+    fig = drawn_figures["bptt_s3.png"]
+    canvas = heatmap_canvas(fig)
+    assert [t.get_text().split("\n")[0] for t in canvas.texts if t.get_gid() == "title"] == [
+        "none (no clipping)", "norm-0.1: max_norm 0.1", "norm-1: max_norm 1"]
+    # One y scale (log) and one t axis for every panel: panels of one size, one row of them
+    # with the norm's ticks on the first only (the exploding baseline sets the top).
+    frames = panel_frames(canvas)
+    assert list(frames) == ["none-s3", "norm-0.1-s3", "norm-1-s3"]
+    assert len({(f.get_width(), f.get_height()) for f in frames.values()}) == 1
+    powers = [t.get_text() for t in canvas.texts if t.get_text().startswith("10")]
+    assert powers and len(set(powers)) == len(powers)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"lstm.0 (bottom)", "lstm.1 (top)", "step 0", "top edge: NaN/inf at that t"} <= set(legend)
+
+
+def test_grid_shapes_for_2_to_12_panels():
+    shapes = {n: multiples.grid_shape(n) for n in range(1, 13)}
+    assert shapes == {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3), 7: (2, 4), 8: (2, 4),
+                      9: (3, 3), 10: (3, 4), 11: (3, 4), 12: (3, 4)}
+    assert all(r * c >= n and c <= style.MAX_MULTIPLE_COLUMNS for n, (r, c) in shapes.items())
+
+
+def test_which_experiments_get_small_multiples(tmp_path, monkeypatch):
+    """A sweep does, whatever its size; a run of a few variants that is no sweep keeps one
+    figure per run; more than three variants get small multiples anyway."""
+    def names(exp):
+        return {f.name for f in figures.plan(load_experiment(exp)).figures}
+
+    small = names(make_experiment(tmp_path / "small", variants=("none", "norm-1", "value-0.1"), seeds=(0, 1), steps=4))
+    assert {"heatmap_none-s0.png", "heatmap_value-0.1-s1.png"} <= small
+    assert not [n for n in small if n.startswith("heatmaps_")]
+    two = names(make_sweep(tmp_path / "two", thresholds=(1.0, 10.0), seeds=(0,), baseline=False, sweep_key=False))
+    assert "heatmaps_s0.png" in two and not [n for n in two if n.startswith("heatmap_")]
+    # (The fixtures write no fourth variant that is not a sweep: the same rule, one lower.)
+    monkeypatch.setattr(figures, "MAX_OWN_FIGURE_VARIANTS", 2)
+    many = names(tmp_path / "small")
+    assert "heatmaps_s1.png" in many and not [n for n in many if n.startswith("heatmap_")]
+
+
+def test_a_redone_run_redraws_its_seeds_small_multiples_only(tmp_path, monkeypatch):
+    exp = make_sweep(tmp_path / "incr", thresholds=(0.1, 1.0), seeds=(0, 1), steps=6)
+    drawn = []
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: drawn.append(kw["path"].name))
+    monkeypatch.setattr(multiples, "draw_heatmaps", lambda exp, seed, runs, path: drawn.append(
+        (path.name, [r.run_id for r in runs])))
+    for name in ("final_loss", "divergence", "clip_fraction", "grad_norm"):
+        monkeypatch.setattr(sweep_mod_plots, f"draw_{name}", lambda *args: drawn.append(args[-1].name))
+    draw_experiment(exp, only_stale=True)
+    assert ("heatmaps_s1.png", ["none-s1", "norm-0.1-s1", "norm-1-s1"]) in drawn
+    drawn.clear()
+    draw_experiment(exp, only_stale=True)
+    assert drawn == []  # a rerun with nothing new draws nothing
+    report = exp / "runs" / "norm-1-s1" / "report.json"
+    report.write_bytes(report.read_bytes())  # the run was redone
+    draw_experiment(exp, only_stale=True)
+    assert ("heatmaps_s1.png", ["none-s1", "norm-0.1-s1", "norm-1-s1"]) in drawn
+    assert not [d for d in drawn if isinstance(d, tuple) and d[0] == "heatmaps_s0.png"]
+
+
+
+def test_small_multiples_drawn_in_parallel_give_the_serial_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(over_steps, "draw_over_steps", lambda exp, columns, **kw: kw["path"])
+    serial, parallel = (make_sweep(tmp_path / d / "exp", thresholds=(0.1, 1.0), seeds=(0, 1), steps=6,
+                                   diverge={"none-s1": 3}) for d in ("serial", "parallel"))
+    for exp in (serial, parallel):
+        for rid in ("none-s0", "norm-0.1-s0", "norm-1-s0"):
+            write_flow(exp / "runs" / rid, 8, [0, 5])
+    a = sorted(p.name for p in draw_experiment(serial, workers=1))
+    b = sorted(p.name for p in draw_experiment(parallel, workers=2))
+    assert a == b and {"heatmaps_s0.png", "heatmaps_s1.png", "bptt_s0.png"} <= set(a)
+    files = sorted(p.name for p in (serial / "plots").glob("*.png"))  # (the overview's stand-in writes none)
+    assert files == sorted(p.name for p in (parallel / "plots").glob("*.png")) and "bptt_s0.png" in files
+    for name in files:
+        assert (serial / "plots" / name).read_bytes() == (parallel / "plots" / name).read_bytes(), name

@@ -143,6 +143,20 @@ def write_experiment(exp, cfg: dict, reports: list[dict], plots=()) -> None:
         write_text(exp / "plots" / name, "png")
 
 
+def test_report_md_shows_a_sweeps_small_multiples_under_plots(tmp_path):
+    cfg = sweep_cfg(thresholds=(0.1, 1.0), seeds=(0, 1))
+    reports = [rep(v, s) for s in (0, 1) for v in ("none", "norm-0.1", "norm-1")]
+    exp = tmp_path / "multiples"
+    write_experiment(exp, cfg, reports, plots=("grad_norm.png", "loss.png", "bptt_s1.png", "heatmaps_s1.png",
+                                               "heatmaps_s0.png", "bptt_s0.png", "sweep_final_loss.png"))
+    plots = render(exp, reports).split("## Plots")[1]
+    assert "one panel per clipping variant" in plots
+    # The overview first, then seed by seed: the heatmaps, then the gradient through time.
+    assert [line for line in plots.splitlines() if line.startswith("![")] == [
+        "![grad_norm](plots/grad_norm.png)", "![loss](plots/loss.png)", "![heatmaps_s0](plots/heatmaps_s0.png)",
+        "![bptt_s0](plots/bptt_s0.png)", "![heatmaps_s1](plots/heatmaps_s1.png)", "![bptt_s1](plots/bptt_s1.png)"]
+
+
 def test_report_md_has_the_section_for_a_sweep_only(tmp_path):
     cfg = sweep_cfg(thresholds=(0.1, 1.0), seeds=(0, 1))
     reports = [rep(v, s, div=12 + s if v == "none" else None) for s in (0, 1) for v in ("none", "norm-0.1", "norm-1")]

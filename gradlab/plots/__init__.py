@@ -8,6 +8,7 @@
     over_steps  metrics over training steps, one panel per seed (grad_norm, loss, accuracy)
     heatmaps    one run's per-parameter gradient norms, parameter x step
     flow        one recurrent run's gradient through time
+    multiples   a sweep's per-run figures as small multiples: one figure per seed, a panel per variant
     sweep       a threshold sweep: its clipping families and their runs by threshold
     sweep_plots a sweep's figures against the threshold
     figures     which figures an experiment has, what each reads, which are out of date
@@ -53,9 +54,19 @@ def draw_experiment(exp_dir: Path, only_stale: bool = False, only: Optional[set[
     todo = [f for f in p.figures if not (only_stale and _fresh(out / f.name, stamps.get(f.name), wanted[f.name]))]
     if not todo:
         return []
-    make_dir(out)  # a read-only experiment fails here, before seconds of drawing
+    # Where the figures go, before any is drawn: a folder that cannot be made (a read-only
+    # file system) is reported at once, not after importing matplotlib and drawing a figure.
+    make_dir(out)
     # One combined sweep.png was drawn by older versions; a redraw should not leave it behind.
     (out / "sweep.png").unlink(missing_ok=True)
+    if only is None and out.is_dir():
+        # Nor the per-run figures of a sweep drawn before its small multiples (or the other way
+        # round): report.md embeds every PNG it finds, and both layouts at once is what the
+        # small multiples are there to avoid.
+        planned = {f.name for f in p.figures}
+        for old in out.glob("*.png"):
+            if figures.is_per_run_or_seed(old.name) and old.name not in planned:
+                old.unlink(missing_ok=True)
     drawn = _draw_all(p, todo, workers)
     kept = {f.name: stamps[f.name] for f in p.figures if f not in todo and f.name in stamps}
     for f, path in zip(todo, drawn):
@@ -94,13 +105,13 @@ def _draw_all(p: figures.Plan, todo: list[figures.Figure], workers: int) -> list
     import matplotlib.figure  # noqa: F401  (loaded once, inherited by every process)
 
     p.exp.colors  # noqa: B018  (computed once, inherited)
-    if any(f.run_id is None for f in todo):
+    if any(f.run_id is None and f.seed is None for f in todo):
         for run in p.exp.runs:
             run.metrics  # noqa: B018  (every overview figure reads every run)
     _WORK = p, todo
-    # The longest first (the overview figures, then each run's own), so that no process is
-    # left drawing a long one while the other has finished.
-    order = sorted(range(len(todo)), key=lambda i: todo[i].run_id is not None)
+    # The longest first, so that no process is left drawing a long one while the other has
+    # finished (ties in the plan's order).
+    order = sorted(range(len(todo)), key=lambda i: -figures.expected_cost(todo[i]))
     result: dict[int, Optional[Path]] = {}
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_quiet_signals)
     try:

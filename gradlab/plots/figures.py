@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Optional
 from gradlab.io import write_text
 
 from . import direction, sweep
-from .load import Experiment
+from .load import Experiment, Run
 
 STAMPS = ".inputs.json"
 
@@ -30,8 +31,9 @@ STAMPS = ".inputs.json"
 class Figure:
     name: str  # its file under plots/
     kind: str  # what the benchmark times separately: grad_norm, heatmap, bptt, sweep_divergence, ...
-    run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: it shows every run
+    run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: every run, or with `seed` that seed's
     inputs: tuple[Path, ...]
+    seed: Optional[int] = None  # small multiples: the runs of this seed, one panel each
 
 
 @dataclass
@@ -42,7 +44,8 @@ class Plan:
 
 
 def plan(exp: Experiment) -> Plan:
-    """Every figure of the experiment, overview figures first."""
+    """Every figure of the experiment, overview figures first, then those of each seed
+    (small multiples) or of each run (`small_multiples` decides which)."""
     shared = tuple(p for r in exp.runs for p in (r.path / "report.json", r.path / "metrics.csv"))
     figures = [Figure("grad_norm.png", "grad_norm", None, shared), Figure("loss.png", "loss", None, shared)]
     if any("accuracy" in r.columns for r in exp.runs):  # classification tasks only
@@ -58,6 +61,14 @@ def plan(exp: Experiment) -> Plan:
                               shared))
         if direction.turns(direction.sweep_runs(found)):
             figures.append(Figure("sweep_direction.png", "sweep_direction", None, shared))
+    if small_multiples(exp):
+        for seed in exp.seeds:
+            runs = seed_runs(exp, seed)
+            for name, kind, source in (("heatmaps", "seed_heatmaps", "layer_norms.csv"), ("bptt", "seed_bptt", "bptt_norms.csv")):
+                if kind == "seed_heatmaps" or any((r.path / source).is_file() for r in runs):
+                    inputs = tuple(p for r in runs for p in (r.path / "report.json", r.path / source))
+                    figures.append(Figure(f"{name}_s{seed}.png", kind, None, inputs, seed))
+        return Plan(exp, found, figures)
     for run in exp.runs:
         report = run.path / "report.json"
         for kind, source in (("heatmap", "layer_norms.csv"), ("bptt", "bptt_norms.csv")):
@@ -66,12 +77,58 @@ def plan(exp: Experiment) -> Plan:
     return Plan(exp, found, figures)
 
 
+MAX_OWN_FIGURE_VARIANTS = 3
+# What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
+# drawing processes take the longest first, so that none is left with a long one at the end.
+COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5}
+
+
+def expected_cost(fig: Figure) -> float:
+    if fig.seed is not None:  # a panel per run of the seed (two inputs each)
+        return 1.5 + 0.2 * len(fig.inputs) / 2
+    if fig.run_id is not None:
+        return 1.0
+    return COST.get(fig.kind, 1.5)
+
+
+def small_multiples(exp: Experiment) -> bool:
+    """Whether the per-run figures are drawn as small multiples (one figure per seed, one
+    panel per variant) rather than one figure per run: for a sweep, where comparison is the
+    point (`report.is_sweep`: the config has `sweep:`, or its clipping list or its runs have
+    one method at two or more thresholds), and for any experiment of more than
+    MAX_OWN_FIGURE_VARIANTS variants. Decided from the config (and the runs), not from which
+    runs are complete yet, so that the figures' names do not change as a sweep fills in."""
+    from gradlab.report import is_sweep
+
+    return is_sweep([r.report for r in exp.runs], exp.config) or len(exp.variants) > MAX_OWN_FIGURE_VARIANTS
+
+
+def seed_runs(exp: Experiment, seed: int) -> list[Run]:
+    """The complete runs of one seed, in the panels' order: the baseline, then each family by threshold."""
+    return sorted((r for r in exp.runs if r.seed == seed), key=lambda r: exp.variants.index(r.variant))
+
+
+def is_seed_figure(name: str) -> bool:
+    """heatmaps_s<seed>.png, bptt_s<seed>.png (a run id always has a variant before its -s<seed>)."""
+    return re.fullmatch(r"(heatmaps|bptt)_s-?\d+\.png", name) is not None
+
+
+def is_per_run_or_seed(name: str) -> bool:
+    """A run's own figure or a seed's small multiples: what one layout draws and the other must not leave behind."""
+    return name.endswith(".png") and (name.startswith(("heatmap_", "bptt_")) or is_seed_figure(name))
+
+
 def draw(p: Plan, fig: Figure) -> Optional[Path]:
     """Draw one figure; None when its run has nothing to show. The drawing functions are
     looked up when called, so that a test can stand in for any of them."""
     from . import flow, heatmaps, over_steps, sweep_plots  # NumPy and matplotlib: only to draw
 
+    from . import multiples
+
     exp, path = p.exp, p.exp.path / "plots" / fig.name
+    if fig.seed is not None:
+        draw_seed = multiples.draw_heatmaps if fig.kind == "seed_heatmaps" else multiples.draw_bptts
+        return draw_seed(exp, fig.seed, seed_runs(exp, fig.seed), path)
     if fig.run_id is not None:
         run = next(r for r in exp.runs if r.run_id == fig.run_id)
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)

@@ -18,14 +18,16 @@ from .style import (DIVERGENCE_LINE_COLOR, MAX_HEATMAP_COLUMNS, MAX_YTICK_LABELS
 # ----------------------------------------------------------------------------- heatmap
 
 
-def aggregate_columns(matrix: np.ndarray, max_columns: int) -> tuple[np.ndarray, np.ndarray, int]:
+def aggregate_columns(matrix: np.ndarray, max_columns: int,
+                      block: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Shrink a (params, steps) matrix to <= max_columns by taking each block's largest
     positive finite norm, so a spike is never averaged away. Returns (values, bad, block):
     values is NaN where a block has no positive finite norm, bad marks blocks holding a
-    non-finite norm."""
+    non-finite norm. `block` imposes the block size: panels that share a step axis must
+    share their column width, whatever each run's length."""
     n = matrix.shape[1]
     bad = ~np.isfinite(matrix)
-    block = max(1, math.ceil(n / max_columns))
+    block = block or max(1, math.ceil(n / max_columns))
     usable = np.where(np.isfinite(matrix) & (matrix > 0), matrix, np.nan)
     if block == 1:
         return usable, bad, 1

@@ -235,3 +235,9 @@ def few_decade_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_locator(NullLocator())
 
 
+
+# Small multiples (multiples.py): a sweep's per-run figures, one figure per seed.
+MAX_MULTIPLE_COLUMNS = 4
+MULTIPLE_PANEL_WIDTH = 3.3  # inches: four panels, the key and the colour bar stay under 17
+MULTIPLE_HEATMAP_COLUMNS = 400  # per panel: about its width in pixels, so no column is lost
+MAX_PANEL_YTICK_LABELS = 12

@@ -98,15 +98,6 @@ ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 PATH_MAX, NAME_MAX = 4096, 255  # Linux's; pathconf may say otherwise for a given file system
 
 
-def make_dir(path: Path) -> None:
-    """Create a folder and its parents; a file system that refuses is a UserError naming it."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        where = e.filename if e.filename else path
-        raise UserError(f"cannot create this directory ({os_reason(e)})", file=str(where)) from e
-
-
 def path_problem(path: Any) -> Optional[str]:
     """Why no file system would accept `path`, or None: a part longer than the file system
     allows, or a path longer than the kernel takes. Checked before anything is written,

@@ -470,7 +470,8 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             if n > 1:
                 from .workers import train_in_workers
 
-                train_in_workers(cfg, exp, plans, n, lockstep, progress)
+                train_in_workers(cfg, exp, plans, n, lockstep, progress,
+                                 while_training=preload_plotting if plots else None)
             else:
                 for p in plans:
                     progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
@@ -480,6 +481,27 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             reports = write_summary(exp, warn=progress.warn, fresh=fresh)
         finish(exp, plots=plots, only_stale=not force, reports=reports)
     return exp
+
+
+def preload_plotting() -> None:
+    """Import matplotlib in a thread of this process while the worker processes train: the
+    parent only waits on their queue then, and the import (0.4 s or more) is otherwise the
+    first thing the plots wait for. Started after the workers are forked, so that no child
+    inherits a half-done import; the drawing processes are forked later, from a parent whose
+    imports are done or under way under Python's import locks."""
+    import threading
+
+    def load() -> None:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import matplotlib.font_manager  # noqa: F401  (reads the font cache)
+
+    global _PRELOAD
+    _PRELOAD = threading.Thread(target=load, name="gradlab-preload-matplotlib", daemon=True)
+    _PRELOAD.start()
+
+
+_PRELOAD = None  # the thread of preload_plotting; joined before the drawing processes are forked
 
 
 @contextmanager
@@ -519,6 +541,9 @@ def finish(exp: Path, plots: bool = True, only_stale: bool = False,
     drawn: list[Path] = []
     if plots:
         from .plots import draw_experiment
+
+        if _PRELOAD is not None:  # a fork amid its import would leave a child a held import lock
+            _PRELOAD.join()
 
         # One process per core: the training that may have run before has finished with them.
         drawn = draw_experiment(exp, only_stale=only_stale, reports=reports, workers=os.cpu_count() or 1)

@@ -84,8 +84,10 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
         events.put(("done", seed))
 
 
-def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress) -> None:
-    """Train every plan (a seed and its variants to compute) in `workers` processes."""
+def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress,
+                     while_training=None) -> None:
+    """Train every plan (a seed and its variants to compute) in `workers` processes.
+    `while_training()` runs once they are forked: the parent mostly waits from then on."""
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     tasks, events = ctx.Queue(), ctx.Queue()
     for p in plans:
@@ -96,6 +98,8 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
         tasks.put(None)
     for proc in procs:
         proc.start()
+    if while_training is not None:
+        while_training()
     progress.note(f"{len(plans)} seed(s) on {workers} worker processes")
     remaining = len(plans)
     ok = False

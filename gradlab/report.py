@@ -498,6 +498,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         findings(reports),
         "",
     ]
+    lines += suggestion_section(exp, reports)
     plots = sorted((exp / "plots").glob("*.png"), key=lambda p: (p.name.startswith("heatmap_"), p.name)) \
         if (exp / "plots").is_dir() else []
     sweep = is_sweep(reports, cfg)
@@ -543,9 +544,28 @@ def render(exp: Path, reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def suggestion_section(exp: Path, reports: list[dict]) -> list[str]:
+    """report.md's suggested threshold, from the baseline runs' metrics.csv (gradlab.suggest)."""
+    from .suggest import section, suggest
+
+    return section(suggest(exp, reports)) if reports else []
+
+
+def write_suggestion(exp: Path, reports: list[dict]) -> None:
+    """suggestion.json: the same numbers as data, derived from the runs like report.md."""
+    from .suggest import suggest
+
+    sug = suggest(exp, reports)
+    if sug is not None:
+        io.write_json(exp / "suggestion.json", sug)
+
+
 def write_report(exp: Path, reports: list[dict] | None = None) -> Path:
-    """(Re)write report.md; `reports` saves reading the runs again when the caller has them."""
+    """(Re)write report.md and suggestion.json; `reports` saves reading the runs again when the
+    caller has them."""
     reports = load_reports(exp) if reports is None else reports
     path = exp / "report.md"
     io.write_text(path, render(exp, reports))
+    if reports:
+        write_suggestion(exp, reports)
     return path

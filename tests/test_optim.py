@@ -320,3 +320,27 @@ def test_build_optimizer(cfg, cls):
 def test_build_optimizer_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="lion"):
         build_optimizer(SimpleNamespace(kind="lion"))
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1)] + FULL,
+                         ids=lambda o: type(o).__name__)
+def test_the_updates_live_in_buffers_the_step_already_has(opt):
+    """No parameter-sized array per step: the updates are the gradients' buffers (SGD) or the
+    state's scratch (the adaptive ones), also on the per-variant path after a skip; and
+    apply_updates adds them, bit for bit the step torch's definition subtracts."""
+    r = np.random.default_rng(5)
+    params = {"w": r.standard_normal((3, 4, 2)), "b": r.standard_normal((3, 2))}
+    state = opt.init(params)
+    for t in range(3):
+        if t == 2:
+            state["step"][1] -= 1  # as after a skipped step: the per-variant path
+        grads = {k: r.standard_normal(v.shape) for k, v in params.items()}
+        home = grads if isinstance(opt, SGD) else state["scratch"]
+        before = {k: v.copy() for k, v in params.items()}
+        updates, _, stats = opt.update(grads, state, params)
+        assert all(updates[k] is home[k] for k in params)
+        apply_updates(params, updates)
+        for k in params:
+            assert np.array_equal(params[k], before[k] + updates[k])
+        change = np.concatenate([(params[k] - before[k]).reshape(3, -1) for k in params], axis=1)
+        np.testing.assert_allclose(stats["update_norm"], np.linalg.norm(change, axis=1), rtol=1e-10)

@@ -97,7 +97,9 @@ class GradlabStep:
         from gradlab.optim import build_optimizer
         from gradlab.tasks import build_task
         from gradlab.train import seed_streams
+        from gradlab.transforms import apply_updates
 
+        self.apply_updates = apply_updates
         rng = seed_streams(seed)
         self.task = build_task(cfg.task, cfg.train.dtype, rng["task"])
         self.model = build_model(cfg.model, self.task, cfg.train.dtype, cfg.train.tbptt)
@@ -122,7 +124,9 @@ class GradlabStep:
         self.grads = self.model.backward(self.params, self.cache, self.dout, ws=self.ws)
         self.norms = self.param_norms(self.grads)
         self.stats = self.clipper(self.grads, self.norms)
-        self.update_norm = self.opt.update(self.params, self.grads, self.state)
+        updates, self.state, stats = self.opt.update(self.grads, self.state, self.params)
+        self.apply_updates(self.params, updates)
+        self.update_norm = stats["update_norm"]
 
 
 class NumpyFloor:

@@ -278,10 +278,11 @@ def report(
     write_report(exp, reports)
     if len(groups(reports)) > 1:
         _QuietProgress().warn(statement(reports).replace("**", ""))
-    _print_outcome(exp, quiet=False, reports=reports, wide=wide)
+    _print_outcome(exp, quiet=False, reports=reports, wide=wide, suggestion=True)
 
 
-def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide: bool = False) -> None:
+def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide: bool = False,
+                   suggestion: bool = False) -> None:
     if quiet:
         print(exp)
         return
@@ -310,6 +311,12 @@ def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide:
     swept = sweep_finding(reports, read_yaml(exp / "config.yaml"))
     if swept:
         con.print(swept)
+    if suggestion and reports:
+        from .suggest import lines, suggest
+
+        for line in lines(suggest(exp, reports)):
+            # Unwrapped, and no markup: the hint's `[{method: none}]` is text.
+            con.print(line, soft_wrap=True, markup=False, highlight=False)
     missing = missing_runs(exp, reports)
     if missing:
         con.print(f"not finished: {', '.join(missing)}")

@@ -1,56 +1,66 @@
-"""Optimizers over a stack of variants, applied after clipping.
+"""Optimizers over a stack of variants: the last transform of the chain, after the clip and
+skip rules, with their protocol (gradlab.transforms):
 
-Each keeps its state per variant (the same leading axis as the parameters), updates the
-parameters in place and returns the per-variant L2 norm of the update it applied. The step
-count is per variant too: a variant whose step was skipped has taken one step fewer, and
-Adam's bias correction must know it.
+    init(params) -> state
+    update(grads, state, params, ctx) -> (updates, state, stats)
+
+`updates` is what `transforms.apply_updates` adds to the parameters (the descent step with
+its sign, as optax.apply_updates). No optimizer allocates it: it is written into a buffer
+already there, the gradient's own (SGD) or a per-parameter scratch kept in the state (the
+adaptive ones), so the step costs no parameter-sized array. `grads` may be overwritten.
+`stats["update_norm"]` is each variant's L2 norm of the update.
+
+The state is nested dicts of arrays with the variant axis first, so `transforms.take` drops
+a diverged variant from it as from any rule's. The step count is per variant too: a variant
+whose step was skipped has taken one step fewer, and Adam's bias correction must know it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from .norms import param_norms, total_norm
 
+Grads = dict[str, np.ndarray]
+
 
 class Optimizer:
-    """What all optimizers share: a state of nested dicts whose arrays have the variant axis."""
+    """What all optimizers share: the per-variant step count and the call on views after a skip."""
 
-    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], state: dict[str, Any]) -> np.ndarray:
-        """Apply one step in place; `grads` may be overwritten. Returns each variant's update norm."""
+    def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def update(self, grads: Grads, state: dict[str, Any], params: dict[str, np.ndarray],
+               ctx: Optional[Any] = None) -> tuple[Grads, dict[str, Any], dict[str, np.ndarray]]:
         t = state["step"]
         if t.size == 0 or t.min() == t.max():  # the usual case: one step count, one stacked call
-            norm = self._update(params, grads, state, int(t[0]) if t.size else 0)
+            updates = self._updates(params, grads, state, int(t[0]) if t.size else 0)
+            norm = total_norm(param_norms(updates))
         else:  # after a skip: each variant with its own count, on views of its slices
             norm = np.empty(t.size)
             for v in range(t.size):
                 one = lambda d: {k: a[v:v + 1] for k, a in d.items()}  # noqa: E731
                 sub = {k: (one(x) if isinstance(x, dict) else x) for k, x in state.items() if k != "step"}
-                norm[v] = self._update(one(params), one(grads), sub, int(t[v]))[0]
+                # Each variant's norm from its own slice, as a stack of one would measure it.
+                norm[v] = total_norm(param_norms(self._updates(one(params), one(grads), sub, int(t[v]))))[0]
+            updates = self._buffer(grads, state)  # the views above wrote into these
         state["step"] = t + 1
-        return norm
+        return updates, state, {"update_norm": norm}
 
-    def _update(self, params, grads, state, t: int) -> np.ndarray:
-        """The step of variants that have all taken t steps before this one."""
+    def _updates(self, params, grads, state, t: int) -> Grads:
+        """The updates of variants that have all taken t steps before this one, written into
+        `_buffer(grads, state)`."""
         raise NotImplementedError
 
-    @staticmethod
-    def select(state: dict[str, Any], keep: Sequence[int]) -> dict[str, Any]:
-        """The state of a smaller stack (after variants were dropped)."""
-        # intp, so that an empty `keep` still indexes (np.asarray([]) is float64).
-        return _take(state, np.asarray(keep, dtype=np.intp))
+    def _buffer(self, grads: Grads, state: dict[str, Any]) -> Grads:
+        """Where `_updates` writes the updates."""
+        raise NotImplementedError
 
 
 def _variants(params: dict[str, np.ndarray]) -> int:
     return next(iter(params.values())).shape[0] if params else 0
-
-
-def _take(node: Any, keep: np.ndarray) -> Any:
-    if isinstance(node, dict):
-        return {k: _take(v, keep) for k, v in node.items()}
-    return node[keep] if isinstance(node, np.ndarray) else node
 
 
 class SGD(Optimizer):
@@ -71,8 +81,10 @@ class SGD(Optimizer):
         return {"step": np.zeros(_variants(params), np.int64),
                 "buf": {k: np.zeros_like(v) for k, v in params.items()} if self.momentum else {}}
 
-    def _update(self, params, grads, state, t):
-        """Returns ||lr * d|| per variant."""
+    def _buffer(self, grads, state):
+        return grads
+
+    def _updates(self, params, grads, state, t):
         first = t == 0
         for name, p in params.items():
             g = grads[name]
@@ -90,11 +102,10 @@ class SGD(Optimizer):
                     g += self.momentum * buf
                 else:
                     d = buf
-            # The step lr * d goes into the gradient's buffer (ours to overwrite): no
-            # temporary, and its norm is the update norm.
-            np.multiply(d, self.lr, out=g)
-            p -= g
-        return total_norm(param_norms(grads))
+            # The update -lr * d goes into the gradient's buffer (ours to overwrite): no
+            # temporary. p + (-lr * d) is p - lr * d bit for bit: negation is exact.
+            np.multiply(d, -self.lr, out=g)
+        return grads
 
 
 def _lerp_(avg: np.ndarray, x: np.ndarray, weight: float, scratch: np.ndarray) -> None:
@@ -103,33 +114,35 @@ def _lerp_(avg: np.ndarray, x: np.ndarray, weight: float, scratch: np.ndarray) -
 
 
 class _Adaptive(Optimizer):
-    """Optimizers whose step `d` is built in a per-parameter scratch buffer, then p -= d.
+    """Optimizers whose update -d is built in a per-parameter scratch buffer of the state.
 
-    Subclasses name their buffers and compute `d`; the norm returned is that of the `d`
-    applied, and no parameter-sized array is allocated after `init`. All scalars are Python
-    floats, which never promote a float32 array (a float64 numpy scalar would).
+    Subclasses name their buffers and compute -d; no parameter-sized array is allocated after
+    `init`. All scalars are Python floats, which never promote a float32 array (a float64
+    numpy scalar would). Each sign is folded into a multiplication (exact), so the update
+    added is bit for bit the step torch subtracts.
     """
 
     def _buffers(self) -> tuple[str, ...]:
         raise NotImplementedError
 
     def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], t: int) -> np.ndarray:
-        """The step d for one parameter at step t (from 1), written into b["scratch"]."""
+        """The update -d for one parameter at step t (from 1), written into b["scratch"].
+        It reads p before any parameter is changed (the updates are applied after)."""
         raise NotImplementedError
 
     def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"step": np.zeros(_variants(params), np.int64), **{b: {k: np.zeros_like(v) for k, v in params.items()}
                                                                   for b in ("scratch", *self._buffers())}}
 
-    def _update(self, params, grads, state, t):
-        """Returns ||d|| per variant."""
+    def _buffer(self, grads, state):
+        return state["scratch"]
+
+    def _updates(self, params, grads, state, t):
         t += 1
         names = ("scratch", *self._buffers())
-        steps = {}
         for k, p in params.items():
-            steps[k] = d = self._step(p, grads[k], {b: state[b][k] for b in names}, t)
-            p -= d
-        return total_norm(param_norms(steps))
+            self._step(p, grads[k], {b: state[b][k] for b in names}, t)
+        return state["scratch"]
 
 
 class Adam(_Adaptive):
@@ -167,11 +180,11 @@ class Adam(_Adaptive):
         s /= bias_correction2 ** 0.5
         s += self.eps
         np.divide(m, s, out=s)
-        s *= self.lr / bias_correction1
+        s *= -(self.lr / bias_correction1)
         if self.weight_decay and self.decoupled:
-            # p * (1 - lr * wd) - d, as one step so that its norm is the whole change;
+            # p * (1 - lr * wd) - d, as one update so that its norm is the whole change;
             # g is spent, so it holds the decay.
-            s += np.multiply(p, self.lr * self.weight_decay, out=g)
+            s -= np.multiply(p, self.lr * self.weight_decay, out=g)
         return s
 
 
@@ -225,8 +238,8 @@ class RMSprop(_Adaptive):
             buf = b["momentum_buffer"]
             buf *= self.momentum
             buf += s
-            return np.multiply(buf, self.lr, out=s)
-        s *= self.lr
+            return np.multiply(buf, -self.lr, out=s)
+        s *= -self.lr
         return s
 
 

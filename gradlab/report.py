@@ -574,6 +574,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         findings(reports),
         "",
     ]
+    lines += suggestion_section(exp, reports)
     plots = sorted((exp / "plots").glob("*.png"), key=_plot_order) if (exp / "plots").is_dir() else []
     sweep = is_sweep(reports, cfg)
     # A sweep's own plots go with its table, in the order of SWEEP_PLOTS.
@@ -640,9 +641,28 @@ def _plot_order(path: Path) -> tuple:
     return (2 if name.startswith(("heatmap_", "bptt_")) else 0, 0, False, name)
 
 
+def suggestion_section(exp: Path, reports: list[dict]) -> list[str]:
+    """report.md's suggested threshold, from the baseline runs' metrics.csv (gradlab.suggest)."""
+    from .suggest import section, suggest
+
+    return section(suggest(exp, reports)) if reports else []
+
+
+def write_suggestion(exp: Path, reports: list[dict]) -> None:
+    """suggestion.json: the same numbers as data, derived from the runs like report.md."""
+    from .suggest import suggest
+
+    sug = suggest(exp, reports)
+    if sug is not None:
+        io.write_json(exp / "suggestion.json", sug)
+
+
 def write_report(exp: Path, reports: list[dict] | None = None) -> Path:
-    """(Re)write report.md; `reports` saves reading the runs again when the caller has them."""
+    """(Re)write report.md and suggestion.json; `reports` saves reading the runs again when the
+    caller has them."""
     reports = load_reports(exp) if reports is None else reports
     path = exp / "report.md"
     io.write_text(path, render(exp, reports))
+    if reports:
+        write_suggestion(exp, reports)
     return path

@@ -21,7 +21,7 @@ from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
 from .tasks import build_task
-from .transforms import Clipper, columns_of, group_order, take
+from .transforms import Clipper, apply_updates, columns_of, group_order, take
 
 
 @dataclass
@@ -72,8 +72,10 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 class _Stack:
-    """The variants still training: their parameters, optimizer state and transforms (clip
-    and skip rules, with their state).
+    """The variants still training: their parameters and the chain of transforms a step takes
+    them through, each with its state: the clip and skip rules (`transforms`), then the
+    optimizer (`opt`, its state `state`). The loop checks the gradients between the two, so
+    that a non-finite one is located before any update.
 
     Positions in `alive` refer to the initial stack, so records never shift when a diverged
     variant is dropped.
@@ -98,13 +100,14 @@ class _Stack:
             self.failures[int(self.alive[pos])] = FirstNonfinite.at(step, phase, where, kind)
         keep = np.asarray([i for i in range(len(self.alive)) if i not in found], dtype=np.int64)
         self.params = {k: v[keep] for k, v in self.params.items()}
-        self.state = self.opt.select(self.state, keep)
+        self.state = take(self.state, keep)
         self.transforms = self.transforms.select(keep)
         self.alive = self.alive[keep]
         return keep
 
     def update(self, grads: dict[str, np.ndarray], skipped: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """The optimizer step; returns the update norms and the variants it made non-finite.
+        """The optimizer's transform, then the parameter write; returns the update norms and the
+        variants it made non-finite.
 
         The variants whose step is skipped are stepped with the others (one stacked call)
         and then given back their parameters and optimizer state as they were: bit for bit,
@@ -112,7 +115,9 @@ class _Stack:
         skip = np.flatnonzero(skipped) if skipped is not None else np.zeros(0, np.intp)
         if skip.size:
             saved = take({"params": self.params, "state": self.state}, skip)
-        update_norm = self.opt.update(self.params, grads, self.state)
+        updates, self.state, stats = self.opt.update(grads, self.state, self.params)
+        apply_updates(self.params, updates)
+        update_norm = stats["update_norm"]
         if skip.size:
             _put(self.params, saved["params"], skip)
             _put(self.state, saved["state"], skip)

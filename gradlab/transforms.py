@@ -1,5 +1,6 @@
 """The transform protocol: what happens to a stack of gradients between the backward pass
-and the parameter write (clipping rules, skip rules), Optax-style.
+and the parameter write (clipping rules, skip rules, and last the optimizer, gradlab.optim),
+Optax-style.
 
 A transform is built once for the variants that share it and is a pair
 
@@ -93,6 +94,13 @@ def take(state: Any, keep: np.ndarray) -> Any:
     if isinstance(state, dict):
         return {k: take(v, keep) for k, v in state.items()}
     return state[keep] if isinstance(state, np.ndarray) else state
+
+
+def apply_updates(params: Mapping[str, np.ndarray], updates: Mapping[str, np.ndarray]) -> None:
+    """p += u for every parameter, in place (optax.apply_updates without the new arrays): the
+    one write of the parameters a step makes, after the optimizer's transform."""
+    for k, p in params.items():
+        p += updates[k]
 
 
 def finish(l2: np.ndarray, after: np.ndarray, clipped: np.ndarray, cosine: Optional[np.ndarray] = None,

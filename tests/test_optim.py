@@ -8,6 +8,15 @@ import pytest
 
 from gradlab.config import AdamConfig, AdamWConfig, RMSpropConfig, SGDConfig
 from gradlab.optim import SGD, Adam, AdamW, RMSprop, build_optimizer
+from gradlab.transforms import apply_updates, take
+
+
+def step(opt, params, grads, state):
+    """One step through the transform protocol: the updates, then the generic write."""
+    updates, new_state, stats = opt.update(grads, state, params)
+    assert new_state is state  # updated in place, as the rules' state is
+    apply_updates(params, updates)
+    return stats["update_norm"]
 
 
 def reference_sgd(p, grads, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
@@ -43,19 +52,19 @@ def test_sgd_matches_definition_per_variant(hp):
     state = opt.init(params)
     for t, g in enumerate(grads):
         before = params["w"].copy()
-        norm = opt.update(params, {"w": g.copy()}, state)
+        norm = step(opt, params, {"w": g.copy()}, state)
         np.testing.assert_allclose(norm, np.linalg.norm((before - params["w"]).reshape(V, -1), axis=1), rtol=1e-10)
     for v in range(V):
         ref = reference_sgd(p0[v], [g[v] for g in grads], **hp)
         np.testing.assert_allclose(params["w"][v], ref, rtol=1e-12)
 
 
-def test_select_keeps_the_remaining_variants_state():
+def test_take_keeps_the_remaining_variants_state():
     opt = SGD(lr=0.1, momentum=0.9)
     params = {"w": np.arange(6.0).reshape(3, 2)}
     state = opt.init(params)
-    opt.update(params, {"w": np.ones((3, 2)) * [[1], [2], [3]]}, state)
-    sub = SGD.select(state, [0, 2])
+    step(opt, params, {"w": np.ones((3, 2)) * [[1], [2], [3]]}, state)
+    sub = take(state, np.array([0, 2]))
     assert sub["step"].tolist() == [1, 1]
     np.testing.assert_array_equal(sub["buf"]["w"], [[1, 1], [3, 3]])
 
@@ -75,7 +84,7 @@ def test_sgd_matches_torch(hp):
     params = {"w": p0[None].copy()}
     state = opt.init(params)
     for g in grads:
-        opt.update(params, {"w": g[None].copy()}, state)
+        step(opt, params, {"w": g[None].copy()}, state)
     np.testing.assert_allclose(params["w"][0], tp.detach().numpy(), rtol=1e-12)
 
 
@@ -159,7 +168,7 @@ def test_adaptive_matches_definition_per_variant(cls, reference, hp):
     state = opt.init(params)
     for g in grads:
         before = {k: v.copy() for k, v in params.items()}
-        norm = opt.update(params, {k: v.copy() for k, v in g.items()}, state)
+        norm = step(opt, params, {k: v.copy() for k, v in g.items()}, state)
         change = np.concatenate([(before[k] - params[k]).reshape(V, -1) for k in params], axis=1)
         assert norm.shape == (V,) and norm.dtype == np.float64
         np.testing.assert_allclose(norm, np.linalg.norm(change, axis=1), rtol=1e-10)
@@ -194,7 +203,7 @@ def test_adaptive_matches_torch(cls, reference, hp):
     params = {"w": p0.copy()}
     state = opt.init(params)
     for g in grads:
-        opt.update(params, {"w": g.copy()}, state)
+        step(opt, params, {"w": g.copy()}, state)
     for v, tp in enumerate(tps):
         np.testing.assert_allclose(params["w"][v], tp.detach().numpy(), rtol=1e-10)
 
@@ -224,7 +233,7 @@ def test_float32_stays_float32(opt):
     params = {"w": r.standard_normal((3, 4, 2)).astype(np.float32), "b": r.standard_normal((3, 2)).astype(np.float32)}
     state = opt.init(params)
     for g in gradient_steps(r, (3, 4, 2), 3):
-        norm = opt.update(params, {"w": g.astype(np.float32), "b": g[:, 0].astype(np.float32)}, state)
+        norm = step(opt, params, {"w": g.astype(np.float32), "b": g[:, 0].astype(np.float32)}, state)
         assert norm.shape == (3,) and norm.dtype == np.float64
     assert all(p.dtype == np.float32 for p in params.values())
     # The buffers keep the parameters' dtype; the step count is an integer per variant.
@@ -244,7 +253,7 @@ def test_numpy_float64_hyperparameters_do_not_promote(opt):
         params = {"w": p0.copy()}
         state = o.init(params)
         for g in grads:
-            o.update(params, {"w": g.copy()}, state)
+            step(o, params, {"w": g.copy()}, state)
         results.append(params["w"])
     np.testing.assert_array_equal(results[0], results[1])
 
@@ -255,7 +264,7 @@ def hyperparameters(opt):
 
 
 @pytest.mark.parametrize("opt", FULL, ids=lambda o: type(o).__name__)
-def test_select_keeps_the_remaining_variants_state_adaptive(opt):
+def test_take_keeps_the_remaining_variants_state_adaptive(opt):
     r = np.random.default_rng(4)
     p0 = r.standard_normal((4, 6))
     grads = gradient_steps(r, p0.shape, 5)
@@ -263,25 +272,25 @@ def test_select_keeps_the_remaining_variants_state_adaptive(opt):
     stacked = {"w": p0.copy()}
     state = opt.init(stacked)
     for g in grads[:2]:
-        opt.update(stacked, {"w": g.copy()}, state)
-    stacked, state = {"w": stacked["w"][keep]}, type(opt).select(state, keep)
+        step(opt, stacked, {"w": g.copy()}, state)
+    stacked, state = {"w": stacked["w"][keep]}, take(state, np.array(keep))
     assert state["step"].tolist() == [2, 2, 2]
     for g in grads[2:]:
-        opt.update(stacked, {"w": g[keep].copy()}, state)
+        step(opt, stacked, {"w": g[keep].copy()}, state)
     # The same variants, never stacked with the dropped one: bit for bit the same.
     alone = {"w": p0[keep].copy()}
     state_alone = opt.init(alone)
     for g in grads:
-        opt.update(alone, {"w": g[keep].copy()}, state_alone)
+        step(opt, alone, {"w": g[keep].copy()}, state_alone)
     np.testing.assert_array_equal(stacked["w"], alone["w"])
     for a, b in zip(arrays(state), arrays(state_alone)):
         assert a.shape == b.shape
 
 
-def test_select_of_no_variants():
+def test_take_of_no_variants():
     opt = Adam(amsgrad=True)
     state = opt.init({"w": np.zeros((2, 3), dtype=np.float32)})
-    sub = Adam.select(state, [])
+    sub = take(state, np.zeros(0, np.intp))
     assert sub["step"].shape == (0,)
     assert all(a.shape == (0, 3) and a.dtype == np.float32 for a in arrays({k: v for k, v in sub.items() if k != "step"}))
 
@@ -311,3 +320,27 @@ def test_build_optimizer(cfg, cls):
 def test_build_optimizer_refuses_an_unknown_kind():
     with pytest.raises(ValueError, match="lion"):
         build_optimizer(SimpleNamespace(kind="lion"))
+
+
+@pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.1)] + FULL,
+                         ids=lambda o: type(o).__name__)
+def test_the_updates_live_in_buffers_the_step_already_has(opt):
+    """No parameter-sized array per step: the updates are the gradients' buffers (SGD) or the
+    state's scratch (the adaptive ones), also on the per-variant path after a skip; and
+    apply_updates adds them, bit for bit the step torch's definition subtracts."""
+    r = np.random.default_rng(5)
+    params = {"w": r.standard_normal((3, 4, 2)), "b": r.standard_normal((3, 2))}
+    state = opt.init(params)
+    for t in range(3):
+        if t == 2:
+            state["step"][1] -= 1  # as after a skipped step: the per-variant path
+        grads = {k: r.standard_normal(v.shape) for k, v in params.items()}
+        home = grads if isinstance(opt, SGD) else state["scratch"]
+        before = {k: v.copy() for k, v in params.items()}
+        updates, _, stats = opt.update(grads, state, params)
+        assert all(updates[k] is home[k] for k in params)
+        apply_updates(params, updates)
+        for k in params:
+            assert np.array_equal(params[k], before[k] + updates[k])
+        change = np.concatenate([(params[k] - before[k]).reshape(3, -1) for k in params], axis=1)
+        np.testing.assert_allclose(stats["update_norm"], np.linalg.norm(change, axis=1), rtol=1e-10)

@@ -494,7 +494,7 @@ def test_a_chain_cannot_hold_two_rules_that_turn_the_gradient():
 # ----------------------------------------------------------------------------- the CLI
 def test_adaptive_rules_config_runs_from_the_cli(tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
+    assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--seeds", "0", "--out", out,
                "--quiet", "--no-plots") == 0
     (exp,) = [d for d in out.iterdir() if d.is_dir()]
     summary = {r["run_id"]: r for r in json.loads((exp / "summary.json").read_text())}
@@ -515,7 +515,7 @@ def test_adaptive_rules_config_runs_from_the_cli(tmp_path, capsys):
     edited["mean_grad_cosine"] = 0.5
     (exp / "runs" / "autoclip-p10-s0" / "report.json").write_text(json.dumps(edited))
     capsys.readouterr()
-    assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--out", out,
+    assert cli("run", ROOT / "configs" / "adaptive_rules.yaml", "--set", "train.steps=40", "--seeds", "0", "--out", out,
                "--quiet", "--no-plots") == 0
     err = capsys.readouterr().err
     assert "run autoclip-p10-s0: its files are damaged" in err and "`mean_grad_cosine`" in err

@@ -102,6 +102,7 @@ OPTIMIZERS = [
 @pytest.mark.parametrize("opt_kind, hp", OPTIMIZERS, ids=[o for o, _ in OPTIMIZERS])
 def test_ten_clipped_steps_match_torch(kind, opt_kind, hp):
     from gradlab.optim import build_optimizer
+    from gradlab.transforms import apply_updates
     from gradlab import config as C
 
     cfg_cls = {"sgd": C.SGDConfig, "adam": C.AdamConfig, "adamw": C.AdamWConfig, "rmsprop": C.RMSpropConfig}[opt_kind]
@@ -117,7 +118,8 @@ def test_ten_clipped_steps_match_torch(kind, opt_kind, hp):
         _, dout = mse(out, y)
         grads = model.backward(params, cache, dout)
         apply_rule(clip, grads)
-        opt.update(params, grads, state)
+        updates, state, _ = opt.update(grads, state, params)
+        apply_updates(params, updates)
         t_opt.zero_grad()
         torch.nn.functional.mse_loss(net(torch.tensor(x)), torch.tensor(y)).backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -56,7 +56,7 @@ def fresh(work: Path, config: Path, plots: bool, tree: Path = ROOT) -> float:
 
 
 def plan_of(exp: Path):
-    from gradlab.experiment import collect_reports
+    from gradlab.store import collect_reports
     from gradlab.plots import figures, load_experiment
 
     return figures.plan(load_experiment(exp, reports=collect_reports(exp)))

@@ -75,7 +75,7 @@ def for_training() -> dict:
     thread train_seed trains on."""
     from threadpoolctl import threadpool_limits
 
-    from . import train  # noqa: F401  (loads NumPy, and with it the BLAS threadpoolctl looks for)
+    import numpy  # noqa: F401  (loads the BLAS threadpoolctl looks for)
 
     with threadpool_limits(1, user_api="blas"):
         return current()

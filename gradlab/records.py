@@ -1,6 +1,6 @@
 """What a run's outcome is, derived from its per-step records alone.
 
-The training loop (metrics.Recorder) and the run store's damage check (experiment.check_run)
+The training loop (metrics.Recorder) and the run store's damage check (store.check_run)
 both derive report.json's outcome fields from the rows of metrics.csv through `summarize`,
 so a report.json edited by hand, or a metrics.csv from another run, disagrees with it and
 is caught. Pure Python: the check runs in `plot` and `report`, which need no NumPy for it.

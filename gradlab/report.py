@@ -542,14 +542,14 @@ def sweep_finding(reports: list[dict], cfg) -> str:
 
 
 def load_reports(exp: Path) -> list[dict]:
-    from .experiment import collect_reports
+    from .store import collect_reports
 
     return collect_reports(exp)
 
 
 def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
     """Run ids the config plans that have no complete run on disk (missing or damaged)."""
-    from .experiment import planned_runs
+    from .store import planned_runs
 
     have = {r["run_id"] for r in reports}
     return [rid for rid in planned_runs(exp) or [] if rid not in have]

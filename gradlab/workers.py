@@ -17,6 +17,7 @@ import queue
 import signal
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from .config import ExperimentConfig
 from .errors import UserError, WorkerLost
@@ -44,7 +45,6 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
     # ends a worker at once (the parent's own SIGTERM handler is not for workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from .experiment import train_plan
 
     limit_blas_threads()
     pending = 0  # `parent` is the pid the parent passed: it may die before this runs
@@ -82,6 +82,29 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
         events.put(("steps", pending))
         pending = 0
         events.put(("done", seed))
+
+
+def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], lockstep: bool = True,
+               advance: Callable[[int], None] = lambda n: None) -> None:
+    """Train the variants `todo` of one seed and write their runs. With lockstep (the
+    default) they train as one stack; without, one after another (same numbers, slower)."""
+    from .config import config_hash
+    from .store import write_run
+    from .train import train_seed  # the engine is needed only here, not by `validate`
+
+    groups = [todo] if lockstep else [[i] for i in todo]
+    h = config_hash(cfg)
+    for group in groups:
+        done = 0
+
+        def step(_: int) -> None:
+            nonlocal done
+            done += 1
+            advance(1)
+
+        for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
+            write_run(exp, r, h)
+        advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
 
 
 def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress,

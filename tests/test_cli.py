@@ -269,7 +269,7 @@ def test_a_closed_standard_stream_is_not_a_bug(tmp_path, stream):
 def test_the_table_fits_the_terminal_and_never_cuts_a_value(experiment, capsys, monkeypatch, width):
     """At any width the table keeps run ids, steps and numbers whole: headers shorten and the
     least important columns go first; --wide keeps every column, wider than the screen."""
-    from gradlab.experiment import collect_reports
+    from gradlab.store import collect_reports
     from gradlab.report import columns, table_rows
 
     reports = collect_reports(experiment)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from conftest import cli
 from gradlab.config import ExperimentConfig, Rule, parse_rule, register_rule, unregister_rule, variant_id
-from gradlab.experiment import rule_problem
+from gradlab.store import rule_problem
 from gradlab.transforms import RULES as ENGINE_RULES
 from gradlab.transforms import Transform, finish, scale_
 
@@ -112,7 +112,7 @@ def test_a_malformed_descriptor_is_named(bad, why):
 
 
 def test_the_run_store_takes_a_missing_descriptor_and_refuses_a_malformed_one(tmp_path):
-    from gradlab.experiment import collect_reports
+    from gradlab.store import collect_reports
 
     cfg = tmp_path / "s.yaml"
     cfg.write_text("name: s\nseeds: [0]\nmodel: {depth: 3, width: 8}\ntrain: {steps: 5}\n"
@@ -166,7 +166,7 @@ def test_a_complete_experiment_is_described_by_its_runs_alone(tmp_path, monkeypa
     """Every config entry is matched to its runs' descriptors by its knobs (inf, lists and a
     chain's rules included): no schema parse for a finished experiment."""
     import gradlab.report as report
-    from gradlab.experiment import collect_reports
+    from gradlab.store import collect_reports
     from gradlab.io import read_yaml
 
     cfg = tmp_path / "c.yaml"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import cli
-from gradlab.experiment import collect_reports
+from gradlab.store import collect_reports
 from gradlab.plots import figures, style
 from gradlab.plots.load import load_experiment
 from gradlab.report import sweep_rows

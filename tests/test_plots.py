@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gradlab.io import write_bytes, write_csv, write_json, write_text
-from gradlab.experiment import collect_reports, config_hash_of
+from gradlab.store import collect_reports, config_hash_of
 from gradlab.plots import describe, figures, flow, multiples, over_steps, style
 from gradlab.plots import heatmaps as heatmap_mod
 from gradlab.plots import sweep as sweep_mod

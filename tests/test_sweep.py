@@ -14,7 +14,8 @@ import yaml
 from conftest import cli
 
 from gradlab.config import load_config
-from gradlab.experiment import experiment_lock, prepare, run_experiment
+from gradlab.experiment import prepare, run_experiment
+from gradlab.store import experiment_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

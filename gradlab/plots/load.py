@@ -119,7 +119,7 @@ def load_experiment(exp_dir: Path, only: Optional[set[str]] = None, reports: Opt
     from gradlab.report import sweep_rows
 
     if reports is None:
-        from gradlab.experiment import collect_reports
+        from gradlab.store import collect_reports
 
         reports = collect_reports(exp_dir)
     if only is not None:

@@ -1,0 +1,49 @@
+"""The layout tells the data flow: the run store imports nothing above it, and no module of
+the experiment's orchestration imports another in a circle (a cycle once tied the experiment,
+the report and the worker processes together)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gradlab"
+
+
+def gradlab_imports(module: str) -> set[str]:
+    """The gradlab modules `module` imports, at the top or inside a function."""
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE / module.replace(".", "/") / "__init__.py"
+    package = module.rsplit(".", 1)[0] if "." in module and not path.name == "__init__.py" else module
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the module's package
+                base = package.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            elif node.module and node.module.startswith("gradlab"):
+                name = node.module.removeprefix("gradlab").lstrip(".")
+            else:
+                continue
+            found.add(name.split(".")[0] if name else "")
+            if not node.module:  # `from . import x, y`
+                found |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("gradlab.").split(".")[0] for a in node.names if a.name.startswith("gradlab")}
+    return found - {"", module.split(".")[0]}
+
+
+# Below the store: files, errors, records, the schema and the numerical environment.
+BELOW_THE_STORE = {"io", "errors", "records", "environment", "config"}
+
+
+def test_the_run_store_imports_nothing_above_it():
+    assert gradlab_imports("store") <= BELOW_THE_STORE, gradlab_imports("store")
+    for module in BELOW_THE_STORE - {"config"}:
+        assert gradlab_imports(module) <= BELOW_THE_STORE, (module, gradlab_imports(module))
+
+
+def test_no_cycle_between_the_experiment_the_report_and_the_workers():
+    graph = {m: gradlab_imports(m) for m in ("experiment", "report", "workers", "store", "suggest")}
+    assert "experiment" not in graph["report"] | graph["workers"] | graph["store"], graph
+    assert "report" not in graph["workers"] | graph["store"], graph

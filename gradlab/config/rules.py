@@ -37,6 +37,9 @@ class Rule(_Strict):
     """
 
     knob: ClassVar[Optional[str]] = None
+    # Whether the rule can change the gradient's direction (not only scale it): a chain holds
+    # at most one such rule, whose cosine is then the chain's, with no copy of the gradient.
+    turns: ClassVar[bool] = False
 
     def off_default(self) -> dict[str, Any]:
         """The knobs other than the main one whose value is not their default."""
@@ -112,6 +115,7 @@ class ClipValue(Rule):
     """Clip every gradient element to [-clip_value, clip_value] (torch's clip_grad_value_)."""
 
     knob: ClassVar[Optional[str]] = "clip_value"
+    turns: ClassVar[bool] = True
 
     method: Literal["value"]
     clip_value: Positive
@@ -121,6 +125,7 @@ class ClipPerTensor(Rule):
     """Clip every parameter tensor to its own L2 norm, as Keras `clipnorm`."""
 
     knob: ClassVar[Optional[str]] = "max_norm"
+    turns: ClassVar[bool] = True
 
     method: Literal["per_tensor"]
     max_norm: Positive
@@ -132,6 +137,7 @@ class ClipAGC(Rule):
     layers left alone (`head`: the output layer)."""
 
     knob: ClassVar[Optional[str]] = "clipping"
+    turns: ClassVar[bool] = True
     method: Literal["agc"]
     clipping: Positive = 0.01
     eps: Positive = 0.001
@@ -203,9 +209,14 @@ def _union(classes) -> Any:
 
 
 RuleConfig = _union(RULES.values())
-# The rules that change the gradient's direction: a chain holds at most one (its cosine
-# is then that rule's, with no copy of the gradient).
-DIRECTION_RULES = ("value", "per_tensor", "agc")
+
+
+def direction_rules() -> tuple[str, ...]:
+    """The registered rules that can change the gradient's direction (`Rule.turns`)."""
+    return tuple(m for m, cls in RULES.items() if cls.turns)
+
+
+DIRECTION_RULES = direction_rules()  # the built-in ones; direction_rules() includes registered rules
 
 
 class ClipChain(Rule):
@@ -225,10 +236,10 @@ class ClipChain(Rule):
 
     @model_validator(mode="after")
     def _one_direction(self) -> "ClipChain":
-        turning = [i for i, r in enumerate(self.rules) if r.method in DIRECTION_RULES]
+        turning = [i for i, r in enumerate(self.rules) if type(r).turns]
         if len(turning) > 1:
             raise _Conflict(f"a chain holds at most one rule that changes the gradient's direction "
-                            f"({', '.join(DIRECTION_RULES)}), got {self.rules[turning[0]].method} and "
+                            f"({', '.join(direction_rules())}), got {self.rules[turning[0]].method} and "
                             f"{self.rules[turning[1]].method}", ("rules", turning[1], "method"))
         return self
 

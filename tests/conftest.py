@@ -26,6 +26,22 @@ def pytest_addoption(parser):
                      help="also run the tests marked slow (or set GRADLAB_SLOW=1)")
 
 
+# The parity suite (the README's third command, and .ci/run) sets GRADLAB_REQUIRE_TORCH=1: there
+# a missing torch is an error, not 34 quietly skipped comparisons.
+TORCH_FILES = ("tests/test_torch_parity.py", "tests/test_optim.py", "tests/test_clipping.py")
+
+
+def pytest_configure(config):
+    if os.environ.get("GRADLAB_REQUIRE_TORCH") == "1":
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            import pytest
+
+            raise pytest.UsageError(f"GRADLAB_REQUIRE_TORCH=1 but torch does not import ({e}); "
+                                    "pip install torch==2.13.0") from None
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow") or os.environ.get("GRADLAB_SLOW") == "1":
         return

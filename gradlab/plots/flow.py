@@ -252,18 +252,14 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
         notes.append(f"truncated BPTT every {every}: {len(boundaries)} boundaries, too many to draw")
 
     # Where the first NaN/inf was born, when that was inside the recurrence.
-    first = run.first_nonfinite or {}
-    where = str(first.get("where") or "")
-    t_bad = as_int(first.get("t"))
-    if t_bad is None:
-        m = re.search(r"@ t=(\d+)$", where)
-        t_bad = int(m.group(1)) if m else None
+    where, t_bad = birth(run)
     if run.diverged and t_bad is not None and 0 <= t_bad < T:
         layer = next((l for l in flow.layers if where.startswith(l + ".")), None)
         mark = dict(marker="v", markersize=11, color=colors.get(layer, NONFINITE_COLOR), markeredgecolor=NONFINITE_COLOR,
                      markeredgewidth=1.5, linestyle="none", clip_on=False, zorder=6)
         ax.plot([t_bad], [0.91], transform=ax.get_xaxis_transform(), **mark)
-        phase = f" ({first['phase']})" if first.get("phase") else ""
+        phase = (run.first_nonfinite or {}).get("phase")
+        phase = f" ({phase})" if phase else ""
         handles.append(Line2D([], [], label=f"first NaN/inf, step {run.divergence_step}{phase}:\n{where}", **mark))
     if nonfinite:
         handles.append(Line2D([], [], color="0.3", linewidth=4, label="top edge: NaN/inf at that t"))
@@ -295,3 +291,13 @@ def draw_bptt(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     return style.save(fig, path)
 
 
+def birth(run: Run) -> tuple[str, Optional[int]]:
+    """(where, t) of a run's first NaN/inf: `t` is the time step inside a recurrence, from
+    report.json's `t` or, in runs written before it was a field, from `... @ t=4`."""
+    first = run.first_nonfinite or {}
+    where = str(first.get("where") or "")
+    t = as_int(first.get("t"))
+    if t is None:
+        m = re.search(r"@ t=(\d+)$", where)
+        t = int(m.group(1)) if m else None
+    return where, t

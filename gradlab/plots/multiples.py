@@ -355,7 +355,6 @@ def draw_bptts(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Optio
     nrows, ncols = grid_shape(n)
     zeros = nonfinite = 0
     born = False
-    grid, marks = [], []
     for i, (run, f) in enumerate(panels):
         r, c = divmod(i, ncols)
         x0 = left + c * (MULTIPLE_PANEL_WIDTH + gap_w)
@@ -462,14 +461,9 @@ class _Panel:
 
 def _mark_birth(ax, run: Run, f, colors: dict) -> bool:
     """A triangle at the t where the first NaN/inf was born, when that was in the recurrence."""
-    import re
+    from .flow import birth
 
-    first = run.first_nonfinite or {}
-    where = str(first.get("where") or "")
-    t_bad = as_int(first.get("t"))
-    if t_bad is None:
-        m = re.search(r"@ t=(\d+)$", where)
-        t_bad = int(m.group(1)) if m else None
+    where, t_bad = birth(run)
     if not (run.diverged and t_bad is not None and 0 <= t_bad < f.T):
         return False
     layer = next((l for l in f.layers if where.startswith(l + ".")), None)

@@ -389,7 +389,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.stdout.flush()  # here, where a closed pipe can still be told apart from a bug
     except BrokenPipeError:
         _pipe_closed()
-    except SystemExit as e:
+    except SystemExit:
         # click turns a closed pipe into exit 1 after swapping in its PacifyFlushWrapper.
         if type(sys.stdout).__name__ == "PacifyFlushWrapper":
             _pipe_closed()

@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import ExperimentConfig, run_id, threshold_of, variant_id
 from .divergence import FirstNonfinite, locate_step, locate_update
+from .kinds import MODEL_KINDS
 from .metrics import Recorder, StepValues
 from .models import build_model, stack
 from .models.workspace import Workspace
@@ -176,7 +177,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
                    extra=[columns_of(clips[i]) for i in order])
-    recurrent = hasattr(model, "layer_names")
+    recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
 
     data = rng["data"]
     ws = Workspace()  # the step's activations and gradients, reused every step

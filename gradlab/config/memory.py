@@ -1,5 +1,6 @@
 """What an experiment will hold in memory, estimated before anything is allocated: it
-mirrors the models' parameter counts and the recurrent layers' per-step buffers."""
+mirrors the models' parameter counts and the buffers their backward passes keep, as each
+model kind declares them (gradlab.kinds)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from typing import Any
 
 from gradlab.errors import UserError
+from gradlab.kinds import MODEL_KINDS
 
 from .schema import ExperimentConfig
 
@@ -22,22 +24,8 @@ def task_dims(task: Any) -> tuple[int, int]:
     return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4)}[task.kind]
 
 
-_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# Arrays of width H that a recurrent layer keeps per time step and example (models/recurrent.py):
-# G each for the input projection, the gates (not rnn), their gradients and those laid side by
-# side (gru: twice, and W_hh h per step); then h, dL/dh, h laid side by side (lstm: c, tanh c too).
-_STEP_BUFFERS = {"rnn": 3 * 1 + 3, "lstm": 4 * 4 + 5, "gru": 7 * 3 + 3}
-
-
 def _parameter_count(cfg: ExperimentConfig) -> int:
-    m = cfg.model
-    n_in, n_out = task_dims(cfg.task)
-    if m.kind == "mlp":
-        dims = [n_in] + [m.width] * (m.depth - 1) + [n_out]
-        return sum(a * b + b for a, b in zip(dims, dims[1:]))
-    g, h = _GATES[m.kind], m.width
-    layers = sum(g * h * (fan_in + h + 2) for fan_in in [n_in] + [h] * (m.depth - 1))
-    return layers + h * n_out + n_out
+    return MODEL_KINDS[cfg.model.kind].parameter_count(cfg.model, *task_dims(cfg.task))
 
 
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
@@ -46,10 +34,7 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     MLP; gates, states and their gradients at every time step for recurrent layers), and
     the metrics."""
     v, m = len(cfg.clipping), cfg.model
-    if m.kind == "mlp":
-        saved = 3 * m.width * m.depth
-    else:
-        saved = cfg.task.seq_len * m.width * m.depth * _STEP_BUFFERS[m.kind]
+    saved = MODEL_KINDS[m.kind].saved_per_example(m, cfg.task)
     arrays = 4 * _parameter_count(cfg) + cfg.task.batch_size * saved
     metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 10)
     return _ITEMSIZE[cfg.train.dtype] * v * arrays + metrics

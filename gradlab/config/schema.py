@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from gradlab.errors import clip
+from gradlab.kinds import MODEL_KINDS
 
 from .base import Activation, DType, InitScheme, NonNegative, Positive, Size, _Conflict, _Strict
 from . import rules
@@ -28,7 +29,13 @@ class InitConfig(_Strict):
     gain: Positive = 1.0
 
 
-RECURRENT = ("rnn", "lstm", "gru")
+# The kinds that read sequences (once called the recurrent ones; kept for scripts that import it).
+RECURRENT = tuple(name for name, k in MODEL_KINDS.items() if k.sequence)
+
+
+def _kind(name: Any):
+    """The registered kind of that name, or None (a bad value is reported by `kind` itself)."""
+    return MODEL_KINDS.get(name) if isinstance(name, str) else None
 
 
 class ModelConfig(_Strict):
@@ -39,7 +46,7 @@ class ModelConfig(_Strict):
     input weights' (W_ih), Glorot by default. `activation` of an Elman RNN is tanh or relu.
     """
 
-    kind: Literal["mlp", "rnn", "lstm", "gru"] = "mlp"
+    kind: Literal[tuple(MODEL_KINDS)] = "mlp"  # type: ignore[valid-type]
     depth: Annotated[int, Field(ge=1, le=10_000)] = 8
     width: Size = 64
     activation: Activation = "tanh"
@@ -52,24 +59,23 @@ class ModelConfig(_Strict):
         # `init: {gain: 1.1}` on a recurrent model keeps the recurrent default, orthogonal: a
         # missing scheme is the model kind's, not InitConfig's (which is the mlp's).
         if isinstance(data, dict) and isinstance(data.get("init"), dict) and "scheme" not in data["init"]:
-            if data.get("kind") in RECURRENT:
-                return {**data, "init": {"scheme": "orthogonal", **data["init"]}}
+            k = _kind(data.get("kind"))
+            if k is not None:
+                return {**data, "init": {"scheme": k.init_scheme, **data["init"]}}
         return data
 
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
-        recurrent = self.kind in RECURRENT
-        if self.kind == "rnn" and self.activation not in ("tanh", "relu"):
-            raise _Conflict(f"an rnn takes activation tanh or relu (as torch.nn.RNN), got {self.activation}",
+        k = MODEL_KINDS[self.kind]
+        if k.activations is not None and self.activation not in k.activations:
+            raise _Conflict(k.activation_error.format(kind=self.kind, activation=self.activation),
                             "activation", "kind")
-        if self.kind in ("lstm", "gru") and self.activation != "tanh":
-            raise _Conflict(f"an {self.kind}'s gates are fixed (sigmoid and tanh), so activation must be left out "
-                            f"(or tanh), got {self.activation}", "activation", "kind")
-        if not recurrent and self.input_init is not None:
-            raise _Conflict("input_init applies to recurrent models only; an mlp has one init", "input_init", "kind")
+        if not k.input_init and self.input_init is not None:
+            raise _Conflict(f"input_init applies to recurrent models only; an {self.kind} has one init",
+                            "input_init", "kind")
         if self.init is None:
-            object.__setattr__(self, "init", InitConfig(scheme="orthogonal" if recurrent else "xavier"))
-        if recurrent and self.input_init is None:
+            object.__setattr__(self, "init", InitConfig(scheme=k.init_scheme))
+        if k.input_init and self.input_init is None:
             object.__setattr__(self, "input_init", InitConfig(scheme="xavier"))
         return self
 
@@ -278,8 +284,9 @@ class ExperimentConfig(_Strict):
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
         sequence = self.task.kind in SEQUENCE_TASKS
-        if sequence != (self.model.kind in RECURRENT):
-            need = "a recurrent kind (rnn, lstm, gru)" if sequence else "kind mlp"
+        if sequence != MODEL_KINDS[self.model.kind].sequence:
+            fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence]
+            need = f"a recurrent kind ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))
         if self.train.tbptt is not None and not sequence:
@@ -307,8 +314,7 @@ class ExperimentConfig(_Strict):
         """agc's `exclude` names layers of this model: a misspelt one would clip the layer the
         user meant to keep, silently."""
         m = self.model
-        layers = ([f"layer{i}" for i in range(m.depth)] if m.kind == "mlp"
-                  else [f"{m.kind}.{i}" for i in range(m.depth)]) + ["head"]
+        layers = MODEL_KINDS[m.kind].layers(m) + ["head"]
         for i, c in enumerate(self.clipping):
             inner = [(("clipping", i, "rules", j), r) for j, r in enumerate(c.rules)] if c.method == "chain" \
                 else [(("clipping", i), c)]

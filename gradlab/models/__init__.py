@@ -1,5 +1,6 @@
 """Models: functional forward/backward over a flat, named parameter mapping with a leading
-variant axis. `build_model` maps a config to a model; `stack` gives every variant a copy."""
+variant axis. `build_model` maps a config to a model (its kind, registered in `gradlab.kinds`,
+builds it); `stack` gives every variant a copy."""
 
 from __future__ import annotations
 
@@ -7,20 +8,15 @@ from typing import Optional
 
 import numpy as np
 
+from ..kinds import MODEL_KINDS
 from .mlp import MLP
 from .recurrent import Recurrent
 
 
 def build_model(cfg, task, dtype: str, tbptt: Optional[int] = None):
-    """The model a ModelConfig describes, sized for the task's inputs and outputs."""
-    if cfg.kind == "mlp":
-        return MLP(cfg.depth, cfg.width, task.input_dim, task.output_dim, cfg.activation,
-                   cfg.init.scheme, cfg.init.gain, dtype)
-    return Recurrent(cfg.kind, cfg.depth, cfg.width, task.input_dim, task.output_dim,
-                     per_step=task.per_step, activation_name=cfg.activation,
-                     init_scheme=cfg.init.scheme, gain=cfg.init.gain,
-                     input_scheme=cfg.input_init.scheme, input_gain=cfg.input_init.gain,
-                     dtype=dtype, tbptt=tbptt)
+    """The model a ModelConfig describes, sized for the task's inputs and outputs, built by
+    its registered kind (gradlab.kinds.MODEL_KINDS)."""
+    return MODEL_KINDS[cfg.kind].build(cfg, task, dtype, tbptt)
 
 
 def stack(params: dict[str, np.ndarray], V: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..kinds import ParamSpec
 from .activations import activation
 from .init import init_weight
 from .layers import linear_backward, linear_forward
@@ -46,10 +47,14 @@ class MLP:
         return list(self.shapes)
 
     @property
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Layer, role and input axis of each parameter: x @ W, so W is (in, out)."""
+        return {name: ParamSpec(name.rsplit(".", 1)[0], "weight" if name.endswith(".W") else "bias",
+                                0 if name.endswith(".W") else None) for name in self.shapes}
+
+    @property
     def fan_in_axes(self) -> dict[str, int | None]:
-        """Each parameter's input axis (without the variant axis), or None for a vector:
-        unit-wise clipping (AGC) measures one norm per output unit along it. x @ W: (in, out)."""
-        return {name: 0 if name.endswith(".W") else None for name in self.shapes}
+        return {name: s.fan_in for name, s in self.param_specs.items()}
 
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One set of initial parameters, without the variant axis; biases start at zero."""

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..kinds import ParamSpec
 from .activations import activation
 from ..norms import row_norms
 from .init import init_weight, orthogonal
@@ -73,14 +74,21 @@ class Recurrent:
         return list(self.shapes)
 
     @property
-    def fan_in_axes(self) -> dict[str, int | None]:
-        """Each parameter's input axis (without the variant axis), or None for a vector.
-        The recurrent weights have torch's (G*H, in) layout; the head is x @ W, (H, O)."""
-        return {name: (0 if name == "head.W" else 1) if len(shape) == 2 else None
-                for name, shape in self.shapes.items()}
+    def param_specs(self) -> dict[str, ParamSpec]:
+        """Layer, role and input axis of each parameter. The recurrent weights have torch's
+        (G*H, in) layout; the head is x @ W, (H, O)."""
+        roles = {"W_ih": "input weight", "W_hh": "recurrent weight", "b_ih": "input bias",
+                 "b_hh": "recurrent bias", "W": "weight", "b": "bias"}
+        specs = {}
+        for name, shape in self.shapes.items():
+            layer, short = name.rsplit(".", 1)
+            specs[name] = ParamSpec(layer, roles[short],
+                                    (0 if name == "head.W" else 1) if len(shape) == 2 else None)
+        return specs
 
-    def layer_names(self) -> list[str]:
-        return [f"{self.kind}.{l}" for l in range(self.depth)]
+    @property
+    def fan_in_axes(self) -> dict[str, int | None]:
+        return {name: s.fan_in for name, s in self.param_specs.items()}
 
     # ------------------------------------------------------------------ init
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Words for the figures: a config's one-line description and a run's outcome.
 
-The only place in the plots that knows models, tasks and optimizers (an LSTM's gates, the
-teacher task nobody names); the drawing modules take the text as it is.
+The only place in the plots that knows models (through their registered kinds: an LSTM's
+gates), tasks and optimizers (the teacher task nobody names); the drawing modules take the
+text as it is.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from gradlab.io import as_float as _num
+from gradlab.kinds import MODEL_KINDS
 
 if TYPE_CHECKING:
     from .load import Run
+
+
+def _fixed_activation(kind: Any) -> bool:
+    """A kind whose activation is its own (the gates), so naming it would say nothing."""
+    k = MODEL_KINDS.get(kind) if isinstance(kind, str) else None
+    return k is not None and k.fixed_activation
 
 
 def as_int(x: Any) -> Optional[int]:
@@ -45,7 +53,7 @@ def describe_config(cfg: dict, fallback_name: str) -> str:
             f"depth {get('model', 'depth')}" if get("model", "depth") is not None else None,
             f"width {get('model', 'width')}" if get("model", "width") is not None else None,
             # An LSTM's or GRU's gates are fixed (sigmoid and tanh): its `activation` says nothing.
-            get("model", "activation") if kind not in ("lstm", "gru") else None,
+            get("model", "activation") if not _fixed_activation(kind) else None,
         )
         if v is not None
     ]

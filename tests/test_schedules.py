@@ -95,8 +95,9 @@ def test_warmup_cosine_is_torchs_warmup_then_cosine_annealing():
 
 
 # ----------------------------------------------------------------------------- the loop
-def make(schedule=None, clipping=({"method": "none"}, {"method": "norm", "max_norm": 1.0}), steps=20, **train):
-    t = dict(steps=steps, optimizer=dict(lr=0.05, momentum=0.9), **train)
+def make(schedule=None, clipping=({"method": "none"}, {"method": "norm", "max_norm": 1.0}), steps=20,
+         optimizer=None, **train):
+    t = dict(steps=steps, optimizer=optimizer or dict(lr=0.05, momentum=0.9), **train)
     if schedule is not None:
         t["schedule"] = schedule
     return ExperimentConfig.model_validate(dict(
@@ -188,3 +189,17 @@ def test_edge_schedules_are_allowed():
     make(dict(kind="linear_warmup", warmup_steps=20))
     make(dict(kind="cosine", min_lr=0.05))
     TrainConfig.model_validate(dict(schedule=dict(kind="warmup_cosine")))
+
+
+def test_a_skipped_step_moves_along_the_schedule_and_stacked_equals_alone():
+    """A skip leaves the variants with different Adam step counts (the per-variant path of
+    the optimizer); the lr still follows the loop's step, the same for every variant."""
+    clipping = ({"method": "none"}, {"method": "skip", "sigma": 0.5, "window": 24})
+    cfg = make(WC, clipping, steps=40, optimizer=dict(kind="adam", lr=0.01))
+    together = train_seed(cfg, 2)
+    assert 1 in column(together[1], "skipped")
+    expected = lrs(Schedule(cfg.train.schedule, 0.01, 40), 40)
+    for i, c in enumerate(cfg.clipping):
+        assert column(together[i], "lr") == expected
+        alone = train_seed(cfg, 2, [c], [i])[0]
+        assert alone.metrics_rows == together[i].metrics_rows  # bit for bit

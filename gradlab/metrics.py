@@ -25,12 +25,13 @@ class StepValues:
     accuracy: Optional[np.ndarray] = None
     flow: Optional[dict[str, np.ndarray]] = None  # layer -> (V, T): norm of dL/dh_t
     update_norm: Optional[np.ndarray] = None
+    lr: Optional[float] = None  # the step's learning rate, one for the stack (gradlab.schedules)
 
     def take(self, idx) -> "StepValues":
         """The values of a subset of the variants."""
         def part(f, v):
-            if v is None:
-                return None
+            if v is None or f == "lr":
+                return v
             if f == "stats":
                 return {k: a[idx] for k, a in v.items()}
             if f == "norms":
@@ -47,7 +48,9 @@ class Recorder:
         """`extra`: per variant, the metrics.csv columns its rule adds (`skipped`)."""
         extra = [tuple(e) for e in extra] or [()] * n_variants
         union = tuple(dict.fromkeys(c for e in extra for c in e))
-        self.all_columns = METRIC_COLUMNS + ("grad_cosine",) + union + (("accuracy",) if accuracy else ())
+        # `lr` after grad_cosine: the store requires METRIC_COLUMNS only, so runs written before
+        # schedules existed (without `lr`) stay readable.
+        self.all_columns = METRIC_COLUMNS + ("grad_cosine", "lr") + union + (("accuracy",) if accuracy else ())
         # Each variant's file has the columns of its own rule only.
         self.variant_columns = [tuple(c for c in self.all_columns if c not in union or c in e) for e in extra]
         self.param_names = list(param_names)
@@ -68,7 +71,8 @@ class Recorder:
         row = self.values[step]
         own = {"loss": v.loss, "update_norm": np.nan if v.update_norm is None else v.update_norm,
                "nonfinite": 0.0 if nonfinite is None else nonfinite,
-               "accuracy": np.nan if v.accuracy is None else v.accuracy}
+               "accuracy": np.nan if v.accuracy is None else v.accuracy,
+               "lr": np.nan if v.lr is None else v.lr}
         s = v.stats
         for k, name in enumerate(self.all_columns[1:]):
             # The rules' stats by name; a column a rule does not report (skipped) is 0 there.

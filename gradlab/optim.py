@@ -33,10 +33,14 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, grads: Grads, state: dict[str, Any], params: dict[str, np.ndarray],
-               ctx: Optional[Any] = None) -> tuple[Grads, dict[str, Any], dict[str, np.ndarray]]:
+               ctx: Optional[Any] = None,
+               lr: Optional[float] = None) -> tuple[Grads, dict[str, Any], dict[str, np.ndarray]]:
+        """`lr`: this step's learning rate in place of the optimizer's own (a schedule's, from
+        gradlab.schedules), a Python float so that a float32 step stays float32."""
+        lr = self.lr if lr is None else lr
         t = state["step"]
         if t.size == 0 or t.min() == t.max():  # the usual case: one step count, one stacked call
-            updates = self._updates(params, grads, state, int(t[0]) if t.size else 0)
+            updates = self._updates(params, grads, state, int(t[0]) if t.size else 0, lr)
             norm = total_norm(param_norms(updates))
         else:  # after a skip: each variant with its own count, on views of its slices
             norm = np.empty(t.size)
@@ -44,14 +48,14 @@ class Optimizer:
                 one = lambda d: {k: a[v:v + 1] for k, a in d.items()}  # noqa: E731
                 sub = {k: (one(x) if isinstance(x, dict) else x) for k, x in state.items() if k != "step"}
                 # Each variant's norm from its own slice, as a stack of one would measure it.
-                norm[v] = total_norm(param_norms(self._updates(one(params), one(grads), sub, int(t[v]))))[0]
+                norm[v] = total_norm(param_norms(self._updates(one(params), one(grads), sub, int(t[v]), lr)))[0]
             updates = self._buffer(grads, state)  # the views above wrote into these
         state["step"] = t + 1
         return updates, state, {"update_norm": norm}
 
-    def _updates(self, params, grads, state, t: int) -> Grads:
-        """The updates of variants that have all taken t steps before this one, written into
-        `_buffer(grads, state)`."""
+    def _updates(self, params, grads, state, t: int, lr: float) -> Grads:
+        """The updates, at learning rate lr, of variants that have all taken t steps before
+        this one, written into `_buffer(grads, state)`."""
         raise NotImplementedError
 
     def _buffer(self, grads: Grads, state: dict[str, Any]) -> Grads:
@@ -84,7 +88,7 @@ class SGD(Optimizer):
     def _buffer(self, grads, state):
         return grads
 
-    def _updates(self, params, grads, state, t):
+    def _updates(self, params, grads, state, t, lr):
         first = t == 0
         for name, p in params.items():
             g = grads[name]
@@ -104,7 +108,7 @@ class SGD(Optimizer):
                     d = buf
             # The update -lr * d goes into the gradient's buffer (ours to overwrite): no
             # temporary. p + (-lr * d) is p - lr * d bit for bit: negation is exact.
-            np.multiply(d, -self.lr, out=g)
+            np.multiply(d, -lr, out=g)
         return grads
 
 
@@ -125,8 +129,8 @@ class _Adaptive(Optimizer):
     def _buffers(self) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], t: int) -> np.ndarray:
-        """The update -d for one parameter at step t (from 1), written into b["scratch"].
+    def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], t: int, lr: float) -> np.ndarray:
+        """The update -d for one parameter at step t (from 1) and learning rate lr, written into b["scratch"].
         It reads p before any parameter is changed (the updates are applied after)."""
         raise NotImplementedError
 
@@ -137,11 +141,11 @@ class _Adaptive(Optimizer):
     def _buffer(self, grads, state):
         return state["scratch"]
 
-    def _updates(self, params, grads, state, t):
+    def _updates(self, params, grads, state, t, lr):
         t += 1
         names = ("scratch", *self._buffers())
         for k, p in params.items():
-            self._step(p, grads[k], {b: state[b][k] for b in names}, t)
+            self._step(p, grads[k], {b: state[b][k] for b in names}, t, lr)
         return state["scratch"]
 
 
@@ -166,7 +170,7 @@ class Adam(_Adaptive):
     def _buffers(self) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
-    def _step(self, p, g, b, t):
+    def _step(self, p, g, b, t, lr):
         s, m, v = b["scratch"], b["exp_avg"], b["exp_avg_sq"]
         if self.weight_decay and not self.decoupled:
             g += np.multiply(p, self.weight_decay, out=s)
@@ -180,11 +184,11 @@ class Adam(_Adaptive):
         s /= bias_correction2 ** 0.5
         s += self.eps
         np.divide(m, s, out=s)
-        s *= -(self.lr / bias_correction1)
+        s *= -(lr / bias_correction1)
         if self.weight_decay and self.decoupled:
             # p * (1 - lr * wd) - d, as one update so that its norm is the whole change;
             # g is spent, so it holds the decay.
-            s -= np.multiply(p, self.lr * self.weight_decay, out=g)
+            s -= np.multiply(p, lr * self.weight_decay, out=g)
         return s
 
 
@@ -220,7 +224,7 @@ class RMSprop(_Adaptive):
         return (("square_avg",) + (("grad_avg",) if self.centered else ())
                 + (("momentum_buffer",) if self.momentum > 0 else ()))
 
-    def _step(self, p, g, b, t):
+    def _step(self, p, g, b, t, lr):
         s, v = b["scratch"], b["square_avg"]
         if self.weight_decay:
             g += np.multiply(p, self.weight_decay, out=s)
@@ -238,8 +242,8 @@ class RMSprop(_Adaptive):
             buf = b["momentum_buffer"]
             buf *= self.momentum
             buf += s
-            return np.multiply(buf, -self.lr, out=s)
-        s *= -self.lr
+            return np.multiply(buf, -lr, out=s)
+        s *= -lr
         return s
 
 

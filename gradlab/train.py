@@ -21,6 +21,7 @@ from .models import build_model, stack
 from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
+from .schedules import build_schedule
 from .tasks import build_task
 from .transforms import Clipper, apply_updates, columns_of, group_order, take
 
@@ -106,9 +107,10 @@ class _Stack:
         self.alive = self.alive[keep]
         return keep
 
-    def update(self, grads: dict[str, np.ndarray], skipped: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """The optimizer's transform, then the parameter write; returns the update norms and the
-        variants it made non-finite.
+    def update(self, grads: dict[str, np.ndarray], skipped: np.ndarray | None = None,
+               lr: float | None = None) -> tuple[np.ndarray, dict]:
+        """The optimizer's transform at this step's lr, then the parameter write; returns the
+        update norms and the variants it made non-finite.
 
         The variants whose step is skipped are stepped with the others (one stacked call)
         and then given back their parameters and optimizer state as they were: bit for bit,
@@ -116,7 +118,7 @@ class _Stack:
         skip = np.flatnonzero(skipped) if skipped is not None else np.zeros(0, np.intp)
         if skip.size:
             saved = take({"params": self.params, "state": self.state}, skip)
-        updates, self.state, stats = self.opt.update(grads, self.state, self.params)
+        updates, self.state, stats = self.opt.update(grads, self.state, self.params, lr=lr)
         apply_updates(self.params, updates)
         update_norm = stats["update_norm"]
         if skip.size:
@@ -178,6 +180,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
                    extra=[columns_of(clips[i]) for i in order])
     recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
+    schedule = build_schedule(cfg.train.schedule, cfg.train.optimizer, steps)
 
     data = rng["data"]
     ws = Workspace()  # the step's activations and gradients, reused every step
@@ -190,7 +193,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
             norms = param_norms(grads)
             stats = run.transforms(grads, norms, run.params)  # clip; decide skips
-            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow)
+            lr = schedule.lr(step)  # once a step, for every variant
+            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr)
             skipped = stats.get("skipped")
             bad = ~(np.isfinite(loss) & np.isfinite(stats["grad_norm"]))
             if skipped is not None:
@@ -204,7 +208,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
                 skipped = vals.stats.get("skipped")
             rec.log_flow(step, run.alive, vals.flow)
-            vals.update_norm, found = run.update(grads, skipped)
+            vals.update_norm, found = run.update(grads, skipped, lr)
             rec.log(step, run.alive, vals,
                     nonfinite=np.isin(np.arange(len(run.alive)), list(found)) if found else None)
             if found:

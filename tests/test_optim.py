@@ -344,3 +344,25 @@ def test_the_updates_live_in_buffers_the_step_already_has(opt):
             assert np.array_equal(params[k], before[k] + updates[k])
         change = np.concatenate([(params[k] - before[k]).reshape(3, -1) for k in params], axis=1)
         np.testing.assert_allclose(stats["update_norm"], np.linalg.norm(change, axis=1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda lr: SGD(lr, momentum=0.9), lambda lr: Adam(lr), lambda lr: AdamW(lr),
+                                  lambda lr: RMSprop(lr, momentum=0.5)], ids=["sgd", "adam", "adamw", "rmsprop"])
+def test_a_steps_lr_is_the_optimizers_own_at_that_lr(make):
+    """update(..., lr=) (a schedule's lr) steps exactly as an optimizer built with that lr."""
+    r = np.random.default_rng(5)
+    p0, grads = r.standard_normal((2, 3, 4)).astype(np.float32), [r.standard_normal((2, 3, 4)).astype(np.float32)
+                                                                   for _ in range(4)]
+    lrs = [0.01, 0.03, 0.02, 0.005]
+    scheduled, a = make(0.1), {"w": p0.copy()}
+    sa = scheduled.init(a)
+    for g, lr in zip(grads, lrs):
+        updates, sa, _ = scheduled.update({"w": g.copy()}, sa, a, lr=lr)
+        assert updates["w"].dtype == np.float32
+        apply_updates(a, updates)
+    b = {"w": p0.copy()}
+    sb = make(lrs[0]).init(b)
+    for g, lr in zip(grads, lrs):
+        updates, sb, _ = make(lr).update({"w": g.copy()}, sb, b)
+        apply_updates(b, updates)
+    assert np.array_equal(a["w"], b["w"])

@@ -126,3 +126,45 @@ def test_ten_clipped_steps_match_torch(kind, opt_kind, hp):
         t_opt.step()
     for name, w in torch_params(net, kind).items():
         np.testing.assert_allclose(params[name][0], w, rtol=1e-6, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("opt_kind, hp", OPTIMIZERS[:2], ids=[o for o, _ in OPTIMIZERS[:2]])
+def test_ten_clipped_steps_with_a_warmup_cosine_schedule_match_torch(opt_kind, hp):
+    """gradlab's schedule against torch's LambdaLR of the factor the README documents,
+    stepped after each optimizer step."""
+    from types import SimpleNamespace
+
+    from gradlab.optim import build_optimizer
+    from gradlab.schedules import Schedule
+    from gradlab.transforms import apply_updates
+    from gradlab import config as C
+
+    steps, warmup, min_lr = 10, 3, hp["lr"] / 10
+    opt = build_optimizer({"sgd": C.SGDConfig, "adam": C.AdamConfig}[opt_kind](kind=opt_kind, **hp))
+    sched = Schedule(SimpleNamespace(kind="warmup_cosine", warmup_steps=warmup, min_lr=min_lr), hp["lr"], steps)
+    model, params, net = build("lstm", seed=3)
+    state = opt.init(params)
+    clip = ClipByGlobalNorm([ClipNorm(method="norm", max_norm=1.0)])
+    t_opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[opt_kind](net.parameters(), **hp)
+
+    def factor(t):
+        if t < warmup:
+            return (t + 1) / warmup
+        return (min_lr + (hp["lr"] - min_lr) * (1 + np.cos(np.pi * (t - warmup) / (steps - warmup))) / 2) / hp["lr"]
+    t_sched = torch.optim.lr_scheduler.LambdaLR(t_opt, factor)
+    for step in range(steps):
+        x, y = data(False, seed=10 + step)
+        out, cache = model.forward(params, x)
+        _, dout = mse(out, y)
+        grads = model.backward(params, cache, dout)
+        apply_rule(clip, grads)
+        updates, state, _ = opt.update(grads, state, params, lr=sched.lr(step))
+        apply_updates(params, updates)
+        assert sched.lr(step) == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-14)
+        t_opt.zero_grad()
+        torch.nn.functional.mse_loss(net(torch.tensor(x)), torch.tensor(y)).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        t_opt.step()
+        t_sched.step()
+    for name, w in torch_params(net, "lstm").items():
+        np.testing.assert_allclose(params[name][0], w, rtol=1e-6, atol=1e-10, err_msg=name)

@@ -11,7 +11,7 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
 from gradlab.errors import clip
 from gradlab.kinds import MODEL_KINDS
@@ -203,11 +203,51 @@ def _default_kind(data: Any, key: str, kind: str) -> Any:
     return data
 
 
+class ScheduleConfig(_Strict):
+    """The lr of step t (from 0) is the optimizer's lr times factor(t), as torch's LambdaLR
+    (gradlab.schedules has the factors): linear warm-up to the lr over `warmup_steps`, cosine
+    from the lr down to `min_lr` over the steps after the warm-up."""
+
+    kind: Literal["constant", "linear_warmup", "cosine", "warmup_cosine"] = "constant"
+    warmup_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    min_lr: NonNegative = 0.0
+
+    @model_validator(mode="after")
+    def _knobs_of_the_kind(self) -> "ScheduleConfig":
+        # A knob the kind never reads would be silently ignored: refused instead.
+        if self.warmup_steps and self.kind not in ("linear_warmup", "warmup_cosine"):
+            raise _Conflict(f"warmup_steps applies to kinds linear_warmup and warmup_cosine, not {self.kind}",
+                            "warmup_steps", "kind")
+        if self.min_lr and self.kind not in ("cosine", "warmup_cosine"):
+            raise _Conflict(f"min_lr applies to kinds cosine and warmup_cosine, not {self.kind}", "min_lr", "kind")
+        return self
+
+
 class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _sgd_by_default(cls, data: Any) -> Any:
         return _default_kind(data, "optimizer", "sgd")
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> "TrainConfig":
+        s = self.schedule
+        if s.warmup_steps > self.steps:
+            raise _Conflict(f"warmup_steps must be <= train.steps ({self.steps}), got {s.warmup_steps}",
+                            ("schedule", "warmup_steps"), "steps")
+        if s.min_lr > self.optimizer.lr:
+            raise _Conflict(f"min_lr must be <= the optimizer's lr ({self.optimizer.lr:g}), got {s.min_lr:g}",
+                            ("schedule", "min_lr"), ("optimizer", "lr"))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _schedule_when_set(self, handler):
+        # The default schedule is left out of the resolved config, so that every config
+        # written before schedules existed keeps its hash (and its experiment directory).
+        data = handler(self)
+        if self.schedule == ScheduleConfig():
+            data.pop("schedule", None)
+        return data
 
     steps: Annotated[int, Field(ge=1, le=10_000_000)] = 200
     optimizer: OptimizerConfig = SGDConfig(kind="sgd")
@@ -215,6 +255,7 @@ class TrainConfig(_Strict):
     # Truncated BPTT: the hidden state is detached every `tbptt` steps (counted from the
     # end of the sequence), so no gradient flows back further than that. Recurrent only.
     tbptt: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
+    schedule: ScheduleConfig = ScheduleConfig()
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

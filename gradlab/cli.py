@@ -314,9 +314,19 @@ def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide:
     if suggestion and reports:
         from .suggest import lines, suggest
 
+        from rich.text import Text
+
         for line in lines(suggest(exp, reports)):
-            # Unwrapped, and no markup: the hint's `[{method: none}]` is text.
-            con.print(line, soft_wrap=True, markup=False, highlight=False)
+            # Wrapped at words like the findings, an indented line's continuation indented too;
+            # a Text, not markup: the hint's `[{method: none}]` is text.
+            indent = len(line) - len(line.lstrip(" "))
+            text = Text(line.lstrip(" "))
+            if indent:
+                from rich.padding import Padding
+
+                con.print(Padding(text, (0, 0, 0, indent)), highlight=False)
+            else:
+                con.print(text, highlight=False)
     missing = missing_runs(exp, reports)
     if missing:
         con.print(f"not finished: {', '.join(missing)}")

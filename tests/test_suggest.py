@@ -43,7 +43,7 @@ def test_the_numbers_are_the_baselines_metrics(tmp_path, capsys):
     exp = experiment(out)
     capsys.readouterr()
     assert cli("report", exp) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # wrapped to the width: compared as words
     sug = json.loads((exp / "suggestion.json").read_text())
     report_md = (exp / "report.md").read_text()
     assert sug["baseline"] is True and sug["percentiles_of"] == list(PERCENTILES)
@@ -95,7 +95,7 @@ def test_no_baseline_says_so_and_what_to_run(tmp_path, capsys):
     exp = experiment(out)
     capsys.readouterr()
     assert cli("report", exp) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # wrapped to the width: compared as words
     assert "no unclipped baseline in this experiment" in printed
     assert "--set 'clipping=[{method: none}]'" in printed and "gradlab sweep" in printed
     assert json.loads((exp / "suggestion.json").read_text())["baseline"] is False
@@ -110,7 +110,7 @@ def test_a_baseline_that_diverged_at_step_0_has_no_healthy_steps(tmp_path, capsy
     exp = experiment(out)
     capsys.readouterr()
     assert cli("report", exp) == 0
-    printed = capsys.readouterr().out
+    printed = " ".join(capsys.readouterr().out.split())  # wrapped to the width: compared as words
     assert "the baseline diverged at step 0 in every seed, so it has no healthy step" in printed
     sug = json.loads((exp / "suggestion.json").read_text())
     assert sug["pooled"]["healthy_steps"] == 0 and sug["pooled"]["mean_grad_norm"] is None

@@ -47,3 +47,15 @@ def test_no_cycle_between_the_experiment_the_report_and_the_workers():
     graph = {m: gradlab_imports(m) for m in ("experiment", "report", "workers", "store", "suggest")}
     assert "experiment" not in graph["report"] | graph["workers"] | graph["store"], graph
     assert "report" not in graph["workers"] | graph["store"], graph
+
+
+def test_ci_and_the_readme_run_every_test_file_that_compares_with_torch():
+    """The parity command names its files: one that compares with torch and is left off
+    would be skipped in CI without anyone noticing."""
+    root = PACKAGE.parent
+    uses_torch = {f"tests/{p.name}" for p in (root / "tests").glob("test_*.py")
+                  if "importorskip(" + '"torch")' in p.read_text()}  # spelt apart: not this file
+    ci = next(line for line in (root / ".ci" / "run").read_text().splitlines() if "GRADLAB_REQUIRE_TORCH=1" in line)
+    readme = next(line for line in (root / "README.md").read_text().splitlines()
+                  if line.startswith("pip install torch") and "GRADLAB_REQUIRE_TORCH=1" in line)
+    assert uses_torch and uses_torch <= set(ci.split()) and uses_torch <= set(readme.split()), uses_torch

@@ -100,11 +100,13 @@ def read_table(path: Path) -> tuple[list[str], np.ndarray]:
 def read_config(exp_dir: Path) -> dict:
     """config.yaml as plain data ({} when unreadable: the runs were validated without it, and
     a figure without its subtitle is better than none)."""
-    try:
-        from gradlab.io import read_yaml
+    import yaml
 
+    from gradlab.io import read_yaml
+
+    try:
         cfg = read_yaml(exp_dir / "config.yaml")
-    except Exception:
+    except (OSError, ValueError, yaml.YAMLError):  # missing, not text, not YAML
         return {}
     return cfg if isinstance(cfg, dict) else {}
 

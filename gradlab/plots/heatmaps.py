@@ -35,9 +35,37 @@ def aggregate_columns(matrix: np.ndarray, max_columns: int,
     return np.fmax.reduceat(usable, starts, axis=1), np.logical_or.reduceat(bad, starts, axis=1), block
 
 
+def heatmap_limits(panels: list[np.ndarray]) -> tuple[float, float]:
+    """The one (vmin, vmax) of every panel: the smallest and largest positive finite norm
+    of them all (a decade around a single value; 1e-3..1 when there is none)."""
+    positive = [v[~np.isnan(v) & (v > 0)] for v in panels]
+    positive = np.concatenate(positive) if positive else np.zeros(0)
+    if not positive.size:
+        return 1e-3, 1.0
+    vmin, vmax = float(positive.min()), float(positive.max())
+    if vmax <= vmin:
+        vmin, vmax = vmin / math.sqrt(10), vmax * math.sqrt(10)
+    return vmin, vmax
+
+
+def heatmap_cmap():
+    """viridis, with zeros in the 'under' colour and non-finite norms in the 'bad' one."""
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"].with_extremes(under=ZERO_COLOR, bad=NONFINITE_COLOR)
+
+
+def parameter_ticks(names: list[str], most: int) -> tuple[int, np.ndarray, list[str]]:
+    """(stride, rows, names) of the labelled parameter rows: at most about `most` labels."""
+    every = max(1, math.ceil(len(names) / most))
+    if every > 1 and every % 2:
+        every += 1  # parameters come in W/b pairs: an even stride labels the same kind each time
+    ticks = np.arange(0, len(names), every)
+    return every, ticks, [names[i] for i in ticks]
+
+
 def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     """Per-parameter gradient norm, layer x step, log colour scale; None without data."""
-    import matplotlib
     from matplotlib.colors import LogNorm
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -53,24 +81,14 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
     values, bad, block = aggregate_columns(matrix, MAX_HEATMAP_COLUMNS)
     zero = np.isnan(values) & ~bad
 
-    positive = values[~np.isnan(values)]
-    if positive.size:
-        vmin, vmax = float(positive.min()), float(positive.max())
-    else:
-        vmin, vmax = 1e-3, 1.0
-    if vmax <= vmin:  # a single value: give the scale a decade around it
-        vmin, vmax = vmin / math.sqrt(10), vmax * math.sqrt(10)
+    vmin, vmax = heatmap_limits([values])
     # Zeros go below vmin (the 'under' colour), non-finite norms are masked (the 'bad' one).
     shown = np.where(zero, vmin / 10, values)
     shown = np.ma.masked_where(bad | np.isnan(shown), shown)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(under=ZERO_COLOR, bad=NONFINITE_COLOR)
+    cmap = heatmap_cmap()
 
     rows = len(names)
-    every = max(1, math.ceil(rows / MAX_YTICK_LABELS))
-    if every > 1 and every % 2:
-        every += 1  # parameters come in W/b pairs: an even stride labels the same kind each time
-    ticks = np.arange(0, rows, every)
-    labels = [names[i] for i in ticks]
+    every, ticks, labels = parameter_ticks(names, MAX_YTICK_LABELS)
     tick_points = 8 if rows > 16 else 9
     ylabel = "parameter, in forward order" + (f"\n(one name in {every} shown)" if every > 1 else "")
     title = f"{run.run_id} — {outcome(run)}\n{wrap(exp.summary, TITLE_CHARS)}"
@@ -82,7 +100,7 @@ def draw_heatmap(exp: Experiment, run: Run, path: Path) -> Optional[Path]:
         handles.append(Patch(facecolor=ZERO_COLOR, label="zero gradient"))
     if bad.any():
         handles.append(Patch(facecolor=NONFINITE_COLOR, label="NaN / inf gradient"))
-    if not positive.size:
+    if np.isnan(values).all():
         handles.append(Patch(facecolor="white", edgecolor="none", label="(no finite non-zero norm: scale is arbitrary)"))
 
     # A fixed layout, from the lengths of the texts: the parameter names on the left, the

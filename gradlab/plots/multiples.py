@@ -16,7 +16,7 @@ import numpy as np
 
 from . import style
 from .flow import _draw_flow_line, layer_key, pick_layers, read_flow, tbptt_boundaries
-from .heatmaps import aggregate_columns
+from .heatmaps import aggregate_columns, heatmap_cmap, heatmap_limits, parameter_ticks
 from .load import Experiment, Run, as_int, read_table
 from .over_steps import plottable
 from .style import (BPTT_CMAP, DIVERGENCE_LINE_COLOR, EM_WIDTH, MAX_BPTT_LAYERS, MAX_MULTIPLE_COLUMNS,
@@ -75,6 +75,19 @@ def log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     return ticks, [power_label(t) for t in ticks]
 
 
+def _grid_figure(exp: Experiment, heading: str, n: int, left: float, right: float, bottom: float, panel_h: float,
+                 title_h: float):
+    """The figure of n panels with these margins (inches), its suptitle wrapped to the width
+    it comes out at; returns (fig, top margin, gap between columns, gap between rows)."""
+    gap_w, gap_h = 0.15, title_h + 0.1
+    width, _ = figure_size(n, left, right, 0.0, bottom, panel_h, gap_w, gap_h)
+    suptitle = f"{heading}\n{wrap(exp.summary, int(width * 10))}"
+    top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + title_h
+    fig = new_figure(*figure_size(n, left, right, top, bottom, panel_h, gap_w, gap_h))
+    fig.suptitle(suptitle, y=1 - 0.1 / fig.get_figheight(), va="top")
+    return fig, top, gap_w, gap_h
+
+
 def figure_size(n: int, left: float, right: float, top: float, bottom: float, panel_h: float, gap_w: float,
                 gap_h: float) -> tuple[float, float]:
     nrows, ncols = grid_shape(n)
@@ -99,7 +112,6 @@ def _not_drawn(exp: Experiment, runs: list[Run], drawn: list[Run]) -> Optional[s
 def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Optional[Path]:
     """Per-parameter gradient norm, parameter x step, one panel per variant of one seed, one
     log colour scale for every panel; None when no run has a layer_norms.csv to show."""
-    import matplotlib
     from matplotlib.collections import LineCollection
     from matplotlib.colors import LogNorm
     from matplotlib.lines import Line2D
@@ -130,14 +142,10 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
     limits = heatmap_limits([values for _, _, values, _ in panels])
     vmin, vmax = limits
     norm = LogNorm(vmin=vmin, vmax=vmax, clip=False)
-    cmap = matplotlib.colormaps["viridis"].with_extremes(under=ZERO_COLOR, bad=NONFINITE_COLOR)
+    cmap = heatmap_cmap()
 
     rows = len(names)
-    every = max(1, math.ceil(rows / MAX_PANEL_YTICK_LABELS))
-    if every > 1 and every % 2:
-        every += 1  # parameters come in W/b pairs: an even stride labels the same kind each time
-    ticks = np.arange(0, rows, every)
-    labels = [names[i] for i in ticks]
+    every, ticks, labels = parameter_ticks(names, MAX_PANEL_YTICK_LABELS)
     ylabel = "parameter" + (f"\n(one in {every} named)" if every > 1 else "")
 
     any_zero = any((np.isnan(v) & ~b).any() for _, _, v, b in panels)
@@ -163,12 +171,7 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
     right = 0.12 + 0.2 + 0.08 + text_width(["10⁻¹⁰"], TICK_POINTS) + text_height(2, 9) + 0.15
     bottom = 0.1 + text_height(2, 10) + 0.1 + (text_height(1, 9) + 0.1 if handles else 0.0) + \
         (text_height(1, 9) + 0.05 if caption else 0.0)
-    gap_w, gap_h = 0.15, title_h + 0.1
-    width, _ = figure_size(n, left, right, 0.0, bottom, panel_h, gap_w, gap_h)
-    suptitle = f"{heading}\n{wrap(exp.summary, int(width * 10))}"
-    top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + title_h
-    fig = new_figure(*figure_size(n, left, right, top, bottom, panel_h, gap_w, gap_h))
-    fig.suptitle(suptitle, y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig, top, gap_w, gap_h = _grid_figure(exp, heading, n, left, right, bottom, panel_h, title_h)
     w, h = fig.get_size_inches()
     # The panels are drawn into one axes that covers the figure, in inches, rather than being
     # axes of their own: an axes costs ~17 ms (its ticks, spines and titles), more than the
@@ -246,19 +249,6 @@ def draw_heatmaps(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Op
     return style.save(fig, path)
 
 
-def heatmap_limits(panels: list[np.ndarray]) -> tuple[float, float]:
-    """The one (vmin, vmax) of every panel: the smallest and largest positive finite norm
-    of them all (a decade around a single value; 1e-3..1 when there is none)."""
-    positive = [v[~np.isnan(v) & (v > 0)] for v in panels]
-    positive = np.concatenate(positive) if positive else np.zeros(0)
-    if not positive.size:
-        return 1e-3, 1.0
-    vmin, vmax = float(positive.min()), float(positive.max())
-    if vmax <= vmin:
-        vmin, vmax = vmin / math.sqrt(10), vmax * math.sqrt(10)
-    return vmin, vmax
-
-
 def _footer(fig, handles: list, caption: Optional[str]) -> None:
     """The key in one row under the panels, and the caption under it."""
     h = fig.get_figheight()
@@ -320,12 +310,7 @@ def draw_bptts(exp: Experiment, seed: int, runs: list[Run], path: Path) -> Optio
     right = 0.35 + key_width([str(h.get_label()) for h in handles] + ["first NaN/inf (its t)", "top edge: NaN/inf at that t"], 9)
     lines = len(notes) + (1 if caption else 0)
     bottom = 0.1 + text_height(2, 10) + 0.1 + (text_height(lines, 9) + 0.05 if lines else 0.0)
-    gap_w, gap_h = 0.15, title_h + 0.1
-    width, _ = figure_size(n, left, right, 0.0, bottom, panel_h, gap_w, gap_h)
-    suptitle = f"{heading}\n{wrap(exp.summary, int(width * 10))}"
-    top = 0.1 + text_height(suptitle.count("\n") + 1, 12) + 0.1 + title_h
-    fig = new_figure(*figure_size(n, left, right, top, bottom, panel_h, gap_w, gap_h))
-    fig.suptitle(suptitle, y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig, top, gap_w, gap_h = _grid_figure(exp, heading, n, left, right, bottom, panel_h, title_h)
     w, h = fig.get_size_inches()
 
     # One y range for every panel, in decades, so that a norm near the float64 limit leaves a

@@ -38,6 +38,15 @@ def _kind(a: np.ndarray) -> str:
     return "nan" if np.isnan(a).any() else "inf"
 
 
+def _bad(a: np.ndarray, where: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The non-finite entries of `a` that count (all of them without `where`); None when
+    there are none."""
+    bad = ~np.isfinite(a)
+    if where is not None:
+        bad &= where
+    return bad if bad.any() else None
+
+
 class Locator:
     """Collects, per stacked variant, the first non-finite array a probe is shown."""
 
@@ -45,18 +54,26 @@ class Locator:
         self.pending = set(positions)
         self.found: dict[int, tuple[str, str, str]] = {}
 
-    def see(self, phase: str, name: str, a: np.ndarray, shared: bool = False) -> None:
-        """`a` has the variant axis first, unless `shared` (the same data for every variant)."""
+    def see(self, phase: str, name: str, a: np.ndarray, shared: bool = False,
+            where: Optional[np.ndarray] = None) -> None:
+        """`a` has the variant axis first, unless `shared` (the same data for every variant).
+
+        `where` (bool, broadcastable to `a` with or without its variant axis) marks the
+        entries that count: the causal mask's -inf logits are by design, not a divergence."""
         if not self.pending:
             return
+        per_variant = where is not None and not shared and where.ndim == a.ndim
         for v in sorted(self.pending):
             part = a if shared else a[v]
-            if not np.isfinite(part).all():
-                self.found[v] = (phase, name, _kind(part))
+            w = where[v if where.shape[0] > 1 else 0] if per_variant else where
+            bad = _bad(part, w)
+            if bad is not None:
+                self.found[v] = (phase, name, _kind(part[bad]))
                 self.pending.discard(v)
 
-    def probe(self, phase: str) -> Callable[[str, np.ndarray], None]:
-        return lambda name, a: self.see(phase, name, a)
+    def probe(self, phase: str) -> Callable[..., None]:
+        """A probe for models: `probe(name, a)`, or `probe(name, a, where=mask)`."""
+        return lambda name, a, where=None: self.see(phase, name, a, where=where)
 
 
 def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int, tuple[str, str, str]]:

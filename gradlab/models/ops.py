@@ -1,0 +1,234 @@
+"""The paired ops a decoder-only transformer is built from: layer norm, causal self-attention
+and the token (or linear input) embedding, each forward next to its backward.
+
+Like every gradlab layer they carry the variant axis V first and treat it as a stack of
+independent problems: a reduction runs over a row of one variant, a matmul over one
+variant's (or one head's) matrix, so variant v of a stack computes exactly what a run of v
+alone computes. Arithmetic stays in the input's dtype (Python-float constants never promote
+a float32 array). With a Workspace every per-step buffer is reused by name; without one
+each call returns fresh arrays that alias nothing. A backward may overwrite the gradient it
+is handed (callers own it and need it no more), as the activations' backwards do.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+import math
+from typing import Callable, Optional
+
+import numpy as np
+
+from .workspace import Workspace, buffer, zeros
+
+Probe = Optional[Callable[..., None]]
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return a.swapaxes(-1, -2)
+
+
+def _per_variant(p: np.ndarray, ndim: int) -> np.ndarray:
+    """A (V, D) parameter as (V, 1, ..., 1, D): it broadcasts over the middle axes of an
+    (V, ..., D) activation without a copy."""
+    return p.reshape(p.shape[:1] + (1,) * (ndim - 2) + p.shape[1:])
+
+
+# ----------------------------------------------------------------------------- layer norm
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: Optional[np.ndarray], eps: float = 1e-5,
+               ws: Optional[Workspace] = None, key: str = "ln"):
+    """torch.nn.functional.layer_norm over the last axis (biased variance); x (V, ..., D),
+    g (V, D), b (V, D) or None (bias-free, nanoGPT's bias=False). Returns (y, cache).
+
+    The cache keeps xhat and 1/std rather than x: the backward needs nothing else, and xhat
+    is computed on the way anyway."""
+    D = x.shape[-1]
+    rstd = buffer(ws, f"{key}.rstd", x.shape[:-1] + (1,), x.dtype)
+    # rstd's buffer holds the mean first: one small buffer fewer.
+    np.add.reduce(x, axis=-1, keepdims=True, out=rstd)
+    rstd *= 1.0 / D
+    xhat = np.subtract(x, rstd, out=buffer(ws, f"{key}.xhat", x.shape, x.dtype))
+    # Two passes (mean, then the centred sum of squares) rather than E[x^2] - E[x]^2, which
+    # cancels catastrophically when |mean| >> std, as in a drifting residual stream.
+    np.vecdot(xhat, xhat, out=rstd[..., 0])
+    rstd *= 1.0 / D
+    rstd += eps
+    np.sqrt(rstd, out=rstd)
+    np.divide(1.0, rstd, out=rstd)
+    xhat *= rstd
+    y = np.multiply(xhat, _per_variant(g, x.ndim), out=buffer(ws, f"{key}.y", x.shape, x.dtype))
+    if b is not None:
+        y += _per_variant(b, x.ndim)
+    return y, {"xhat": xhat, "rstd": rstd, "g": g, "bias": b is not None}
+
+
+def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln"):
+    """(dx, dg, db), db None for a bias-free norm. dx is written over dy.
+
+    dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy g: the mean and
+    variance depend on every entry of the row, hence the two row means."""
+    xhat, rstd, g = cache["xhat"], cache["rstd"], cache["g"]
+    D = dy.shape[-1]
+    middle = tuple(range(1, dy.ndim - 1))
+    db = np.sum(dy, axis=middle, out=buffer(ws, f"{key}.db", g.shape, dy.dtype)) if cache["bias"] else None
+    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{key}.tmp", dy.shape, dy.dtype))
+    dg = np.sum(tmp, axis=middle, out=buffer(ws, f"{key}.dg", g.shape, dy.dtype))
+    dxhat = np.multiply(dy, _per_variant(g, dy.ndim), out=dy)
+    m = buffer(ws, f"{key}.m", rstd.shape, dy.dtype)
+    np.vecdot(dxhat, xhat, out=m[..., 0])
+    m *= 1.0 / D
+    np.multiply(xhat, m, out=tmp)
+    np.add.reduce(dxhat, axis=-1, keepdims=True, out=m)
+    m *= 1.0 / D
+    dxhat -= m
+    dxhat -= tmp
+    dxhat *= rstd
+    return dxhat, dg, db
+
+
+# ----------------------------------------------------------------------------- attention
+
+@lru_cache(maxsize=32)
+def causal_masks(T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed, masked), (T, T) bool, read-only: query i sees keys j <= i. Built once per T,
+    shared by every call (hence read-only)."""
+    allowed = np.tri(T, dtype=bool)
+    masked = ~allowed
+    allowed.flags.writeable = False
+    masked.flags.writeable = False
+    return allowed, masked
+
+
+def _matmul_ready(a: np.ndarray, ws: Optional[Workspace], name: str) -> np.ndarray:
+    """`a` itself when matmul reads it in place (a unit stride on the last axis, as views of
+    a packed qkv tensor have); else a contiguous copy, into a reused buffer, as matmul would
+    otherwise make on every call."""
+    if a.strides[-1] == a.itemsize:
+        return a
+    out = buffer(ws, name, a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[Workspace] = None,
+                     key: str = "attn", probe: Probe = None, name: str = "attn"):
+    """softmax(q k^T / sqrt(dh), causal) v for q, k, v (V, B, H, T, dh). Returns (out, cache,
+    stats), stats = {"max_logit": (V,) float64 max |logit| over the unmasked entries,
+    "entropy": (V,) float64 mean attention entropy (nats) over batch, heads and queries}.
+
+    The cache keeps views of k and v: the caller must not overwrite them before the backward.
+    """
+    V, B, H, T, dh = q.shape
+    dt = q.dtype
+    scale = 1.0 / math.sqrt(dh)
+    # The scale goes into a copy of q (T*dh entries) rather than into the scores (T*T); the
+    # copy is contiguous, which matmul wants anyway.
+    qs = np.multiply(q, scale, out=buffer(ws, f"{key}.qs", q.shape, dt))
+    k = _matmul_ready(k, ws, f"{key}.k")
+    v = _matmul_ready(v, ws, f"{key}.v")
+    allowed, masked = causal_masks(T)
+    s = np.matmul(qs, _t(k), out=buffer(ws, f"{key}.s", (V, B, H, T, T), dt))
+    np.copyto(s, -np.inf, where=masked)
+    if probe:
+        probe(name + ".logits", s, where=allowed)
+    # The row max is over at least the diagonal (unmasked), so it is finite for finite logits
+    # and exp(s - max) <= 1: huge finite logits give a finite softmax, as torch's does.
+    m = np.max(s, axis=-1, keepdims=True, out=buffer(ws, f"{key}.m", (V, B, H, T, 1), dt))
+    # Non-finite values are results here (a diverging run), reported by the probes.
+    with np.errstate(all="ignore"):
+        z = np.subtract(s, m, out=s)
+        p = np.exp(z, out=buffer(ws, f"{key}.p", s.shape, dt))
+        l = np.add.reduce(p, axis=-1, keepdims=True, out=buffer(ws, f"{key}.l", m.shape, dt))
+        # Statistics from z = s - max (masked entries zeroed; they have p = 0): min z gives the
+        # most negative logit, and entropy = log l - sum(e z) / l, without a log of p.
+        np.copyto(z, 0.0, where=masked)
+        zmin = np.min(z, axis=-1)
+        ez = np.vecdot(p, z)
+        m1 = m[..., 0]
+        max_logit = np.maximum(np.abs(m1), np.abs(zmin + m1))
+        ent = np.log(l[..., 0])
+        ez /= l[..., 0]
+        ent -= ez
+        if not np.isfinite(ent).all():
+            # s - max overflowed to -inf at an unmasked entry (logits beyond +-1e38 in float32):
+            # its p is 0 and so is its share of the entropy, not 0 * inf = NaN.
+            ent = np.log(l[..., 0]) - np.vecdot(p, np.where(p > 0.0, z, 0.0)) / l[..., 0]
+        np.divide(1.0, l, out=l)
+        p *= l
+    if probe:
+        probe(name + ".softmax", p)
+    out = np.matmul(p, v, out=buffer(ws, f"{key}.out", q.shape, dt))
+    if probe:
+        probe(name + ".out", out)
+    stats = {"max_logit": max_logit.max(axis=(1, 2, 3)).astype(np.float64),
+             "entropy": ent.mean(axis=(1, 2, 3), dtype=np.float64)}
+    return out, {"qs": qs, "k": k, "v": v, "p": p, "scale": scale}, stats
+
+
+def causal_attention_backward(dout: np.ndarray, cache: dict, ws: Optional[Workspace] = None,
+                              key: str = "attn"):
+    """(dq, dk, dv), each (V, B, H, T, dh).
+
+    Through the softmax: ds = p (dp - sum_j p dp). Masked entries have p = 0, so their ds is
+    0 and no gradient leaks to future keys."""
+    qs, k, v, p, scale = cache["qs"], cache["k"], cache["v"], cache["p"], cache["scale"]
+    dt = dout.dtype
+    dv = np.matmul(_t(p), dout, out=buffer(ws, f"{key}.dv", v.shape, dt))
+    ds = np.matmul(dout, _t(v), out=buffer(ws, f"{key}.ds", p.shape, dt))
+    c = np.vecdot(p, ds, out=buffer(ws, f"{key}.c", p.shape[:-1], dt))
+    ds -= c[..., None]
+    ds *= p
+    dq = np.matmul(ds, k, out=buffer(ws, f"{key}.dq", qs.shape, dt))
+    dq *= scale
+    # s = qs k^T with qs = scale q already scaled: dk takes qs as it is.
+    dk = np.matmul(_t(ds), qs, out=buffer(ws, f"{key}.dk", k.shape, dt))
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- embedding
+
+def _is_ids(x: np.ndarray) -> bool:
+    return np.issubdtype(x.dtype, np.integer)
+
+
+def embedding(x: np.ndarray, E: np.ndarray, ws: Optional[Workspace] = None, key: str = "emb") -> np.ndarray:
+    """Token ids x (B, T) -> E[:, x], (V, B, T, D); or real-valued inputs x (B, T, n), shared
+    by the variants -> x @ E (a linear input embedding). E is (V, vocab or n, D)."""
+    V, n, D = E.shape
+    if _is_ids(x):
+        # Checked here so that take's 'clip' mode (which, unlike 'raise', writes straight
+        # into the buffer) never clips a bad id silently.
+        if x.size and (x.min() < 0 or x.max() >= n):
+            raise IndexError(f"token ids must lie in [0, {n}), got [{x.min()}, {x.max()}]")
+        y = buffer(ws, f"{key}.y", (V,) + x.shape + (D,), E.dtype)
+        return np.take(E, x, axis=1, out=y, mode="clip")
+    if x.shape[-1] != n:
+        raise ValueError(f"inputs {x.shape} need {n} features to match the embedding {E.shape}")
+    lead = x.shape[:-1]
+    y = buffer(ws, f"{key}.y", (V,) + lead + (D,), E.dtype)
+    # All positions as one (B*T, n) matrix: one matmul per variant, not one per sequence.
+    np.matmul(x.reshape(-1, n), E, out=y.reshape(V, -1, D))
+    return y
+
+
+def embedding_backward(dy: np.ndarray, x: np.ndarray, n_rows: int, ws: Optional[Workspace] = None,
+                       key: str = "emb") -> np.ndarray:
+    """dE, (V, n_rows, D).
+
+    For ids, the rows of dy are sorted by id and each run summed by np.add.reduceat: in a
+    fixed order (so bit for bit repeatable, and the same for a variant whatever V is) and
+    at memory speed, where np.add.at is an order of magnitude slower."""
+    V, D = dy.shape[0], dy.shape[-1]
+    dy2 = dy.reshape(V, -1, D)
+    if not _is_ids(x):
+        return np.matmul(_t(x.reshape(-1, n_rows)), dy2, out=buffer(ws, f"{key}.dE", (V, n_rows, D), dy.dtype))
+    dE = zeros(ws, f"{key}.dE", (V, n_rows, D), dy.dtype)
+    ids = x.reshape(-1)
+    if not ids.size:
+        return dE
+    order = np.argsort(ids, kind="stable")
+    sid = ids[order]
+    starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    rows = np.take(dy2, order, axis=1, out=buffer(ws, f"{key}.rows", dy2.shape, dy.dtype), mode="clip")
+    dE[:, sid[starts]] = np.add.reduceat(rows, starts, axis=1)
+    return dE

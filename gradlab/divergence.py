@@ -90,7 +90,7 @@ def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int
     for name, p in params.items():
         loc.see("forward", name, p)
     out, cache = model.forward(params, x, probe=loc.probe("forward"))
-    loss, dout = task.loss(out, y)
+    loss, dout = task.loss(out, y, z_loss=model.z_loss)
     loc.see("forward", "loss", loss)
     loc.see("backward", "loss", dout)
     model.backward(params, cache, dout, probe=loc.probe("backward"))

@@ -41,6 +41,12 @@ class ModelKind:
     input_init: bool = False  # whether input weights have an init of their own (`input_init`)
     activations: Optional[tuple[str, ...]] = None  # those it accepts; None: any
     activation_error: str = ""  # the message when it does not, formatted with kind and activation
+    # The name of its config class in gradlab.config.schema (the `model` union is made of them).
+    config: str = "ModelConfig"
+    # Whether it reads token ids, (T, B) int64, rather than one-hot vectors from discrete tasks.
+    tokens: bool = False
+    # What a title or report adds after depth and width, from the resolved model config.
+    details: Callable[[dict], list[str]] = lambda m: []
 
     @property
     def fixed_activation(self) -> bool:
@@ -63,6 +69,61 @@ def _build_recurrent(cfg, task, dtype: str, tbptt: Optional[int] = None):
                      init_scheme=cfg.init.scheme, gain=cfg.init.gain,
                      input_scheme=cfg.input_init.scheme, input_gain=cfg.input_init.gain,
                      dtype=dtype, tbptt=tbptt)
+
+
+def _build_transformer(cfg, task, dtype: str, tbptt: Optional[int] = None):
+    from .models.transformer import Transformer
+
+    return Transformer(cfg, task.input_dim, task.output_dim, per_step=task.per_step,
+                       max_len=cfg.max_len, dtype=dtype)
+
+
+def _transformer_layers(m) -> list[str]:
+    """The parameter layers in forward order (the head excluded), as the model names them."""
+    names = ["tok", "pos"]
+    for i in range(m.depth):
+        b = f"block.{i}"
+        attn = [f"{b}.attn.qkv"] + ([f"{b}.attn.q_ln", f"{b}.attn.k_ln"] if m.qk_norm else []) + [f"{b}.attn.proj"]
+        mlp = [f"{b}.mlp.fc", f"{b}.mlp.proj"]
+        names += ([f"{b}.ln1", *attn, f"{b}.ln2", *mlp] if m.norm == "pre"
+                  else [*attn, f"{b}.ln1", *mlp, f"{b}.ln2"])
+    return names + (["ln_f"] if m.norm == "pre" else [])
+
+
+def _transformer_parameters(m, n_in: int, n_out: int) -> int:
+    d, r, bias = m.width, m.mlp_ratio, int(m.bias)
+    dh = d // m.heads
+    block = (d * 3 * d + bias * 3 * d + d * d + bias * d + d * r * d + bias * r * d + r * d * d + bias * d
+             + 2 * (d + bias * d) + (2 * (dh + bias * dh) if m.qk_norm else 0))
+    head = (0 if m.tie_embeddings else d * n_out) + bias * n_out
+    final = d + bias * d if m.norm == "pre" else 0
+    return n_in * d + m.max_len * d + m.depth * block + final + head
+
+
+def _transformer_saved(m, task) -> int:
+    """Per example and block: per token the LayerNorms' normalised inputs, q, k, v, the
+    attention output, the MLP's hidden pre-activation and GELU, the residual stream; per head
+    and query the T attention probabilities."""
+    T, d, r = task.seq_len, m.width, m.mlp_ratio
+    per_token = d * (2 + 3 + (2 if m.qk_norm else 0) + 1 + 2 * r + 2)
+    return m.depth * T * (per_token + m.heads * T)
+
+
+def _transformer_details(m: dict) -> list[str]:
+    z = m.get("z_loss") or 0
+    return [f"{m.get('heads')} heads", f"{m.get('norm')}-LN"] + (["qk-norm"] if m.get("qk_norm") else []) + (
+        [f"z-loss {z:g}"] if isinstance(z, (int, float)) and z else []) + (
+        ["tied"] if m.get("tie_embeddings") else []) + ([] if m.get("bias", True) else ["no bias"])
+
+
+def describe(m: dict) -> str:
+    """'mlp depth 24 width 64 tanh', 'lstm depth 1 width 64', 'transformer depth 4 width 128
+    4 heads pre-LN qk-norm': a resolved model config (as config.yaml holds it) in words."""
+    k = MODEL_KINDS.get(m.get("kind")) if isinstance(m.get("kind"), str) else None
+    words = [str(m.get("kind"))] + [f"{key} {m[key]}" for key in ("depth", "width") if m.get(key) is not None]
+    if m.get("activation") is not None and not (k is not None and k.fixed_activation):
+        words.append(str(m["activation"]))
+    return " ".join(words + (k.details(m) if k is not None else []))
 
 
 def _mlp_parameters(m, n_in: int, n_out: int) -> int:
@@ -105,4 +166,8 @@ MODEL_KINDS: dict[str, ModelKind] = {k.name: k for k in (
                     "an rnn takes activation tanh or relu (as torch.nn.RNN), got {activation}"),
     _recurrent_kind("lstm", 4, 4 * 4 + 5, ("tanh",), _GATES_FIXED),
     _recurrent_kind("gru", 3, 7 * 3 + 3, ("tanh",), _GATES_FIXED),
+    ModelKind(name="transformer", sequence=True, flow=False, build=_build_transformer,
+              layers=_transformer_layers, parameter_count=_transformer_parameters,
+              saved_per_example=_transformer_saved, init_scheme="xavier", activations=("gelu",),
+              config="TransformerConfig", tokens=True, details=_transformer_details),
 )}

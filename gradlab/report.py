@@ -17,6 +17,7 @@ from pathlib import Path
 from . import environment, io
 from .io import as_float as _float
 from .io import read_yaml
+from .kinds import describe as describe_model
 
 COLUMNS = ("run", "method", "threshold", "seed", "diverged", "step", "phase", "where",
            "max grad norm", "final loss", "clip fraction")
@@ -563,7 +564,7 @@ def render(exp: Path, reports: list[dict]) -> str:
     lines = [
         f"# NaN-divergence report: {cfg['name']}",
         "",
-        f"{m['kind']} depth {m['depth']} width {m['width']} {m['activation']}, init {m['init']['scheme']} "
+        f"{describe_model(m)}, init {m['init']['scheme']} "
         f"x {m['init']['gain']:g}; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
         + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",

@@ -40,9 +40,14 @@ class Task:
     def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def loss(self, out: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-variant loss (V,) and dL/d(out); `out` is left untouched."""
-        return LOSSES[self.loss_name](out, y)
+    def loss(self, out: np.ndarray, y: np.ndarray, z_loss: float = 0.0,
+             stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-variant loss (V,) and dL/d(out); `out` is left untouched. A classification
+        loss adds `z_loss` x (log Z)^2 and puts the mean log Z in `stats["logit_z"]`; the
+        schema allows z_loss on classification tasks only."""
+        if self.classification:
+            return LOSSES["cross_entropy"](out, y, z_loss=z_loss, stats=stats)
+        return LOSSES["mse"](out, y)
 
     def accuracy(self, out: np.ndarray, y: np.ndarray) -> np.ndarray | None:
         """Per-variant accuracy (V,) of a classification task; None for regression."""

@@ -188,7 +188,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
         for step in range(steps):
             x, y = task.batch(data)
             out, cache = model.forward(run.params, x, ws=ws)
-            loss, dout = task.loss(out, y)
+            diag = model.diagnostics(cache)  # attention statistics (transformer); the loss adds logit_z
+            loss, dout = task.loss(out, y, z_loss=model.z_loss, stats=diag)
             flow = {} if recurrent else None
             grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
             norms = param_norms(grads)

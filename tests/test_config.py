@@ -579,7 +579,7 @@ def test_task_and_optimizer_kinds(write):
     e = refused(write("name: a\ntrain:\n  optimizer: {kind: adam, betas: [0.9, 1.5]}\n"))
     assert e.key == "train.optimizer.betas.1" and e.line == 3
     e = refused(write("name: a\ntask: {kind: adding}\n"))
-    assert "needs a recurrent kind" in e.message
+    assert "needs a sequence model" in e.message
     e = refused(write("name: a\nmodel: {kind: rnn, activation: gelu}\ntask: {kind: adding}\n"))
     assert e.key == "model.activation" and e.line == 2
 

@@ -27,6 +27,12 @@ CASES = {
     "rnn-relu": (dict(kind="rnn", depth=2, width=5, activation="relu"), dict(kind="adding", seq_len=6)),
     "lstm": (dict(kind="lstm", depth=2, width=4), dict(kind="copy", seq_len=7, copy_len=2, n_symbols=3)),
     "gru": (dict(kind="gru", depth=2, width=4), dict(kind="temporal_order", seq_len=10)),
+    "transformer-pre": (dict(kind="transformer", depth=2, width=8, heads=2, max_len=9),
+                        dict(kind="copy", seq_len=7, copy_len=2, n_symbols=3)),
+    "transformer-post-qk": (dict(kind="transformer", depth=2, width=8, heads=2, norm="post", qk_norm=True,
+                                 bias=False, mlp_ratio=2), dict(kind="temporal_order", seq_len=10)),
+    "transformer-adding": (dict(kind="transformer", depth=1, width=6, heads=3, z_loss=0.0),
+                           dict(kind="adding", seq_len=5)),
 }
 
 
@@ -80,7 +86,10 @@ def test_stacked_variants_equal_single_runs_bit_for_bit(case):
 
 
 def _layer_of(name, layers):
-    return max((i for i, l in enumerate(layers) if name.startswith(l + ".")), key=lambda i: len(layers[i]))
+    """The layer a probe belongs to (the longest one naming it), or None for a value between
+    layers (a transformer's attention logits, a residual sum), which may come in any order."""
+    mine = [i for i, l in enumerate(layers) if name == l or name.startswith(l + ".")]
+    return max(mine, key=lambda i: len(layers[i])) if mine else None
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -91,10 +100,10 @@ def test_probes_come_in_layer_order_and_name_every_parameter(case):
     _, _, model, params, x, G = build(case, "float32", V=2)
     layers = list(dict.fromkeys(s.layer for s in model.param_specs.values()))
     seen = {"forward": [], "backward": []}
-    out, cache = model.forward(params, x, probe=lambda name, a: seen["forward"].append(name))
-    model.backward(params, cache, G.copy(), probe=lambda name, a: seen["backward"].append(name))
-    up = [_layer_of(n, layers) for n in seen["forward"]]
-    down = [_layer_of(n, layers) for n in seen["backward"]]
+    out, cache = model.forward(params, x, probe=lambda name, a, where=None: seen["forward"].append(name))
+    model.backward(params, cache, G.copy(), probe=lambda name, a, where=None: seen["backward"].append(name))
+    up = [i for i in map(lambda n: _layer_of(n, layers), seen["forward"]) if i is not None]
+    down = [i for i in map(lambda n: _layer_of(n, layers), seen["backward"]) if i is not None]
     assert up == sorted(up) and set(up) == set(range(len(layers))), seen["forward"]
     assert down == sorted(down, reverse=True), seen["backward"]
     shown = {n.split(" @ ")[0] for n in seen["backward"]}

@@ -46,7 +46,7 @@ class ModelConfig(_Strict):
     input weights' (W_ih), Glorot by default. `activation` of an Elman RNN is tanh or relu.
     """
 
-    kind: Literal[tuple(MODEL_KINDS)] = "mlp"  # type: ignore[valid-type]
+    kind: Literal[tuple(k for k, m in MODEL_KINDS.items() if m.config == "ModelConfig")] = "mlp"  # type: ignore[valid-type]
     depth: Annotated[int, Field(ge=1, le=10_000)] = 8
     width: Size = 64
     activation: Activation = "tanh"
@@ -78,6 +78,42 @@ class ModelConfig(_Strict):
         if k.input_init and self.input_init is None:
             object.__setattr__(self, "input_init", InitConfig(scheme="xavier"))
         return self
+
+
+class TransformerConfig(_Strict):
+    """A decoder-only transformer: token (or linear, for real-valued inputs) and learned
+    positional embeddings, `depth` blocks of causal multi-head self-attention and a GELU MLP
+    with residual connections, and a linear head. `norm: post` is Vaswani et al.'s placement
+    (LayerNorm after each residual sum), `pre` GPT-2's (before each sublayer, plus a final
+    one). `max_len` is the positional table's length: the task's sequence length unless set."""
+
+    kind: Literal["transformer"]
+    depth: Annotated[int, Field(ge=1, le=1_000)] = 2
+    width: Size = 64
+    heads: Annotated[int, Field(ge=1, le=4096)] = 4
+    mlp_ratio: Annotated[int, Field(ge=1, le=64)] = 4
+    norm: Literal["pre", "post"] = "pre"
+    qk_norm: bool = False
+    z_loss: NonNegative = 0.0
+    bias: bool = True
+    tie_embeddings: bool = False
+    max_len: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
+    init: InitConfig = InitConfig()
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TransformerConfig":
+        if self.width % self.heads:
+            raise _Conflict(f"width must be divisible by heads: {self.width} does not split into "
+                            f"{self.heads} heads", "heads", "width")
+        return self
+
+
+def _model_classes() -> tuple:
+    """Each registered kind's config class, named by the kind (gradlab.kinds stays free of pydantic)."""
+    return tuple(dict.fromkeys(globals()[k.config] for k in MODEL_KINDS.values()))
+
+
+AnyModelConfig = Annotated[Union[_model_classes()], Field(discriminator="kind")]
 
 
 class _Task(_Strict):
@@ -294,7 +330,7 @@ class ExperimentConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1)]] = None
     seeds: Optional[Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1, max_length=10_000)]] = None
-    model: ModelConfig = ModelConfig()
+    model: AnyModelConfig = ModelConfig()
     task: TaskConfig = TeacherTask(kind="teacher")
     train: TrainConfig = TrainConfig()
     clipping: Annotated[list[ClipConfig], Field(min_length=1, max_length=1000)] = Field(
@@ -305,7 +341,7 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _teacher_by_default(cls, data: Any) -> Any:
-        data = _default_kind(data, "task", "teacher")
+        data = _default_kind(_default_kind(data, "task", "teacher"), "model", "mlp")
         # A sweep's clipping list is derived from it (and kept in the resolved config).
         if isinstance(data, dict) and isinstance(data.get("sweep"), dict) and "clipping" not in data:
             try:
@@ -327,9 +363,11 @@ class ExperimentConfig(_Strict):
         sequence = self.task.kind in SEQUENCE_TASKS
         if sequence != MODEL_KINDS[self.model.kind].sequence:
             fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence]
-            need = f"a recurrent kind ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
+            need = f"a sequence model ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))
+        if self.model.kind == "transformer":
+            self._check_transformer()
         if self.train.tbptt is not None and not sequence:
             raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
                             f"not to model {self.model.kind} on task {self.task.kind}",
@@ -350,6 +388,26 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
                             "each variant once", ("clipping", twice))
         return self
+
+    def _check_transformer(self) -> None:
+        """What a transformer config can only get wrong together with its task."""
+        from .memory import task_dims
+
+        m, t = self.model, self.task
+        if m.max_len is None:  # resolved here, so the config.yaml a run keeps says what it had
+            object.__setattr__(m, "max_len", t.seq_len)
+        elif t.seq_len > m.max_len:
+            raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
+                            f"(model.max_len {m.max_len}); raise max_len or leave it out", ("model", "max_len"),
+                            ("task", "seq_len"))
+        n_in, n_out = task_dims(t)
+        if m.tie_embeddings and (t.kind == "adding" or n_in != n_out):
+            raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
+                            f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "
+                            f"predicts {n_out} classes", ("model", "tie_embeddings"), ("task", "kind"))
+        if m.z_loss and t.kind == "adding":
+            raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
+                            ("model", "z_loss"), ("task", "kind"))
 
     def _check_excluded_layers(self) -> None:
         """agc's `exclude` names layers of this model: a misspelt one would clip the layer the

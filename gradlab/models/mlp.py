@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..kinds import ParamSpec
+from .base import Model
 from .activations import activation
 from .init import init_weight
 from .layers import linear_backward, linear_forward
@@ -24,7 +25,7 @@ from .workspace import Workspace, buffer
 Probe = Optional[Callable[[str, np.ndarray], None]]
 
 
-class MLP:
+class MLP(Model):
     kind = "mlp"
 
     def __init__(self, depth: int, width: int, input_dim: int, output_dim: int,
@@ -43,18 +44,10 @@ class MLP:
         self._act, self._act_back = activation(activation_name)
 
     @property
-    def param_names(self) -> list[str]:
-        return list(self.shapes)
-
-    @property
     def param_specs(self) -> dict[str, ParamSpec]:
         """Layer, role and input axis of each parameter: x @ W, so W is (in, out)."""
         return {name: ParamSpec(name.rsplit(".", 1)[0], "weight" if name.endswith(".W") else "bias",
                                 0 if name.endswith(".W") else None) for name in self.shapes}
-
-    @property
-    def fan_in_axes(self) -> dict[str, int | None]:
-        return {name: s.fan_in for name, s in self.param_specs.items()}
 
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One set of initial parameters, without the variant axis; biases start at zero."""

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..kinds import ParamSpec
+from .base import Model
 from .activations import activation
 from ..norms import row_norms
 from .init import init_weight, orthogonal
@@ -45,7 +46,7 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return np.divide(1.0, a, out=a)
 
 
-class Recurrent:
+class Recurrent(Model):
     def __init__(self, kind: str, depth: int, width: int, input_dim: int, output_dim: int,
                  per_step: bool = False, activation_name: str = "tanh",
                  init_scheme: str = "orthogonal", gain: float = 1.0,
@@ -70,10 +71,6 @@ class Recurrent:
         self.shapes["head.b"] = (output_dim,)
 
     @property
-    def param_names(self) -> list[str]:
-        return list(self.shapes)
-
-    @property
     def param_specs(self) -> dict[str, ParamSpec]:
         """Layer, role and input axis of each parameter. The recurrent weights have torch's
         (G*H, in) layout; the head is x @ W, (H, O)."""
@@ -85,10 +82,6 @@ class Recurrent:
             specs[name] = ParamSpec(layer, roles[short],
                                     (0 if name == "head.W" else 1) if len(shape) == 2 else None)
         return specs
-
-    @property
-    def fan_in_axes(self) -> dict[str, int | None]:
-        return {name: s.fan_in for name, s in self.param_specs.items()}
 
     # ------------------------------------------------------------------ init
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -11,16 +11,10 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 from gradlab.io import as_float as _num
-from gradlab.kinds import MODEL_KINDS
+from gradlab.kinds import describe as describe_model
 
 if TYPE_CHECKING:
     from .load import Run
-
-
-def _fixed_activation(kind: Any) -> bool:
-    """A kind whose activation is its own (the gates), so naming it would say nothing."""
-    k = MODEL_KINDS.get(kind) if isinstance(kind, str) else None
-    return k is not None and k.fixed_activation
 
 
 def as_int(x: Any) -> Optional[int]:
@@ -45,18 +39,7 @@ def describe_config(cfg: dict, fallback_name: str) -> str:
         return f"{x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
     name = str(get("name") or fallback_name)
-    kind = get("model", "kind")
-    model = [
-        str(v)
-        for v in (
-            kind,
-            f"depth {get('model', 'depth')}" if get("model", "depth") is not None else None,
-            f"width {get('model', 'width')}" if get("model", "width") is not None else None,
-            # An LSTM's or GRU's gates are fixed (sigmoid and tanh): its `activation` says nothing.
-            get("model", "activation") if not _fixed_activation(kind) else None,
-        )
-        if v is not None
-    ]
+    model = [describe_model(cfg["model"])] if isinstance(get("model"), dict) else []
     scheme, gain = get("model", "init", "scheme"), get("model", "init", "gain")
     if scheme is not None:
         model.append(f"({scheme} init" + (f" ×{number(gain)})" if number(gain) else ")"))

@@ -227,9 +227,10 @@ def embedding_backward(dy: np.ndarray, x: np.ndarray, n_rows: int, ws: Optional[
                        key: str = "emb") -> np.ndarray:
     """dE, (V, n_rows, D).
 
-    For ids, the rows of dy are sorted by id and each run summed by np.add.reduceat: in a
-    fixed order (so bit for bit repeatable, and the same for a variant whatever V is) and
-    at memory speed, where np.add.at is an order of magnitude slower."""
+    For ids, the rows of dy are sorted by id (stably) and each run summed by np.add.reduceat:
+    in position order, so bit for bit repeatable and the same for a variant whatever V is.
+    np.add.at gives the same sums 3 to 20 times slower (2048 positions, D 128, vocab 65 to
+    1000); a one-hot matmul is as fast only for a small vocabulary and grows with it."""
     V, D = dy.shape[0], dy.shape[-1]
     dy2 = dy.reshape(V, -1, D)
     if not _is_ids(x):

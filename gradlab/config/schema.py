@@ -64,6 +64,9 @@ class ModelConfig(_Strict):
                 return {**data, "init": {"scheme": k.init_scheme, **data["init"]}}
         return data
 
+    def check_task(self, task: Any) -> None:
+        """The pairing of kind and task is checked by the experiment; nothing else here."""
+
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
         k = MODEL_KINDS[self.kind]
@@ -106,6 +109,26 @@ class TransformerConfig(_Strict):
             raise _Conflict(f"width must be divisible by heads: {self.width} does not split into "
                             f"{self.heads} heads", "heads", "width")
         return self
+
+    def check_task(self, t: Any) -> None:
+        """What a transformer config can only get wrong together with its task (keys relative
+        to the experiment). Resolves max_len, so the config.yaml a run keeps says what it had."""
+        from .memory import task_dims
+
+        if self.max_len is None:
+            object.__setattr__(self, "max_len", t.seq_len)
+        elif t.seq_len > self.max_len:
+            raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
+                            f"(model.max_len {self.max_len}); raise max_len or leave it out", ("model", "max_len"),
+                            ("task", "seq_len"))
+        n_in, n_out = task_dims(t)
+        if self.tie_embeddings and (t.kind == "adding" or n_in != n_out):
+            raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
+                            f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "
+                            f"predicts {n_out} classes", ("model", "tie_embeddings"), ("task", "kind"))
+        if self.z_loss and t.kind == "adding":
+            raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
+                            ("model", "z_loss"), ("task", "kind"))
 
 
 def _model_classes() -> tuple:
@@ -366,8 +389,7 @@ class ExperimentConfig(_Strict):
             need = f"a sequence model ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))
-        if self.model.kind == "transformer":
-            self._check_transformer()
+        self.model.check_task(self.task)
         if self.train.tbptt is not None and not sequence:
             raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
                             f"not to model {self.model.kind} on task {self.task.kind}",
@@ -388,26 +410,6 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
                             "each variant once", ("clipping", twice))
         return self
-
-    def _check_transformer(self) -> None:
-        """What a transformer config can only get wrong together with its task."""
-        from .memory import task_dims
-
-        m, t = self.model, self.task
-        if m.max_len is None:  # resolved here, so the config.yaml a run keeps says what it had
-            object.__setattr__(m, "max_len", t.seq_len)
-        elif t.seq_len > m.max_len:
-            raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
-                            f"(model.max_len {m.max_len}); raise max_len or leave it out", ("model", "max_len"),
-                            ("task", "seq_len"))
-        n_in, n_out = task_dims(t)
-        if m.tie_embeddings and (t.kind == "adding" or n_in != n_out):
-            raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
-                            f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "
-                            f"predicts {n_out} classes", ("model", "tie_embeddings"), ("task", "kind"))
-        if m.z_loss and t.kind == "adding":
-            raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
-                            ("model", "z_loss"), ("task", "kind"))
 
     def _check_excluded_layers(self) -> None:
         """agc's `exclude` names layers of this model: a misspelt one would clip the layer the

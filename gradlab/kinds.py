@@ -41,6 +41,9 @@ class ModelKind:
     input_init: bool = False  # whether input weights have an init of their own (`input_init`)
     activations: Optional[tuple[str, ...]] = None  # those it accepts; None: any
     activation_error: str = ""  # the message when it does not, formatted with kind and activation
+    # Whether it reads token ids (T, B) int64 rather than one-hot vectors: an embedding table
+    # is a lookup, and a one-hot matmul would cost vocab x width per token for the same numbers.
+    tokens: bool = False
 
     @property
     def fixed_activation(self) -> bool:

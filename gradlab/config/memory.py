@@ -21,6 +21,15 @@ def task_dims(task: Any) -> tuple[int, int]:
         return task.input_dim, task.output_dim
     if task.kind == "copy":  # one-hot of blank, the symbols, the delimiter; classes: blank + symbols
         return task.n_symbols + 2, task.n_symbols + 1
+    if task.kind == "associative_recall":  # keys, values, the query marker; classes: the values
+        return task.n_keys + task.n_values + 1, task.n_values
+    if task.kind == "dyck":  # opening and closing brackets and END, inputs and classes alike
+        return 2 * task.n_types + 1, 2 * task.n_types + 1
+    if task.kind == "lm":  # the text's distinct characters
+        from gradlab.texts import lm_text
+
+        n = len(set(lm_text(task.path, task.sha256)))
+        return n, n
     return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4)}[task.kind]
 
 

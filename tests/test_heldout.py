@@ -202,3 +202,60 @@ def test_lm_missing_file_or_directory(tmp_path, path, fragment):
     with pytest.raises(UserError) as info:
         load_config(cfg_path)
     assert (info.value.key, info.value.line) == ("task.path", 6) and fragment in info.value.message
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+def test_an_lm_experiment_end_to_end_resumes_and_draws_the_held_out_loss(tmp_path):
+    """gradlab run on a text beside the config: report.json carries final and best val_loss,
+    the run store accepts them (a second run recomputes nothing), loss.png is drawn."""
+    import json
+
+    from conftest import cli
+
+    text = "".join(f"line {i}: the cat sat on the mat {i % 7}\n" for i in range(60))
+    cfg_path = write_lm(tmp_path, text.encode(), seq_len=12)
+    out = tmp_path / "out"
+    args = ["run", cfg_path, "--out", out, "--workers", "1", "--quiet", "--set", "train.steps=8",
+            "--set", "task.batch_size=4"]
+    assert cli(*args) == 0
+    (exp,) = out.iterdir()
+    reports = json.loads((exp / "summary.json").read_text())
+    assert len(reports) == 2
+    for r in reports:
+        assert r["final_val_loss"] is not None and r["best_val_loss"] <= r["final_val_loss"]
+    assert (exp / "plots" / "loss.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in exp.rglob("report.json")}
+    assert cli(*args) == 0
+    assert {p: p.stat().st_mtime_ns for p in exp.rglob("report.json")} == stamps  # complete: kept
+
+
+def test_runs_written_before_the_held_out_split_are_complete_and_kept(tmp_path):
+    """A run of a gradlab without val_loss (its metrics.csv lacks the column, its report the
+    fields) is complete for the run store, and a rerun keeps it rather than redoing it."""
+    import csv
+    import json
+
+    from conftest import cli
+    from gradlab.store import check_run
+
+    out = tmp_path / "out"
+    args = ["run", ROOT / "configs" / "quickstart.yaml", "--out", out, "--workers", "1", "--quiet", "--no-plots",
+            "--seeds", "0", "--set", "train.steps=5"]
+    assert cli(*args) == 0
+    (exp,) = out.iterdir()
+    for d in (exp / "runs").iterdir():
+        with open(d / "metrics.csv", newline="") as fh:
+            rows = list(csv.reader(fh))
+        keep = [i for i, c in enumerate(rows[0]) if c != "val_loss"]
+        assert len(keep) == len(rows[0]) - 1
+        with open(d / "metrics.csv", "w", newline="") as fh:
+            csv.writer(fh, lineterminator="\n").writerows([[r[i] for i in keep] for r in rows])
+        rep = json.loads((d / "report.json").read_text())
+        for key in ("final_val_loss", "best_val_loss"):
+            del rep[key]
+        (d / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+        assert check_run(exp, d.name)[0] == "complete", check_run(exp, d.name)
+    before = {p: p.read_bytes() for p in (exp / "runs").rglob("*") if p.is_file()}
+    assert cli(*args) == 0
+    assert {p: p.read_bytes() for p in (exp / "runs").rglob("*") if p.is_file()} == before

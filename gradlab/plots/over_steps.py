@@ -340,7 +340,13 @@ def draw_loss(exp: Experiment, path: Path) -> Path:
 
 
 def draw_accuracy(exp: Experiment, path: Path) -> Path:
-    """Classification tasks only: linear in [0, 1], with the chance level."""
+    """Classification tasks only: linear in [0, 1], with the chance level; the held-out
+    accuracy dashed where the runs measured one."""
+    if any("val_accuracy" in r.metrics for r in exp.runs):
+        return draw_over_steps(exp, [("accuracy", "-", "training (batch)"), ("val_accuracy", "--", "held-out")],
+                               ylabel="accuracy", heading="Training and held-out accuracy per step", path=path,
+                               force_log=False, thresholds=False, ylim=(0.0, 1.0),
+                               reference=chance_accuracy(exp.config))
     return draw_over_steps(exp, [("accuracy", "-", "accuracy")], ylabel="training accuracy (batch)",
                            heading="Training accuracy per step", path=path, force_log=False, thresholds=False,
                            ylim=(0.0, 1.0), reference=chance_accuracy(exp.config))

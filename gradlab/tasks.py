@@ -223,8 +223,8 @@ class TemporalOrderTask(Task):
 
 class AssociativeRecallTask(Task):
     """Associative recall (Ba et al. 2016, "Using Fast Weights to Attend to the Recent Past",
-    sec. 4.1, there "associative retrieval"; one query of the multi-query form of Arora et
-    al. 2023, "Zoology").
+    there "associative retrieval"; one query of the multi-query form, MQAR, of Arora et al.
+    2023, "Zoology").
 
     Tokens: keys 0..n_keys-1, values n_keys..n_keys+n_values-1, then the query marker. A
     sequence is n_pairs (key, value) pairs with distinct keys and values drawn with

@@ -441,3 +441,28 @@ def test_lm_default_text_is_gradlabs_sorted_source():
     assert (root / "texts.py").read_text() in text and len(text) > 100_000
     task = make("lm")
     assert task.input_dim == len(set(text))
+
+
+def test_training_builds_the_task_in_the_encoding_its_model_kind_reads(monkeypatch):
+    """train.py asks the model kind (ModelKind.tokens) how the task should encode its inputs."""
+    import dataclasses
+
+    import gradlab.train
+    from gradlab.kinds import MODEL_KINDS
+
+    assert not any(MODEL_KINDS[k].tokens for k in ("mlp", "rnn", "lstm", "gru"))  # they read vectors
+    seen = []
+    real = gradlab.train.build_task
+
+    def build(cfg, dtype, task_rng, tokens=False):
+        seen.append(tokens)
+        return real(cfg, dtype, task_rng, tokens=False)  # the gru still reads vectors
+
+    monkeypatch.setattr(gradlab.train, "build_task", build)
+    cfg = C.ExperimentConfig.model_validate(dict(name="t", model=dict(kind="gru", depth=1, width=4),
+                                                 task=dict(kind="dyck", seq_len=6, batch_size=2),
+                                                 train=dict(steps=2), clipping=[dict(method="none")]))
+    gradlab.train.train_seed(cfg, 0)
+    monkeypatch.setitem(MODEL_KINDS, "gru", dataclasses.replace(MODEL_KINDS["gru"], tokens=True))
+    gradlab.train.train_seed(cfg, 0)
+    assert seen == [False, True]

@@ -259,3 +259,34 @@ def test_runs_written_before_the_held_out_split_are_complete_and_kept(tmp_path):
     before = {p: p.read_bytes() for p in (exp / "runs").rglob("*") if p.is_file()}
     assert cli(*args) == 0
     assert {p: p.read_bytes() for p in (exp / "runs").rglob("*") if p.is_file()} == before
+
+
+def test_a_bad_path_from_set_names_the_option_and_a_fifo_is_refused_without_reading(tmp_path):
+    import os
+
+    cfg_path = write_lm(tmp_path, b"abcdefghij" * 100)
+    with pytest.raises(UserError) as info:
+        load_config(cfg_path, ["task.path=missing.txt"])
+    e = info.value
+    assert (e.file, e.key, e.line) == ("--set task.path=missing.txt", "task.path", None)
+    assert "missing.txt: no such file" in e.message
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(UserError, match="not a regular file") as info:
+        load_config(cfg_path, ["task.path=pipe"])  # would block forever if it were opened
+    assert info.value.key == "task.path"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_held_out_set_is_fixed_per_seed_and_none_of_the_training_batches(case):
+    from gradlab.tasks import build_task
+
+    cfg = small(*CASES[case])
+    task = build_task(cfg.task, "float32", seed_streams(3)["task"])
+    held = task.heldout(seed_streams(3)["heldout"], 4)
+    again = task.heldout(seed_streams(3)["heldout"], 4)
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(held, again))
+    data = seed_streams(3)["data"]
+    training = [task.batch(data) for _ in range(20)]
+    assert not any(np.array_equal(h[0], t[0]) for h in held for t in training)
+    other = task.heldout(seed_streams(4)["heldout"], 4)
+    assert not np.array_equal(held[0][0], other[0][0])  # another seed, another held-out set

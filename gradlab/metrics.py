@@ -42,6 +42,12 @@ class StepValues:
         return replace(self, **{f.name: part(f.name, getattr(self, f.name)) for f in fields(self)})
 
 
+def _number(x) -> float:
+    """A float, every NaN the one `math.nan`: lists compare their items by identity first, so
+    two runs' rows with a NaN in the same place (a step not evaluated) compare equal."""
+    return math.nan if x != x else float(x)
+
+
 class Recorder:
     def __init__(self, steps: int, n_variants: int, param_names: Sequence[str], accuracy: bool = False,
                  extra: Sequence[Sequence[str]] = ()) -> None:
@@ -50,7 +56,9 @@ class Recorder:
         union = tuple(dict.fromkeys(c for e in extra for c in e))
         # `lr` after grad_cosine: the store requires METRIC_COLUMNS only, so runs written before
         # schedules existed (without `lr`) stay readable.
-        self.all_columns = METRIC_COLUMNS + ("grad_cosine", "lr") + union + (("accuracy",) if accuracy else ())
+        # The held-out columns last: runs written before they existed lack them and still load.
+        self.all_columns = (METRIC_COLUMNS + ("grad_cosine", "lr") + union + (("accuracy",) if accuracy else ())
+                            + ("val_loss",) + (("val_accuracy",) if accuracy else ()))
         # Each variant's file has the columns of its own rule only.
         self.variant_columns = [tuple(c for c in self.all_columns if c not in union or c in e) for e in extra]
         self.param_names = list(param_names)
@@ -72,13 +80,23 @@ class Recorder:
         own = {"loss": v.loss, "update_norm": np.nan if v.update_norm is None else v.update_norm,
                "nonfinite": 0.0 if nonfinite is None else nonfinite,
                "accuracy": np.nan if v.accuracy is None else v.accuracy,
-               "lr": np.nan if v.lr is None else v.lr}
+               "lr": np.nan if v.lr is None else v.lr,
+               # NaN on the steps not evaluated; log_eval fills the others.
+               "val_loss": np.nan, "val_accuracy": np.nan}
         s = v.stats
         for k, name in enumerate(self.all_columns[1:]):
             # The rules' stats by name; a column a rule does not report (skipped) is 0 there.
             row[ids, k] = own[name] if name in own else s.get(name, 0.0)
         self.layer[step, ids] = v.norms.T
         self.rows[ids] = step + 1
+
+    def log_eval(self, step: int, ids: np.ndarray, loss: np.ndarray, acc: Optional[np.ndarray]) -> None:
+        """The held-out loss (and accuracy) of the variants in `ids` after this step's update."""
+        row = self.values[step]
+        names = self.all_columns[1:]
+        row[ids, names.index("val_loss")] = loss
+        if acc is not None and "val_accuracy" in names:
+            row[ids, names.index("val_accuracy")] = acc
 
     def log_flow(self, step: int, ids: np.ndarray, flow: Optional[dict[str, np.ndarray]]) -> None:
         """Keep dL/dh_t norms of a healthy step: the first one seen and the latest."""
@@ -92,7 +110,7 @@ class Recorder:
     def metrics_rows(self, v: int) -> list[list]:
         names = self.all_columns[1:]
         mine = [k for k, name in enumerate(names) if name in self.variant_columns[v]]
-        return [[s] + [int(x) if names[k] in INTEGER_COLUMNS and math.isfinite(x) else float(x)
+        return [[s] + [int(x) if names[k] in INTEGER_COLUMNS and math.isfinite(x) else _number(x)
                        for k, x in ((k, self.values[s, v, k]) for k in mine)]
                 for s in range(int(self.rows[v]))]
 

@@ -17,12 +17,13 @@ from typing import Optional, Sequence
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
 INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
-                  "mean_grad_cosine", "skip_fraction")
+                  "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss")
 
 
 def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
     """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy,
-    mean_grad_cosine, skip_fraction: each where metrics.csv has the column it comes from).
+    mean_grad_cosine, skip_fraction, final_val_loss and best_val_loss: each where metrics.csv
+    has the column it comes from).
 
     A step is healthy when nothing in it was non-finite; the row of the step a run diverged
     at is kept for its gradient norm but not for its loss. A value that never existed (a run
@@ -47,6 +48,13 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         out["mean_grad_cosine"] = sum(cos) / len(cos) if cos else None
     if "skipped" in at:
         out["skip_fraction"] = sum(1 for r in healthy if r[at["skipped"]] == 1) / len(healthy) if healthy else 0.0
+    if "val_loss" in at:
+        # The steps evaluated (val_loss is NaN elsewhere): the last one's, and the lowest. A
+        # held-out loss that overflowed is no value (null), as a diverged run's final_loss.
+        evaluated = [r[at["val_loss"]] for r in healthy if not math.isnan(r[at["val_loss"]])]
+        finite = [v for v in evaluated if math.isfinite(v)]
+        out["final_val_loss"] = float(evaluated[-1]) if evaluated and math.isfinite(evaluated[-1]) else None
+        out["best_val_loss"] = float(min(finite)) if finite else None
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None

@@ -82,6 +82,7 @@ class TorchTransformer(torch.nn.Module):
     def __init__(self, model, params, v=0, explicit_softmax=False):
         super().__init__()
         self.m, self.explicit = model, explicit_softmax
+        self.stats = []  # (max |attention logit|, mean entropy) per block, explicit path only
         self.w = torch.nn.ParameterDict({name.replace(".", "/"): torch.nn.Parameter(torch.tensor(params[name][v]))
                                          for name in model.shapes})
 
@@ -106,8 +107,11 @@ class TorchTransformer(torch.nn.Module):
             q, k = self.ln(q, f"{b}.attn.q_ln"), self.ln(k, f"{b}.attn.k_ln")
         if self.explicit:
             s = q @ k.transpose(-1, -2) / math.sqrt(dh)
-            s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-            o = torch.softmax(s, -1) @ v
+            future = torch.ones(t, t, dtype=torch.bool).triu(1)
+            w = torch.softmax(s.masked_fill(future, float("-inf")), -1)
+            entropy = -(w * torch.log(w.masked_fill(future, 1.0))).sum(-1)
+            self.stats.append((s.masked_fill(future, 0.0).abs().max().item(), entropy.mean().item()))
+            o = w @ v
         else:
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.linear(o.transpose(1, 2).reshape(n, t, D), f"{b}.attn.proj")
@@ -242,6 +246,28 @@ def test_the_explicit_masked_softmax_is_torch_s_causal_attention(task):
     a = TorchTransformer(model, params)(torch.tensor(x))
     b = TorchTransformer(model, params, explicit_softmax=True)(torch.tensor(x))
     assert_close(a.detach().numpy(), b.detach().numpy(), "logits", rtol=1e-12)
+
+
+@pytest.mark.parametrize("norm, qk_norm", [("pre", False), ("post", True)])
+@pytest.mark.parametrize("task", ["copy", "temporal_order"])
+def test_the_attention_and_logit_statistics_match_torch(task, norm, qk_norm):
+    """What the metrics report of a step (max_attn_logit, attn_entropy per block, logit_z)
+    against the same quantities taken from torch's scores, softmax and logsumexp, for three
+    differing variants."""
+    model, params = build(task, norm, qk_norm, V=3, seed=9)
+    x, y = data(task, model.output_dim, seed=10)
+    out, cache = model.forward(params, x)
+    diag = model.diagnostics(cache)
+    stats = {}
+    softmax_cross_entropy(out, y, stats=stats)
+    for v in range(3):
+        net = TorchTransformer(model, params, v=v, explicit_softmax=True)
+        with torch.no_grad():
+            logits = net(torch.tensor(x))
+        max_logit, entropy = np.array(net.stats).T
+        np.testing.assert_allclose(diag["max_attn_logit"][v], max_logit, rtol=1e-12)
+        np.testing.assert_allclose(diag["attn_entropy"][v], entropy, rtol=1e-12)
+        assert stats["logit_z"][v] == pytest.approx(torch.logsumexp(logits, -1).mean().item(), rel=1e-12)
 
 
 @pytest.mark.parametrize("task, norm, tied, z_loss", [

@@ -83,6 +83,7 @@ class TorchTransformer(torch.nn.Module):
         super().__init__()
         self.m, self.explicit = model, explicit_softmax
         self.stats = []  # (max |attention logit|, mean entropy) per block, explicit path only
+        self.max_u = 0.0  # the largest |GELU input|
         self.w = torch.nn.ParameterDict({name.replace(".", "/"): torch.nn.Parameter(torch.tensor(params[name][v]))
                                          for name in model.shapes})
 
@@ -117,7 +118,9 @@ class TorchTransformer(torch.nn.Module):
         return self.linear(o.transpose(1, 2).reshape(n, t, D), f"{b}.attn.proj")
 
     def mlp(self, a, b):
-        return self.linear(F.gelu(self.linear(a, f"{b}.mlp.fc"), approximate="tanh"), f"{b}.mlp.proj")
+        u = self.linear(a, f"{b}.mlp.fc")
+        self.max_u = max(self.max_u, u.abs().max().item())
+        return self.linear(F.gelu(u, approximate="tanh"), f"{b}.mlp.proj")
 
     def forward(self, x):
         E = self.p("tok.E")
@@ -236,6 +239,47 @@ def test_other_shapes_match_torch(task, norm, depth, width, heads, ratio):
     t_loss.backward()
     assert float(loss[0]) == pytest.approx(t_loss.item(), rel=1e-6)
     assert_gradients_close({k: g[0] for k, g in grads.items()}, net.numpy(grad=True))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("task", ["copy", "temporal_order", "adding"])
+def test_saturated_weights_match_torch(task, norm, qk_norm):
+    """Weights, embeddings and gains 30 times larger: one-hot attention rows, GELU inputs past
+    the +-20 where gradlab's backward clips, losses of 1e4 to 1e7. Where training diverges is
+    where the gradients must still be right."""
+    model, params = build(task, norm, qk_norm, z_loss=0.0 if task == "adding" else 0.03, seed=11)
+    for name in params:
+        if name.rsplit(".", 1)[1] in ("W", "E", "g"):
+            params[name] *= 30.0
+    x, y = data(task, model.output_dim, seed=12)
+    loss, grads = gradlab_loss(model, params, x, y)
+    net = TorchTransformer(model, params)
+    t_loss = net.loss(x, y)
+    t_loss.backward()
+    assert net.max_u > 20.0  # the clipped branch of gradlab's GELU backward runs
+    assert float(loss[0]) == pytest.approx(t_loss.item(), rel=1e-6)
+    assert_gradients_close({k: g[0] for k, g in grads.items()}, net.numpy(grad=True))
+
+
+@pytest.mark.parametrize("task", ["copy", "temporal_order", "adding"])
+def test_float32_stays_float32_and_near_torch_float64(task):
+    model, params = build(task, "pre", qk_norm=True, z_loss=0.0 if task == "adding" else 0.03)
+    m32 = Transformer(TransformerConfig(kind="transformer", depth=DEPTH, width=D, heads=HEADS, mlp_ratio=RATIO,
+                                        qk_norm=True, z_loss=model.z_loss, max_len=MAX_LEN),
+                      model.input_dim, model.output_dim, per_step=model.per_step, max_len=MAX_LEN, dtype="float32")
+    x, y = data(task, model.output_dim, seed=1)
+    f32 = (lambda a: a.astype(np.float32) if a.dtype.kind == "f" else a)
+    loss, grads = gradlab_loss(m32, {k: p.astype(np.float32) for k, p in params.items()}, f32(x), f32(y))
+    net = TorchTransformer(model, params)
+    t_loss = net.loss(x, y)
+    t_loss.backward()
+    assert loss.dtype == np.float32 and all(g.dtype == np.float32 for g in grads.values())
+    assert float(loss[0]) == pytest.approx(t_loss.item(), rel=1e-5)
+    t_grads = net.numpy(grad=True)
+    floor = 1e-6 * math.sqrt(sum(float(np.vdot(g, g)) for g in t_grads.values()))
+    for name, g in t_grads.items():
+        assert np.linalg.norm(grads[name][0] - g) <= 1e-4 * np.linalg.norm(g) + floor, name
 
 
 @pytest.mark.parametrize("task", ["copy", "temporal_order"])

@@ -387,3 +387,39 @@ def test_an_mlp_experiment_has_no_attention_png(tmp_path):
                             "train: {steps: 3}\nseeds: [0]\nclipping: [{method: none}]\n")
     names = [f.name for f in figures.plan(load_experiment(exp)).figures]
     assert "grad_norm.png" in names and "attention.png" not in names
+
+
+# ----------------------------------------------------------------------------- report
+
+def _rep(rid, diverged, **extra):
+    variant, seed = rid.rsplit("-s", 1)
+    return {"run_id": rid, "method": variant.split("-")[0], "threshold": None if variant == "none" else 1.0,
+            "seed": int(seed), "variant": variant, "diverged": diverged, "divergence_step": 12 if diverged else None,
+            "first_nonfinite": {"phase": "forward", "where": "block.1.attn.logits"} if diverged else None,
+            "max_grad_norm": 3.18e10, "final_loss": 7.08, "clip_fraction": 0.5, "steps": 300,
+            "steps_completed": 12 if diverged else 300, **extra}
+
+
+def test_the_report_shows_attention_logits_for_transformer_runs_only():
+    from gradlab.report import columns, findings, table_rows, terminal_columns
+
+    plain = [_rep("none-s0", True), _rep("norm-1-s0", False)]
+    assert "max attn logit" not in columns(plain) and "max log Z" not in columns(plain)
+    # A recurrent classifier records log Z too, but its table does not show it.
+    assert "max log Z" not in columns([_rep("none-s0", False, max_logit_z=3.0, final_logit_z=3.0)])
+    tf = [_rep("none-s0", True, max_attn_logit=5.08e15, max_logit_z=7.4e11),
+          _rep("norm-1-s0", False, max_attn_logit=4.36e5, max_logit_z=136.0)]
+    cols = columns(tf)
+    assert cols[-2:] == ("max attn logit", "max log Z")
+    assert [row[-2:] for row in table_rows(tf)] == [["5.08e+15", "7.4e+11"], ["4.36e+05", "136"]]
+    assert "largest attention logit 5.08e+15" in findings(tf)
+    assert "attention" not in findings(plain)
+    # A terminal of 80 columns keeps what fits, and values are never cut; a wide one shows
+    # the largest attention logit (briefly headed), not log Z, which is for report.md.
+    for width in (60, 80):
+        shown = terminal_columns(tf, width)
+        assert [h for _, h in shown][:3] == ["run", "div", "step"]
+        widths = [max(len(h), *(len(r[i]) for r in table_rows(tf))) for i, h in shown]
+        assert sum(widths) + 3 * len(widths) + 1 <= width
+    wide = dict((h, i) for i, h in terminal_columns(tf, 200))
+    assert "max attn logit" in wide and "max log Z" not in wide

@@ -13,6 +13,7 @@ from them, never trusted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -106,25 +107,36 @@ def _check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, 
         why = _csv_problem(d / "bptt_norms.csv", None, ("step", "layer", "t", "grad_norm"))
         if why:
             return "damaged", f"bptt_norms.csv: {why}", None
-    why = _attention_problem(d, rows, metrics[0])
+    why = _attention_problem(d, rows, *metrics)
     if why:
         return "damaged", f"{ATTENTION_CSV}: {why}", None
     return "complete", "", rep
 
 
-def _attention_problem(d: Path, rows: int, metric_columns: list[str]) -> str:
+def _attention_problem(d: Path, rows: int, metric_columns: list[str], metric_rows: list[list[float]]) -> str:
     """What is wrong with a run's attention.csv, or "". A metrics.csv with attention columns
-    (a gradlab that writes both) must come with it, one row per step like metrics.csv."""
+    (a gradlab that writes both) must come with it, one row per step like metrics.csv, and its
+    blocks' largest logit must be metrics.csv's `max_attn_logit` (the files of one run)."""
     path = d / ATTENTION_CSV
     if not path.exists():
         return "missing" if "max_attn_logit" in metric_columns else ""
-    why = _csv_problem(path, rows, ("step",))
+    parsed: list = []
+    why = _csv_problem(path, rows, ("step",), parsed)
     if why:
         return why
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline().rstrip("\n").split(",")
+    header, table = parsed
     if len(header) < 2 or not all(_BLOCK_COLUMN.fullmatch(c) for c in header[1:]):
         return "its first line is not the header gradlab writes"
+    if "max_attn_logit" in metric_columns:
+        blocks = [i for i, c in enumerate(header) if c.endswith(".max_attn_logit")]
+        col = metric_columns.index("max_attn_logit")
+        for step, (a, m) in enumerate(zip(table, metric_rows)):
+            values = [a[i] for i in blocks]
+            # NumPy's max, which the recorder took: NaN when any block's is NaN.
+            top = math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
+            if not (top == m[col] or (math.isnan(top) and math.isnan(m[col]))):
+                return (f"step {step}: its blocks' largest attention logit is {top}, "
+                        f"metrics.csv's max_attn_logit {m[col]}")
     return ""
 
 

@@ -423,3 +423,14 @@ def test_the_report_shows_attention_logits_for_transformer_runs_only():
         assert sum(widths) + 3 * len(widths) + 1 <= width
     wide = dict((h, i) for i, h in terminal_columns(tf, 200))
     assert "max attn logit" in wide and "max log Z" not in wide
+
+
+def test_attention_csv_from_another_run_is_damage(tmp_path, tf_runs):
+    """Both files of one run agree: its blocks' largest logit is metrics.csv's column."""
+    written(tmp_path, tf_runs)
+    a, b = (tmp_path / "runs" / r.run_id for r in tf_runs)
+    text = (a / "attention.csv").read_text()
+    assert text != (b / "attention.csv").read_text()
+    (b / "attention.csv").write_text(text)
+    state, why = check_run(tmp_path, tf_runs[1].run_id)
+    assert state == "damaged" and why.startswith("attention.csv: step ") and "max_attn_logit" in why

@@ -97,12 +97,13 @@ class Recorder:
 
     def _log_diag(self, step: int, ids: np.ndarray, diag: dict[str, np.ndarray]) -> None:
         if not self.diag:
-            for name in DIAGNOSTIC_COLUMNS:
-                if name in diag:
-                    width = diag[name].shape[1] if diag[name].ndim == 2 else 1
-                    if diag[name].ndim == 2:
-                        self.per_block.append(name)
-                    self.diag[name] = np.full((self.steps, self.n_variants, width), np.nan)
+            # Known names only, in DIAGNOSTIC_COLUMNS' order: a model's new statistic gets a
+            # column (and a summary) when it is given one there, not by accident.
+            for name in (n for n in DIAGNOSTIC_COLUMNS if n in diag):
+                if diag[name].ndim == 2:
+                    self.per_block.append(name)
+                width = diag[name].shape[1] if diag[name].ndim == 2 else 1
+                self.diag[name] = np.full((self.steps, self.n_variants, width), np.nan)
         for name, a in self.diag.items():
             a[step, ids] = np.asarray(diag[name], dtype=np.float64).reshape(len(ids), -1)
 
@@ -113,6 +114,7 @@ class Recorder:
         if name not in self.per_block:
             return a[:, 0]
         return a.max(axis=1) if name == "max_attn_logit" else a.mean(axis=1)
+
     def log_flow(self, step: int, ids: np.ndarray, flow: Optional[dict[str, np.ndarray]]) -> None:
         """Keep dL/dh_t norms of a healthy step: the first one seen and the latest."""
         if flow is None:

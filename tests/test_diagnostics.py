@@ -434,3 +434,25 @@ def test_attention_csv_from_another_run_is_damage(tmp_path, tf_runs):
     (b / "attention.csv").write_text(text)
     state, why = check_run(tmp_path, tf_runs[1].run_id)
     assert state == "damaged" and why.startswith("attention.csv: step ") and "max_attn_logit" in why
+
+
+def test_attention_png_of_runs_non_finite_from_their_first_step(tmp_path, monkeypatch):
+    """A gain of 1e30 overflows block 0's attention scores at step 0 in every variant:
+    every panel says it has nothing finite, and each run's x sits on its top edge."""
+    from gradlab.plots import draw_experiment, style
+
+    exp = run_cli(tmp_path, TF_YAML.replace("heads: 2}", "heads: 2, init: {gain: 1.0e+30}}")
+                  .replace("lr: 1.0e+19", "lr: 0.01").replace("seeds: [0, 1]", "seeds: [0]"))
+    rep = io.read_json(exp / "runs" / "none-s0" / "report.json")
+    assert rep["first_nonfinite"]["where"] == "block.0.attn.logits" and rep["max_attn_logit"] is None
+    texts = []
+    real_save = style.save
+
+    def save(fig, path):
+        if path.name == "attention.png":
+            texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        return real_save(fig, path)
+
+    monkeypatch.setattr(style, "save", save)
+    assert (exp / "plots" / "attention.png") in draw_experiment(exp)
+    assert texts == ["no finite value to draw"] * 3

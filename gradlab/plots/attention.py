@@ -159,6 +159,7 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
     fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h,
                         wspace=gap_w / PANEL_W, hspace=gap_h / PANEL_H)
 
+    filled: set[int] = set()  # the columns (one shared y scale each) with something drawn
     for row, seed in enumerate(seeds):
         for col, (stat, title, ylabel) in enumerate(stats):
             ax = axes[row, col]
@@ -167,10 +168,12 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
             ax.grid(True, which="major", alpha=0.3)
             top = limits[stat][1] if limits[stat] else None
             slot = 0
+            drawn = False
             for run in (r for r in runs if r.seed == seed):
                 color = exp.colors[run.variant]
                 for block, steps, values in series(run, stat):
                     y = plottable(values, log[stat])
+                    drawn |= bool(np.any(~np.isnan(y)))
                     idx = downsample(y)
                     ax.plot(steps[idx], y[idx], color=color, linewidth=1.3, alpha=0.9,
                             linestyle=dash.get(block, "-") if block is not None else "-")
@@ -179,6 +182,12 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
                 if run.diverged and top is not None:
                     # metrics.csv's column is the max over the blocks: the peak of every line.
                     slot += mark_off_scale(ax, run, [stat], top, color, slot)
+            if not drawn:
+                # Every run of the seed non-finite from its first step: say so.
+                ax.text(0.5, 0.5, "no finite value to draw", transform=ax.transAxes, ha="center", va="center",
+                        color="0.4", fontsize=10)
+            else:
+                filled.add(col)
             if limits[stat]:
                 ax.set_ylim(*limits[stat])  # before the log scale, whose autoscale would overflow
             if log[stat]:
@@ -189,6 +198,8 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
                     power_ticks(ax.yaxis)
             if row == nrows - 1:
                 ax.set_xlabel("step")
+    for col in set(range(ncols)) - filled:
+        axes[0, col].set_yticks([])  # an empty scale rather than made-up ticks
     lasts = [float(r.metrics["step"][-1]) for r in runs if len(r.metrics.get("step", ()))]
     step_axis(axes[0, 0], 0.0, max(max(lasts, default=0.0), (exp.steps or 0) - 1.0))
     axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0,

@@ -358,7 +358,9 @@ def test_attention_png_has_a_row_per_seed_and_a_line_per_block(tf_plot):
     assert (exp / "plots" / "attention.png") in written
     assert facts["titles"] == [f"{what}, seed {s}" for s in (0, 1)
                                for what in ("largest |attention logit|", "attention entropy", "output log Z")]
-    assert facts["legend"][:2] == ["none (no clipping)", "norm-1e-20: max_norm 1e-20"]
+    # Each row's divergences in its first panel; the key beside the first row.
+    assert facts["legend"].count("none: diverged at step 1") == 2
+    assert facts["legend"][1:3] == ["none (no clipping)", "norm-1e-20: max_norm 1e-20"]
     assert {"block 0 (first)", "block 1", "block 2 (last)", "diverged (NaN/inf)"} <= set(facts["legend"])
     # Per seed: the clipped run's three blocks in the logit panel, in the colour every figure
     # gives it, one dash per block; the diverged baseline's lines end with an x each.

@@ -182,6 +182,13 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
                 if run.diverged and top is not None:
                     # metrics.csv's column is the max over the blocks: the peak of every line.
                     slot += mark_off_scale(ax, run, [stat], top, color, slot)
+            died = [r for r in runs if r.seed == seed and r.diverged]
+            if col == 0 and died:
+                # As in grad_norm.png: which run's x is which, and when (once a row).
+                ax.legend(handles=[Line2D([], [], marker="x", color=exp.colors[r.variant], markersize=8,
+                                          markeredgewidth=2.0, linestyle="none",
+                                          label=f"{r.variant}: diverged at step {r.divergence_step}") for r in died],
+                          loc="best", fontsize=8, framealpha=0.85)
             if not drawn:
                 # Every run of the seed non-finite from its first step: say so.
                 ax.text(0.5, 0.5, "no finite value to draw", transform=ax.transAxes, ha="center", va="center",

@@ -367,14 +367,24 @@ class Chain(Transform):
 
 
 # --------------------------------------------------------------------------- public API
-def _stacked_copy(grads: Mapping[str, Any]) -> Grads:
-    out = {}
+def _stacked_copy(grads: Mapping[str, Any]) -> tuple[Grads, dict[str, np.dtype]]:
+    """A stack of one copy of each gradient, and the dtype to give each back. ml_dtypes'
+    bfloat16 is no NumPy floating type (no finfo, no vecdot): it is clipped in float32, which
+    holds every bfloat16 exactly, and the result is rounded back once."""
+    out, dtypes = {}, {}
     for name, g in grads.items():
         a = np.array(g, copy=True)
-        if not np.issubdtype(a.dtype, np.floating):
+        dtypes[name] = a.dtype
+        if a.dtype.name == "bfloat16":
+            a = a.astype(np.float32)
+        elif not np.issubdtype(a.dtype, np.floating):
             raise TypeError(f"gradient {name!r} has dtype {a.dtype}; clipping needs floating point")
         out[name] = a[None]
-    return out
+    return out, dtypes
+
+
+def _unstacked(g: Grads, dtypes: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    return {k: v[0].astype(dtypes[k], copy=False) for k, v in g.items()}
 
 
 def apply_rule(rule: Transform, g: Grads) -> dict:
@@ -398,18 +408,18 @@ def clip_grad_norm(
     if math.isnan(norm_type) or norm_type < 1:
         raise ValueError("norm_type must be a number >= 1 or inf")
     cfg = SimpleNamespace(method="norm", max_norm=float(max_norm), norm_type=norm_type, eps=float(eps))
-    g = _stacked_copy(grads)
+    g, dtypes = _stacked_copy(grads)
     if not g:
         return {}, 0.0
     total = total_norm(param_norms(g, cfg.norm_type), cfg.norm_type)
     apply_rule(ClipByGlobalNorm([cfg]), g)
-    return {k: v[0] for k, v in g.items()}, float(total[0])
+    return _unstacked(g, dtypes), float(total[0])
 
 
 def clip_grad_value(grads: Mapping[str, Any], clip_value: float) -> dict[str, np.ndarray]:
     """Clip every gradient element to [-clip_value, clip_value], like clip_grad_value_."""
     cfg = SimpleNamespace(method="value", clip_value=float(clip_value))
-    g = _stacked_copy(grads)
+    g, dtypes = _stacked_copy(grads)
     if g:
         apply_rule(ClipByValue([cfg]), g)
-    return {k: v[0] for k, v in g.items()}
+    return _unstacked(g, dtypes)

@@ -195,7 +195,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     dtype, steps = cfg.train.dtype, cfg.train.steps
     rng = seed_streams(seed)
     task = build_task(cfg.task, dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
-    model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
+    # The compute dtype (gradlab.compute) from train.precision where the schema has it.
+    compute = getattr(getattr(cfg.train, "precision", None), "compute", "float32")
+    model = build_model(cfg.model, task, dtype, cfg.train.tbptt, compute=compute)
     # A gain beyond the dtype's range casts to inf: a result (located at step 0 by the replay,
     # which names the parameter), not a RuntimeWarning.
     with np.errstate(over="ignore"):

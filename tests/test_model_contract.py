@@ -41,14 +41,14 @@ def test_every_registered_kind_has_a_case():
     assert not missing, f"add a small case for {sorted(missing)} to CASES"
 
 
-def build(case, dtype, V=1, tbptt=None):
+def build(case, dtype, V=1, tbptt=None, compute="float32"):
     """The case's config, task, model, a stack of V variants that differ (biases nonzero),
     a batch and an upstream gradient G (the loss is sum(G * out): no kink of its own)."""
     model_cfg, task_cfg = CASES[case]
     cfg = ExperimentConfig.model_validate(dict(name="c", model=model_cfg, task={**task_cfg, "batch_size": 3},
                                                train=dict(dtype=dtype, tbptt=tbptt)))
     task = build_task(cfg.task, dtype, np.random.default_rng(0), tokens=MODEL_KINDS[cfg.model.kind].tokens)
-    model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
+    model = build_model(cfg.model, task, dtype, cfg.train.tbptt, compute=compute)
     params = stack(model.init(np.random.default_rng(1)), V)
     r = np.random.default_rng(2)
     for k in params:
@@ -71,9 +71,10 @@ def test_gradients_match_finite_differences(case):
     check_gradients(loss, params, grads, samples=8)
 
 
+@pytest.mark.parametrize("compute", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("case", CASES)
-def test_stacked_variants_equal_single_runs_bit_for_bit(case):
-    _, _, model, params, x, G = build(case, "float32", V=3)
+def test_stacked_variants_equal_single_runs_bit_for_bit(case, compute):
+    _, _, model, params, x, G = build(case, "float32", V=3, compute=compute)
     out, cache = model.forward(params, x)
     grads = model.backward(params, cache, G.copy())
     for v in range(3):
@@ -110,9 +111,10 @@ def test_probes_come_in_layer_order_and_name_every_parameter(case):
     assert set(model.param_names) <= shown, set(model.param_names) - shown
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
 @pytest.mark.parametrize("case", CASES)
-def test_a_reused_workspace_changes_no_number(case):
-    _, _, model, params, x, G = build(case, "float32", V=2)
+def test_a_reused_workspace_changes_no_number(case, compute):
+    _, _, model, params, x, G = build(case, "float32", V=2, compute=compute)
     fresh = [model.backward(params, model.forward(params, x)[1], G.copy()) for _ in range(2)]
     for k in fresh[0]:
         assert not np.shares_memory(fresh[0][k], fresh[1][k]), k  # no workspace: never aliased

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compute import FLOAT32, Policy
+
 
 class Model:
     shapes: dict[str, tuple[int, ...]]
     # PaLM's z-loss coefficient on the output softmax: only the transformer has the option;
     # the training loop and the divergence replay pass it to the task's loss for every model.
     z_loss = 0.0
+    # The compute dtype's rounding at every op boundary (gradlab.compute); the builder sets it.
+    compute: Policy = FLOAT32
 
     @property
     def param_names(self) -> list[str]:

@@ -63,20 +63,23 @@ class MLP(Model):
     def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None,
                 ws: Optional[Workspace] = None):
         """x: (B, in) shared by all variants, or (V, B, in). Returns (V, B, out) and a cache."""
+        c = self.compute
+        params = c.weights(params, ws)
         cache = []
-        h = x
+        h = c.rounded(x)
         last = self.depth - 1
         V, B = params["layer0.W"].shape[0], x.shape[-2]
         for i in range(self.depth):
             W, b = params[f"layer{i}.W"], params[f"layer{i}.b"]
             z = buffer(ws, f"mlp.z{i}", (V, B, W.shape[-1]), np.result_type(h, W))
-            linear_forward(h, W, b, out=z)
+            c.round_(linear_forward(h, W, b, out=z))
             if probe:
                 probe(f"layer{i}.linear", z)
             if i == last:
                 cache.append((h, None))
                 return z, cache
             h_next, saved = self._act(z)
+            c.round_(h_next)
             if probe:
                 probe(f"layer{i}.{self.activation}", h_next)
             cache.append((h, saved))
@@ -88,8 +91,10 @@ class MLP(Model):
                  ws: Optional[Workspace] = None) -> dict[str, np.ndarray]:
         """Gradients of the loss for every parameter, given dL/d(output) (V, B, out).
         (`dh_norms` is the recurrent models' gradient-through-time record: an MLP has none.)"""
+        c = self.compute
+        params = c.weights(params, ws)  # the copy the forward pass multiplied by
         grads: dict[str, np.ndarray] = {}
-        dz = dout
+        dz = c.rounded(dout)
         V, B = dout.shape[0], dout.shape[-2]
         for i in range(self.depth - 1, -1, -1):
             x_in, _ = cache[i]
@@ -98,14 +103,17 @@ class MLP(Model):
             out = (buffer(ws, f"mlp.dx{i}", (V, B, W.shape[-2]), dt) if i > 0 else None,
                    buffer(ws, f"mlp.dW{i}", W.shape, dt), buffer(ws, f"mlp.db{i}", (V, W.shape[-1]), dt))
             dx, dW, db = linear_backward(dz, x_in, W, need_dx=i > 0, out=out)
+            c.round_(dW)
+            c.round_(db)
             grads[f"layer{i}.W"], grads[f"layer{i}.b"] = dW, db
             if probe:
                 probe(f"layer{i}.W", dW)
                 probe(f"layer{i}.b", db)
             if i > 0:
+                c.round_(dx)
                 if probe:
                     probe(f"layer{i - 1}.{self.activation}", dx)
-                dz = self._act_back(dx, cache[i - 1][1])
+                dz = c.round_(self._act_back(dx, cache[i - 1][1]))
                 if probe:
                     probe(f"layer{i - 1}.linear", dz)
         return {name: grads[name] for name in self.shapes}  # forward order, as everywhere else

@@ -116,8 +116,10 @@ class Recurrent(Model):
     def forward(self, params: dict[str, np.ndarray], x: np.ndarray, probe: Probe = None,
                 ws: Optional[Workspace] = None):
         """x: (T, B, in). Returns (V, B, O), or (V, T, B, O) with per_step, and a cache."""
+        cr = self.compute
+        params = cr.weights(params, ws)
         caches = []
-        seq = np.ascontiguousarray(_t(x))  # (T, in, B): feature-major, like every layer's states
+        seq = cr.rounded(np.ascontiguousarray(_t(x)))  # (T, in, B): feature-major, like every layer's states
         for l in range(self.depth):
             cache = self._layer_forward(params, f"{self.kind}.{l}", seq, probe, ws)
             caches.append(cache)
@@ -129,6 +131,7 @@ class Recurrent(Model):
         else:
             out = np.matmul(_t(seq[:, -1]), W)
             out += b[:, None, :]
+        cr.round_(out)
         if probe:
             probe("head.linear", out)
         return out, {"x": x, "layers": caches}
@@ -178,13 +181,15 @@ class Recurrent(Model):
         """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers
         (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-2]
+        r = self.compute.round_
         A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        r(A)  # the input projection, a matmul's output with its biases
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         for t in range(Hs.shape[1]):
             pre = gates[:, t]
             if t:
                 np.matmul(W_hh, Hs[:, t - 1], out=pre)
-                pre += A[:, t]
+                r(np.add(pre, A[:, t], out=pre))
             else:
                 pre[...] = A[:, 0]  # h_{-1} = 0
             if probe:
@@ -192,15 +197,18 @@ class Recurrent(Model):
             g = pre[:, 3 * H:]
             _sigmoid(pre[:, :3 * H])
             np.tanh(g, out=g)
+            r(pre)
             c = cells[:, t]
             if t:
                 np.multiply(pre[:, H:2 * H], cells[:, t - 1], out=c)
                 c += np.multiply(pre[:, :H], g, out=scratch)
             else:
                 np.multiply(pre[:, :H], g, out=c)
+            r(c)
             if probe:
                 probe(at("c", t), c)
-            np.multiply(pre[:, 2 * H:3 * H], np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t])
+            r(np.tanh(c, out=tanh_c[:, t]))
+            r(np.multiply(pre[:, 2 * H:3 * H], tanh_c[:, t], out=Hs[:, t]))
             if probe:
                 probe(at("h", t), Hs[:, t])
 
@@ -208,7 +216,9 @@ class Recurrent(Model):
         """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n).
         HH[:, t] keeps W_hh h_{t-1} (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-2]
+        r = self.compute.round_
         A[:, :, :2 * H] += b_hh[:, None, :2 * H, None]  # b_hr, b_hz add like the input biases
+        r(A)  # the input projection, a matmul's output with its biases
         b_hn = b_hh[:, 2 * H:, None]  # b_hn sits inside r's product: kept apart
         for t in range(Hs.shape[1]):
             hh = HH[:, t]
@@ -218,6 +228,7 @@ class Recurrent(Model):
                 hh[...] = 0.0  # h_{-1} = 0
             hn = hh[:, 2 * H:]
             hn += b_hn
+            r(hh)  # the recurrent matmul's output (b_hn with it)
             if probe:
                 probe(at("gates", t), hh)
             gt = gates[:, t]
@@ -227,6 +238,7 @@ class Recurrent(Model):
             np.multiply(gt[:, :H], hn, out=n)
             n += A[:, t, 2 * H:]
             np.tanh(n, out=n)
+            r(gt)  # the gates r, z and n
             h = Hs[:, t]
             if t:
                 np.subtract(Hs[:, t - 1], n, out=h)
@@ -235,19 +247,22 @@ class Recurrent(Model):
             else:
                 np.multiply(gt[:, H:2 * H], n, out=h)
                 np.subtract(n, h, out=h)
+            r(h)
             if probe:
                 probe(at("h", t), h)
 
     def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at) -> None:
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
+        r = self.compute.round_
         A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        r(A)  # the input projection, a matmul's output with its biases
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
         for t in range(Hs.shape[1]):
             if t:
                 np.matmul(W_hh, Hs[:, t - 1], out=buf)
                 buf += A[:, t]
-                pre = buf
+                pre = r(buf)
             else:
                 pre = A[:, 0]  # h_{-1} = 0
             if probe:
@@ -255,7 +270,7 @@ class Recurrent(Model):
             if relu:
                 np.maximum(pre, 0.0, out=Hs[:, t])
             else:
-                np.tanh(pre, out=Hs[:, t])
+                r(np.tanh(pre, out=Hs[:, t]))
             if probe:
                 probe(at("h", t), Hs[:, t])
 
@@ -269,7 +284,9 @@ class Recurrent(Model):
         layers = cache["layers"]
         top = layers[-1]["H"]  # (V, T, H, B)
         V, T, H, B = top.shape
-        W = params["head.W"]
+        cr = self.compute
+        W = cr.rounded(params["head.W"])  # the forward pass's compute copy
+        dout = cr.rounded(dout)
         grads: dict[str, np.ndarray] = {}
         name = f"{self.kind}.{self.depth - 1}.dH"
         dH = (buffer if self.per_step else zeros)(ws, name, (V, T, H, B), self.dtype)
@@ -281,6 +298,9 @@ class Recurrent(Model):
             grads["head.W"] = np.matmul(top[:, -1], dout)
             grads["head.b"] = dout.sum(axis=1)
             np.matmul(W, _t(dout), out=dH[:, -1])
+        cr.round_(grads["head.W"])
+        cr.round_(grads["head.b"])
+        cr.round_(dH)
         if probe:
             probe("head.W", grads["head.W"])
             probe("head.b", grads["head.b"])
@@ -314,6 +334,7 @@ class Recurrent(Model):
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         K = self.tbptt
         H2, H3 = 2 * Hd, 3 * Hd
+        r = self.compute.round_
         for t in range(T - 1, -1, -1):
             if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
                 # A truncation boundary between t and t + 1: no gradient crosses it.
@@ -322,6 +343,7 @@ class Recurrent(Model):
                     dc_next[...] = 0.0
             dh = dH[:, t]
             dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
+            r(dh)  # a sum of two compute-dtype gradients, as autograd accumulates them
             if probe:
                 probe(at("h", t), dh)
             h_prev = Hs[:, t - 1] if t > 0 else None
@@ -381,8 +403,13 @@ class Recurrent(Model):
                 da[:, Hd:H2] *= s2[:, Hd:]
                 da[:, Hd:H2] *= dh
                 dgh = dGh[:, t]
+                r(da)
                 dgh[:, :H2] = da[:, :H2]
-                np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:])
+                r(np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:]))
+            if self.kind != "gru":
+                r(da)  # the gate gradients (gru's rounded above, before dgh copies them)
+                if dc_next is not None:
+                    r(dc_next)  # the cell's gradient through time
             if probe:
                 probe(at("gates", t), da)
                 self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
@@ -390,7 +417,9 @@ class Recurrent(Model):
             if t:
                 np.matmul(W_hhT, dGh[:, t], out=dh_next)
                 if self.kind == "gru":
-                    dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
+                    r(dh_next)  # the matmul's output, then the sum with the direct path
+                    dh_next += r(np.multiply(dh, gt[:, Hd:H2], out=s1))
+                r(dh_next)
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
         def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple) -> np.ndarray:
@@ -411,11 +440,11 @@ class Recurrent(Model):
             back = np.argsort(self._lstm_order(GH))
             layer = {k: v[:, back] for k, v in layer.items()}
         for k, v in layer.items():
-            grads[f"{p}.{k}"] = v
+            grads[f"{p}.{k}"] = r(v)
         if need_dx:  # the layer below's dL/dh, from above
             dx = buffer(ws, f"{self.kind}.{int(p.split('.')[-1]) - 1}.dH", (V, T, W_ih.shape[-1], B), dt)
             np.matmul(_t(W_ih)[:, None], dA, out=dx)
-            return dx
+            return r(dx)
         return None
 
     def _probe_step(self, p, t, probe, dA_t, dGh_t, h_prev, x_t) -> None:

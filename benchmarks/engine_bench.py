@@ -16,7 +16,10 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
 - memory: peak RSS of `train_seed` on the mlp shape (20 steps) in a subprocess, minus that of
         a subprocess that only imports numpy and gradlab, next to the bytes the step must
         hold (parameters, gradients, momentum buffer if any, saved activations);
-- startup: `gradlab --help` and `gradlab validate configs/quickstart.yaml`, median of 5.
+- startup: `gradlab --help` and `gradlab validate configs/quickstart.yaml`, median of 5;
+- precision: the emulated float16 and bfloat16 compute (gradlab.compute: float32 arithmetic
+        rounded at every op boundary) against float32 compute, on the mlp and recurrent
+        shapes above, gradlab alone (the goal: at most 2x the float32 step).
 
 Both engines start from gradlab's initial weights and run on the same number of threads
 (default: the cores; threadpoolctl for NumPy's BLAS, `torch.set_num_threads` for torch).
@@ -30,7 +33,7 @@ column is the ratio of the medians, with the range of the per-round ratios in br
 (this command alone; never in tests or CI). Not a test: pytest never imports it.
 
     python benchmarks/engine_bench.py [--repeats 5] [--steps 20] [--threads N] [--settle 0.2]
-        [--only mlp,floor,rnn,lstm,gru,run,memory,startup] [--no-openblas-env]
+        [--only mlp,floor,rnn,lstm,gru,run,memory,startup,precision] [--no-openblas-env]
 """
 
 from __future__ import annotations
@@ -50,13 +53,14 @@ sys.path.insert(0, str(ROOT))
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REEXEC_MARK = "GRADLAB_ENGINE_BENCH_REMOVED"  # set in the re-executed child: what was removed
-CASES = ("mlp", "floor", "rnn", "lstm", "gru", "run", "memory", "startup")
+CASES = ("mlp", "floor", "rnn", "lstm", "gru", "run", "memory", "startup", "precision")
 LR = 1e-3  # small, so that the weights stay put while we time them (clipping at 1.0 may bite)
 
 MLP_SHAPE = dict(depth=32, width=256, batch=128)
 REC_SHAPE = dict(width=128, seq_len=100, batch=32)
 RUN_SHAPE = dict(depth=8, width=256, batch=128, steps=200)
 GOALS = {"mlp": 0.7, "rnn": 0.6, "lstm": 1.2, "gru": 0.8, "floor": 1.25, "run": 1.05}
+PRECISION_GOAL = 2.0  # emulated float16 / bfloat16 step over the float32 step
 STARTUP_GOAL = 0.35
 MEMORY_GOAL = 2.0
 
@@ -88,7 +92,7 @@ def rec_config(kind: str, width: int, seq_len: int, batch: int, steps: int = 20)
 class GradlabStep:
     """One training step of gradlab's engine, used as train.py uses it, without records or checks."""
 
-    def __init__(self, cfg, seed: int = 0) -> None:
+    def __init__(self, cfg, seed: int = 0, compute: str = "float32") -> None:
         from gradlab.clipping import Clipper
         from gradlab.config import ClipNorm
         from gradlab.models import build_model, stack
@@ -102,7 +106,7 @@ class GradlabStep:
         self.apply_updates = apply_updates
         rng = seed_streams(seed)
         self.task = build_task(cfg.task, cfg.train.dtype, rng["task"])
-        self.model = build_model(cfg.model, self.task, cfg.train.dtype, cfg.train.tbptt)
+        self.model = build_model(cfg.model, self.task, cfg.train.dtype, cfg.train.tbptt, compute=compute)
         self.p0 = self.model.init(rng["init"])
         self.params = stack(self.p0, 1)
         self.clipper = Clipper([ClipNorm(method="norm", max_norm=1.0)])
@@ -529,6 +533,18 @@ def machine_facts(torch, threads: int) -> None:
              if removed is not None else "  (as set; --no-openblas-env removes both)"))
 
 
+def bench_precision(table: Table, args) -> None:
+    """Each model kind's step at float16 and bfloat16 compute against its float32 step."""
+    shapes = {"mlp": (mlp_config(**MLP_SHAPE), "d{depth} w{width} b{batch}".format(**MLP_SHAPE))}
+    for kind in ("rnn", "lstm", "gru"):
+        shapes[kind] = (rec_config(kind, **REC_SHAPE), "h{width} T{seq_len} b{batch}".format(**REC_SHAPE))
+    for kind, (cfg, shape) in shapes.items():
+        fns = {c: GradlabStep(cfg, compute=c) for c in ("float32", "float16", "bfloat16")}
+        ms = interleaved(fns, args.steps, args.repeats, args.warmup, args.settle)
+        for c in ("float16", "bfloat16"):
+            table.add(f"{kind} {shape} {c} vs float32 compute", ms[c], ms["float32"], PRECISION_GOAL)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
@@ -578,6 +594,8 @@ def main() -> None:
             bench_recurrent(table, torch, args, kind)
     if "run" in only:
         notes += bench_run(table, args)
+    if "precision" in only:
+        bench_precision(table, args)
     if table.rows:
         table.print()
     if "memory" in only:

@@ -15,15 +15,17 @@ born where it would be born on a GPU, and the divergence locator names that tens
 
 The boundaries (every model applies all that it has):
   forward:  the per-step compute copy of every parameter (weights and biases, rounded once
-            per step from the float32 master); every matmul's output (after its bias add, one
-            rounding as in a fused addmm); every activation's output (tanh, relu, sigmoid,
-            gelu, the recurrent gates, an LSTM's cell c_t and tanh(c_t), every h_t); the
-            transformer's LayerNorm outputs, attention logits, softmax probabilities, attention
-            outputs, residual sums and the embeddings; the logits (the model's output).
+            per step from the float32 master) and the inputs; every matmul's output (after its
+            bias add, one rounding as in a fused addmm); every activation's output (tanh,
+            relu, sigmoid, gelu); a recurrent layer's h_t (and an LSTM's c_t) at every step:
+            the cell is one fused op, as torch's nn.RNN / LSTM / GRU are (cuDNN), so its
+            input projection, gate pre-activations and gates stay float32 inside it; the
+            logits (the model's output).
   loss:     computed in float32 from the rounded logits, as autocast runs losses in float32;
             its gradient dL/dlogits is rounded on entering the backward pass.
-  backward: every gradient flowing between ops (dL/dx of a matmul, through an activation,
-            through time in a recurrence) and every parameter's gradient, which is the
+  backward: every gradient flowing between ops (dL/dx of a matmul, through an activation;
+            in a recurrence dL/dh_t, the sum of the gradient from above and the one through
+            time, and dL/d(input)) and every parameter's gradient, which is the
             gradient of its compute copy (a float16 tensor under autocast) and then becomes
             the float32 master gradient unchanged.
 

@@ -154,6 +154,8 @@ def test_every_value_a_model_shows_is_in_the_compute_dtype(kind, compute):
     for name, a in seen + [("out", out)] + list(grads.items()):
         if " @ " in name and name.split(" @ ")[0] in grads:
             continue  # a locate-mode per-step contribution, summed before it is a gradient
+        if name.split(" @ ")[0].rsplit(".", 1)[-1] in ("gates", "pre"):
+            continue  # inside a recurrent cell, one fused op (gradlab.compute's docstring)
         assert _same_bits(a, _reference(a, compute)), name
     # ... and the numbers do differ from float32 compute.
     model32 = build_model(cfg.model, task, "float32")

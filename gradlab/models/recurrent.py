@@ -183,13 +183,12 @@ class Recurrent(Model):
         H = Hs.shape[-2]
         r = self.compute.round_
         A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
-        r(A)  # the input projection, a matmul's output with its biases
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         for t in range(Hs.shape[1]):
             pre = gates[:, t]
             if t:
                 np.matmul(W_hh, Hs[:, t - 1], out=pre)
-                r(np.add(pre, A[:, t], out=pre))
+                pre += A[:, t]
             else:
                 pre[...] = A[:, 0]  # h_{-1} = 0
             if probe:
@@ -197,7 +196,6 @@ class Recurrent(Model):
             g = pre[:, 3 * H:]
             _sigmoid(pre[:, :3 * H])
             np.tanh(g, out=g)
-            r(pre)
             c = cells[:, t]
             if t:
                 np.multiply(pre[:, H:2 * H], cells[:, t - 1], out=c)
@@ -207,8 +205,7 @@ class Recurrent(Model):
             r(c)
             if probe:
                 probe(at("c", t), c)
-            r(np.tanh(c, out=tanh_c[:, t]))
-            r(np.multiply(pre[:, 2 * H:3 * H], tanh_c[:, t], out=Hs[:, t]))
+            r(np.multiply(pre[:, 2 * H:3 * H], np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t]))
             if probe:
                 probe(at("h", t), Hs[:, t])
 
@@ -218,7 +215,6 @@ class Recurrent(Model):
         H = Hs.shape[-2]
         r = self.compute.round_
         A[:, :, :2 * H] += b_hh[:, None, :2 * H, None]  # b_hr, b_hz add like the input biases
-        r(A)  # the input projection, a matmul's output with its biases
         b_hn = b_hh[:, 2 * H:, None]  # b_hn sits inside r's product: kept apart
         for t in range(Hs.shape[1]):
             hh = HH[:, t]
@@ -228,7 +224,6 @@ class Recurrent(Model):
                 hh[...] = 0.0  # h_{-1} = 0
             hn = hh[:, 2 * H:]
             hn += b_hn
-            r(hh)  # the recurrent matmul's output (b_hn with it)
             if probe:
                 probe(at("gates", t), hh)
             gt = gates[:, t]
@@ -238,7 +233,6 @@ class Recurrent(Model):
             np.multiply(gt[:, :H], hn, out=n)
             n += A[:, t, 2 * H:]
             np.tanh(n, out=n)
-            r(gt)  # the gates r, z and n
             h = Hs[:, t]
             if t:
                 np.subtract(Hs[:, t - 1], n, out=h)
@@ -255,20 +249,19 @@ class Recurrent(Model):
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
         r = self.compute.round_
         A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
-        r(A)  # the input projection, a matmul's output with its biases
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
         for t in range(Hs.shape[1]):
             if t:
                 np.matmul(W_hh, Hs[:, t - 1], out=buf)
                 buf += A[:, t]
-                pre = r(buf)
+                pre = buf
             else:
                 pre = A[:, 0]  # h_{-1} = 0
             if probe:
                 probe(at("pre", t), pre)
             if relu:
-                np.maximum(pre, 0.0, out=Hs[:, t])
+                r(np.maximum(pre, 0.0, out=Hs[:, t]))
             else:
                 r(np.tanh(pre, out=Hs[:, t]))
             if probe:
@@ -343,7 +336,7 @@ class Recurrent(Model):
                     dc_next[...] = 0.0
             dh = dH[:, t]
             dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
-            r(dh)  # a sum of two compute-dtype gradients, as autograd accumulates them
+            r(dh)  # the gradient reaching the cell's output h_t (from above and through time)
             if probe:
                 probe(at("h", t), dh)
             h_prev = Hs[:, t - 1] if t > 0 else None
@@ -403,13 +396,8 @@ class Recurrent(Model):
                 da[:, Hd:H2] *= s2[:, Hd:]
                 da[:, Hd:H2] *= dh
                 dgh = dGh[:, t]
-                r(da)
                 dgh[:, :H2] = da[:, :H2]
-                r(np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:]))
-            if self.kind != "gru":
-                r(da)  # the gate gradients (gru's rounded above, before dgh copies them)
-                if dc_next is not None:
-                    r(dc_next)  # the cell's gradient through time
+                np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:])
             if probe:
                 probe(at("gates", t), da)
                 self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
@@ -417,9 +405,7 @@ class Recurrent(Model):
             if t:
                 np.matmul(W_hhT, dGh[:, t], out=dh_next)
                 if self.kind == "gru":
-                    r(dh_next)  # the matmul's output, then the sum with the direct path
-                    dh_next += r(np.multiply(dh, gt[:, Hd:H2], out=s1))
-                r(dh_next)
+                    dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
         def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple) -> np.ndarray:

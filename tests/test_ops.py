@@ -236,6 +236,24 @@ def test_attention_reads_strided_views_of_a_packed_qkv():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_attention_copies_inputs_matmul_cannot_read_in_place():
+    """k and v with a non-unit stride on their last axis go through reused contiguous copies:
+    the same numbers as from contiguous inputs, with or without a workspace."""
+    r = rng(46)
+    q, k, v = (f32(r, 2, 3, 4, 6, 5) for _ in range(3))
+    G = f32(r, 2, 3, 4, 6, 5)
+    ks, vs = (np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2) for a in (k, v))
+    assert ks.strides[-1] != ks.itemsize
+    out, cache, _ = causal_attention(q, k, v)
+    grads = causal_attention_backward(G.copy(), cache)
+    ws = Workspace()
+    for _ in range(2):
+        s_out, s_cache, _ = causal_attention(q, ks, vs, ws=ws)
+        np.testing.assert_array_equal(s_out, out)
+        for a, b in zip(causal_attention_backward(G.copy(), s_cache, ws=ws), grads):
+            np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------- the causal softmax
 
 def reference_softmax(q, k):

@@ -258,18 +258,20 @@ class Transformer(Model):
             k, c["k_ln"] = layer_norm(k, p[f"{b}.attn.k_ln.g"], p.get(f"{b}.attn.k_ln.b"), ws=ws, key=f"{b}.k_ln")
             if probe:
                 probe(f"{b}.attn.k_ln", k)
-        o, c["attn"], stats = causal_attention(q, k, v, ws=ws, key=f"{b}.attn", probe=probe, name=f"{b}.attn")
-        cache["stats"].append(stats)
-        # (V, B, H, T, dh) -> (V, T, B, H, dh) -> (V, N, D)
+        # The attention writes its (V, B, H, T, dh) output straight into the (V, T, B, H, dh)
+        # layout the projection reads as (V, N, D): no transposing copy.
         o2 = buffer(ws, f"{b}.o2", (V, T, B, H, dh), dt)
-        np.copyto(o2, o.transpose(0, 3, 1, 2, 4))
+        _, c["attn"], stats = causal_attention(q, k, v, ws=ws, key=f"{b}.attn", probe=probe, name=f"{b}.attn",
+                                               out=o2.transpose(0, 2, 3, 1, 4), scratch_key="attn")
+        cache["stats"].append(stats)
         o2 = o2.reshape(V, N, D)
         c["o2"] = o2
-        y = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, f"{b}.y1", (V, N, D), dt))
+        # The projection goes straight into the residual buffer, h added in place: (y + b) + h
+        # is h + (y + b) bit for bit, one (V, N, D) buffer and one pass fewer.
+        r = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, f"{b}.r1", (V, N, D), dt))
         if probe:
-            probe(f"{b}.attn.proj", y)
-        r = buffer(ws, f"{b}.r1", (V, N, D), dt)
-        np.add(h, y, out=r)
+            probe(f"{b}.attn.proj", r)
+        r += h
         if self.norm == "post":
             if probe:
                 probe(f"{b}.attn.residual", r)
@@ -292,11 +294,10 @@ class Transformer(Model):
         c["u"], c["s"], c["g"] = u, s, g
         if probe:
             probe(f"{b}.mlp.gelu", g)
-        y2 = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"{b}.y2", (V, N, D), dt))
+        out = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"{b}.r2", (V, N, D), dt))
         if probe:
-            probe(f"{b}.mlp.proj", y2)
-        out = buffer(ws, f"{b}.r2", (V, N, D), dt)
-        np.add(r, y2, out=out)
+            probe(f"{b}.mlp.proj", out)
+        out += r
         if probe:
             probe(f"{b}.mlp.residual", out)
         if self.norm == "post":
@@ -371,14 +372,20 @@ class Transformer(Model):
 
     def _block_backward(self, p, i: int, dh: np.ndarray, T: int, B: int, c: dict, grads: dict,
                         show: Callable, ws) -> np.ndarray:
-        """dh: dL/d(block output), (V, N, D); returns dL/d(block input). May overwrite dh."""
+        """dh: dL/d(block output), (V, N, D); returns dL/d(block input). May overwrite dh.
+
+        Scratch buffers are keyed by role, not by block: a block's backward is done with them
+        before the next block's starts, so one set serves every block (the parameters'
+        gradients keep their own). The input dh may be the "d.a" buffer the previous block
+        returned: it is last read (into dr) before this block writes "d.a" again."""
         b = f"block.{i}"
         V, N, D = dh.shape
         H, dh_, dt = self.H, self.dh, dh.dtype
 
         def linear_back(name: str, dy: np.ndarray, x_in: np.ndarray, dx_key: str) -> np.ndarray:
             W = p[f"{name}.W"]
-            grads[f"{name}.W"] = gw = _weight_grad(x_in, dy, buffer(ws, f"d.{name}.W", W.shape, dt), ws, f"d.{name}.WT")
+            gw = _weight_grad(x_in, dy, buffer(ws, f"d.{name}.W", W.shape, dt), ws, f"d.WT.{name[len(b) + 1:]}")
+            grads[f"{name}.W"] = gw
             show(f"{name}.W", gw)
             if self.bias:
                 grads[f"{name}.b"] = gb = np.sum(dy, axis=1, out=buffer(ws, f"d.{name}.b", (V, W.shape[-1]), dt))
@@ -398,11 +405,11 @@ class Transformer(Model):
             dh = ln_back(f"{b}.ln2", dh, "ln2")
         # MLP: r2 = r + mlp(a2)
         show(f"{b}.mlp.residual", dh)
-        dg = linear_back(f"{b}.mlp.proj", dh, c["g"], f"d.{b}.g")
+        dg = linear_back(f"{b}.mlp.proj", dh, c["g"], "d.g")
         show(f"{b}.mlp.gelu", dg)
-        du = _gelu_backward(dg, c["u"], c["s"], ws, f"d.{b}.gelu")
+        du = _gelu_backward(dg, c["u"], c["s"], ws, "d.gelu")
         show(f"{b}.mlp.fc", du)
-        da2 = linear_back(f"{b}.mlp.fc", du, c["a2"], f"d.{b}.a2")
+        da2 = linear_back(f"{b}.mlp.fc", du, c["a2"], "d.a2")
         if self.norm == "pre":
             show(f"{b}.ln2", da2)
             dr = ln_back(f"{b}.ln2", da2, "ln2")
@@ -413,12 +420,14 @@ class Transformer(Model):
             dr = ln_back(f"{b}.ln1", da2, "ln1")
         # attention: r = h + proj(attn(qkv(a)))
         show(f"{b}.attn.residual", dr)
-        do2 = linear_back(f"{b}.attn.proj", dr, c["o2"], f"d.{b}.o2")
+        do2 = linear_back(f"{b}.attn.proj", dr, c["o2"], "d.o2")
         show(f"{b}.attn.proj", do2)
         do = do2.reshape(V, T, B, H, dh_).transpose(0, 2, 3, 1, 4)  # (V, B, H, T, dh)
-        dq, dk, dv = causal_attention_backward(do, c["attn"], ws=ws, key=f"d.{b}.attn")
-        dqkv = buffer(ws, f"d.{b}.qkv", (V, N, 3 * D), dt)
+        dqkv = buffer(ws, "d.qkv", (V, N, 3 * D), dt)
         parts = dqkv.reshape(V, T, B, 3, H, dh_).transpose(3, 0, 2, 4, 1, 5)  # views into dqkv
+        # Without qk_norm the attention's gradients are dqkv's own parts, written in place.
+        dq, dk, dv = causal_attention_backward(do, c["attn"], ws=ws, key="d.attn",
+                                               out=None if self.qk_norm else tuple(parts))
         if self.qk_norm:
             dk, grads[f"{b}.attn.k_ln.g"], dbk = layer_norm_backward(dk, c["k_ln"], ws=ws, key=f"d.{b}.k_ln")
             dq, grads[f"{b}.attn.q_ln.g"], dbq = layer_norm_backward(dq, c["q_ln"], ws=ws, key=f"d.{b}.q_ln")
@@ -427,11 +436,11 @@ class Transformer(Model):
                 if db is not None:
                     grads[f"{name}.b"] = db
                     show(f"{name}.b", db)
-        np.copyto(parts[0], dq)
-        np.copyto(parts[1], dk)
-        np.copyto(parts[2], dv)
+            np.copyto(parts[0], dq)
+            np.copyto(parts[1], dk)
+            np.copyto(parts[2], dv)
         show(f"{b}.attn.qkv", dqkv)
-        da = linear_back(f"{b}.attn.qkv", dqkv, c["a_in"], f"d.{b}.a")
+        da = linear_back(f"{b}.attn.qkv", dqkv, c["a_in"], "d.a")
         if self.norm == "pre":
             show(f"{b}.ln1", da)
             dx = ln_back(f"{b}.ln1", da, "ln1")

@@ -63,19 +63,21 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: Optional[np.ndarray], eps: float
     return y, {"xhat": xhat, "rstd": rstd, "g": g, "bias": b is not None}
 
 
-def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln"):
+def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln",
+                        scratch_key: Optional[str] = None):
     """(dx, dg, db), db None for a bias-free norm. dx is written over dy.
 
     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy g: the mean and
-    variance depend on every entry of the row, hence the two row means."""
+    variance depend on every entry of the row, hence the two row means. `scratch_key` names
+    the buffers dead once this returns (key's otherwise), for callers sharing them across layers."""
     xhat, rstd, g = cache["xhat"], cache["rstd"], cache["g"]
     D = dy.shape[-1]
     middle = tuple(range(1, dy.ndim - 1))
     db = np.sum(dy, axis=middle, out=buffer(ws, f"{key}.db", g.shape, dy.dtype)) if cache["bias"] else None
-    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{key}.tmp", dy.shape, dy.dtype))
+    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{scratch_key or key}.tmp", dy.shape, dy.dtype))
     dg = np.sum(tmp, axis=middle, out=buffer(ws, f"{key}.dg", g.shape, dy.dtype))
     dxhat = np.multiply(dy, _per_variant(g, dy.ndim), out=dy)
-    m = buffer(ws, f"{key}.m", rstd.shape, dy.dtype)
+    m = buffer(ws, f"{scratch_key or key}.m", rstd.shape, dy.dtype)
     np.vecdot(dxhat, xhat, out=m[..., 0])
     m *= 1.0 / D
     np.multiply(xhat, m, out=tmp)

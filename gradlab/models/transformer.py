@@ -49,11 +49,12 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
-def _gelu(u: np.ndarray, ws, key: str) -> tuple[np.ndarray, np.ndarray]:
+def _gelu(u: np.ndarray, ws, key: str, g_key: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """GELU, tanh approximation (torch's approximate="tanh"), as u * sigmoid(2a) with
     a = c (u + 0.044715 u^3): the same function (0.5 (1 + tanh a) = sigmoid(2a)), but NumPy
     vectorises exp and not tanh. Returns gelu(u) and s = sigmoid(2a), which the backward
-    needs with u."""
+    needs with u. `g_key` names gelu(u)'s buffer when the caller shares it (it recomputes
+    u s, bit for bit, when it needs gelu(u) again)."""
     s = buffer(ws, key + ".s", u.shape, u.dtype)
     np.multiply(u, u, out=s)
     s *= -2.0 * _GELU_C * _GELU_A
@@ -63,7 +64,7 @@ def _gelu(u: np.ndarray, ws, key: str) -> tuple[np.ndarray, np.ndarray]:
         np.exp(s, out=s)
     s += 1.0
     np.divide(1.0, s, out=s)
-    g = buffer(ws, key + ".g", u.shape, u.dtype)
+    g = buffer(ws, g_key or key + ".g", u.shape, u.dtype)
     np.multiply(u, s, out=g)
     return g, s
 
@@ -268,7 +269,10 @@ class Transformer(Model):
         c["o2"] = o2
         # The projection goes straight into the residual buffer, h added in place: (y + b) + h
         # is h + (y + b) bit for bit, one (V, N, D) buffer and one pass fewer.
-        r = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, f"{b}.r1", (V, N, D), dt))
+        # Residual sums are not kept for the backward: the mid-block one is shared by all
+        # blocks, the block outputs alternate between two buffers (a block reads its input
+        # until it writes its output).
+        r = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, "res.mid", (V, N, D), dt))
         if probe:
             probe(f"{b}.attn.proj", r)
         r += h
@@ -290,11 +294,13 @@ class Transformer(Model):
         u = _linear(a2, p[f"{b}.mlp.fc.W"], p.get(f"{b}.mlp.fc.b"), buffer(ws, f"{b}.u", (V, N, R), dt))
         if probe:
             probe(f"{b}.mlp.fc", u)
-        g, s = _gelu(u, ws, f"{b}.gelu")
-        c["u"], c["s"], c["g"] = u, s, g
+        # gelu(u) is one buffer for all blocks: the backward recomputes it as u s (one multiply)
+        # rather than every block keeping a (V, N, rD) array that u and s determine.
+        g, s = _gelu(u, ws, f"{b}.gelu", g_key="gelu.g")
+        c["u"], c["s"] = u, s
         if probe:
             probe(f"{b}.mlp.gelu", g)
-        out = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"{b}.r2", (V, N, D), dt))
+        out = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"res.{i % 2}", (V, N, D), dt))
         if probe:
             probe(f"{b}.mlp.proj", out)
         out += r
@@ -393,7 +399,7 @@ class Transformer(Model):
             return np.matmul(dy, W.swapaxes(-1, -2), out=buffer(ws, dx_key, (V, dy.shape[1], W.shape[-2]), dt))
 
         def ln_back(name: str, dy: np.ndarray, key: str) -> np.ndarray:
-            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}")
+            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}", scratch_key="d.ln")
             show(f"{name}.g", grads[f"{name}.g"])
             if db is not None:
                 grads[f"{name}.b"] = db
@@ -405,7 +411,9 @@ class Transformer(Model):
             dh = ln_back(f"{b}.ln2", dh, "ln2")
         # MLP: r2 = r + mlp(a2)
         show(f"{b}.mlp.residual", dh)
-        dg = linear_back(f"{b}.mlp.proj", dh, c["g"], "d.g")
+        # gelu(u) again, into the buffer _gelu_backward then takes as scratch ("d.gelu.t").
+        g = np.multiply(c["u"], c["s"], out=buffer(ws, "d.gelu.t", c["u"].shape, dt))
+        dg = linear_back(f"{b}.mlp.proj", dh, g, "d.g")
         show(f"{b}.mlp.gelu", dg)
         du = _gelu_backward(dg, c["u"], c["s"], ws, "d.gelu")
         show(f"{b}.mlp.fc", du)

@@ -89,10 +89,11 @@ def _gelu_backward(dg: np.ndarray, u: np.ndarray, s: np.ndarray, ws, key: str) -
 def _weight_grad(x: np.ndarray, dy: np.ndarray, out: np.ndarray, ws, key: str) -> np.ndarray:
     """x^T dy, (V, in, out), over the N rows of x (V, N, in) and dy (V, N, out).
 
-    OpenBLAS (SkylakeX kernel, one thread) takes 2-3x longer over a long N when the product
+    OpenBLAS (SkylakeX kernel, one thread) took 2-3x longer over a long N when the product
     has fewer rows than columns (128 x 2048 @ 2048 x 512: 20 ms against 7 ms for its
-    transpose): such a product is computed as (dy^T x), then copied transposed (a 64K-entry
-    copy, well under a millisecond)."""
+    transpose) on this 2-core machine while loaded (the whole step: 0.75x at load average 8;
+    no difference at load 4): such a product is computed as (dy^T x), then copied transposed
+    (a 64K-entry copy, well under a millisecond)."""
     n_in, n_out = x.shape[-1], dy.shape[-1]
     if n_in > n_out:
         return np.matmul(x.swapaxes(-1, -2), dy, out=out)

@@ -17,12 +17,20 @@ from typing import Optional, Sequence
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
 INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
-                  "mean_grad_cosine", "skip_fraction")
+                  "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss")
+# The model's and the loss's own statistics (the transformer's attention, a classifier's log Z),
+# last in metrics.csv and only where some model produces them: a run of a model without them
+# keeps the metrics.csv it always had, byte for byte. Per block, `max_attn_logit` is reduced
+# by its max (the block whose logits grow is the news) and `attn_entropy` by its mean.
+DIAGNOSTIC_COLUMNS = ("max_attn_logit", "attn_entropy", "logit_z")
+DIAGNOSTIC_FIELDS = ("max_attn_logit", "final_max_attn_logit", "min_attn_entropy", "final_attn_entropy",
+                     "max_logit_z", "final_logit_z")
 
 
 def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
     """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy,
-    mean_grad_cosine, skip_fraction: each where metrics.csv has the column it comes from).
+    mean_grad_cosine, skip_fraction, final_val_loss and best_val_loss: each where metrics.csv
+    has the column it comes from).
 
     A step is healthy when nothing in it was non-finite; the row of the step a run diverged
     at is kept for its gradient norm but not for its loss. A value that never existed (a run
@@ -47,7 +55,42 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         out["mean_grad_cosine"] = sum(cos) / len(cos) if cos else None
     if "skipped" in at:
         out["skip_fraction"] = sum(1 for r in healthy if r[at["skipped"]] == 1) / len(healthy) if healthy else 0.0
+    if "val_loss" in at:
+        # The steps evaluated (val_loss is NaN elsewhere): the last one's, and the lowest. A
+        # held-out loss that overflowed is no value (null), as a diverged run's final_loss.
+        evaluated = [r[at["val_loss"]] for r in healthy if not math.isnan(r[at["val_loss"]])]
+        finite = [v for v in evaluated if math.isfinite(v)]
+        out["final_val_loss"] = float(evaluated[-1]) if evaluated and math.isfinite(evaluated[-1]) else None
+        out["best_val_loss"] = float(min(finite)) if finite else None
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None
+    out.update(_diagnostics(at, rows, healthy))
+    return out
+
+
+def _diagnostics(at: dict, rows, healthy) -> dict:
+    """The extremes and final values of the DIAGNOSTIC_COLUMNS metrics.csv has. Extremes over
+    every row's finite values, like max_grad_norm: the step a run diverged at often has the
+    largest finite attention logit, the cause in plain sight; final values from the last
+    healthy step, like final_loss (None when it is not finite)."""
+    out: dict = {}
+
+    def extreme(col: str, pick) -> Optional[float]:
+        vals = [r[at[col]] for r in rows if math.isfinite(r[at[col]])]
+        return float(pick(vals)) if vals else None
+
+    def final(col: str) -> Optional[float]:
+        v = float(healthy[-1][at[col]]) if healthy else math.nan
+        return v if math.isfinite(v) else None
+
+    if "max_attn_logit" in at:
+        out["max_attn_logit"] = extreme("max_attn_logit", max)
+        out["final_max_attn_logit"] = final("max_attn_logit")
+    if "attn_entropy" in at:
+        out["min_attn_entropy"] = extreme("attn_entropy", min)
+        out["final_attn_entropy"] = final("attn_entropy")
+    if "logit_z" in at:
+        out["max_logit_z"] = extreme("logit_z", max)
+        out["final_logit_z"] = final("logit_z")
     return out

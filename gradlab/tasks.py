@@ -6,7 +6,12 @@ Only a task's fixed parts (the teacher network) come from the separate task stre
 
 Sequence inputs are time-major, (T, B, features). Class labels are int64; regression
 targets and inputs are in the run's dtype, drawn in it directly so that float32 runs
-make no float64 batch-sized temporaries.
+make no float64 batch-sized temporaries. A model that embeds tokens (`ModelKind.tokens`)
+gets the discrete tasks' inputs as int64 token ids (T, B) instead of their one-hot vectors:
+the same sequences, drawn by the same calls on the stream.
+
+`heldout(rng, n)` is the validation set: n batches drawn once from the seed's own held-out
+stream (the text's last tenth for `lm`), so no training batch is ever one of them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class Task:
     sequence = False  # x is (T, B, input_dim) rather than (B, input_dim)
     per_step = False  # the model answers at every step: out (V, T, B, O), y (T, B)
     classification = False  # y holds int64 class labels, scored by softmax cross-entropy
+    discrete = False  # the inputs are symbols: one-hot vectors, or token ids with `tokens`
+    tokens = False  # set by build_task for a model that reads token ids
 
     def __init__(self, cfg, dtype: str, task_rng: np.random.Generator) -> None:
         self.batch_size = cfg.batch_size
@@ -39,6 +46,14 @@ class Task:
 
     def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def heldout(self, rng: np.random.Generator, n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The validation batches, drawn from `rng` (a stream no training batch comes from)."""
+        return [self.batch(rng) for _ in range(n_batches)]
+
+    def inputs(self, seq: np.ndarray) -> np.ndarray:
+        """A discrete task's (T, B) symbols as the model reads them: ids, or one-hot."""
+        return seq if self.tokens else one_hot(seq, self.input_dim, self.dtype)
 
     def loss(self, out: np.ndarray, y: np.ndarray, z_loss: float = 0.0,
              stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +169,7 @@ class CopyTask(Task):
 
     kind = "copy"
     sequence = True
+    discrete = True
     per_step = True
     classification = True
 
@@ -171,7 +187,7 @@ class CopyTask(Task):
         seq[T - K - 1] = self.n_symbols + 1
         y = np.zeros((T, B), dtype=np.int64)
         y[T - K:] = symbols
-        return one_hot(seq, self.input_dim, self.dtype), y
+        return self.inputs(seq), y
 
     def accuracy(self, out: np.ndarray, y: np.ndarray) -> np.ndarray:
         return accuracy(out[:, -self.copy_len:], y[-self.copy_len:])
@@ -189,6 +205,7 @@ class TemporalOrderTask(Task):
 
     kind = "temporal_order"
     sequence = True
+    discrete = True
     classification = True
     X, BEGIN, END = 4, 6, 7  # Y = X + 1
 
@@ -206,14 +223,147 @@ class TemporalOrderTask(Task):
         cols = np.arange(B)
         for (lo, hi), which in zip(self.windows, (y // 2, y % 2)):
             seq[rng.integers(lo, hi, B), cols] = self.X + which
-        return one_hot(seq, self.input_dim, self.dtype), y
+        return self.inputs(seq), y
 
 
-TASKS = {cls.kind: cls for cls in (TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask)}
+class AssociativeRecallTask(Task):
+    """Associative recall (Ba et al. 2016, "Using Fast Weights to Attend to the Recent Past",
+    there "associative retrieval"; one query of the multi-query form, MQAR, of Arora et al.
+    2023, "Zoology").
+
+    Tokens: keys 0..n_keys-1, values n_keys..n_keys+n_values-1, then the query marker. A
+    sequence is n_pairs (key, value) pairs with distinct keys and values drawn with
+    replacement, the marker, then one of the keys: T = 2 n_pairs + 2. The class (0..n_values-1)
+    is the value that followed the queried key, read at the last position. Guessing scores
+    log(n_values) and 1 / n_values accuracy: the answer is nowhere near the query, so a model
+    must look back to the pair, which attention does in one step and a recurrence must carry.
+    """
+
+    kind = "associative_recall"
+    sequence = True
+    classification = True
+    discrete = True
+
+    def __init__(self, cfg, dtype: str, task_rng: np.random.Generator) -> None:
+        super().__init__(cfg, dtype, task_rng)
+        self.n_pairs, self.n_keys, self.n_values = cfg.n_pairs, cfg.n_keys, cfg.n_values
+        self.seq_len = cfg.seq_len
+
+    def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        B, P = self.batch_size, self.n_pairs
+        # Distinct keys per sequence: the first P of a random permutation (argsort of uniforms).
+        keys = rng.random((self.n_keys, B)).argsort(axis=0)[:P]
+        values = rng.integers(0, self.n_values, (P, B))
+        which = rng.integers(0, P, B)
+        cols = np.arange(B)
+        seq = np.empty((self.seq_len, B), dtype=np.int64)
+        seq[0:2 * P:2] = keys
+        seq[1:2 * P:2] = self.n_keys + values
+        seq[-2] = self.n_keys + self.n_values
+        seq[-1] = keys[which, cols]
+        return self.inputs(seq), values[which, cols]
 
 
-def build_task(cfg, dtype: str, task_rng: np.random.Generator) -> Task:
-    """The task a task config describes; `task_rng` draws only its fixed parts."""
+class DyckTask(Task):
+    """Next-token prediction on Dyck-k: balanced strings of `n_types` bracket pairs nested at
+    most `depth` deep (the language a stack recognises; a standard probe of hierarchical
+    structure in sequence models, e.g. Hewitt et al. 2020, Yao et al. 2021).
+
+    Tokens: opening brackets 0..k-1, closing k..2k-1 (k + i closes i), END = 2k. Generation,
+    one position at a time for the whole batch: open (a uniform type) or close the innermost
+    open bracket with probability 1/2 each, except that it must open at depth 0 and close at
+    `depth` or when the positions left are just enough to close everything; every string
+    fills seq_len (even) exactly. The target at t is the token at t + 1, END at the last.
+    A uniform guess scores log(2k + 1); knowing only where the string is (never its stack)
+    still leaves the closing type to chance, while a model that tracks the stack predicts
+    every forced step exactly and a closing bracket's type always: that gap is what it learnt.
+    """
+
+    kind = "dyck"
+    sequence = True
+    per_step = True
+    classification = True
+    discrete = True
+
+    def __init__(self, cfg, dtype: str, task_rng: np.random.Generator) -> None:
+        super().__init__(cfg, dtype, task_rng)
+        self.seq_len, self.n_types, self.depth = cfg.seq_len, cfg.n_types, cfg.depth
+
+    def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        T, B, k = self.seq_len, self.batch_size, self.n_types
+        coin = rng.random((T, B))
+        types = rng.integers(0, k, (T, B))
+        stack = np.zeros((self.depth + 1, B), dtype=np.int64)
+        d = np.zeros(B, dtype=np.int64)
+        cols = np.arange(B)
+        seq = np.empty((T, B), dtype=np.int64)
+        for t in range(T):
+            can_open = (d < self.depth) & (d + 1 <= T - t - 1)
+            opens = can_open & ((d == 0) | (coin[t] < 0.5))
+            stack[d, cols] = np.where(opens, types[t], stack[d, cols])
+            closing = stack[np.maximum(d - 1, 0), cols]
+            seq[t] = np.where(opens, types[t], k + closing)
+            d = d + np.where(opens, 1, -1)
+        y = np.empty((T, B), dtype=np.int64)
+        y[:-1] = seq[1:]
+        y[-1] = 2 * k
+        return self.inputs(seq), y
+
+
+class LMTask(Task):
+    """Character-level language modelling on a text (gradlab.texts): the classes are its
+    sorted distinct characters; a batch is B windows of seq_len characters at uniform
+    starts in the training part (all but the last tenth), the target at t the character at
+    t + 1. The held-out batches are windows of the last tenth. A unigram model (the
+    characters' frequencies) scores the text's character entropy; a model must beat it to
+    have learnt any context.
+    """
+
+    kind = "lm"
+    sequence = True
+    per_step = True
+    classification = True
+    discrete = True
+
+    def __init__(self, cfg, dtype: str, task_rng: np.random.Generator) -> None:
+        super().__init__(cfg, dtype, task_rng)
+        from .errors import UserError
+        from .texts import TextError, held_out_start, lm_text
+
+        self.seq_len = cfg.seq_len
+        try:
+            text = lm_text(cfg.path, cfg.sha256)
+        except TextError as e:  # moved or edited since the config was resolved
+            raise UserError(str(e), file=cfg.path or "gradlab's source", key="task.path") from None
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        vocab = np.unique(codes)
+        ids = np.searchsorted(vocab, codes).astype(np.int64)
+        cut = held_out_start(len(ids))
+        self.train_ids, self.val_ids = ids[:cut], ids[cut:]
+
+    def _windows(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        T = self.seq_len
+        starts = rng.integers(0, len(ids) - T, self.batch_size)  # each window needs T + 1 characters
+        at = starts[None, :] + np.arange(T)[:, None]
+        return self.inputs(ids[at]), ids[at + 1]
+
+    def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return self._windows(self.train_ids, rng)
+
+    def heldout(self, rng: np.random.Generator, n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self._windows(self.val_ids, rng) for _ in range(n_batches)]
+
+
+TASKS = {cls.kind: cls for cls in (TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask,
+                                    AssociativeRecallTask, DyckTask, LMTask)}
+
+
+def build_task(cfg, dtype: str, task_rng: np.random.Generator, tokens: bool = False) -> Task:
+    """The task a task config describes; `task_rng` draws only its fixed parts. With
+    `tokens`, a discrete task's inputs are token ids (T, B) int64; the continuous ones
+    (adding's values) stay vectors, which a token model embeds linearly."""
     if cfg.kind not in TASKS:
         raise ValueError(f"unknown task kind {cfg.kind!r}")
-    return TASKS[cfg.kind](cfg, dtype, task_rng)
+    task = TASKS[cfg.kind](cfg, dtype, task_rng)
+    task.tokens = tokens and task.discrete
+    return task

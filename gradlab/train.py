@@ -44,6 +44,9 @@ class RunResult:
     steps: int
     # gradlab.environment.current() as it was while the run trained: its digits hold there.
     environment: Optional[dict] = field(default=None)
+    # attention.csv (the transformer's per-block diagnostics): its header and rows, or empty.
+    attention_columns: list[str] = field(default_factory=list)
+    attention_rows: list[list] = field(default_factory=list)
 
     def report(self) -> dict:
         """The run's report.json (and its summary.json entry)."""
@@ -67,10 +70,31 @@ class RunResult:
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
-    """Independent generators for init, data and the task's fixed parts, from one seed."""
-    init, data, task = np.random.SeedSequence(seed).spawn(3)
+    """Independent generators for init, data, the task's fixed parts and the held-out set,
+    from one seed. The held-out stream is the fourth child: spawn gives child i the same
+    SeedSequence whatever the count, so the first three (and every run made before the
+    held-out set existed) keep their numbers bit for bit."""
+    init, data, task, heldout = np.random.SeedSequence(seed).spawn(4)
     return {"init": np.random.default_rng(init), "data": np.random.default_rng(data),
-            "task": np.random.default_rng(task)}
+            "task": np.random.default_rng(task), "heldout": np.random.default_rng(heldout)}
+
+
+def evaluate(model, task, params: dict[str, np.ndarray], batches) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-variant held-out loss (V,) and accuracy (None for regression): the mean over the
+    batches (of equal size, so the mean of their means is the mean over all examples).
+
+    A forward pass alone, without the training workspace, whose buffers hold the step's
+    activations: the training numbers cannot depend on whether a step was evaluated. A
+    non-finite result is recorded as it is; it is no divergence, which only training decides."""
+    losses, accs = [], []
+    for x, y in batches:
+        out, _ = model.forward(params, x)
+        loss, _ = task.loss(out, y)
+        losses.append(loss)
+        acc = task.accuracy(out, y)
+        if acc is not None:
+            accs.append(acc)
+    return np.mean(losses, axis=0), (np.mean(accs, axis=0) if accs else None)
 
 
 class _Stack:
@@ -170,7 +194,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     order = group_order(clips)  # variants sharing a rule sit together: views, not copies
     dtype, steps = cfg.train.dtype, cfg.train.steps
     rng = seed_streams(seed)
-    task = build_task(cfg.task, dtype, rng["task"])
+    task = build_task(cfg.task, dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
     model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
     # A gain beyond the dtype's range casts to inf: a result (located at step 0 by the replay,
     # which names the parameter), not a RuntimeWarning.
@@ -185,6 +209,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     data = rng["data"]
     ws = Workspace()  # the step's activations and gradients, reused every step
     with np.errstate(all="ignore"):  # overflow is a result here; the checks below catch it
+        heldout = task.heldout(rng["heldout"], cfg.train.evaluate_batches)  # drawn once, before any step
         for step in range(steps):
             x, y = task.batch(data)
             out, cache = model.forward(run.params, x, ws=ws)
@@ -195,7 +220,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             norms = param_norms(grads)
             stats = run.transforms(grads, norms, run.params)  # clip; decide skips
             lr = schedule.lr(step)  # once a step, for every variant
-            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr)
+            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr, diag=diag)
             skipped = stats.get("skipped")
             bad = ~(np.isfinite(loss) & np.isfinite(stats["grad_norm"]))
             if skipped is not None:
@@ -216,6 +241,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 run.drop(found, step)
                 if not run.alive.size:
                     break
+            if cfg.train.evaluates(step):
+                rec.log_eval(step, run.alive, *evaluate(model, task, run.params, heldout))
             if on_step:
                 on_step(len(run.alive))
 
@@ -226,6 +253,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             run_id=run_id(clips[i], seed), seed=seed, variant_index=indices[i], clip=clips[i],
             param_names=model.param_names, columns=rec.variant_columns[pos], metrics_rows=rec.metrics_rows(pos),
             layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
-            summary=rec.summary(pos), steps=steps))
+            summary=rec.summary(pos), steps=steps,
+            attention_columns=rec.attention_columns(), attention_rows=rec.attention_rows(pos)))
     results.sort(key=lambda r: r.variant_index)
     return results

@@ -71,6 +71,15 @@ def ten_megabytes() -> bytes:
     return text.encode()
 
 
+def lm_text(tail: bytes, seq_len: int = 16) -> Callable:
+    """An lm config in tmp whose text.txt (beside it) is 200 good characters, then `tail`."""
+    def setup(tmp: Path, monkeypatch) -> None:
+        (tmp / "text.txt").write_bytes(b"abcdefghij" * 20 + b"xyz" + (tail or b"k" * 197))
+        (tmp / "lm.yaml").write_text(f"name: lm\nmodel: {{kind: gru, depth: 1, width: 8}}\ntask:\n  kind: lm\n"
+                                     f"  seq_len: {seq_len}\n  path: text.txt\n")
+    return setup
+
+
 def unreadable(tmp: Path, monkeypatch) -> None:
     p = tmp / "secret.yaml"
     p.write_text("name: secret\n")
@@ -200,6 +209,21 @@ CASES = [
     Case("set_steps_below_warmup", ["validate", "{bad}/schedule_warmup_on_cosine.yaml", "--set",
          "train.schedule.kind=linear_warmup", "--set", "train.steps=5"],
          "--set train.steps=5: train.steps", "warmup_steps must be <= train.steps (5), got 10"),
+    # --- the new tasks and the held-out split
+    Case("lm_missing_file", run_config("lm_missing_file.yaml"), "{bad}/lm_missing_file.yaml:6: task.path",
+         "no_such_text.txt: no such file"),
+    Case("lm_directory", run_config("lm_directory.yaml"), "{bad}/lm_directory.yaml:6: task.path",
+         "is a directory, expected a UTF-8 text file"),
+    Case("lm_not_utf8", ["run", "{tmp}/lm.yaml", "--out", "{tmp}/out"], "{tmp}/lm.yaml:6: task.path",
+         "text.txt: is not UTF-8 text (byte 0xe9 at byte offset 206)", setup=lm_text("caf\xe9".encode("latin-1"))),
+    Case("lm_too_short", ["run", "{tmp}/lm.yaml", "--out", "{tmp}/out"], "{tmp}/lm.yaml:6: task.path",
+         "text.txt has 400 characters; seq_len 40 needs at least 410", setup=lm_text(b"", seq_len=40)),
+    Case("dyck_odd_seq_len", run_config("dyck_odd_seq_len.yaml"), "{bad}/dyck_odd_seq_len.yaml:5: task.seq_len",
+         "seq_len must be even"),
+    Case("recall_too_few_keys", run_config("recall_too_few_keys.yaml"),
+         "{bad}/recall_too_few_keys.yaml:6: task.n_keys", "n_keys must be at least n_pairs (8)"),
+    Case("eval_every_zero", run_config("eval_every_zero.yaml"), "{bad}/eval_every_zero.yaml:4: train.eval_every",
+         "must be >= 1, got 0"),
     # --- not text
     Case("binary", ["run", "{tmp}/model.yaml", "--out", "{tmp}/out"], "{tmp}/model.yaml", "NUL bytes",
          proc=True, setup=write_gen("model.yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4)),

@@ -46,7 +46,7 @@ def test_run_writes_the_experiment_directory(experiment):
             assert key in r
         rows = read_csv(d / "metrics.csv")
         assert list(rows[0]) == ["step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm",
-                                 "nonfinite", "grad_cosine", "lr"]
+                                 "nonfinite", "grad_cosine", "lr", "val_loss"]
         layer = read_csv(d / "layer_norms.csv")
         assert list(layer[0])[:3] == ["step", "layer0.W", "layer0.b"] and len(layer) == len(rows)
     plots = {p.name for p in (experiment / "plots").glob("*.png")}

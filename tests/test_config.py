@@ -498,7 +498,9 @@ def test_memory_message_and_estimate(write, monkeypatch):
     cfg = load_config(write("name: a\n"))  # the defaults fit in 1 GiB
     m, t = cfg.model, cfg.task
     params = (t.input_dim * m.width + m.width) + (m.depth - 2) * (m.width**2 + m.width) + (m.width * t.output_dim + 1)
-    expected = 4 * 2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + 8 * cfg.train.steps * 2 * (4 * m.depth + 10)
+    heldout = 4 * t.batch_size * (t.input_dim + 1)  # four held-out batches of vectors and targets
+    expected = (4 * (2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + heldout)
+                + 8 * cfg.train.steps * 2 * (4 * m.depth + 12))
     assert estimate_memory_bytes(cfg) == expected
     e = refused(write("name: a\nmodel: {width: 4096, depth: 16}\n"))
     assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message

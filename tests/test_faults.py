@@ -215,6 +215,15 @@ def _workers_of(pid: int) -> list[int]:
     return kids
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_worker_killed_is_reported_at_once_as_what_it_is(tmp_path):
     """A worker killed alone (the OOM killer, kill -9) is no bug: the parent says so at once,
     with the seed and the signal, stops the other worker, keeps the complete runs (exit 3);
@@ -227,7 +236,11 @@ def test_a_worker_killed_is_reported_at_once_as_what_it_is(tmp_path):
         deadline = time.monotonic() + 60
         while len(_workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(0.5)  # both are training (each seed takes many seconds)
+        # Both are training once each has run a second of CPU past its imports (each seed
+        # takes many seconds): a fixed sleep was too short on a loaded machine, where a worker
+        # could still be importing, and the parent rightly said "between seeds".
+        while min(map(_cpu_seconds, _workers_of(proc.pid)), default=0.0) < 1.5 and time.monotonic() < deadline:
+            time.sleep(0.02)
         victim = min(_workers_of(proc.pid))
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()

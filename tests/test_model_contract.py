@@ -47,7 +47,7 @@ def build(case, dtype, V=1, tbptt=None):
     model_cfg, task_cfg = CASES[case]
     cfg = ExperimentConfig.model_validate(dict(name="c", model=model_cfg, task={**task_cfg, "batch_size": 3},
                                                train=dict(dtype=dtype, tbptt=tbptt)))
-    task = build_task(cfg.task, dtype, np.random.default_rng(0))
+    task = build_task(cfg.task, dtype, np.random.default_rng(0), tokens=MODEL_KINDS[cfg.model.kind].tokens)
     model = build_model(cfg.model, task, dtype, cfg.train.tbptt)
     params = stack(model.init(np.random.default_rng(1)), V)
     r = np.random.default_rng(2)

@@ -295,6 +295,8 @@ def plant(monkeypatch, step: int, field: str, index: tuple, value: float) -> Non
             return x, y
 
         task.batch = batch
+        # The held-out set comes from a stream of its own: only the training batches count.
+        task.heldout = lambda rng, n: [draw(rng) for _ in range(n)]
         return task
 
     monkeypatch.setattr(gradlab.train, "build_task", build)

@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gradlab import config as C
 from gradlab.gradcheck import check_gradients
@@ -18,7 +20,12 @@ CONFIGS = {
     "adding": C.AddingTask(kind="adding", batch_size=8, seq_len=12),
     "copy": C.CopyTask(kind="copy", batch_size=8, seq_len=13, copy_len=4, n_symbols=5),
     "temporal_order": C.TemporalOrderTask(kind="temporal_order", batch_size=8, seq_len=20),
+    "associative_recall": C.AssociativeRecallTask(kind="associative_recall", batch_size=8, n_pairs=3, n_keys=5,
+                                                  n_values=4),
+    "dyck": C.DyckTask(kind="dyck", batch_size=8, seq_len=12, n_types=2, depth=3),
+    "lm": C.LMTask(kind="lm", batch_size=8, seq_len=16),  # gradlab's own source
 }
+DISCRETE = ("copy", "temporal_order", "associative_recall", "dyck", "lm")
 KINDS = sorted(CONFIGS)
 
 
@@ -88,8 +95,8 @@ def test_batches_are_deterministic_and_come_from_the_data_stream(kind):
 
 
 def test_symbolic_batches_do_not_depend_on_the_dtype():
-    """Copy and temporal order draw only integers: the dtype changes the encoding, not the data."""
-    for kind in ("copy", "temporal_order"):
+    """The discrete tasks draw only integers: the dtype changes the encoding, not the data."""
+    for kind in DISCRETE:
         x32, y32 = draw(make(kind, "float32"))
         x64, y64 = draw(make(kind, "float64"))
         assert np.array_equal(x32, x64) and np.array_equal(y32, y64)
@@ -304,3 +311,158 @@ def test_accuracy_on_hand_made_logits():
     np.testing.assert_array_equal(acc, [1.0, 0.5, 0.0])
     per_step = np.stack([logits[0], logits[1]])[None]  # (V=1, T=2, B=4, C=3)
     np.testing.assert_array_equal(accuracy(per_step, np.stack([labels, labels])), [0.75])
+
+
+# ----------------------------------------------------------------------------- token mode, new tasks
+
+def tokens_of(kind, seed=1, **over):
+    cfg = CONFIGS[kind].model_copy(update=over)
+    return build_task(cfg, "float32", rng(0), tokens=True).batch(rng(seed))
+
+
+@pytest.mark.parametrize("kind", DISCRETE)
+def test_token_ids_are_the_one_hot_inputs_drawn_by_the_same_calls(kind):
+    """A token model reads the ids a one-hot model reads as vectors: same sequences, same
+    targets, and the stream left in the same state (variants of either see the same batches)."""
+    one_hot_task = make(kind, "float32")
+    a, b = rng(1), rng(1)
+    x, y = one_hot_task.batch(a)
+    ids, y_ids = build_task(CONFIGS[kind], "float32", rng(0), tokens=True).batch(b)
+    assert ids.dtype == np.int64 and ids.shape == x.shape[:2]
+    assert ((0 <= ids) & (ids < one_hot_task.input_dim)).all()
+    np.testing.assert_array_equal(x, np.eye(one_hot_task.input_dim, dtype="float32")[ids])
+    np.testing.assert_array_equal(y, y_ids)
+    assert a.random() == b.random()
+
+
+@pytest.mark.parametrize("kind", ["adding", "teacher", "spirals"])
+def test_continuous_inputs_stay_vectors_in_token_mode(kind):
+    task = build_task(CONFIGS[kind], "float32", rng(0), tokens=True)
+    x, _ = task.batch(rng(1))
+    assert x.dtype == np.float32 and not task.tokens
+    np.testing.assert_array_equal(x, draw(make(kind, "float32"))[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 6), st.integers(2, 7), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_associative_recall_answer_is_the_queried_keys_value(n_pairs, extra_keys, n_values, B, seed):
+    cfg = C.AssociativeRecallTask(kind="associative_recall", batch_size=B, n_pairs=n_pairs,
+                                  n_keys=n_pairs + extra_keys, n_values=n_values)
+    task = build_task(cfg, "float64", rng(0), tokens=True)
+    assert cfg.seq_len == task.seq_len == 2 * n_pairs + 2
+    seq, y = task.batch(rng(seed))
+    n_keys = cfg.n_keys
+    assert seq.shape == (cfg.seq_len, B) and y.shape == (B,)
+    keys, values = seq[0:2 * n_pairs:2], seq[1:2 * n_pairs:2]
+    assert ((0 <= keys) & (keys < n_keys)).all()
+    assert ((n_keys <= values) & (values < n_keys + n_values)).all()
+    assert (seq[-2] == n_keys + n_values).all()  # the query marker
+    for b in range(B):
+        assert len(set(keys[:, b])) == n_pairs  # distinct: one answer
+        (i,) = np.flatnonzero(keys[:, b] == seq[-1, b])  # the query is one of the keys
+        assert y[b] == values[i, b] - n_keys
+
+
+def test_associative_recall_queries_every_pair_and_value_uniformly():
+    task = make("associative_recall", batch_size=4000)
+    seq, y = tokens_of("associative_recall", batch_size=4000)
+    where = (seq[0:6:2] == seq[-1]).argmax(0)
+    assert np.bincount(where, minlength=3).min() > 1200  # each of 3 pairs ~1333
+    assert np.bincount(y, minlength=task.output_dim).min() > 900  # each of 4 values ~1000
+
+
+def is_balanced(s, k, depth):
+    stack = []
+    for t in s:
+        if t < k:
+            stack.append(t)
+            if len(stack) > depth:
+                return False
+        elif not stack or stack.pop() != t - k:
+            return False
+    return not stack
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 4), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_dyck_strings_are_balanced_within_depth_and_targets_are_the_next_token(half, k, depth, seed):
+    cfg = C.DyckTask(kind="dyck", batch_size=16, seq_len=2 * half, n_types=k, depth=depth)
+    task = build_task(cfg, "float64", rng(0), tokens=True)
+    assert (task.input_dim, task.output_dim) == (2 * k + 1, 2 * k + 1)
+    seq, y = task.batch(rng(seed))
+    for b in range(16):
+        assert is_balanced(seq[:, b].tolist(), k, depth), seq[:, b]
+    np.testing.assert_array_equal(y[:-1], seq[1:])
+    assert (y[-1] == 2 * k).all() and (seq < 2 * k).all()  # END is a target only
+
+
+def test_dyck_reaches_its_depth_and_uses_every_type():
+    seq, _ = tokens_of("dyck", batch_size=500)
+    depth = np.cumsum(np.where(seq < 2, 1, -1), axis=0)
+    assert depth.max() == 3 and depth.min() == 0
+    assert set(np.unique(seq)) == {0, 1, 2, 3}
+
+
+def test_dyck_seq_len_must_be_even():
+    with pytest.raises(ValueError, match="even"):
+        C.DyckTask(kind="dyck", seq_len=11)
+
+
+def test_lm_windows_of_a_given_file_and_the_held_out_tail(tmp_path):
+    text = "".join(chr(ord("a") + i % 7) for i in range(300)) + "XYZ" * 10  # the tail has characters of its own
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    cfg = C.LMTask(kind="lm", batch_size=50, seq_len=8, path=str(tmp_path / "t.txt"))
+    task = build_task(cfg, "float64", rng(0), tokens=True)
+    vocab = sorted(set(text))
+    assert task.input_dim == task.output_dim == len(vocab) == 10
+    x, y = task.batch(rng(1))
+    assert x.shape == y.shape == (8, 50)
+    np.testing.assert_array_equal(x[1:], y[:-1])  # the target is the next character
+    train = text[: len(text) - len(text) // 10]
+    for b in range(50):
+        window = "".join(vocab[i] for i in x[:, b]) + vocab[y[-1, b]]
+        assert window in train
+    held = task.heldout(rng(2), 3)
+    tail = text[len(text) - len(text) // 10:]
+    for hx, hy in held:
+        for b in range(50):
+            assert "".join(vocab[i] for i in hx[:, b]) + vocab[hy[-1, b]] in tail
+
+
+def test_lm_default_text_is_gradlabs_sorted_source():
+    from pathlib import Path
+
+    import gradlab
+    from gradlab.texts import default_text
+
+    root = Path(gradlab.__file__).parent
+    text = default_text()
+    assert text.startswith((root / "__init__.py").read_text())
+    assert (root / "texts.py").read_text() in text and len(text) > 100_000
+    task = make("lm")
+    assert task.input_dim == len(set(text))
+
+
+def test_training_builds_the_task_in_the_encoding_its_model_kind_reads(monkeypatch):
+    """train.py asks the model kind (ModelKind.tokens) how the task should encode its inputs."""
+    import dataclasses
+
+    import gradlab.train
+    from gradlab.kinds import MODEL_KINDS
+
+    assert not any(MODEL_KINDS[k].tokens for k in ("mlp", "rnn", "lstm", "gru"))  # they read vectors
+    seen = []
+    real = gradlab.train.build_task
+
+    def build(cfg, dtype, task_rng, tokens=False):
+        seen.append(tokens)
+        return real(cfg, dtype, task_rng, tokens=False)  # the gru still reads vectors
+
+    monkeypatch.setattr(gradlab.train, "build_task", build)
+    cfg = C.ExperimentConfig.model_validate(dict(name="t", model=dict(kind="gru", depth=1, width=4),
+                                                 task=dict(kind="dyck", seq_len=6, batch_size=2),
+                                                 train=dict(steps=2), clipping=[dict(method="none")]))
+    gradlab.train.train_seed(cfg, 0)
+    monkeypatch.setitem(MODEL_KINDS, "gru", dataclasses.replace(MODEL_KINDS["gru"], tokens=True))
+    gradlab.train.train_seed(cfg, 0)
+    assert seen == [False, True]

@@ -17,7 +17,8 @@ from .rules import (DIRECTION_RULES, ClipAGC, ClipAutoClip, ClipChain, ClipConfi
                     ClipPerTensor, ClipValue, ClipZClip, RULES, Rule, RuleConfig, SkipSpikes, parse_rule,
                     register_rule, unregister_rule)
 from .schema import (NAME_PATTERN, RECURRENT, SEQUENCE_TASKS, THRESHOLD_KEYS, AdamConfig, AdamWConfig, AddingTask,
-                     CopyTask, ExperimentConfig, InitConfig, ModelConfig, OptimizerConfig, RMSpropConfig, SGDConfig,
+                     AssociativeRecallTask, CopyTask, DyckTask, LMTask, ExperimentConfig,
+                     InitConfig, ModelConfig, OptimizerConfig, RMSpropConfig, SGDConfig,
                      SpiralsTask, SweepConfig, TaskConfig, TeacherTask, TemporalOrderTask, TrainConfig,
                      format_threshold, run_id, threshold_of, variant_id)
 
@@ -27,7 +28,8 @@ __all__ = [
     "available_memory_bytes", "estimate_memory_bytes", "task_dims", "DIRECTION_RULES", "ClipAGC", "ClipAutoClip",
     "ClipChain", "ClipConfig", "ClipNone", "ClipNorm", "ClipPerTensor", "ClipValue", "ClipZClip", "RuleConfig",
     "SkipSpikes", "NAME_PATTERN", "RECURRENT", "SEQUENCE_TASKS", "THRESHOLD_KEYS", "AdamConfig", "AdamWConfig",
-    "AddingTask", "CopyTask", "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "RMSpropConfig",
+    "AddingTask", "AssociativeRecallTask", "CopyTask", "DyckTask", "LMTask",
+    "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "RMSpropConfig",
     "SGDConfig", "SpiralsTask", "SweepConfig", "TaskConfig", "TeacherTask", "TemporalOrderTask", "TrainConfig",
     "format_threshold", "run_id", "threshold_of", "variant_id", "RULES", "Rule", "parse_rule", "register_rule",
     "unregister_rule",

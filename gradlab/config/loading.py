@@ -458,8 +458,43 @@ def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds:
         option, key, _ = next((o for o in options if not fits(**o[2])), options[-1])
         return option, key, None
 
+    cfg = _resolve_text(cfg, path, origins)
     _check_memory(cfg, blame)
     return cfg
+
+
+def _resolve_text(cfg: ExperimentConfig, config_path: Path, origins: _Origins) -> ExperimentConfig:
+    """An lm task's text, read and checked here, where the config's file and lines are known:
+    `path` made absolute (relative to the config file's directory, so a config and its text
+    move together) and the text's sha256 pinned, so that the experiment's hash covers the
+    data itself and a later edit of the file is caught rather than trained on."""
+    task = cfg.task
+    if task.kind != "lm":
+        return cfg
+    from gradlab.texts import TextError, lm_text, min_chars, read_text, sha256
+
+    key = ("task", "path") if task.path is not None else ("task",)
+    where = origins.locate(key)
+    if task.path is None:
+        text, path = lm_text(None), None
+    else:
+        path = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(config_path)),
+                                            os.path.expanduser(task.path)))
+        try:
+            text = read_text(path)
+        except TextError as e:
+            raise UserError(f"{clip(task.path)}: {e}", key=_dotted(key), **where) from None
+    digest = sha256(text)
+    if task.sha256 is not None and task.sha256 != digest:
+        raise UserError(f"the text's sha256 is {digest}, not the {task.sha256} the config pins (edited since?)",
+                        key="task.sha256", **origins.locate(("task", "sha256")))
+    need = min_chars(task.seq_len)
+    if len(text) < need:
+        what = "gradlab's source" if path is None else clip(task.path)
+        raise UserError(f"{what} has {len(text)} characters; seq_len {task.seq_len} needs at least {need} "
+                        f"(a window of seq_len + 1 in the training part and in the held-out last tenth)",
+                        key=_dotted(key), **where)
+    return cfg.model_copy(update={"task": task.model_copy(update={"path": path, "sha256": digest})})
 
 
 def load_resolved(path: Union[str, os.PathLike]) -> ExperimentConfig:

@@ -21,6 +21,15 @@ def task_dims(task: Any) -> tuple[int, int]:
         return task.input_dim, task.output_dim
     if task.kind == "copy":  # one-hot of blank, the symbols, the delimiter; classes: blank + symbols
         return task.n_symbols + 2, task.n_symbols + 1
+    if task.kind == "associative_recall":  # keys, values, the query marker; classes: the values
+        return task.n_keys + task.n_values + 1, task.n_values
+    if task.kind == "dyck":  # opening and closing brackets and END, inputs and classes alike
+        return 2 * task.n_types + 1, 2 * task.n_types + 1
+    if task.kind == "lm":  # the text's distinct characters
+        from gradlab.texts import lm_text
+
+        n = len(set(lm_text(task.path, task.sha256)))
+        return n, n
     return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4)}[task.kind]
 
 
@@ -31,13 +40,16 @@ def _parameter_count(cfg: ExperimentConfig) -> int:
 def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     """What one seed's lockstep training holds: per variant, parameters, gradients and two
     optimizer buffers (4P), the activations the backward pass keeps (three per layer for an
-    MLP; gates, states and their gradients at every time step for recurrent layers), and
-    the metrics."""
+    MLP; gates, states and their gradients at every time step for recurrent layers), the
+    held-out set and the metrics."""
     v, m = len(cfg.clipping), cfg.model
     saved = MODEL_KINDS[m.kind].saved_per_example(m, cfg.task)
     arrays = 4 * _parameter_count(cfg) + cfg.task.batch_size * saved
-    metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 10)
-    return _ITEMSIZE[cfg.train.dtype] * v * arrays + metrics
+    metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 12)  # + val_loss, val_accuracy
+    # The held-out batches, kept for the whole run (inputs as vectors: the larger encoding).
+    steps_per_example = getattr(cfg.task, "seq_len", 1)
+    heldout = cfg.train.evaluate_batches * cfg.task.batch_size * steps_per_example * (task_dims(cfg.task)[0] + 1)
+    return _ITEMSIZE[cfg.train.dtype] * (v * arrays + heldout) + metrics
 
 
 def available_memory_bytes() -> int:

@@ -64,6 +64,9 @@ class ModelConfig(_Strict):
                 return {**data, "init": {"scheme": k.init_scheme, **data["init"]}}
         return data
 
+    def check_task(self, task: Any) -> None:
+        """The pairing of kind and task is checked by the experiment; nothing else here."""
+
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
         k = MODEL_KINDS[self.kind]
@@ -106,6 +109,26 @@ class TransformerConfig(_Strict):
             raise _Conflict(f"width must be divisible by heads: {self.width} does not split into "
                             f"{self.heads} heads", "heads", "width")
         return self
+
+    def check_task(self, t: Any) -> None:
+        """What a transformer config can only get wrong together with its task (keys relative
+        to the experiment). Resolves max_len, so the config.yaml a run keeps says what it had."""
+        from .memory import task_dims
+
+        if self.max_len is None:
+            object.__setattr__(self, "max_len", t.seq_len)
+        elif t.seq_len > self.max_len:
+            raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
+                            f"(model.max_len {self.max_len}); raise max_len or leave it out", ("model", "max_len"),
+                            ("task", "seq_len"))
+        n_in, n_out = task_dims(t)
+        if self.tie_embeddings and (t.kind == "adding" or n_in != n_out):
+            raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
+                            f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "
+                            f"predicts {n_out} classes", ("model", "tie_embeddings"), ("task", "kind"))
+        if self.z_loss and t.kind == "adding":
+            raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
+                            ("model", "z_loss"), ("task", "kind"))
 
 
 def _model_classes() -> tuple:
@@ -172,9 +195,59 @@ class TemporalOrderTask(_Task):
     seq_len: Annotated[int, Field(ge=10, le=100_000)] = 50
 
 
-TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask],
+class AssociativeRecallTask(_Task):
+    """Recall the value stored with a queried key among `n_pairs` key-value pairs (Ba et al. 2016)."""
+
+    kind: Literal["associative_recall"]
+    n_pairs: Annotated[int, Field(ge=1, le=10_000)] = 4
+    n_keys: Annotated[int, Field(ge=1, le=100_000)] = 26
+    n_values: Annotated[int, Field(ge=2, le=100_000)] = 10
+
+    @property
+    def seq_len(self) -> int:
+        """The pairs, the query marker, the query: a model sizes its positional table by it."""
+        return 2 * self.n_pairs + 2
+
+    @model_validator(mode="after")
+    def _distinct_keys(self) -> "AssociativeRecallTask":
+        if self.n_keys < self.n_pairs:
+            raise _Conflict(f"n_keys must be at least n_pairs ({self.n_pairs}): the keys of a sequence are "
+                            f"distinct, so that the query has one answer; got {self.n_keys}", "n_keys", "n_pairs")
+        return self
+
+
+class DyckTask(_Task):
+    """Predict the next bracket of balanced strings of `n_types` bracket pairs (Dyck-k),
+    nested at most `depth` deep."""
+
+    kind: Literal["dyck"]
+    seq_len: SeqLen = 32
+    n_types: Annotated[int, Field(ge=1, le=1000)] = 2
+    depth: Annotated[int, Field(ge=1, le=100_000)] = 4
+
+    @field_validator("seq_len")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"seq_len must be even (a balanced string has as many closing brackets as "
+                             f"opening ones), got {v}")
+        return v
+
+
+class LMTask(_Task):
+    """Next-character prediction on a UTF-8 text: `path`, relative to the config file, or by
+    default gradlab's own source. The loader makes `path` absolute and pins the text's sha256."""
+
+    kind: Literal["lm"]
+    seq_len: SeqLen = 64
+    path: Optional[Annotated[str, Field(min_length=1, max_length=4096)]] = None
+    sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+
+
+TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask,
+                             AssociativeRecallTask, DyckTask, LMTask],
                        Field(discriminator="kind")]
-SEQUENCE_TASKS = ("adding", "copy", "temporal_order")
+SEQUENCE_TASKS = ("adding", "copy", "temporal_order", "associative_recall", "dyck", "lm")
 
 Beta = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 Eps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -279,11 +352,29 @@ class TrainConfig(_Strict):
     @model_serializer(mode="wrap")
     def _schedule_when_set(self, handler):
         # The default schedule is left out of the resolved config, so that every config
-        # written before schedules existed keeps its hash (and its experiment directory).
+        # written before schedules existed keeps its hash (and its experiment directory);
+        # the same for the evaluation knobs at their defaults.
         data = handler(self)
         if self.schedule == ScheduleConfig():
             data.pop("schedule", None)
+        for key in ("eval_every", "eval_batches"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
+
+    @property
+    def evaluate_every(self) -> int:
+        """`eval_every`, or about 20 evaluations in a run: every ceil(steps / 20) steps."""
+        return self.eval_every if self.eval_every is not None else -(-self.steps // 20)
+
+    @property
+    def evaluate_batches(self) -> int:
+        return self.eval_batches if self.eval_batches is not None else DEFAULT_EVAL_BATCHES
+
+    def evaluates(self, step: int) -> bool:
+        """Whether the loop measures the held-out loss after the update of `step` (from 0):
+        every `evaluate_every` steps, and always the last, so the final model is measured."""
+        return (step + 1) % self.evaluate_every == 0 or step == self.steps - 1
 
     steps: Annotated[int, Field(ge=1, le=10_000_000)] = 200
     optimizer: OptimizerConfig = SGDConfig(kind="sgd")
@@ -292,6 +383,15 @@ class TrainConfig(_Strict):
     # end of the sequence), so no gradient flows back further than that. Recurrent only.
     tbptt: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
     schedule: ScheduleConfig = ScheduleConfig()
+    # The held-out loss is measured every `eval_every` steps (None: about 20 times a run)
+    # on `eval_batches` fixed batches (None: DEFAULT_EVAL_BATCHES).
+    eval_every: Optional[Annotated[int, Field(ge=1, le=10_000_000)]] = None
+    eval_batches: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
+
+
+# Four batches: a held-out estimate steadier than one training batch's, for about a fifth of
+# the forward passes of training at the default of 20 evaluations per run.
+DEFAULT_EVAL_BATCHES = 4
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -366,8 +466,7 @@ class ExperimentConfig(_Strict):
             need = f"a sequence model ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))
-        if self.model.kind == "transformer":
-            self._check_transformer()
+        self.model.check_task(self.task)
         if self.train.tbptt is not None and not sequence:
             raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
                             f"not to model {self.model.kind} on task {self.task.kind}",
@@ -388,26 +487,6 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"the same variant as clipping.{ids.index(ids[twice])} ({ids[twice]}); "
                             "each variant once", ("clipping", twice))
         return self
-
-    def _check_transformer(self) -> None:
-        """What a transformer config can only get wrong together with its task."""
-        from .memory import task_dims
-
-        m, t = self.model, self.task
-        if m.max_len is None:  # resolved here, so the config.yaml a run keeps says what it had
-            object.__setattr__(m, "max_len", t.seq_len)
-        elif t.seq_len > m.max_len:
-            raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
-                            f"(model.max_len {m.max_len}); raise max_len or leave it out", ("model", "max_len"),
-                            ("task", "seq_len"))
-        n_in, n_out = task_dims(t)
-        if m.tie_embeddings and (t.kind == "adding" or n_in != n_out):
-            raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
-                            f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "
-                            f"predicts {n_out} classes", ("model", "tie_embeddings"), ("task", "kind"))
-        if m.z_loss and t.kind == "adding":
-            raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
-                            ("model", "z_loss"), ("task", "kind"))
 
     def _check_excluded_layers(self) -> None:
         """agc's `exclude` names layers of this model: a misspelt one would clip the layer the

@@ -83,6 +83,12 @@ def chance_accuracy(cfg: dict) -> Optional[tuple[float, str]]:
     if kind == "copy":  # accuracy counts the recall window, where only the symbols make sense
         n = as_int(task.get("n_symbols")) or 8
         return 1.0 / n, f"1/{n}"
+    if kind == "associative_recall":  # the answer is one of the values
+        n = as_int(task.get("n_values")) or 10
+        return 1.0 / n, f"1/{n}"
+    if kind == "dyck":  # brackets and END; a text's characters (lm) have no uniform chance worth drawing
+        n = 2 * (as_int(task.get("n_types")) or 2) + 1
+        return 1.0 / n, f"1/{n}"
     return None
 
 

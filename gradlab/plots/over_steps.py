@@ -235,12 +235,17 @@ def draw_over_steps(
             values = run.metrics.get(col)
             if steps is None or values is None:
                 continue
-            if col != names[0] and run.method == "none":
+            if col != names[0] and run.method == "none" and col not in MEASURED_SOMETIMES:
                 continue  # the baseline is never clipped: its second line would hide the first
+            if col in MEASURED_SOMETIMES:  # a line through the steps measured, not NaN gaps between them
+                measured = ~np.isnan(values)
+                steps_drawn, values = steps[measured], values[measured]
+            else:
+                steps_drawn = steps
             y = plottable(values, log)
             idx = downsample(y)
             ax.plot(
-                steps[idx], y[idx], linestyle=dash, color=color, linewidth=1.4,
+                steps_drawn[idx], y[idx], linestyle=dash, color=color, linewidth=1.4,
                 marker="." if few else None, alpha=0.95 if col == names[0] else 0.85,
             )
         if run.variant in drawn:
@@ -319,13 +324,29 @@ def draw_grad_norm(exp: Experiment, path: Path) -> Path:
         ylabel="global gradient L2 norm", heading="Gradient norm per step", path=path, force_log=True, thresholds=True)
 
 
+# Columns measured on some steps only (NaN on the others): the held-out loss and accuracy.
+MEASURED_SOMETIMES = ("val_loss", "val_accuracy")
+
+
 def draw_loss(exp: Experiment, path: Path) -> Path:
+    """The training loss, and the held-out loss dashed in the run's colour where the runs
+    measured one (runs written before it existed draw as they did)."""
+    if any("val_loss" in r.metrics for r in exp.runs):
+        return draw_over_steps(exp, [("loss", "-", "training (batch)"), ("val_loss", "--", "held-out")],
+                               ylabel="loss", heading="Training and held-out loss per step",
+                               path=path, force_log=False, thresholds=False)
     return draw_over_steps(exp, [("loss", "-", "loss")], ylabel="training loss", heading="Training loss per step",
                            path=path, force_log=False, thresholds=False)
 
 
 def draw_accuracy(exp: Experiment, path: Path) -> Path:
-    """Classification tasks only: linear in [0, 1], with the chance level."""
+    """Classification tasks only: linear in [0, 1], with the chance level; the held-out
+    accuracy dashed where the runs measured one."""
+    if any("val_accuracy" in r.metrics for r in exp.runs):
+        return draw_over_steps(exp, [("accuracy", "-", "training (batch)"), ("val_accuracy", "--", "held-out")],
+                               ylabel="accuracy", heading="Training and held-out accuracy per step", path=path,
+                               force_log=False, thresholds=False, ylim=(0.0, 1.0),
+                               reference=chance_accuracy(exp.config))
     return draw_over_steps(exp, [("accuracy", "-", "accuracy")], ylabel="training accuracy (batch)",
                            heading="Training accuracy per step", path=path, force_log=False, thresholds=False,
                            ylim=(0.0, 1.0), reference=chance_accuracy(exp.config))

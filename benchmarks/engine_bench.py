@@ -88,9 +88,9 @@ def rec_config(kind: str, width: int, seq_len: int, batch: int, steps: int = 20)
 class GradlabStep:
     """One training step of gradlab's engine, used as train.py uses it, without records or checks."""
 
-    def __init__(self, cfg, seed: int = 0, task=None) -> None:
-        """`task`, if given, replaces the config's (a benchmark's own batches and dimensions)."""
+    def __init__(self, cfg, seed: int = 0) -> None:
         from gradlab.clipping import Clipper
+        from gradlab.kinds import MODEL_KINDS
         from gradlab.config import ClipNorm
         from gradlab.models import build_model, stack
         from gradlab.models.workspace import Workspace
@@ -102,7 +102,7 @@ class GradlabStep:
 
         self.apply_updates = apply_updates
         rng = seed_streams(seed)
-        self.task = task if task is not None else build_task(cfg.task, cfg.train.dtype, rng["task"])
+        self.task = build_task(cfg.task, cfg.train.dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
         self.model = build_model(cfg.model, self.task, cfg.train.dtype, cfg.train.tbptt)
         self.p0 = self.model.init(rng["init"])
         self.params = stack(self.p0, 1)

@@ -3,8 +3,9 @@
 Milliseconds per training step (fresh batch, forward, softmax cross-entropy, backward, clip
 by global norm at 1.0, AdamW step), float32, one variant (V = 1): a decoder-only pre-LN
 transformer, d_model 128, 4 layers, 4 heads, MLP ratio 4, biases, GELU (tanh), T 64,
-batch 32, on a character-LM-like task: windows of a fixed random text over a vocabulary of
-100 token ids, the target of each position the next id. Torch runs the same model (the same
+batch 32, on gradlab's `lm` task (character-level language modelling of gradlab's own
+source: 117 token ids, windows at uniform starts, the target of each position the next
+character). Torch runs the same model on windows of the same ids (the same
 initial weights, copied from gradlab's; attention by F.scaled_dot_product_attention, causal,
 which is what torch eager offers for it) with torch.optim.AdamW and clip_grad_norm_.
 
@@ -12,9 +13,8 @@ Cases:
 - step:   gradlab (one BLAS thread, as train_seed pins per seed) against torch on the same
           thread count (`--threads`, default 1), and torch on `--side-threads` (default 2)
           as a side column; `--batch` adds the same comparison at larger batches;
-- loop:   `train_seed` of a transformer config (copy task, seq_len 64, 98 symbols: a
-          one-hot, linear input embedding; records and checks included) against the bare
-          step loop on the same config (engine_bench's GradlabStep);
+- loop:   `train_seed` of the same config (records, diagnostics and checks included)
+          against the bare step loop (engine_bench's GradlabStep);
 - memory: peak RSS (VmHWM) of a subprocess taking 20 bare steps, minus that of a subprocess
           that only imports numpy and gradlab, against the bytes the step must hold:
           parameters, gradients, AdamW's two moments, and the activations a backward needs
@@ -46,7 +46,7 @@ from engine_bench import ROOT, GradlabStep, Table, child_env, interleaved  # noq
 
 sys.path.insert(0, str(ROOT))
 
-SHAPE = dict(width=128, depth=4, heads=4, seq_len=64, batch=32, vocab=100)
+SHAPE = dict(width=128, depth=4, heads=4, seq_len=64, batch=32)
 LR = 1e-4  # small, so that the weights stay put while we time them
 CASES = ("step", "loop", "memory")
 STEP_GOAL = 1.0
@@ -60,55 +60,19 @@ def config(batch: int = SHAPE["batch"], steps: int = 20):
     return ExperimentConfig.model_validate(dict(
         name="transformer-bench", seeds=[0],
         model=dict(kind="transformer", depth=s["depth"], width=s["width"], heads=s["heads"], norm="pre"),
-        task=dict(kind="copy", batch_size=batch, seq_len=s["seq_len"], copy_len=10, n_symbols=s["vocab"] - 2),
+        task=dict(kind="lm", batch_size=batch, seq_len=s["seq_len"]),
         train=dict(steps=steps, dtype="float32", optimizer=dict(kind="adamw", lr=LR, weight_decay=0.01)),
         clipping=[dict(method="norm", max_norm=1.0)]))
 
 
-class CharTask:
-    """Next-token prediction on a fixed random text: a first-order Markov chain over `vocab`
-    ids (each id has a few likely successors), so that the loss has something to learn."""
-
-    sequence = per_step = classification = True
-
-    def __init__(self, vocab: int, seq_len: int, batch: int, length: int = 100_000, seed: int = 0) -> None:
-        import numpy as np
-
-        from gradlab.losses import softmax_cross_entropy
-
-        self.np, self.ce = np, softmax_cross_entropy
-        self.input_dim = self.output_dim = vocab
-        self.seq_len, self.batch_size = seq_len, batch
-        rng = np.random.default_rng(seed)
-        succ = rng.integers(0, vocab, (vocab, 4))
-        text = np.empty(length, np.int64)
-        text[0] = 0
-        pick = rng.integers(0, 4, length)
-        for i in range(1, length):
-            text[i] = succ[text[i - 1], pick[i]]
-        self.text = text
-
-    def windows(self, starts):
-        idx = starts[None, :] + self.np.arange(self.seq_len + 1)[:, None]  # (T + 1, B), time-major
-        w = self.text[idx]
-        return w[:-1], w[1:]
-
-    def batch(self, rng):
-        return self.windows(rng.integers(0, len(self.text) - self.seq_len - 1, self.batch_size))
-
-    def loss(self, out, y, z_loss: float = 0.0, stats=None):
-        return self.ce(out, y, z_loss=z_loss, stats=stats)
-
-
 def gradlab_step(batch: int) -> GradlabStep:
-    s = SHAPE
-    return GradlabStep(config(batch), task=CharTask(s["vocab"], s["seq_len"], batch))
+    return GradlabStep(config(batch))
 
 
 # ----------------------------------------------------------------------------- torch
 class TorchStep:
     """The same step in torch eager, gradlab's initial weights copied in; batches are windows
-    of the same text, drawn by torch."""
+    of the same token ids, drawn by torch."""
 
     def __init__(self, torch, g: GradlabStep, threads: int) -> None:
         nn, F = torch.nn, torch.nn.functional
@@ -164,7 +128,7 @@ class TorchStep:
         n_torch, n_gradlab = sum(p.numel() for p in self.params), sum(v.size for v in g.p0.values())
         assert n_torch == n_gradlab, (n_torch, n_gradlab)
         self.opt = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.01)
-        self.text = torch.from_numpy(g.task.text)
+        self.text = torch.from_numpy(g.task.train_ids)
         self.T, self.B = g.task.seq_len, g.task.batch_size
         self.offsets = torch.arange(self.T + 1)
 
@@ -214,7 +178,7 @@ def bench_loop(table: Table, args) -> None:
     train_seed(config(steps=3), 0)  # warm-up: imports, caches
     ms = {k: [t / steps for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
     s = SHAPE
-    table.add(f"copy d{s['width']} L{s['depth']} T{s['seq_len']} b{s['batch']}, {steps} steps: train_seed vs bare loop",
+    table.add(f"lm d{s['width']} L{s['depth']} T{s['seq_len']} b{s['batch']}, {steps} steps: train_seed vs bare loop",
               ms["train_seed"], ms["bare"], None)
 
 

@@ -453,3 +453,18 @@ def test_attention_png_of_runs_non_finite_from_their_first_step(tmp_path, monkey
     monkeypatch.setattr(style, "save", save)
     assert (exp / "plots" / "attention.png") in draw_experiment(exp)
     assert texts == ["no finite value to draw"] * 3
+
+
+def test_a_sweep_over_a_transformer_draws_its_attention(tmp_path):
+    """`gradlab sweep` takes a transformer config like any other: every threshold's runs, the
+    sweep's figures and attention.png."""
+    from conftest import cli
+
+    (tmp_path / "x.yaml").write_text("name: tfsweep\nmodel: {kind: transformer, depth: 1, width: 8, heads: 2}\n"
+                                     "task: {kind: lm, seq_len: 8, batch_size: 4}\ntrain: {steps: 4}\n")
+    assert cli("sweep", "x.yaml", "--thresholds", "0.1,1", "--quiet", "--workers", "1", "--out", "out",
+               cwd=tmp_path) == 0
+    (exp,) = (tmp_path / "out").iterdir()
+    assert sorted(p.name for p in (exp / "runs").iterdir()) == ["none-s0", "norm-0.1-s0", "norm-1-s0"]
+    plots = {p.name for p in (exp / "plots").iterdir()}
+    assert {"attention.png", "sweep_final_loss.png"} <= plots, plots

@@ -399,8 +399,8 @@ class Transformer(Model):
                 show(f"{name}.b", gb)
             return np.matmul(dy, W.swapaxes(-1, -2), out=buffer(ws, dx_key, (V, dy.shape[1], W.shape[-2]), dt))
 
-        def ln_back(name: str, dy: np.ndarray, key: str) -> np.ndarray:
-            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}", scratch_key="d.ln")
+        def ln_back(name: str, dy: np.ndarray, key: str, scratch: str = "d.ln") -> np.ndarray:
+            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}", scratch_key=scratch)
             show(f"{name}.g", grads[f"{name}.g"])
             if db is not None:
                 grads[f"{name}.b"] = db
@@ -438,13 +438,9 @@ class Transformer(Model):
         dq, dk, dv = causal_attention_backward(do, c["attn"], ws=ws, key="d.attn",
                                                out=None if self.qk_norm else tuple(parts))
         if self.qk_norm:
-            dk, grads[f"{b}.attn.k_ln.g"], dbk = layer_norm_backward(dk, c["k_ln"], ws=ws, key=f"d.{b}.k_ln")
-            dq, grads[f"{b}.attn.q_ln.g"], dbq = layer_norm_backward(dq, c["q_ln"], ws=ws, key=f"d.{b}.q_ln")
-            for name, db in ((f"{b}.attn.k_ln", dbk), (f"{b}.attn.q_ln", dbq)):
-                show(f"{name}.g", grads[f"{name}.g"])
-                if db is not None:
-                    grads[f"{name}.b"] = db
-                    show(f"{name}.b", db)
+            # Their own scratch: per head, (V, B, H, T, dh), not the stream's (V, N, D) shape.
+            dk = ln_back(f"{b}.attn.k_ln", dk, "k_ln", "d.qk_ln")
+            dq = ln_back(f"{b}.attn.q_ln", dq, "q_ln", "d.qk_ln")
             np.copyto(parts[0], dq)
             np.copyto(parts[1], dk)
             np.copyto(parts[2], dv)

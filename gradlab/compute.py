@@ -20,12 +20,17 @@ The boundaries (every model applies all that it has):
             relu, sigmoid, gelu); a recurrent layer's h_t (and an LSTM's c_t) at every step:
             the cell is one fused op, as torch's nn.RNN / LSTM / GRU are (cuDNN), so its
             input projection, gate pre-activations and gates stay float32 inside it; the
+            transformer's embeddings (and their sum with the positions), LayerNorm outputs,
+            inside the attention the scaled q, the logits, the probabilities and the output
+            (gradlab.models.ops.causal_attention's `round_`), and each residual sum; the
             logits (the model's output).
   loss:     computed in float32 from the rounded logits, as autocast runs losses in float32;
             its gradient dL/dlogits is rounded on entering the backward pass.
   backward: every gradient flowing between ops (dL/dx of a matmul, through an activation;
             in a recurrence dL/dh_t, the sum of the gradient from above and the one through
-            time, and dL/d(input)) and every parameter's gradient, which is the
+            time, and dL/d(input); in the transformer each LayerNorm's, the attention's
+            dv, d(logits), dq and dk, each residual sum of gradients) and every parameter's
+            gradient, which is the
             gradient of its compute copy (a float16 tensor under autocast) and then becomes
             the float32 master gradient unchanged.
 

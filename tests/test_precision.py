@@ -12,6 +12,7 @@ import gradlab
 from gradlab.compute import Policy
 from gradlab.config import ExperimentConfig
 from gradlab.divergence import locate_step
+from gradlab.kinds import MODEL_KINDS
 from gradlab.models import build_model, stack
 from gradlab.models.activations import activation
 from gradlab.models.layers import linear_forward
@@ -126,7 +127,7 @@ def test_activation_output_is_the_float32_result_rounded(name, compute):
 def _model(kind_cfg, task_cfg, compute, dtype="float32", V=1, seed=1):
     cfg = ExperimentConfig.model_validate(dict(name="p", model=kind_cfg, task={**task_cfg, "batch_size": 4},
                                                train=dict(dtype=dtype)))
-    task = build_task(cfg.task, dtype, np.random.default_rng(0))
+    task = build_task(cfg.task, dtype, np.random.default_rng(0), tokens=MODEL_KINDS[cfg.model.kind].tokens)
     model = build_model(cfg.model, task, dtype, compute=compute)
     return cfg, task, model, stack(model.init(np.random.default_rng(seed)), V)
 
@@ -136,6 +137,11 @@ MODELS = {
     "lstm": (dict(kind="lstm", depth=2, width=6), dict(kind="copy", seq_len=6, copy_len=2, n_symbols=3)),
     "gru": (dict(kind="gru", depth=1, width=6), dict(kind="temporal_order", seq_len=10)),
     "rnn": (dict(kind="rnn", depth=2, width=6), dict(kind="adding", seq_len=6)),
+    "transformer-pre": (dict(kind="transformer", depth=2, width=8, heads=2, max_len=9),
+                        dict(kind="copy", seq_len=7, copy_len=2, n_symbols=3)),
+    "transformer-post-qk-tied": (dict(kind="transformer", depth=1, width=8, heads=2, norm="post", qk_norm=True,
+                                      tie_embeddings=True, max_len=10), dict(kind="dyck", seq_len=10, n_types=2, depth=3)),
+    "transformer-adding": (dict(kind="transformer", depth=1, width=6, heads=3), dict(kind="adding", seq_len=5)),
 }
 
 
@@ -147,7 +153,7 @@ def test_every_value_a_model_shows_is_in_the_compute_dtype(kind, compute):
     cfg, task, model, params = _model(*MODELS[kind], compute, V=2)
     x, y = task.batch(np.random.default_rng(5))
     seen = []
-    probe = lambda name, a, where=None: seen.append((name, np.asarray(a)))  # noqa: E731
+    probe = lambda name, a, where=None: seen.append((name, np.array(a)))  # noqa: E731  (a copy: buffers are reused)
     out, cache = model.forward(params, x, probe=probe)
     _, dout = task.loss(out, y)
     grads = model.backward(params, cache, dout, probe=probe)
@@ -217,3 +223,44 @@ def test_clip_grad_norm_takes_and_returns_low_precision(dtype):
     norm = np.sqrt(sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in clipped.values()))
     assert norm == pytest.approx(1.0, rel=1e-2)  # within the dtype's rounding
     assert {k: v.dtype for k, v in gradlab.clip_grad_value(grads, 2.0).items()} == {"w": dtype, "b": dtype}
+
+
+# ------------------------------------------------------------------- the transformer's paired ops
+@pytest.mark.parametrize("compute", LOW)
+def test_layer_norm_embedding_and_gelu_outputs_are_the_float32_results_rounded(compute):
+    from gradlab.models.ops import embedding, layer_norm
+    from gradlab.models.transformer import _gelu
+
+    p = Policy(compute)
+    x, g, b = p.rounded(_rng_f32((2, 6, 8), 1, 3.0)), p.rounded(_rng_f32((2, 8), 2)), p.rounded(_rng_f32((2, 8), 3))
+    y32 = layer_norm(x, g, b)[0].copy()
+    assert _same_bits(p.round_(layer_norm(x, g, b)[0]), _reference(y32, compute))
+    E = p.rounded(_rng_f32((2, 5, 8), 4))
+    ids = np.array([[0, 4, 2], [1, 1, 3]])
+    assert _same_bits(p.round_(embedding(ids, E)), E[:, ids])  # a row of a rounded table: exact
+    xs = p.rounded(_rng_f32((3, 2, 5), 5))
+    e32 = embedding(xs, E).copy()
+    assert _same_bits(p.round_(embedding(xs, E)), _reference(e32, compute))
+    u = p.rounded(_rng_f32((2, 4, 16), 6, 4.0))
+    want = _gelu(u, None, "gelu")[0].copy()
+    assert _same_bits(p.round_(_gelu(u, None, "gelu")[0]), _reference(want, compute))
+
+
+@pytest.mark.parametrize("compute", LOW)
+def test_attention_rounds_its_logits_probabilities_and_output(compute):
+    """causal_attention with the policy's rounding against the same attention written with
+    casts: logits of the rounded scaled q, a float32 softmax of the rounded logits, rounded,
+    times v, rounded."""
+    from gradlab.models.ops import causal_attention
+
+    p = Policy(compute)
+    q, k, v = (p.rounded(_rng_f32((2, 1, 2, 5, 4), s, 2.0)) for s in (7, 8, 9))
+    out = causal_attention(q, k, v, round_=p.round_)[0]
+    cast = lambda a: _reference(np.asarray(a, np.float32), compute)  # noqa: E731
+    qs = cast(q * np.float32(0.5))
+    s = cast(qs @ k.swapaxes(-1, -2))
+    s[..., ~np.tri(5, dtype=bool)] = -np.inf
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    probs = cast(e * (np.float32(1) / e.sum(axis=-1, keepdims=True, dtype=np.float32)))
+    np.testing.assert_allclose(out, cast(probs @ v), rtol=2e-3 if compute == "float16" else 2e-2)
+    assert _same_bits(out, cast(out))  # and in the compute dtype

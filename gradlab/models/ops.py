@@ -63,19 +63,21 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: Optional[np.ndarray], eps: float
     return y, {"xhat": xhat, "rstd": rstd, "g": g, "bias": b is not None}
 
 
-def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln"):
+def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln",
+                        scratch_key: Optional[str] = None):
     """(dx, dg, db), db None for a bias-free norm. dx is written over dy.
 
     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy g: the mean and
-    variance depend on every entry of the row, hence the two row means."""
+    variance depend on every entry of the row, hence the two row means. `scratch_key` names
+    the buffers dead once this returns (key's otherwise), for callers sharing them across layers."""
     xhat, rstd, g = cache["xhat"], cache["rstd"], cache["g"]
     D = dy.shape[-1]
     middle = tuple(range(1, dy.ndim - 1))
     db = np.sum(dy, axis=middle, out=buffer(ws, f"{key}.db", g.shape, dy.dtype)) if cache["bias"] else None
-    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{key}.tmp", dy.shape, dy.dtype))
+    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{scratch_key or key}.tmp", dy.shape, dy.dtype))
     dg = np.sum(tmp, axis=middle, out=buffer(ws, f"{key}.dg", g.shape, dy.dtype))
     dxhat = np.multiply(dy, _per_variant(g, dy.ndim), out=dy)
-    m = buffer(ws, f"{key}.m", rstd.shape, dy.dtype)
+    m = buffer(ws, f"{scratch_key or key}.m", rstd.shape, dy.dtype)
     np.vecdot(dxhat, xhat, out=m[..., 0])
     m *= 1.0 / D
     np.multiply(xhat, m, out=tmp)
@@ -122,12 +124,20 @@ def _matmul_ready(a: np.ndarray, ws: Optional[Workspace], name: str) -> np.ndarr
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[Workspace] = None,
-                     key: str = "attn", probe: Probe = None, name: str = "attn"):
+                     key: str = "attn", probe: Probe = None, name: str = "attn",
+                     out: Optional[np.ndarray] = None, scratch_key: Optional[str] = None,
+                     round_: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """softmax(q k^T / sqrt(dh), causal) v for q, k, v (V, B, H, T, dh). Returns (out, cache,
     stats), stats = {"max_logit": (V,) float64 max |logit| over the unmasked entries,
     "entropy": (V,) float64 mean attention entropy (nats) over batch, heads and queries}.
 
     The cache keeps views of k and v: the caller must not overwrite them before the backward.
+    `out`, if given, receives the result: a (V, B, H, T, dh) view of the caller's own layout
+    (unit stride on the last axis) saves a transposing copy. `scratch_key` names the buffer of
+    the scores, dead once this returns, so that callers can share one across layers.
+    `round_` (gradlab.compute's, low-precision compute only) rounds in place the op's inner
+    values as fused attention kernels store them: the scaled q, the logits, the
+    probabilities and the output.
     """
     V, B, H, T, dh = q.shape
     dt = q.dtype
@@ -135,10 +145,14 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
     # The scale goes into a copy of q (T*dh entries) rather than into the scores (T*T); the
     # copy is contiguous, which matmul wants anyway.
     qs = np.multiply(q, scale, out=buffer(ws, f"{key}.qs", q.shape, dt))
+    if round_:
+        round_(qs)
     k = _matmul_ready(k, ws, f"{key}.k")
     v = _matmul_ready(v, ws, f"{key}.v")
     allowed, masked, keep = causal_masks(T, dt)
-    s = np.matmul(qs, _t(k), out=buffer(ws, f"{key}.s", (V, B, H, T, T), dt))
+    s = np.matmul(qs, _t(k), out=buffer(ws, f"{scratch_key or key}.s", (V, B, H, T, T), dt))
+    if round_:
+        round_(s)
     np.copyto(s, -np.inf, where=masked)
     if probe:
         probe(name + ".logits", s, where=allowed)
@@ -168,9 +182,13 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
         np.subtract(np.log(l[..., 0]), ent, out=ent)
         np.divide(1.0, l, out=l)
         p *= l
+        if round_:
+            round_(p)
     if probe:
         probe(name + ".softmax", p)
-    out = np.matmul(p, v, out=buffer(ws, f"{key}.out", q.shape, dt))
+    out = np.matmul(p, v, out=buffer(ws, f"{key}.out", q.shape, dt) if out is None else out)
+    if round_:
+        round_(out)
     if probe:
         probe(name + ".out", out)
     stats = {"max_logit": max_logit, "entropy": ent.mean(axis=(1, 2, 3), dtype=np.float64)}
@@ -178,22 +196,33 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
 
 
 def causal_attention_backward(dout: np.ndarray, cache: dict, ws: Optional[Workspace] = None,
-                              key: str = "attn"):
+                              key: str = "attn", out: Optional[tuple] = None,
+                              round_: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """(dq, dk, dv), each (V, B, H, T, dh).
 
     Through the softmax: ds = p (dp - sum_j p dp). Masked entries have p = 0, so their ds is
-    0 and no gradient leaks to future keys."""
+    0 and no gradient leaks to future keys. `out`, if given, is (dq, dk, dv) to write into:
+    views of a packed dqkv save three copies. `round_` rounds the gradients dv, d(logits),
+    dq and dk, as the forward's `round_` its values."""
     qs, k, v, p, scale = cache["qs"], cache["k"], cache["v"], cache["p"], cache["scale"]
     dt = dout.dtype
-    dv = np.matmul(_t(p), dout, out=buffer(ws, f"{key}.dv", v.shape, dt))
+    dq_out, dk_out, dv_out = out if out is not None else (
+        buffer(ws, f"{key}.dq", qs.shape, dt), buffer(ws, f"{key}.dk", k.shape, dt), buffer(ws, f"{key}.dv", v.shape, dt))
+    dv = np.matmul(_t(p), dout, out=dv_out)
     ds = np.matmul(dout, _t(v), out=buffer(ws, f"{key}.ds", p.shape, dt))
     c = np.vecdot(p, ds, out=buffer(ws, f"{key}.c", p.shape[:-1], dt))
     ds -= c[..., None]
     ds *= p
-    dq = np.matmul(ds, k, out=buffer(ws, f"{key}.dq", qs.shape, dt))
+    if round_:
+        round_(dv)
+        round_(ds)
+    dq = np.matmul(ds, k, out=dq_out)
     dq *= scale
     # s = qs k^T with qs = scale q already scaled: dk takes qs as it is.
-    dk = np.matmul(_t(ds), qs, out=buffer(ws, f"{key}.dk", k.shape, dt))
+    dk = np.matmul(_t(ds), qs, out=dk_out)
+    if round_:
+        round_(dq)
+        round_(dk)
     return dq, dk, dv
 
 

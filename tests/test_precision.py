@@ -93,6 +93,11 @@ def test_float32_compute_is_the_identity():
         Policy("float8")
 
 
+def test_low_precision_compute_needs_float32_master_weights():
+    with pytest.raises(ValueError, match="float32 master weights"):
+        _model(*MODELS["mlp"], "bfloat16", dtype="float64")
+
+
 def test_float16_overflow_is_inf():
     a = np.float32([65504, 65519.99, 65520, -70000, 1e-8, 3e-8])
     out = Policy("float16").round_(a.copy())

@@ -87,7 +87,10 @@ def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int
     loc.see("forward", "data.y", y, shared=True)
     # Parameters enter the forward pass next. The update check keeps them finite, so only an
     # initial weight beyond the dtype's range (a gain of 1e100 in float32) is caught here.
-    for name, p in params.items():
+    # Under float16 compute a finite master weight beyond 65504 has an inf compute copy
+    # (gradlab.compute): the copy is what the forward pass reads, so it is what is checked.
+    compute = getattr(model, "compute", None)  # a model of one's own may have none
+    for name, p in (compute.weights(params) if compute is not None else params).items():
         loc.see("forward", name, p)
     out, cache = model.forward(params, x, probe=loc.probe("forward"))
     loss, dout = task.loss(out, y, z_loss=model.z_loss)

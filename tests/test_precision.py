@@ -209,6 +209,15 @@ def test_float16_forward_overflow_is_inf_where_float32_stays_finite_and_is_locat
     assert found == {0: ("forward", "layer2.linear", "inf")}  # 4.07e5 in float32
 
 
+def test_a_weight_beyond_float16s_range_is_located_by_name():
+    _, task, m16, params = _model(*MODELS["mlp"], "float16")
+    params["layer1.W"][0, 2, 3] = 7e4  # finite in float32, inf in the float16 copy
+    x, y = task.batch(np.random.default_rng(5))
+    with np.errstate(all="ignore"):
+        found = locate_step(m16, task, params, x, y, [0])
+    assert found == {0: ("forward", "layer1.W", "inf")}
+
+
 # ------------------------------------------------------------------- norms and clipping
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_norms_of_low_precision_gradients_near_their_max_are_finite_and_right(dtype):

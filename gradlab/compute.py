@@ -9,9 +9,9 @@ and its output is rounded once. Rounding is round-to-nearest-even, bit-identical
 `a.astype(float16)` and `a.astype(ml_dtypes.bfloat16)` and back: bfloat16 by that cast into a
 scratch buffer (ml_dtypes' cast costs about two adds, less than a bit-mask rounding through a
 uint32 view, measured), float16 in float32 arithmetic (`_round_float16_`: NumPy's cast is
-15-40x an add here); a value beyond the dtype's range
-becomes inf (float16's largest is 65504), which is what the lab is for: fp16 overflow is
-born where it would be born on a GPU, and the divergence locator names that tensor.
+15-40x an add here); a signalling NaN alone may come out quiet. A value beyond the dtype's
+range becomes inf (float16's largest is 65504), which is what the lab is for: fp16 overflow
+is born where it would be born on a GPU, and the divergence locator names that tensor.
 
 The boundaries (every model applies all that it has):
   forward:  the per-step compute copy of every parameter (weights and biases, rounded once
@@ -30,9 +30,8 @@ The boundaries (every model applies all that it has):
             in a recurrence dL/dh_t, the sum of the gradient from above and the one through
             time, and dL/d(input); in the transformer each LayerNorm's, the attention's
             dv, d(logits), dq and dk, each residual sum of gradients) and every parameter's
-            gradient, which is the
-            gradient of its compute copy (a float16 tensor under autocast) and then becomes
-            the float32 master gradient unchanged.
+            gradient, which is the gradient of its compute copy (a float16 tensor under
+            autocast) and then becomes the float32 master gradient unchanged.
 
 float32 compute is the identity: `round_` returns its argument untouched and `weights`
 returns the master parameters themselves, so float32 runs are bit for bit (and at the speed
@@ -46,9 +45,9 @@ from typing import Mapping
 
 import numpy as np
 
-COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
-
 from ml_dtypes import bfloat16 as _BFLOAT16  # NumPy has no bfloat16
+
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
 # float16 rounding in float32 arithmetic (see _round_float16_).
 _EXP = np.uint32(0x7F800000)
@@ -64,15 +63,15 @@ _CHUNK = 1 << 16  # elements per pass: the ten passes of a chunk stay in the L2 
 def _round_float16_(a: np.ndarray, s: np.ndarray, sign: np.ndarray) -> None:
     """float16 round-to-nearest-even of float32 `a` in place, in float32 arithmetic: 3-5x
     faster than NumPy's float32 -> float16 cast here (which has no SIMD path and a slower one
-    still for tiny values), bit-identical to it for every float32 but NaN payloads (fixed by
-    the caller). With c = 1.5 * 2^(e + 13), e the exponent of x clamped to [-14, 15], x + c
+    still for tiny values), bit-identical to it for every float32 but a signalling NaN. With c = 1.5 * 2^(e + 13), e the exponent of x clamped to [-14, 15], x + c
     lands in c's binade, whose spacing is float16's at x (2^(e - 10), or 2^-24 below 2^-14),
     so the addition rounds x to float16's grid, ties to even (c is an even multiple of the
-    spacing), and subtracting c is exact. NaNs come out as the cast makes them, but for a
-    signalling NaN (never the result of arithmetic), which comes out quiet. The sign bit is put back for a negative x that
+    spacing), and subtracting c is exact. The sign bit is put back for a negative x that
     rounded to zero (-0, as the cast gives). Scaling by 2^112 and back is exact below 2^16 and
-    overflows to inf from there: past 65504 float16 has nothing but inf. `s` and `sign` are
-    uint32 scratch of a's shape."""
+    overflows to inf from there: past 65504 float16 has nothing but inf. The last mask keeps a
+    NaN's top 10 payload bits, as the cast does; a signalling NaN (never the result of
+    arithmetic) comes out quiet, where the cast keeps it signalling. `s` and `sign` are uint32
+    scratch of a's shape."""
     u = a.view(np.uint32)
     np.bitwise_and(u, _SIGN, out=sign)
     np.bitwise_and(u, _EXP, out=s)

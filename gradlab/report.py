@@ -94,6 +94,14 @@ def _pct(x) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
+
+def _place(f: dict) -> str:
+    """Why a run stopped, for the summary: where its first non-finite value was born, or the
+    loss scale's collapse (every step skipped until the scale fell below min_scale)."""
+    if f.get("kind") == "loss_scale_collapse":
+        return "the loss scale fell below min_scale: non-finite gradients at every scale tried"
+    return f"first non-finite value: {f['phase']} at {f['where']}"
+
 def findings(reports: list[dict]) -> str:
     """A few sentences a reader can take away, one per clipping variant across seeds."""
     if not reports:
@@ -108,9 +116,9 @@ def findings(reports: list[dict]) -> str:
         if div:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
-            places = sorted({f"{r['first_nonfinite']['phase']} at {r['first_nonfinite']['where']}" for r in div})
+            places = sorted({_place(r["first_nonfinite"]) for r in div})
             sentences.append(f"`{variant}` diverged in {len(div)} of {seeds} at step {span} "
-                             f"(first non-finite value: {'; '.join(places)}).")
+                             f"({'; '.join(places)}).")
         ok = [r for r in rs if not r["diverged"]]
         if ok:
             losses = [r["final_loss"] for r in ok if isinstance(r.get("final_loss"), (int, float))]

@@ -235,3 +235,23 @@ def test_clipping_before_the_unscale_divides_the_threshold_by_the_scale():
     assert a["clipped_norm"][0] == pytest.approx(min(1.0, a["grad_norm"][0]), rel=1e-6)
     assert b["update_norm"][0] == pytest.approx(0.05 / 1024.0, rel=1e-6)
     assert a["update_norm"][0] == pytest.approx(0.05 * a["clipped_norm"][0], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- the plot
+
+
+def test_loss_scale_png_for_experiments_that_scale_only(tmp_path):
+    from gradlab.plots import figures
+    from gradlab.plots.load import load_experiment
+
+    cfg = tmp_path / "ls.yaml"
+    cfg.write_text(yaml.safe_dump(make(CLIPS, EDGE, train={"steps": 12}).resolved()))
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(make(CLIPS, train={"steps": 12}).resolved() | {"name": "plain"}))
+    assert cli("run", cfg, "--out", tmp_path / "out", "--quiet") == 0
+    assert cli("run", plain, "--out", tmp_path / "out", "--quiet") == 0
+    scaled = next((tmp_path / "out").glob("ls-*"))
+    assert (scaled / "plots" / "loss_scale.png").stat().st_size > 10_000
+    assert not list((tmp_path / "out").glob("plain-*/plots/loss_scale.png"))
+    names = [f.name for f in figures.plan(load_experiment(scaled)).figures]
+    assert names.count("loss_scale.png") == 1

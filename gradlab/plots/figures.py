@@ -52,6 +52,8 @@ def plan(exp: Experiment) -> Plan:
         figures.append(Figure("accuracy.png", "accuracy", None, shared))
     if direction.turns(exp.runs):
         figures.append(Figure("direction.png", "direction", None, shared))
+    if uses_loss_scaling(exp.config):
+        figures.append(Figure("loss_scale.png", "loss_scale", None, shared))
     found = sweep.find_sweep(exp) if exp.runs else None
     if found is not None:
         for name in sweep.SWEEP_PLOTS:
@@ -75,6 +77,14 @@ def plan(exp: Experiment) -> Plan:
             if kind == "heatmap" or (run.path / source).is_file():  # an MLP has no gradient through time
                 figures.append(Figure(f"{kind}_{run.run_id}.png", kind, run.run_id, (report, run.path / source)))
     return Plan(exp, found, figures)
+
+
+def uses_loss_scaling(config: dict) -> bool:
+    """Whether the experiment scales its loss (loss_scale.png): from the config, not from which
+    runs are complete, so that the figure's presence does not change as the runs fill in."""
+    train = config.get("train") if isinstance(config, dict) else None
+    precision = train.get("precision") if isinstance(train, dict) else None
+    return isinstance(precision, dict) and precision.get("loss_scale", "none") != "none"
 
 
 MAX_OWN_FIGURE_VARIANTS = 3
@@ -134,6 +144,10 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
     if fig.kind == "direction":
         return direction.draw_direction(exp, path)
+    if fig.kind == "loss_scale":
+        from . import scale
+
+        return scale.draw_loss_scale(exp, path)
     if fig.kind == "sweep_direction":
         return direction.draw_sweep_direction(exp, p.sweep, path)
     if fig.kind in ("grad_norm", "loss", "accuracy"):

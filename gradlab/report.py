@@ -564,6 +564,14 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
     return [rid for rid in planned_runs(exp) or [] if rid not in have]
 
 
+def _scaling(p) -> str:
+    """The loss scaling of report.md's header line; nothing without it (every older config)."""
+    if not isinstance(p, dict) or p.get("loss_scale", "none") == "none":
+        return ""
+    how = "clipping the scaled gradients" if p.get("clip") == "before_unscale" else "clipping after the unscale"
+    return f", {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+
+
 def render(exp: Path, reports: list[dict]) -> str:
     cfg = read_yaml(exp / "config.yaml")
     m, t, o, task = cfg["model"], cfg["train"], cfg["train"]["optimizer"], cfg["task"]
@@ -575,7 +583,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         f"{describe_model(m)}, init {m['init']['scheme']} "
         f"x {m['init']['gain']:g}; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
-        + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
+        + f", {t['steps']} steps, {t['dtype']}{_scaling(t.get('precision'))}; seeds {cfg['seeds']}.",
         "",
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",

@@ -90,7 +90,7 @@ def uses_loss_scaling(config: dict) -> bool:
 MAX_OWN_FIGURE_VARIANTS = 3
 # What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
 # drawing processes take the longest first, so that none is left with a long one at the end.
-COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5}
+COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "loss_scale": 2.0}
 
 
 def expected_cost(fig: Figure) -> float:

@@ -135,3 +135,64 @@ def test_clipping_before_the_unscale_equals_torch_clipping_scaled_gradients():
         np.testing.assert_allclose(g_grads[i], t_grads[i], rtol=2e-7, atol=0)
     # the unscaled gradients have norm about max_norm / scale: the bug's signature
     assert np.linalg.norm(g_grads[0]) == pytest.approx(1.0 / 1024.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_scaled_mlp_backward_skips_and_scales_as_gradscaler(seed):
+    """The whole step on a float32 MLP: gradlab scales dL/dout, torch the loss; a scale near
+    float32's largest makes the backward overflow on some steps and not on others. The scale
+    and skip sequences are torch's exactly; the weights agree to float32 rounding.
+
+    One example a batch: with 16, torch sums a bias gradient over the batch in float32 in an
+    order whose partial sums can overflow where gradlab's sum of the same terms (2.2e38) does
+    not (seed 0, step 11), a difference of the reduction, not of the scaler, that would skip
+    one step in torch and not in gradlab."""
+    from gradlab.losses import mse
+    from gradlab.models import MLP, stack
+
+    depth, width, n_in, lr = 3, 8, 4, 0.05
+    model = MLP(depth, width, n_in, 1, "tanh", "normal", 1.5, "float32")
+    p0 = model.init(np.random.default_rng(seed))
+    params = stack(p0, 1)
+    layers = [torch.nn.Linear(a, b) for a, b in zip([n_in] + [width] * (depth - 1), [width] * (depth - 1) + [1])]
+    with torch.no_grad():
+        for i, lin in enumerate(layers):
+            lin.weight.copy_(torch.tensor(p0[f"layer{i}.W"].T))
+            lin.bias.copy_(torch.tensor(p0[f"layer{i}.b"]))
+    net = torch.nn.Sequential(*[m for lin in layers[:-1] for m in (lin, torch.nn.Tanh())], layers[-1])
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    cfg = knobs(init_scale=3.0e38, growth_interval=2)
+    torch_scaler = torch.amp.GradScaler("cpu", init_scale=cfg.init_scale, growth_factor=cfg.growth_factor,
+                                        backoff_factor=cfg.backoff_factor, growth_interval=cfg.growth_interval)
+    ours = LossScaler(cfg, 1)
+    data = np.random.default_rng(seed + 1)
+    ours_seq, torch_seq = [], []
+    with np.errstate(all="ignore"):
+        for _ in range(30):
+            x = data.standard_normal((1, n_in)).astype(np.float32)
+            y = (3.0 * data.standard_normal((1, 1))).astype(np.float32)
+            out, cache = model.forward(params, x)
+            _, dout = mse(out, y)
+            grads = model.backward(params, cache, ours.scale_output_grad(dout))
+            used = float(ours.scale[0])
+            found = ours.unscale_(grads)
+            if not found[0]:
+                for k in params:
+                    params[k] -= np.float32(lr) * grads[k]
+            ours.update(found)
+            ours_seq.append((used, bool(found[0])))
+
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(net(torch.tensor(x)), torch.tensor(y))
+            torch_scaler.scale(loss).backward()
+            scale = torch_scaler.get_scale()
+            torch_scaler.unscale_(opt)
+            skipped = bool(sum(v.item() for v in torch_scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()))
+            torch_scaler.step(opt)
+            torch_scaler.update()
+            torch_seq.append((scale, skipped))
+    assert ours_seq == torch_seq
+    skips = [s for _, s in ours_seq]
+    assert 3 <= sum(skips) < len(skips) - 5, skips
+    for i, lin in enumerate(layers):
+        np.testing.assert_allclose(params[f"layer{i}.W"][0], lin.weight.detach().numpy().T, rtol=1e-4, atol=1e-6)

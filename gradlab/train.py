@@ -280,7 +280,13 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                     break
                 grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
                 skipped = vals.stats.get("skipped")
-            rec.log_flow(step, run.alive, vals.flow)
+            found_inf = vals.stats.get("found_inf")
+            if found_inf is not None and found_inf.any() and vals.flow:
+                # A step the loss scale skipped is no healthy step for the gradient-through-time record.
+                ok = ~found_inf
+                rec.log_flow(step, run.alive[ok], {k: a[ok] for k, a in vals.flow.items()})
+            else:
+                rec.log_flow(step, run.alive, vals.flow)
             vals.update_norm, found = run.update(grads, skipped, lr)
             if run.scaler is not None:
                 # The scale moves after the step, as GradScaler.update; a collapse ends the variant

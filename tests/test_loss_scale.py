@@ -255,3 +255,18 @@ def test_loss_scale_png_for_experiments_that_scale_only(tmp_path):
     assert not list((tmp_path / "out").glob("plain-*/plots/loss_scale.png"))
     names = [f.name for f in figures.plan(load_experiment(scaled)).figures]
     assert names.count("loss_scale.png") == 1
+
+
+def test_the_gradient_through_time_record_skips_the_steps_the_scale_skipped():
+    """bptt_norms.csv keeps the first and the last healthy step: a step whose scaled backward
+    overflowed is neither (its dL/dh_t are inf)."""
+    c = make([NONE], {"loss_scale": "dynamic", "init_scale": 3e38, "growth_interval": 3})
+    c = ExperimentConfig.model_validate({**c.resolved(), "model": {"kind": "gru", "depth": 1, "width": 8,
+                                                                   "init": {"gain": 3.0}},
+                                         "task": {"kind": "adding", "seq_len": 10, "batch_size": 8}})
+    r = train_seed(c, 0)[0]
+    skipped = columns(r)["skipped"]
+    assert skipped[:2] == [1, 1] and skipped[2] == 0
+    steps = sorted({row[0] for row in r.flow_rows})
+    assert steps[0] == 2 and not skipped[steps[-1]]
+    assert all(np.isfinite(row[3]) for row in r.flow_rows)

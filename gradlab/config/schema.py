@@ -341,6 +341,7 @@ IMPLEMENTED_COMPUTE = ("float32",)
 _SCALE_KNOBS = {"none": (), "static": ("init_scale", "clip"),
                 "dynamic": ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale", "clip")}
 _FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT32_TINY = 1.2e-38  # float32's smallest normal (1.1755e-38), rounded up as _DTYPE_RANGE's
 
 
 class PrecisionConfig(_Strict):
@@ -359,6 +360,16 @@ class PrecisionConfig(_Strict):
     growth_interval: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
     min_scale: Annotated[float, Field(gt=0, le=_FLOAT32_MAX, allow_inf_nan=False)] = 2.0 ** -24
     clip: Literal["after_unscale", "before_unscale"] = "after_unscale"
+
+    @field_validator("init_scale", "min_scale")
+    @classmethod
+    def _a_float32(cls, v: float) -> float:
+        # GradScaler holds the scale as a float32: below its smallest normal number it would be
+        # subnormal or 0, and 1 / scale inf.
+        if v < _FLOAT32_TINY:
+            raise ValueError(f"must be >= 1.2e-38, float32's smallest normal number (the scale is a float32, "
+                             f"as GradScaler's), got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _knobs_of_the_kind(self) -> "PrecisionConfig":

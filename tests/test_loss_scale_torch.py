@@ -196,3 +196,18 @@ def test_a_scaled_mlp_backward_skips_and_scales_as_gradscaler(seed):
     assert 3 <= sum(skips) < len(skips) - 5, skips
     for i, lin in enumerate(layers):
         np.testing.assert_allclose(params[f"layer{i}.W"][0], lin.weight.detach().numpy().T, rtol=1e-4, atol=1e-6)
+
+
+def test_a_gradient_the_unscale_overflows_is_not_found_inf():
+    """The kernel looks at the scaled gradients: float32's largest times 0.8151375651359558,
+    unscaled by the rounded reciprocal, overflows, yet the step is not skipped (in torch as in
+    gradlab; gradlab's loop then sees a non-finite gradient norm that no skip absorbs: the run
+    diverges)."""
+    big = float(np.finfo(np.float32).max)
+    xs = [CLEAN, [big, 1.0, 0.0], CLEAN]
+    cfg = knobs(init_scale=0.8151375651359558, growth_interval=5)
+    t_scales, t_skips, t_grads = torch_run(xs, cfg)
+    (g_scales,), (g_skips,), (g_grads,) = gradlab_run([xs], cfg)
+    assert g_scales == t_scales and g_skips == t_skips == [False, False, False]
+    same(g_grads, t_grads)
+    assert np.isinf(g_grads[1][0])

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .records import INTEGER_COLUMNS, METRIC_COLUMNS, summarize
+from .records import DIAGNOSTIC_COLUMNS, INTEGER_COLUMNS, METRIC_COLUMNS, summarize
 
 
 @dataclass
@@ -26,6 +26,9 @@ class StepValues:
     flow: Optional[dict[str, np.ndarray]] = None  # layer -> (V, T): norm of dL/dh_t
     update_norm: Optional[np.ndarray] = None
     lr: Optional[float] = None  # the step's learning rate, one for the stack (gradlab.schedules)
+    # model.diagnostics and the loss's stats by name: (V,) or per block (V, depth); {} or None
+    # for a model without them.
+    diag: Optional[dict[str, np.ndarray]] = None
 
     def take(self, idx) -> "StepValues":
         """The values of a subset of the variants."""
@@ -36,7 +39,7 @@ class StepValues:
                 return {k: a[idx] for k, a in v.items()}
             if f == "norms":
                 return v[:, idx]
-            if f == "flow":
+            if f in ("flow", "diag"):
                 return {k: a[idx] for k, a in v.items()}
             return v[idx]
         return replace(self, **{f.name: part(f.name, getattr(self, f.name)) for f in fields(self)})
@@ -60,7 +63,7 @@ class Recorder:
         self.all_columns = (METRIC_COLUMNS + ("grad_cosine", "lr") + union + (("accuracy",) if accuracy else ())
                             + ("val_loss",) + (("val_accuracy",) if accuracy else ()))
         # Each variant's file has the columns of its own rule only.
-        self.variant_columns = [tuple(c for c in self.all_columns if c not in union or c in e) for e in extra]
+        self._columns = [tuple(c for c in self.all_columns if c not in union or c in e) for e in extra]
         self.param_names = list(param_names)
         self.values = np.full((steps, n_variants, len(self.all_columns) - 1), np.nan)
         self.layer = np.full((steps, n_variants, len(self.param_names)), np.nan)
@@ -68,6 +71,16 @@ class Recorder:
         # Gradient flow through time: the first healthy step and the latest healthy one.
         self.flow_first: dict[int, tuple[int, dict]] = {}
         self.flow_last: dict[int, tuple[int, dict]] = {}
+        # The diagnostics, (steps, n_variants, blocks or 1) by name: allocated at the first
+        # step that has any, since which ones a model and its loss produce shows only then.
+        self.steps, self.n_variants = steps, n_variants
+        self.diag: dict[str, np.ndarray] = {}
+        self.per_block: list[str] = []  # those given per block, (V, depth): attention.csv's
+
+    @property
+    def variant_columns(self) -> list[tuple[str, ...]]:
+        """Each variant's metrics.csv header: its rule's columns, then the diagnostics."""
+        return [c + tuple(self.diag) for c in self._columns]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -89,6 +102,28 @@ class Recorder:
             row[ids, k] = own[name] if name in own else s.get(name, 0.0)
         self.layer[step, ids] = v.norms.T
         self.rows[ids] = step + 1
+        if v.diag:
+            self._log_diag(step, ids, v.diag)
+
+    def _log_diag(self, step: int, ids: np.ndarray, diag: dict[str, np.ndarray]) -> None:
+        if not self.diag:
+            # Known names only, in DIAGNOSTIC_COLUMNS' order: a model's new statistic gets a
+            # column (and a summary) when it is given one there, not by accident.
+            for name in (n for n in DIAGNOSTIC_COLUMNS if n in diag):
+                if diag[name].ndim == 2:
+                    self.per_block.append(name)
+                width = diag[name].shape[1] if diag[name].ndim == 2 else 1
+                self.diag[name] = np.full((self.steps, self.n_variants, width), np.nan)
+        for name, a in self.diag.items():
+            a[step, ids] = np.asarray(diag[name], dtype=np.float64).reshape(len(ids), -1)
+
+    def _diag_scalar(self, name: str, v: int) -> np.ndarray:
+        """metrics.csv's value of a diagnostic per step: over the blocks, the largest attention
+        logit and the mean entropy."""
+        a = self.diag[name][: int(self.rows[v]), v]
+        if name not in self.per_block:
+            return a[:, 0]
+        return a.max(axis=1) if name == "max_attn_logit" else a.mean(axis=1)
 
     def log_eval(self, step: int, ids: np.ndarray, loss: np.ndarray, acc: Optional[np.ndarray]) -> None:
         """The held-out loss (and accuracy) of the variants in `ids` after this step's update."""
@@ -109,10 +144,25 @@ class Recorder:
 
     def metrics_rows(self, v: int) -> list[list]:
         names = self.all_columns[1:]
-        mine = [k for k, name in enumerate(names) if name in self.variant_columns[v]]
+        mine = [k for k, name in enumerate(names) if name in self._columns[v]]
+        diag = [self._diag_scalar(name, v) for name in self.diag]
         return [[s] + [int(x) if names[k] in INTEGER_COLUMNS and math.isfinite(x) else _number(x)
                        for k, x in ((k, self.values[s, v, k]) for k in mine)]
+                + [float(d[s]) for d in diag]
                 for s in range(int(self.rows[v]))]
+
+    def attention_columns(self) -> list[str]:
+        """attention.csv's header: step, then each per-block diagnostic block by block
+        (block.0.max_attn_logit, block.1.max_attn_logit, ..., block.0.attn_entropy, ...);
+        [] for a model without per-block diagnostics."""
+        names = [f"block.{i}.{name}" for name in self.per_block for i in range(self.diag[name].shape[2])]
+        return ["step", *names] if names else []
+
+    def attention_rows(self, v: int) -> list[list]:
+        if not self.per_block:
+            return []
+        table = np.concatenate([self.diag[name][:, v] for name in self.per_block], axis=1)
+        return [[s, *map(float, table[s])] for s in range(int(self.rows[v]))]
 
     def layer_rows(self, v: int) -> list[list]:
         return [[s, *map(float, self.layer[s, v])] for s in range(int(self.rows[v]))]

@@ -19,6 +19,13 @@ INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
                   "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss", "final_loss_scale",
                   "min_loss_scale")
+# The model's and the loss's own statistics (the transformer's attention, a classifier's log Z),
+# last in metrics.csv and only where some model produces them: a run of a model without them
+# keeps the metrics.csv it always had, byte for byte. Per block, `max_attn_logit` is reduced
+# by its max (the block whose logits grow is the news) and `attn_entropy` by its mean.
+DIAGNOSTIC_COLUMNS = ("max_attn_logit", "attn_entropy", "logit_z")
+DIAGNOSTIC_FIELDS = ("max_attn_logit", "final_max_attn_logit", "min_attn_entropy", "final_attn_entropy",
+                     "max_logit_z", "final_logit_z")
 
 
 def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
@@ -65,4 +72,32 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None
+    out.update(_diagnostics(at, rows, healthy))
+    return out
+
+
+def _diagnostics(at: dict, rows, healthy) -> dict:
+    """The extremes and final values of the DIAGNOSTIC_COLUMNS metrics.csv has. Extremes over
+    every row's finite values, like max_grad_norm: the step a run diverged at often has the
+    largest finite attention logit, the cause in plain sight; final values from the last
+    healthy step, like final_loss (None when it is not finite)."""
+    out: dict = {}
+
+    def extreme(col: str, pick) -> Optional[float]:
+        vals = [r[at[col]] for r in rows if math.isfinite(r[at[col]])]
+        return float(pick(vals)) if vals else None
+
+    def final(col: str) -> Optional[float]:
+        v = float(healthy[-1][at[col]]) if healthy else math.nan
+        return v if math.isfinite(v) else None
+
+    if "max_attn_logit" in at:
+        out["max_attn_logit"] = extreme("max_attn_logit", max)
+        out["final_max_attn_logit"] = final("max_attn_logit")
+    if "attn_entropy" in at:
+        out["min_attn_entropy"] = extreme("attn_entropy", min)
+        out["final_attn_entropy"] = final("attn_entropy")
+    if "logit_z" in at:
+        out["max_logit_z"] = extreme("logit_z", max)
+        out["final_logit_z"] = final("logit_z")
     return out

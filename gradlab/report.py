@@ -31,11 +31,19 @@ def _num(x, fmt: str = ".3g") -> str:
     return format(x, fmt) if math.isfinite(x) else str(x)
 
 
+# For transformer runs (those recording max_attn_logit): the column and the report.json field
+# it shows. The largest attention logit is the transformer's warning sign of a divergence (a
+# terminal keeps it when there is room); log Z is for report.md. A recurrent classifier's log Z
+# stays in its files: next to a gradient norm it says little.
+DIAGNOSTIC_TABLE = (("max attn logit", "max_attn_logit"), ("max log Z", "max_logit_z"))
+
+
 def columns(reports: list[dict]) -> tuple[str, ...]:
     """The table's columns: the cosine the rule kept for runs that record it, accuracy only
-    for classification tasks."""
+    for classification tasks, the diagnostics for the models and losses that have them."""
     return (COLUMNS + (("grad cosine",) if any("mean_grad_cosine" in r for r in reports) else ())
-            + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ()))
+            + (("final accuracy",) if any("final_accuracy" in r for r in reports) else ())
+            + (tuple(c for c, _ in DIAGNOSTIC_TABLE) if any("max_attn_logit" in r for r in reports) else ()))
 
 
 def table_rows(reports: list[dict]) -> list[list[str]]:
@@ -50,7 +58,8 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
             f.get("phase", "-"), f.get("where", "-"), _num(r.get("max_grad_norm")),
             _num(r.get("final_loss")), f"{r.get('clip_fraction', 0.0):.0%}",
         ] + ([_num(r.get("mean_grad_cosine"), ".4g")] if "grad cosine" in cols else [])
-          + ([_pct(r.get("final_accuracy"))] if "final accuracy" in cols else []))
+          + ([_pct(r.get("final_accuracy"))] if "final accuracy" in cols else [])
+          + [_num(r.get(key)) for c, key in DIAGNOSTIC_TABLE if c in cols])
     return rows
 
 
@@ -58,9 +67,9 @@ def table_rows(reports: list[dict]) -> list[list[str]]:
 # and when it diverged, and where; then its numbers. method, threshold and seed are in the
 # run id already. report.md has every column.
 TERMINAL_PRIORITY = ("run", "diverged", "step", "where", "final loss", "final accuracy", "max grad norm",
-                     "clip fraction", "grad cosine", "phase")
+                     "max attn logit", "clip fraction", "grad cosine", "phase")
 SHORT_HEADERS = {"diverged": "div", "max grad norm": "max grad", "final loss": "loss", "clip fraction": "clip",
-                 "final accuracy": "acc", "grad cosine": "cos"}
+                 "final accuracy": "acc", "grad cosine": "cos", "max attn logit": "attn"}
 
 
 def terminal_columns(reports: list[dict], width: int, wide: bool = False) -> list[tuple[int, str]]:
@@ -117,8 +126,11 @@ def findings(reports: list[dict]) -> str:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
             places = sorted({_place(r["first_nonfinite"]) for r in div})
+            logits = [r["max_attn_logit"] for r in div if isinstance(r.get("max_attn_logit"), (int, float))]
+            # A transformer's attention logits before it diverged: their growth is the usual cause.
+            grown = f"; largest attention logit {max(logits):.3g}" if logits else ""
             sentences.append(f"`{variant}` diverged in {len(div)} of {seeds} at step {span} "
-                             f"({'; '.join(places)}).")
+                             f"({'; '.join(places)}{grown}).")
         ok = [r for r in rs if not r["diverged"]]
         if ok:
             losses = [r["final_loss"] for r in ok if isinstance(r.get("final_loss"), (int, float))]

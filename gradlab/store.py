@@ -13,6 +13,7 @@ from them, never trusted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -22,6 +23,13 @@ from typing import Callable, Iterable, Iterator, Optional
 from . import environment, io
 from .errors import UserError, clip_path
 from .records import METRIC_COLUMNS, summarize
+
+
+# The transformer's per-block attention statistics, in layer_norms.csv's wide layout (step,
+# block.0.max_attn_logit, block.1.max_attn_logit, ..., block.0.attn_entropy, ...). Optional:
+# other models have none, and runs written before it existed have none either.
+ATTENTION_CSV = "attention.csv"
+_BLOCK_COLUMN = re.compile(r"block\.\d+\.[a-z_]+")
 
 
 def run_dir(exp: Path, rid: str) -> Path:
@@ -99,7 +107,37 @@ def _check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, 
         why = _csv_problem(d / "bptt_norms.csv", None, ("step", "layer", "t", "grad_norm"))
         if why:
             return "damaged", f"bptt_norms.csv: {why}", None
+    why = _attention_problem(d, rows, *metrics)
+    if why:
+        return "damaged", f"{ATTENTION_CSV}: {why}", None
     return "complete", "", rep
+
+
+def _attention_problem(d: Path, rows: int, metric_columns: list[str], metric_rows: list[list[float]]) -> str:
+    """What is wrong with a run's attention.csv, or "". A metrics.csv with attention columns
+    (a gradlab that writes both) must come with it, one row per step like metrics.csv, and its
+    blocks' largest logit must be metrics.csv's `max_attn_logit` (the files of one run)."""
+    path = d / ATTENTION_CSV
+    if not path.exists():
+        return "missing" if "max_attn_logit" in metric_columns else ""
+    parsed: list = []
+    why = _csv_problem(path, rows, ("step",), parsed)
+    if why:
+        return why
+    header, table = parsed
+    if len(header) < 2 or not all(_BLOCK_COLUMN.fullmatch(c) for c in header[1:]):
+        return "its first line is not the header gradlab writes"
+    if "max_attn_logit" in metric_columns:
+        blocks = [i for i, c in enumerate(header) if c.endswith(".max_attn_logit")]
+        col = metric_columns.index("max_attn_logit")
+        for step, (a, m) in enumerate(zip(table, metric_rows)):
+            values = [a[i] for i in blocks]
+            # NumPy's max, which the recorder took: NaN when any block's is NaN.
+            top = math.nan if any(math.isnan(v) for v in values) else max(values, default=math.nan)
+            if not (top == m[col] or (math.isnan(top) and math.isnan(m[col]))):
+                return (f"step {step}: its blocks' largest attention logit is {top}, "
+                        f"metrics.csv's max_attn_logit {m[col]}")
+    return ""
 
 
 def _outcome_problem(rep: dict, columns: list[str], rows: list[list[float]]) -> str:
@@ -264,6 +302,8 @@ def write_run(exp: Path, result, config: str) -> None:
     io.write_csv(d / "layer_norms.csv", ["step", *result.param_names], result.layer_rows)
     if result.flow_rows:
         io.write_csv(d / "bptt_norms.csv", ["step", "layer", "t", "grad_norm"], result.flow_rows)
+    if getattr(result, "attention_rows", None):
+        io.write_csv(d / ATTENTION_CSV, result.attention_columns, result.attention_rows)
     io.write_json(d / "report.json", {**result.report(), "config_hash": config})
 
 

@@ -45,6 +45,9 @@ class RunResult:
     steps: int
     # gradlab.environment.current() as it was while the run trained: its digits hold there.
     environment: Optional[dict] = field(default=None)
+    # attention.csv (the transformer's per-block diagnostics): its header and rows, or empty.
+    attention_columns: list[str] = field(default_factory=list)
+    attention_rows: list[list] = field(default_factory=list)
 
     def report(self) -> dict:
         """The run's report.json (and its summary.json entry)."""
@@ -267,7 +270,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             else:
                 grads, norms, stats = _scaled_step(run, model, cache, dout, flow, ws)
             lr = schedule.lr(step)  # once a step, for every variant
-            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr)
+            vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr, diag=diag)
             skipped = stats.get("skipped")
             bad = ~(np.isfinite(loss) & np.isfinite(stats["grad_norm"]))
             if skipped is not None:
@@ -312,6 +315,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             run_id=run_id(clips[i], seed), seed=seed, variant_index=indices[i], clip=clips[i],
             param_names=model.param_names, columns=rec.variant_columns[pos], metrics_rows=rec.metrics_rows(pos),
             layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
-            summary=rec.summary(pos), steps=steps))
+            summary=rec.summary(pos), steps=steps,
+            attention_columns=rec.attention_columns(), attention_rows=rec.attention_rows(pos)))
     results.sort(key=lambda r: r.variant_index)
     return results

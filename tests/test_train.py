@@ -200,7 +200,8 @@ def test_recurrent_runs_record_gradient_flow_and_are_deterministic(kind):
 def test_classification_tasks_log_accuracy():
     cfg = rnn_cfg("gru", task=dict(kind="temporal_order", seq_len=12, batch_size=8))
     r = train_seed(cfg, 0)[0]
-    assert r.columns[-3:] == ("accuracy", "val_loss", "val_accuracy")
+    # accuracy, the held-out columns, then the loss's log Z (gradlab.records.DIAGNOSTIC_COLUMNS)
+    assert r.columns[-4:] == ("accuracy", "val_loss", "val_accuracy", "logit_z")
     acc = np.array(r.metrics_rows)[:, r.columns.index("accuracy")]
     assert ((acc >= 0) & (acc <= 1)).all() and r.summary["final_accuracy"] == acc[-1]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from gradlab.io import write_text
+from gradlab.store import ATTENTION_CSV
 
 from . import direction, sweep
 from .load import Experiment, Run
@@ -54,6 +55,10 @@ def plan(exp: Experiment) -> Plan:
         figures.append(Figure("direction.png", "direction", None, shared))
     if uses_loss_scaling(exp.config):
         figures.append(Figure("loss_scale.png", "loss_scale", None, shared))
+    attention = [r for r in exp.runs if (r.path / ATTENTION_CSV).is_file()]
+    if attention:  # transformers only: a model without attention has nothing to draw
+        figures.append(Figure("attention.png", "attention", None,
+                              shared + tuple(r.path / ATTENTION_CSV for r in attention)))
     found = sweep.find_sweep(exp) if exp.runs else None
     if found is not None:
         for name in sweep.SWEEP_PLOTS:
@@ -90,7 +95,8 @@ def uses_loss_scaling(config: dict) -> bool:
 MAX_OWN_FIGURE_VARIANTS = 3
 # What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
 # drawing processes take the longest first, so that none is left with a long one at the end.
-COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "loss_scale": 2.0}
+COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "attention": 3.0,
+        "loss_scale": 2.0}
 
 
 def expected_cost(fig: Figure) -> float:
@@ -131,7 +137,7 @@ def is_per_run_or_seed(name: str) -> bool:
 def draw(p: Plan, fig: Figure) -> Optional[Path]:
     """Draw one figure; None when its run has nothing to show. The drawing functions are
     looked up when called, so that a test can stand in for any of them."""
-    from . import flow, heatmaps, over_steps, sweep_plots  # NumPy and matplotlib: only to draw
+    from . import attention, flow, heatmaps, over_steps, sweep_plots  # NumPy and matplotlib: only to draw
 
     from . import multiples
 
@@ -144,6 +150,8 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
     if fig.kind == "direction":
         return direction.draw_direction(exp, path)
+    if fig.kind == "attention":
+        return attention.draw_attention(exp, path)
     if fig.kind == "loss_scale":
         from . import scale
 

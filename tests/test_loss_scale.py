@@ -270,3 +270,14 @@ def test_the_gradient_through_time_record_skips_the_steps_the_scale_skipped():
     steps = sorted({row[0] for row in r.flow_rows})
     assert steps[0] == 2 and not skipped[steps[-1]]
     assert all(np.isfinite(row[3]) for row in r.flow_rows)
+
+
+def test_a_static_scale_skips_overflowing_steps_and_never_moves():
+    cfg = make(CLIPS, {"loss_scale": "static", "init_scale": 3.0e38},
+               train={"steps": 40, "optimizer": {"kind": "sgd", "lr": 0.2, "momentum": 0.9}},
+               model={"init": {"scheme": "normal", "gain": 2.0}})
+    for r in train_seed(cfg, 2):
+        c = columns(r)
+        assert set(c["loss_scale"]) == {float(np.float32(3.0e38))}
+        assert r.first_nonfinite is None and r.summary["skip_fraction"] == sum(c["skipped"]) / 40
+    assert sum(columns(train_seed(cfg, 2)[0])["skipped"]) >= 10  # the unclipped variant's overflows

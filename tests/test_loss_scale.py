@@ -81,6 +81,38 @@ def test_no_scaling_writes_the_columns_it_always_wrote():
     assert all("skip_fraction" not in x.summary and "final_loss_scale" not in x.summary for x in r)
 
 
+# metrics.csv and layer_norms.csv (sha256, bytes) of a tiny run as the gradlab before loss
+# scaling wrote them (commit a2e926c). One example, one unit per layer and in the teacher,
+# float64: every sum has one term, so the bytes are the same under OpenBLAS's Haswell and
+# SkylakeX kernels (checked; with the default 32-unit teacher the targets are not).
+GOLDEN = {
+    "none-s0/metrics.csv": ("8dd18d75532c7b0a867864f5faa5580f784b4c4eaa7c4fb8bad546f16b83d9c6", 765),
+    "skip-0.5-w4-s0/metrics.csv": ("801d2a2b01af4248154ba14e6d29753395c9002bcfb63396ae369e759cbaffd7", 785),
+    "none-s0/layer_norms.csv": ("aa1b05c4b6a62549f511bf6234b2318131695d8d3ff1ef9d502acf53ac32368e", 366),
+    "skip-0.5-w4-s0/layer_norms.csv": ("aa1b05c4b6a62549f511bf6234b2318131695d8d3ff1ef9d502acf53ac32368e", 366),
+}
+
+
+@pytest.mark.parametrize("precision", [None, {"compute": "float32", "loss_scale": "none"}], ids=["absent", "none"])
+def test_a_run_without_loss_scaling_writes_the_bytes_it_always_did(tmp_path, precision):
+    import hashlib
+
+    data = {"name": "gold", "model": {"depth": 2, "width": 1, "activation": "relu"},
+            "task": {"kind": "teacher", "input_dim": 1, "output_dim": 1, "batch_size": 1, "teacher_depth": 1,
+                     "teacher_width": 1},
+            "train": {"steps": 6, "dtype": "float64", "optimizer": {"lr": 0.1}},
+            "clipping": [NONE, {"method": "skip", "sigma": 0.5, "window": 4}]}
+    if precision is not None:
+        data["train"]["precision"] = precision
+    path = tmp_path / "gold.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert cli("run", path, "--out", tmp_path / "out", "--quiet") == 0
+    runs = next((tmp_path / "out").iterdir()) / "runs"
+    for name, want in GOLDEN.items():
+        raw = (runs / name).read_bytes()
+        assert (hashlib.sha256(raw).hexdigest(), len(raw)) == want, name
+
+
 @pytest.mark.parametrize("model,task", [
     (None, None),
     ({"kind": "gru", "depth": 1, "width": 8}, {"kind": "adding", "seq_len": 10, "batch_size": 8}),

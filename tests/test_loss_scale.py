@@ -5,7 +5,6 @@ rule read back from metrics.csv alone, the collapse, and the clip order."""
 import copy
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -23,6 +23,12 @@ def knobs(**over):
     return SimpleNamespace(**{**base, **over})
 
 
+def found_inf(scaler, opt) -> bool:
+    """Whether GradScaler will skip this step: what unscale_ recorded for the optimizer (no
+    public accessor; torch 2.13's attribute)."""
+    return bool(sum(v.item() for v in scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()))
+
+
 def torch_run(xs, cfg, max_norm=None):
     """GradScaler driving loss = sum(w * x) with SGD: per step the scale it used, whether it
     skipped, and the unscaled gradient the optimizer was given."""
@@ -40,8 +46,7 @@ def torch_run(xs, cfg, max_norm=None):
             torch.nn.utils.clip_grad_norm_([w], max_norm)
         scaler.unscale_(opt)
         grads.append(w.grad.detach().numpy().copy())
-        found = sum(v.item() for v in scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values())
-        skips.append(bool(found))
+        skips.append(found_inf(scaler, opt))
         scaler.step(opt)
         scaler.update()
     return scales, skips, grads
@@ -187,7 +192,7 @@ def test_a_scaled_mlp_backward_skips_and_scales_as_gradscaler(seed):
             torch_scaler.scale(loss).backward()
             scale = torch_scaler.get_scale()
             torch_scaler.unscale_(opt)
-            skipped = bool(sum(v.item() for v in torch_scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()))
+            skipped = found_inf(torch_scaler, opt)
             torch_scaler.step(opt)
             torch_scaler.update()
             torch_seq.append((scale, skipped))

@@ -14,9 +14,6 @@ after growth_interval consecutive clean steps, times growth_factor unless that i
 float32 (tracker to 0 either way). A static scale never moves. A dynamic scale that falls
 below min_scale ends the variant: no finite gradient was to be had at any scale worth using.
 
-The compute dtype is kept here for the model's forward and backward to round to (a later
-part of the low-precision work); with float32 compute nothing is rounded.
-
 Hyperparameters are read as attributes of the config object (gradlab.config.PrecisionConfig),
 so this engine never imports the schema.
 """
@@ -36,7 +33,6 @@ class LossScaler:
 
     def __init__(self, config: Any, n_variants: int) -> None:
         self.kind = config.loss_scale
-        self.compute = config.compute
         self.clip_first = config.clip == "before_unscale"
         self.growth_factor = float(config.growth_factor)
         self.backoff_factor = float(config.backoff_factor)

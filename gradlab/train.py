@@ -244,6 +244,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     # which names the parameter), not a RuntimeWarning.
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
+    # precision.compute is float32 only so far (schema.IMPLEMENTED_COMPUTE): the float16 / bfloat16
+    # rounding of every op's values will reach the model beside `dtype` in build_model.
     precision = cfg.train.precision
     scaler = LossScaler(precision, len(order)) if precision.scaling else None
     run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes,

@@ -90,6 +90,7 @@ class GradlabStep:
 
     def __init__(self, cfg, seed: int = 0) -> None:
         from gradlab.clipping import Clipper
+        from gradlab.kinds import MODEL_KINDS
         from gradlab.config import ClipNorm
         from gradlab.models import build_model, stack
         from gradlab.models.workspace import Workspace
@@ -101,7 +102,7 @@ class GradlabStep:
 
         self.apply_updates = apply_updates
         rng = seed_streams(seed)
-        self.task = build_task(cfg.task, cfg.train.dtype, rng["task"])
+        self.task = build_task(cfg.task, cfg.train.dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
         self.model = build_model(cfg.model, self.task, cfg.train.dtype, cfg.train.tbptt)
         self.p0 = self.model.init(rng["init"])
         self.params = stack(self.p0, 1)

@@ -80,16 +80,18 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
             "task": np.random.default_rng(task), "heldout": np.random.default_rng(heldout)}
 
 
-def evaluate(model, task, params: dict[str, np.ndarray], batches) -> tuple[np.ndarray, np.ndarray | None]:
+def evaluate(model, task, params: dict[str, np.ndarray], batches,
+             ws: Optional[Workspace] = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-variant held-out loss (V,) and accuracy (None for regression): the mean over the
     batches (of equal size, so the mean of their means is the mean over all examples).
 
-    A forward pass alone, without the training workspace, whose buffers hold the step's
-    activations: the training numbers cannot depend on whether a step was evaluated. A
-    non-finite result is recorded as it is; it is no divergence, which only training decides."""
+    A forward pass alone, in a workspace of its own (`ws`), never the training one, whose
+    buffers hold the step's activations: the training numbers cannot depend on whether a
+    step was evaluated, and evaluating allocates nothing after the first time. A non-finite
+    result is recorded as it is; it is no divergence, which only training decides."""
     losses, accs = [], []
     for x, y in batches:
-        out, _ = model.forward(params, x)
+        out, _ = model.forward(params, x, ws=ws)
         loss, _ = task.loss(out, y)
         losses.append(loss)
         acc = task.accuracy(out, y)
@@ -257,6 +259,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
 
     data = rng["data"]
     ws = Workspace()  # the step's activations and gradients, reused every step
+    eval_ws = Workspace()  # the held-out forward passes' own
     with np.errstate(all="ignore"):  # overflow is a result here; the checks below catch it
         heldout = task.heldout(rng["heldout"], cfg.train.evaluate_batches)  # drawn once, before any step
         for step in range(steps):
@@ -306,7 +309,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 if not run.alive.size:
                     break
             if cfg.train.evaluates(step):
-                rec.log_eval(step, run.alive, *evaluate(model, task, run.params, heldout))
+                rec.log_eval(step, run.alive, *evaluate(model, task, run.params, heldout, eval_ws))
             if on_step:
                 on_step(len(run.alive))
 

@@ -329,6 +329,8 @@ CASES = [
          "must be one of pre, post; got `middle`"),
     Case("transformer_max_len", run_config("transformer_max_len.yaml"),
          "{bad}/transformer_max_len.yaml:4: model.max_len", "the task's sequences (30 tokens) are longer"),
+    Case("transformer_tbptt", run_config("transformer_tbptt.yaml"), "{bad}/transformer_tbptt.yaml:4: train.tbptt",
+         "applies to recurrent models on sequence tasks only, not to model transformer on task copy"),
     Case("transformer_activation", run_config("transformer_activation.yaml"),
          "{bad}/transformer_activation.yaml:4: model.activation", "unknown key `activation`"),
     Case("name_slash", run_config("name_slash.yaml"), "{bad}/name_slash.yaml:1: name",

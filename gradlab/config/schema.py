@@ -543,7 +543,7 @@ class ExperimentConfig(_Strict):
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))
         self.model.check_task(self.task)
-        if self.train.tbptt is not None and not sequence:
+        if self.train.tbptt is not None and not (sequence and MODEL_KINDS[self.model.kind].flow):
             raise _Conflict(f"truncated backprop through time applies to recurrent models on sequence tasks only, "
                             f"not to model {self.model.kind} on task {self.task.kind}",
                             ("train", "tbptt"), ("task", "kind"), ("model", "kind"))

@@ -63,19 +63,21 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: Optional[np.ndarray], eps: float
     return y, {"xhat": xhat, "rstd": rstd, "g": g, "bias": b is not None}
 
 
-def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln"):
+def layer_norm_backward(dy: np.ndarray, cache: dict, ws: Optional[Workspace] = None, key: str = "ln",
+                        scratch_key: Optional[str] = None):
     """(dx, dg, db), db None for a bias-free norm. dx is written over dy.
 
     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy g: the mean and
-    variance depend on every entry of the row, hence the two row means."""
+    variance depend on every entry of the row, hence the two row means. `scratch_key` names
+    the buffers dead once this returns (key's otherwise), for callers sharing them across layers."""
     xhat, rstd, g = cache["xhat"], cache["rstd"], cache["g"]
     D = dy.shape[-1]
     middle = tuple(range(1, dy.ndim - 1))
     db = np.sum(dy, axis=middle, out=buffer(ws, f"{key}.db", g.shape, dy.dtype)) if cache["bias"] else None
-    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{key}.tmp", dy.shape, dy.dtype))
+    tmp = np.multiply(dy, xhat, out=buffer(ws, f"{scratch_key or key}.tmp", dy.shape, dy.dtype))
     dg = np.sum(tmp, axis=middle, out=buffer(ws, f"{key}.dg", g.shape, dy.dtype))
     dxhat = np.multiply(dy, _per_variant(g, dy.ndim), out=dy)
-    m = buffer(ws, f"{key}.m", rstd.shape, dy.dtype)
+    m = buffer(ws, f"{scratch_key or key}.m", rstd.shape, dy.dtype)
     np.vecdot(dxhat, xhat, out=m[..., 0])
     m *= 1.0 / D
     np.multiply(xhat, m, out=tmp)
@@ -122,12 +124,16 @@ def _matmul_ready(a: np.ndarray, ws: Optional[Workspace], name: str) -> np.ndarr
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[Workspace] = None,
-                     key: str = "attn", probe: Probe = None, name: str = "attn"):
+                     key: str = "attn", probe: Probe = None, name: str = "attn",
+                     out: Optional[np.ndarray] = None, scratch_key: Optional[str] = None):
     """softmax(q k^T / sqrt(dh), causal) v for q, k, v (V, B, H, T, dh). Returns (out, cache,
     stats), stats = {"max_logit": (V,) float64 max |logit| over the unmasked entries,
     "entropy": (V,) float64 mean attention entropy (nats) over batch, heads and queries}.
 
     The cache keeps views of k and v: the caller must not overwrite them before the backward.
+    `out`, if given, receives the result: a (V, B, H, T, dh) view of the caller's own layout
+    (unit stride on the last axis) saves a transposing copy. `scratch_key` names the buffer of
+    the scores, dead once this returns, so that callers can share one across layers.
     """
     V, B, H, T, dh = q.shape
     dt = q.dtype
@@ -138,7 +144,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
     k = _matmul_ready(k, ws, f"{key}.k")
     v = _matmul_ready(v, ws, f"{key}.v")
     allowed, masked, keep = causal_masks(T, dt)
-    s = np.matmul(qs, _t(k), out=buffer(ws, f"{key}.s", (V, B, H, T, T), dt))
+    s = np.matmul(qs, _t(k), out=buffer(ws, f"{scratch_key or key}.s", (V, B, H, T, T), dt))
     np.copyto(s, -np.inf, where=masked)
     if probe:
         probe(name + ".logits", s, where=allowed)
@@ -170,7 +176,7 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
         p *= l
     if probe:
         probe(name + ".softmax", p)
-    out = np.matmul(p, v, out=buffer(ws, f"{key}.out", q.shape, dt))
+    out = np.matmul(p, v, out=buffer(ws, f"{key}.out", q.shape, dt) if out is None else out)
     if probe:
         probe(name + ".out", out)
     stats = {"max_logit": max_logit, "entropy": ent.mean(axis=(1, 2, 3), dtype=np.float64)}
@@ -178,22 +184,25 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, ws: Optional[W
 
 
 def causal_attention_backward(dout: np.ndarray, cache: dict, ws: Optional[Workspace] = None,
-                              key: str = "attn"):
+                              key: str = "attn", out: Optional[tuple] = None):
     """(dq, dk, dv), each (V, B, H, T, dh).
 
     Through the softmax: ds = p (dp - sum_j p dp). Masked entries have p = 0, so their ds is
-    0 and no gradient leaks to future keys."""
+    0 and no gradient leaks to future keys. `out`, if given, is (dq, dk, dv) to write into:
+    views of a packed dqkv save three copies."""
     qs, k, v, p, scale = cache["qs"], cache["k"], cache["v"], cache["p"], cache["scale"]
     dt = dout.dtype
-    dv = np.matmul(_t(p), dout, out=buffer(ws, f"{key}.dv", v.shape, dt))
+    dq_out, dk_out, dv_out = out if out is not None else (
+        buffer(ws, f"{key}.dq", qs.shape, dt), buffer(ws, f"{key}.dk", k.shape, dt), buffer(ws, f"{key}.dv", v.shape, dt))
+    dv = np.matmul(_t(p), dout, out=dv_out)
     ds = np.matmul(dout, _t(v), out=buffer(ws, f"{key}.ds", p.shape, dt))
     c = np.vecdot(p, ds, out=buffer(ws, f"{key}.c", p.shape[:-1], dt))
     ds -= c[..., None]
     ds *= p
-    dq = np.matmul(ds, k, out=buffer(ws, f"{key}.dq", qs.shape, dt))
+    dq = np.matmul(ds, k, out=dq_out)
     dq *= scale
     # s = qs k^T with qs = scale q already scaled: dk takes qs as it is.
-    dk = np.matmul(_t(ds), qs, out=buffer(ws, f"{key}.dk", k.shape, dt))
+    dk = np.matmul(_t(ds), qs, out=dk_out)
     return dq, dk, dv
 
 

@@ -49,11 +49,12 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
 
 
-def _gelu(u: np.ndarray, ws, key: str) -> tuple[np.ndarray, np.ndarray]:
+def _gelu(u: np.ndarray, ws, key: str, g_key: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
     """GELU, tanh approximation (torch's approximate="tanh"), as u * sigmoid(2a) with
     a = c (u + 0.044715 u^3): the same function (0.5 (1 + tanh a) = sigmoid(2a)), but NumPy
     vectorises exp and not tanh. Returns gelu(u) and s = sigmoid(2a), which the backward
-    needs with u."""
+    needs with u. `g_key` names gelu(u)'s buffer when the caller shares it (it recomputes
+    u s, bit for bit, when it needs gelu(u) again)."""
     s = buffer(ws, key + ".s", u.shape, u.dtype)
     np.multiply(u, u, out=s)
     s *= -2.0 * _GELU_C * _GELU_A
@@ -63,7 +64,7 @@ def _gelu(u: np.ndarray, ws, key: str) -> tuple[np.ndarray, np.ndarray]:
         np.exp(s, out=s)
     s += 1.0
     np.divide(1.0, s, out=s)
-    g = buffer(ws, key + ".g", u.shape, u.dtype)
+    g = buffer(ws, g_key or key + ".g", u.shape, u.dtype)
     np.multiply(u, s, out=g)
     return g, s
 
@@ -83,6 +84,23 @@ def _gelu_backward(dg: np.ndarray, u: np.ndarray, s: np.ndarray, ws, key: str) -
     t += s
     dg *= t
     return dg
+
+
+def _weight_grad(x: np.ndarray, dy: np.ndarray, out: np.ndarray, ws, key: str) -> np.ndarray:
+    """x^T dy, (V, in, out), over the N rows of x (V, N, in) and dy (V, N, out).
+
+    OpenBLAS (SkylakeX kernel, one thread) took 2-3x longer over a long N when the product
+    has fewer rows than columns (128 x 2048 @ 2048 x 512: 20 ms against 7 ms for its
+    transpose) on this 2-core machine while loaded (the whole step: 0.75x at load average 8;
+    no difference at load 4): such a product is computed as (dy^T x), then copied transposed
+    (a 64K-entry copy, well under a millisecond)."""
+    n_in, n_out = x.shape[-1], dy.shape[-1]
+    if n_in > n_out:
+        return np.matmul(x.swapaxes(-1, -2), dy, out=out)
+    tmp = buffer(ws, key, out.shape[:-2] + (n_out, n_in), out.dtype)
+    np.matmul(dy.swapaxes(-1, -2), x, out=tmp)
+    np.copyto(out, tmp.swapaxes(-1, -2))
+    return out
 
 
 def _linear(x: np.ndarray, W: np.ndarray, b: Optional[np.ndarray], out: np.ndarray) -> np.ndarray:
@@ -242,18 +260,23 @@ class Transformer(Model):
             k, c["k_ln"] = layer_norm(k, p[f"{b}.attn.k_ln.g"], p.get(f"{b}.attn.k_ln.b"), ws=ws, key=f"{b}.k_ln")
             if probe:
                 probe(f"{b}.attn.k_ln", k)
-        o, c["attn"], stats = causal_attention(q, k, v, ws=ws, key=f"{b}.attn", probe=probe, name=f"{b}.attn")
-        cache["stats"].append(stats)
-        # (V, B, H, T, dh) -> (V, T, B, H, dh) -> (V, N, D)
+        # The attention writes its (V, B, H, T, dh) output straight into the (V, T, B, H, dh)
+        # layout the projection reads as (V, N, D): no transposing copy.
         o2 = buffer(ws, f"{b}.o2", (V, T, B, H, dh), dt)
-        np.copyto(o2, o.transpose(0, 3, 1, 2, 4))
+        _, c["attn"], stats = causal_attention(q, k, v, ws=ws, key=f"{b}.attn", probe=probe, name=f"{b}.attn",
+                                               out=o2.transpose(0, 2, 3, 1, 4), scratch_key="attn")
+        cache["stats"].append(stats)
         o2 = o2.reshape(V, N, D)
         c["o2"] = o2
-        y = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, f"{b}.y1", (V, N, D), dt))
+        # The projection goes straight into the residual buffer, h added in place: (y + b) + h
+        # is h + (y + b) bit for bit, one (V, N, D) buffer and one pass fewer.
+        # Residual sums are not kept for the backward: the mid-block one is shared by all
+        # blocks, the block outputs alternate between two buffers (a block reads its input
+        # until it writes its output).
+        r = _linear(o2, p[f"{b}.attn.proj.W"], p.get(f"{b}.attn.proj.b"), buffer(ws, "res.mid", (V, N, D), dt))
         if probe:
-            probe(f"{b}.attn.proj", y)
-        r = buffer(ws, f"{b}.r1", (V, N, D), dt)
-        np.add(h, y, out=r)
+            probe(f"{b}.attn.proj", r)
+        r += h
         if self.norm == "post":
             if probe:
                 probe(f"{b}.attn.residual", r)
@@ -272,15 +295,16 @@ class Transformer(Model):
         u = _linear(a2, p[f"{b}.mlp.fc.W"], p.get(f"{b}.mlp.fc.b"), buffer(ws, f"{b}.u", (V, N, R), dt))
         if probe:
             probe(f"{b}.mlp.fc", u)
-        g, s = _gelu(u, ws, f"{b}.gelu")
-        c["u"], c["s"], c["g"] = u, s, g
+        # gelu(u) is one buffer for all blocks: the backward recomputes it as u s (one multiply)
+        # rather than every block keeping a (V, N, rD) array that u and s determine.
+        g, s = _gelu(u, ws, f"{b}.gelu", g_key="gelu.g")
+        c["u"], c["s"] = u, s
         if probe:
             probe(f"{b}.mlp.gelu", g)
-        y2 = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"{b}.y2", (V, N, D), dt))
+        out = _linear(g, p[f"{b}.mlp.proj.W"], p.get(f"{b}.mlp.proj.b"), buffer(ws, f"res.{i % 2}", (V, N, D), dt))
         if probe:
-            probe(f"{b}.mlp.proj", y2)
-        out = buffer(ws, f"{b}.r2", (V, N, D), dt)
-        np.add(r, y2, out=out)
+            probe(f"{b}.mlp.proj", out)
+        out += r
         if probe:
             probe(f"{b}.mlp.residual", out)
         if self.norm == "post":
@@ -318,7 +342,7 @@ class Transformer(Model):
         if self.tied:
             dE_head = np.matmul(dl.swapaxes(-1, -2), hh)  # (V, O, D): added to tok.E's below
         else:
-            grads["head.W"] = np.matmul(hh.swapaxes(-1, -2), dl, out=buffer(ws, "d.head.W", p["head.W"].shape, dt))
+            grads["head.W"] = _weight_grad(hh, dl, buffer(ws, "d.head.W", p["head.W"].shape, dt), ws, "d.head.WT")
             show("head.W", grads["head.W"])
         if self.bias:
             grads["head.b"] = np.sum(dl, axis=1, out=buffer(ws, "d.head.b", (V, self.output_dim), dt))
@@ -355,22 +379,28 @@ class Transformer(Model):
 
     def _block_backward(self, p, i: int, dh: np.ndarray, T: int, B: int, c: dict, grads: dict,
                         show: Callable, ws) -> np.ndarray:
-        """dh: dL/d(block output), (V, N, D); returns dL/d(block input). May overwrite dh."""
+        """dh: dL/d(block output), (V, N, D); returns dL/d(block input). May overwrite dh.
+
+        Scratch buffers are keyed by role, not by block: a block's backward is done with them
+        before the next block's starts, so one set serves every block (the parameters'
+        gradients keep their own). The input dh may be the "d.a" buffer the previous block
+        returned: it is last read (into dr) before this block writes "d.a" again."""
         b = f"block.{i}"
         V, N, D = dh.shape
         H, dh_, dt = self.H, self.dh, dh.dtype
 
         def linear_back(name: str, dy: np.ndarray, x_in: np.ndarray, dx_key: str) -> np.ndarray:
             W = p[f"{name}.W"]
-            grads[f"{name}.W"] = gw = np.matmul(x_in.swapaxes(-1, -2), dy, out=buffer(ws, f"d.{name}.W", W.shape, dt))
+            gw = _weight_grad(x_in, dy, buffer(ws, f"d.{name}.W", W.shape, dt), ws, f"d.WT.{name[len(b) + 1:]}")
+            grads[f"{name}.W"] = gw
             show(f"{name}.W", gw)
             if self.bias:
                 grads[f"{name}.b"] = gb = np.sum(dy, axis=1, out=buffer(ws, f"d.{name}.b", (V, W.shape[-1]), dt))
                 show(f"{name}.b", gb)
             return np.matmul(dy, W.swapaxes(-1, -2), out=buffer(ws, dx_key, (V, dy.shape[1], W.shape[-2]), dt))
 
-        def ln_back(name: str, dy: np.ndarray, key: str) -> np.ndarray:
-            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}")
+        def ln_back(name: str, dy: np.ndarray, key: str, scratch: str = "d.ln") -> np.ndarray:
+            dx, grads[f"{name}.g"], db = layer_norm_backward(dy, c[key], ws=ws, key=f"d.{name}", scratch_key=scratch)
             show(f"{name}.g", grads[f"{name}.g"])
             if db is not None:
                 grads[f"{name}.b"] = db
@@ -382,11 +412,13 @@ class Transformer(Model):
             dh = ln_back(f"{b}.ln2", dh, "ln2")
         # MLP: r2 = r + mlp(a2)
         show(f"{b}.mlp.residual", dh)
-        dg = linear_back(f"{b}.mlp.proj", dh, c["g"], f"d.{b}.g")
+        # gelu(u) again, into the buffer _gelu_backward then takes as scratch ("d.gelu.t").
+        g = np.multiply(c["u"], c["s"], out=buffer(ws, "d.gelu.t", c["u"].shape, dt))
+        dg = linear_back(f"{b}.mlp.proj", dh, g, "d.g")
         show(f"{b}.mlp.gelu", dg)
-        du = _gelu_backward(dg, c["u"], c["s"], ws, f"d.{b}.gelu")
+        du = _gelu_backward(dg, c["u"], c["s"], ws, "d.gelu")
         show(f"{b}.mlp.fc", du)
-        da2 = linear_back(f"{b}.mlp.fc", du, c["a2"], f"d.{b}.a2")
+        da2 = linear_back(f"{b}.mlp.fc", du, c["a2"], "d.a2")
         if self.norm == "pre":
             show(f"{b}.ln2", da2)
             dr = ln_back(f"{b}.ln2", da2, "ln2")
@@ -397,25 +429,23 @@ class Transformer(Model):
             dr = ln_back(f"{b}.ln1", da2, "ln1")
         # attention: r = h + proj(attn(qkv(a)))
         show(f"{b}.attn.residual", dr)
-        do2 = linear_back(f"{b}.attn.proj", dr, c["o2"], f"d.{b}.o2")
+        do2 = linear_back(f"{b}.attn.proj", dr, c["o2"], "d.o2")
         show(f"{b}.attn.proj", do2)
         do = do2.reshape(V, T, B, H, dh_).transpose(0, 2, 3, 1, 4)  # (V, B, H, T, dh)
-        dq, dk, dv = causal_attention_backward(do, c["attn"], ws=ws, key=f"d.{b}.attn")
-        dqkv = buffer(ws, f"d.{b}.qkv", (V, N, 3 * D), dt)
+        dqkv = buffer(ws, "d.qkv", (V, N, 3 * D), dt)
         parts = dqkv.reshape(V, T, B, 3, H, dh_).transpose(3, 0, 2, 4, 1, 5)  # views into dqkv
+        # Without qk_norm the attention's gradients are dqkv's own parts, written in place.
+        dq, dk, dv = causal_attention_backward(do, c["attn"], ws=ws, key="d.attn",
+                                               out=None if self.qk_norm else tuple(parts))
         if self.qk_norm:
-            dk, grads[f"{b}.attn.k_ln.g"], dbk = layer_norm_backward(dk, c["k_ln"], ws=ws, key=f"d.{b}.k_ln")
-            dq, grads[f"{b}.attn.q_ln.g"], dbq = layer_norm_backward(dq, c["q_ln"], ws=ws, key=f"d.{b}.q_ln")
-            for name, db in ((f"{b}.attn.k_ln", dbk), (f"{b}.attn.q_ln", dbq)):
-                show(f"{name}.g", grads[f"{name}.g"])
-                if db is not None:
-                    grads[f"{name}.b"] = db
-                    show(f"{name}.b", db)
-        np.copyto(parts[0], dq)
-        np.copyto(parts[1], dk)
-        np.copyto(parts[2], dv)
+            # Their own scratch: per head, (V, B, H, T, dh), not the stream's (V, N, D) shape.
+            dk = ln_back(f"{b}.attn.k_ln", dk, "k_ln", "d.qk_ln")
+            dq = ln_back(f"{b}.attn.q_ln", dq, "q_ln", "d.qk_ln")
+            np.copyto(parts[0], dq)
+            np.copyto(parts[1], dk)
+            np.copyto(parts[2], dv)
         show(f"{b}.attn.qkv", dqkv)
-        da = linear_back(f"{b}.attn.qkv", dqkv, c["a_in"], f"d.{b}.a")
+        da = linear_back(f"{b}.attn.qkv", dqkv, c["a_in"], "d.a")
         if self.norm == "pre":
             show(f"{b}.ln1", da)
             dx = ln_back(f"{b}.ln1", da, "ln1")

@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "clipped", "update_norm", "nonfinite")
 INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
-                  "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss")
+                  "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss", "final_loss_scale",
+                  "min_loss_scale")
 # The model's and the loss's own statistics (the transformer's attention, a classifier's log Z),
 # last in metrics.csv and only where some model produces them: a run of a model without them
 # keeps the metrics.csv it always had, byte for byte. Per block, `max_attn_logit` is reduced
@@ -29,8 +30,8 @@ DIAGNOSTIC_FIELDS = ("max_attn_logit", "final_max_attn_logit", "min_attn_entropy
 
 def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
     """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy,
-    mean_grad_cosine, skip_fraction, final_val_loss and best_val_loss: each where metrics.csv
-    has the column it comes from).
+    mean_grad_cosine, skip_fraction, final_val_loss and best_val_loss, final_loss_scale and
+    min_loss_scale: each where metrics.csv has the column it comes from).
 
     A step is healthy when nothing in it was non-finite; the row of the step a run diverged
     at is kept for its gradient norm but not for its loss. A value that never existed (a run
@@ -55,6 +56,12 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         out["mean_grad_cosine"] = sum(cos) / len(cos) if cos else None
     if "skipped" in at:
         out["skip_fraction"] = sum(1 for r in healthy if r[at["skipped"]] == 1) / len(healthy) if healthy else 0.0
+    if "loss_scale" in at:
+        # The scale each step used (a run with loss scaling): the last step's, and the lowest,
+        # over every row, the one a run diverged at too (its scale is what it failed with).
+        scales = [r[at["loss_scale"]] for r in rows]
+        out["final_loss_scale"] = float(scales[-1]) if scales else None
+        out["min_loss_scale"] = float(min(scales)) if scales else None
     if "val_loss" in at:
         # The steps evaluated (val_loss is NaN elsewhere): the last one's, and the lowest. A
         # held-out loss that overflowed is no value (null), as a diverged run's final_loss.

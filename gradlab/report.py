@@ -103,6 +103,14 @@ def _pct(x) -> str:
     return f"{x:.1%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
+
+def _place(f: dict) -> str:
+    """Why a run stopped, for the summary: where its first non-finite value was born, or the
+    loss scale's collapse (every step skipped until the scale fell below min_scale)."""
+    if f.get("kind") == "loss_scale_collapse":
+        return "the loss scale fell below min_scale: non-finite gradients at every scale tried"
+    return f"first non-finite value: {f['phase']} at {f['where']}"
+
 def findings(reports: list[dict]) -> str:
     """A few sentences a reader can take away, one per clipping variant across seeds."""
     if not reports:
@@ -117,12 +125,12 @@ def findings(reports: list[dict]) -> str:
         if div:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
-            places = sorted({f"{r['first_nonfinite']['phase']} at {r['first_nonfinite']['where']}" for r in div})
+            places = sorted({_place(r["first_nonfinite"]) for r in div})
             logits = [r["max_attn_logit"] for r in div if isinstance(r.get("max_attn_logit"), (int, float))]
             # A transformer's attention logits before it diverged: their growth is the usual cause.
             grown = f"; largest attention logit {max(logits):.3g}" if logits else ""
             sentences.append(f"`{variant}` diverged in {len(div)} of {seeds} at step {span} "
-                             f"(first non-finite value: {'; '.join(places)}{grown}).")
+                             f"({'; '.join(places)}{grown}).")
         ok = [r for r in rs if not r["diverged"]]
         if ok:
             losses = [r["final_loss"] for r in ok if isinstance(r.get("final_loss"), (int, float))]
@@ -568,6 +576,14 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
     return [rid for rid in planned_runs(exp) or [] if rid not in have]
 
 
+def _scaling(p) -> str:
+    """The loss scaling of report.md's header line; nothing without it (every older config)."""
+    if not isinstance(p, dict) or p.get("loss_scale", "none") == "none":
+        return ""
+    how = "clipping the scaled gradients" if p.get("clip") == "before_unscale" else "clipping after the unscale"
+    return f", {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+
+
 def render(exp: Path, reports: list[dict]) -> str:
     cfg = read_yaml(exp / "config.yaml")
     m, t, o, task = cfg["model"], cfg["train"], cfg["train"]["optimizer"], cfg["task"]
@@ -579,7 +595,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         f"{describe_model(m)}, init {m['init']['scheme']} "
         f"x {m['init']['gain']:g}; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
-        + f", {t['steps']} steps, {t['dtype']}; seeds {cfg['seeds']}.",
+        + f", {t['steps']} steps, {t['dtype']}{_scaling(t.get('precision'))}; seeds {cfg['seeds']}.",
         "",
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",

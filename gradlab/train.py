@@ -21,6 +21,7 @@ from .models import build_model, stack
 from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
+from .precision import LossScaler
 from .schedules import build_schedule
 from .tasks import build_task
 from .transforms import Clipper, apply_updates, columns_of, group_order, take
@@ -109,8 +110,10 @@ class _Stack:
     variant is dropped.
     """
 
-    def __init__(self, p0: dict[str, np.ndarray], clips: Sequence[Any], opt, dtype: str, fan_in: dict) -> None:
+    def __init__(self, p0: dict[str, np.ndarray], clips: Sequence[Any], opt, dtype: str, fan_in: dict,
+                 scaler: LossScaler | None = None) -> None:
         self.params = stack(p0, len(clips))
+        self.scaler = scaler  # the variants' loss scales (train.precision), or None
         self.transforms = Clipper(clips, fan_in)
         self.transforms.init(self.params)
         self.opt = opt
@@ -130,6 +133,8 @@ class _Stack:
         self.params = {k: v[keep] for k, v in self.params.items()}
         self.state = take(self.state, keep)
         self.transforms = self.transforms.select(keep)
+        if self.scaler is not None:
+            self.scaler.select(keep)
         self.alive = self.alive[keep]
         return keep
 
@@ -154,6 +159,45 @@ class _Stack:
         self.reach[self.alive] += update_norm
         risky = np.flatnonzero(~(self.reach[self.alive] < self.limit))
         return update_norm, (locate_update(self.params, risky) if risky.size else {})
+
+
+# The columns a run with loss scaling adds to metrics.csv: whether its step was skipped, and the
+# scale the step used.
+SCALER_COLUMNS = ("skipped", "loss_scale")
+
+
+def _scaled_step(run: _Stack, model, cache, dout, flow, ws) -> tuple[dict, np.ndarray, dict]:
+    """A step's backward under loss scaling, then the unscale and the clipping rules, in the
+    configured order; the gradients (unscaled), their per-tensor norms and the step's stats.
+
+    The recorded norms are those of the unscaled gradients in either order, so that runs with
+    and without scaling compare: with `before_unscale` the rules saw norms `scale` times larger
+    (that is the bug it reproduces), divided back for the record. A variant with a non-finite
+    scaled gradient is skipped, whatever the rules decided."""
+    scaler = run.scaler
+    used = scaler.scale.copy()  # the scale of this step, before update() moves it
+    grads = model.backward(run.params, cache, scaler.scale_output_grad(dout), dh_norms=flow, ws=ws)
+    if flow:
+        # dL/dh_t as the unscaled loss has it: the gradient-through-time plot compares runs.
+        for layer, a in flow.items():
+            flow[layer] = a / used.astype(np.float64).reshape((-1,) + (1,) * (a.ndim - 1))
+    if scaler.clip_first:
+        norms = param_norms(grads)
+        stats = dict(run.transforms(grads, norms, run.params))
+        found_inf = scaler.unscale_(grads)
+        inv = 1.0 / used.astype(np.float64)
+        norms = norms * inv
+        for key in ("grad_norm", "clipped_norm"):
+            stats[key] = stats[key] * inv
+    else:
+        found_inf = scaler.unscale_(grads)
+        norms = param_norms(grads)
+        stats = dict(run.transforms(grads, norms, run.params))
+    rule_skip = stats.get("skipped")
+    stats["skipped"] = found_inf if rule_skip is None else (found_inf | rule_skip.astype(bool))
+    stats["loss_scale"] = used.astype(np.float64)
+    stats["found_inf"] = found_inf
+    return grads, norms, stats
 
 
 def _put(node: Any, saved: Any, idx: np.ndarray) -> None:
@@ -204,9 +248,14 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     # which names the parameter), not a RuntimeWarning.
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
-    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes)
+    # precision.compute is float32 only so far (schema.IMPLEMENTED_COMPUTE): the float16 / bfloat16
+    # rounding of every op's values will reach the model beside `dtype` in build_model.
+    precision = cfg.train.precision
+    scaler = LossScaler(precision, len(order)) if precision.scaling else None
+    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes,
+                 scaler)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
-                   extra=[columns_of(clips[i]) for i in order])
+                   extra=[columns_of(clips[i]) + (SCALER_COLUMNS if scaler else ()) for i in order])
     recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
     schedule = build_schedule(cfg.train.schedule, cfg.train.optimizer, steps)
 
@@ -221,9 +270,12 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             diag = model.diagnostics(cache)  # attention statistics (transformer); the loss adds logit_z
             loss, dout = task.loss(out, y, z_loss=model.z_loss, stats=diag)
             flow = {} if recurrent else None
-            grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
-            norms = param_norms(grads)
-            stats = run.transforms(grads, norms, run.params)  # clip; decide skips
+            if run.scaler is None:
+                grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
+                norms = param_norms(grads)
+                stats = run.transforms(grads, norms, run.params)  # clip; decide skips
+            else:
+                grads, norms, stats = _scaled_step(run, model, cache, dout, flow, ws)
             lr = schedule.lr(step)  # once a step, for every variant
             vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr, diag=diag)
             skipped = stats.get("skipped")
@@ -238,8 +290,20 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                     break
                 grads, vals = {k: g[keep] for k, g in grads.items()}, vals.take(keep)
                 skipped = vals.stats.get("skipped")
-            rec.log_flow(step, run.alive, vals.flow)
+            found_inf = vals.stats.get("found_inf")
+            if found_inf is not None and found_inf.any() and vals.flow:
+                # A step the loss scale skipped is no healthy step for the gradient-through-time record.
+                ok = ~found_inf
+                rec.log_flow(step, run.alive[ok], {k: a[ok] for k, a in vals.flow.items()})
+            else:
+                rec.log_flow(step, run.alive, vals.flow)
             vals.update_norm, found = run.update(grads, skipped, lr)
+            if run.scaler is not None:
+                # The scale moves after the step, as GradScaler.update; a collapse ends the variant
+                # there, unless its update already did.
+                collapsed = run.scaler.update(vals.stats["found_inf"].astype(bool))
+                for pos in np.flatnonzero(collapsed):
+                    found.setdefault(int(pos), ("update", "loss_scale", "loss_scale_collapse"))
             rec.log(step, run.alive, vals,
                     nonfinite=np.isin(np.arange(len(run.alive)), list(found)) if found else None)
             if found:

@@ -1,8 +1,18 @@
 """Shared test helpers."""
 
 import os
+import signal
 
 from gradlab.cli import main
+
+
+# A shell that starts a job in the background (`cmd &` in a script, nohup, some CI runners)
+# starts it with SIGINT ignored, and the processes it runs inherit that: Python then installs
+# no KeyboardInterrupt handler, and the Ctrl-C tests' signals would be lost. The tests stand
+# for a terminal's Ctrl-C, so they get Python's own handler back (which the gradlab processes
+# they start then get at exec too).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cli(*args, cwd=None):

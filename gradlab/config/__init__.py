@@ -18,7 +18,7 @@ from .rules import (DIRECTION_RULES, ClipAGC, ClipAutoClip, ClipChain, ClipConfi
                     register_rule, unregister_rule)
 from .schema import (NAME_PATTERN, RECURRENT, SEQUENCE_TASKS, THRESHOLD_KEYS, AdamConfig, AdamWConfig, AddingTask,
                      AssociativeRecallTask, CopyTask, DyckTask, LMTask, ExperimentConfig,
-                     InitConfig, ModelConfig, OptimizerConfig, RMSpropConfig, SGDConfig,
+                     InitConfig, ModelConfig, OptimizerConfig, PrecisionConfig, RMSpropConfig, SGDConfig,
                      SpiralsTask, SweepConfig, TaskConfig, TeacherTask, TemporalOrderTask, TrainConfig,
                      format_threshold, run_id, threshold_of, variant_id)
 
@@ -29,7 +29,7 @@ __all__ = [
     "ClipChain", "ClipConfig", "ClipNone", "ClipNorm", "ClipPerTensor", "ClipValue", "ClipZClip", "RuleConfig",
     "SkipSpikes", "NAME_PATTERN", "RECURRENT", "SEQUENCE_TASKS", "THRESHOLD_KEYS", "AdamConfig", "AdamWConfig",
     "AddingTask", "AssociativeRecallTask", "CopyTask", "DyckTask", "LMTask",
-    "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "RMSpropConfig",
+    "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "PrecisionConfig", "RMSpropConfig",
     "SGDConfig", "SpiralsTask", "SweepConfig", "TaskConfig", "TeacherTask", "TemporalOrderTask", "TrainConfig",
     "format_threshold", "run_id", "threshold_of", "variant_id", "RULES", "Rule", "parse_rule", "register_rule",
     "unregister_rule",

@@ -66,6 +66,10 @@ def describe_config(cfg: dict, fallback_name: str) -> str:
             if get("train", "optimizer", flag) is True:
                 text += f" {flag}"
         parts.append(text)
+    scale = get("train", "precision", "loss_scale")
+    if isinstance(scale, str) and scale != "none":
+        parts.append(f"{scale} loss scale" + (" (clipped before the unscale)"
+                                              if get("train", "precision", "clip") == "before_unscale" else ""))
     tbptt = get("train", "tbptt")
     if number(tbptt):
         parts.append("truncated BPTT every " + ("step" if tbptt == 1 else f"{number(tbptt)} steps"))

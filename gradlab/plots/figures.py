@@ -53,6 +53,8 @@ def plan(exp: Experiment) -> Plan:
         figures.append(Figure("accuracy.png", "accuracy", None, shared))
     if direction.turns(exp.runs):
         figures.append(Figure("direction.png", "direction", None, shared))
+    if uses_loss_scaling(exp.config):
+        figures.append(Figure("loss_scale.png", "loss_scale", None, shared))
     attention = [r for r in exp.runs if (r.path / ATTENTION_CSV).is_file()]
     if attention:  # transformers only: a model without attention has nothing to draw
         figures.append(Figure("attention.png", "attention", None,
@@ -82,10 +84,19 @@ def plan(exp: Experiment) -> Plan:
     return Plan(exp, found, figures)
 
 
+def uses_loss_scaling(config: dict) -> bool:
+    """Whether the experiment scales its loss (loss_scale.png): from the config, not from which
+    runs are complete, so that the figure's presence does not change as the runs fill in."""
+    train = config.get("train") if isinstance(config, dict) else None
+    precision = train.get("precision") if isinstance(train, dict) else None
+    return isinstance(precision, dict) and precision.get("loss_scale", "none") != "none"
+
+
 MAX_OWN_FIGURE_VARIANTS = 3
 # What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
 # drawing processes take the longest first, so that none is left with a long one at the end.
-COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "attention": 3.0}
+COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "attention": 3.0,
+        "loss_scale": 2.0}
 
 
 def expected_cost(fig: Figure) -> float:
@@ -141,6 +152,10 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
         return direction.draw_direction(exp, path)
     if fig.kind == "attention":
         return attention.draw_attention(exp, path)
+    if fig.kind == "loss_scale":
+        from . import scale
+
+        return scale.draw_loss_scale(exp, path)
     if fig.kind == "sweep_direction":
         return direction.draw_sweep_direction(exp, p.sweep, path)
     if fig.kind in ("grad_norm", "loss", "accuracy"):

@@ -1,0 +1,80 @@
+"""Loss scaling as torch.amp.GradScaler (torch/amp/grad_scaler.py and its `_amp_update_scale_`
+and `_amp_foreach_non_finite_check_and_unscale_` CPU kernels), per variant of a stack.
+
+Each variant has its own scale, a float32 number as GradScaler keeps it, and its own growth
+tracker (int32): one variant's overflow never moves another's scale, so a variant trained in
+a stack has the numbers it has alone.
+
+A step: the loss's gradient is multiplied by the scale (dL/dout * scale, which is what
+scaling the loss does to every gradient below it), the backward runs, the gradients are
+multiplied by inv_scale (the reciprocal taken in float64 and rounded to float32, as
+GradScaler.unscale_ does), and a variant with an inf or NaN among its scaled gradients has
+its step skipped. Then the scale moves: times backoff_factor on a skipped step (tracker to 0);
+after growth_interval consecutive clean steps, times growth_factor unless that is inf in
+float32 (tracker to 0 either way). A static scale never moves. A dynamic scale that falls
+below min_scale ends the variant: no finite gradient was to be had at any scale worth using.
+
+Hyperparameters are read as attributes of the config object (gradlab.config.PrecisionConfig),
+so this engine never imports the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+# float32 throughout: the scale and its products are GradScaler's float32 tensors.
+_F32 = np.float32
+
+
+class LossScaler:
+    """The scales of a stack of variants, with the knobs of one `train.precision`."""
+
+    def __init__(self, config: Any, n_variants: int) -> None:
+        self.kind = config.loss_scale
+        self.clip_first = config.clip == "before_unscale"
+        self.growth_factor = float(config.growth_factor)
+        self.backoff_factor = float(config.backoff_factor)
+        self.growth_interval = int(config.growth_interval)
+        self.min_scale = float(config.min_scale)
+        self.scale = np.full(n_variants, config.init_scale, dtype=_F32)
+        self.tracker = np.zeros(n_variants, dtype=np.int32)
+
+    def select(self, keep: np.ndarray) -> None:
+        """Keep the scales of the surviving variants (after others were dropped)."""
+        self.scale, self.tracker = self.scale[keep], self.tracker[keep]
+
+    def scale_output_grad(self, dout: np.ndarray) -> np.ndarray:
+        """dL/dout times each variant's scale, in dout's dtype (a new array: the task's own
+        gradient stays as the locator's replay would compute it)."""
+        return dout * self.scale.astype(dout.dtype).reshape((-1,) + (1,) * (dout.ndim - 1))
+
+    def unscale_(self, grads: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Multiply each variant's gradients by its inv_scale, in place; return found_inf (V,),
+        whether any of its scaled gradients was inf or NaN (looked at before the multiply,
+        as the kernel does)."""
+        inv = (1.0 / self.scale.astype(np.float64)).astype(_F32)
+        found = np.zeros(self.scale.shape, dtype=bool)
+        for g in grads.values():
+            flat = g.reshape(g.shape[0], -1)
+            found |= ~np.isfinite(flat).all(axis=1)
+            np.multiply(g, inv.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)), out=g)
+        return found
+
+    def update(self, found_inf: np.ndarray) -> np.ndarray:
+        """Move the scales after a step (dynamic only); return the variants whose scale
+        collapsed below min_scale."""
+        if self.kind != "dynamic":
+            return np.zeros(self.scale.shape, dtype=bool)
+        # The products are taken in float64 (the kernel multiplies a float by a double) and
+        # stored as float32.
+        s = self.scale.astype(np.float64)
+        grown_tracker = self.tracker + 1
+        grow = ~found_inf & (grown_tracker == self.growth_interval)
+        with np.errstate(over="ignore"):
+            grown = (s * self.growth_factor).astype(_F32)
+        backed = (s * self.backoff_factor).astype(_F32)
+        self.scale = np.where(found_inf, backed, np.where(grow & np.isfinite(grown), grown, self.scale))
+        self.tracker = np.where(found_inf | grow, 0, grown_tracker).astype(np.int32)
+        return self.scale < self.min_scale

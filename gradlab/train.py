@@ -241,15 +241,12 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     dtype, steps = cfg.train.dtype, cfg.train.steps
     rng = seed_streams(seed)
     task = build_task(cfg.task, dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
-    # The compute dtype (gradlab.compute) from train.precision where the schema has it.
-    compute = getattr(getattr(cfg.train, "precision", None), "compute", "float32")
-    model = build_model(cfg.model, task, dtype, cfg.train.tbptt, compute=compute)
+    # Every op's values rounded to the compute dtype (gradlab.compute); the masters stay `dtype`.
+    model = build_model(cfg.model, task, dtype, cfg.train.tbptt, compute=cfg.train.precision.compute)
     # A gain beyond the dtype's range casts to inf: a result (located at step 0 by the replay,
     # which names the parameter), not a RuntimeWarning.
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
-    # precision.compute is float32 only so far (schema.IMPLEMENTED_COMPUTE): the float16 / bfloat16
-    # rounding of every op's values will reach the model beside `dtype` in build_model.
     precision = cfg.train.precision
     scaler = LossScaler(precision, len(order)) if precision.scaling else None
     run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes,

@@ -222,8 +222,6 @@ CASES = [
     Case("precision_float64_low_compute", run_config("precision_float64_low_compute.yaml"),
          "{bad}/precision_float64_low_compute.yaml:5: train.precision.compute",
          "compute float16 needs train.dtype float32"),
-    Case("precision_compute_not_yet", run_config("precision_compute_not_yet.yaml"),
-         "{bad}/precision_compute_not_yet.yaml:4: train.precision.compute", "compute bfloat16 is not implemented yet"),
     Case("precision_growth_interval_on_static", run_config("precision_growth_interval_on_static.yaml"),
          "{bad}/precision_growth_interval_on_static.yaml:5: train.precision.growth_interval",
          "growth_interval applies to loss_scale dynamic, not static"),

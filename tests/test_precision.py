@@ -218,6 +218,24 @@ def test_a_weight_beyond_float16s_range_is_located_by_name():
     assert found == {0: ("forward", "layer1.W", "inf")}
 
 
+def test_a_float16_config_trains_and_its_overflow_is_located_where_float32_trains_on():
+    """train.precision.compute end to end: the same config, seed and batches diverge in
+    float16 at the first step, born in the forward pass's layer2.linear, and do not in float32."""
+    def run(compute):
+        cfg = ExperimentConfig.model_validate(dict(
+            name="f16", model=dict(kind="mlp", depth=3, width=8, activation="relu", init=dict(gain=100.0)),
+            task=dict(kind="teacher", input_dim=4, output_dim=2, batch_size=4),
+            train=dict(steps=2, optimizer=dict(kind="sgd", lr=1e-12), precision=dict(compute=compute)),
+            seeds=[0], clipping=[dict(method="none")]))
+        return train_seed(cfg, 0)[0]
+
+    r16, r32, rbf = run("float16"), run("float32"), run("bfloat16")
+    assert r32.first_nonfinite is None and rbf.first_nonfinite is None
+    assert r16.first_nonfinite is not None and r16.first_nonfinite.step == 0
+    assert (r16.first_nonfinite.phase, r16.first_nonfinite.where) == ("forward", "layer2.linear")
+    assert rbf.summary["final_loss"] != r32.summary["final_loss"]  # bfloat16 rounds too
+
+
 # ------------------------------------------------------------------- norms and clipping
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_norms_of_low_precision_gradients_near_their_max_are_finite_and_right(dtype):

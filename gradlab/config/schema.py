@@ -332,11 +332,10 @@ class ScheduleConfig(_Strict):
         return self
 
 
-# The compute dtypes the engine implements. float16 and bfloat16 are valid values of the schema
-# (the rounding at every op boundary is a later part of the low-precision work) but refused
-# here, in one place, rather than run in float32 under a label that says otherwise: a run
-# stored as float16 would keep its float32 numbers once the rounding exists.
-IMPLEMENTED_COMPUTE = ("float32",)
+# The compute dtypes the engine implements (gradlab.compute rounds every op's values to them):
+# a schema value outside them would be refused here, in one place, rather than run in float32
+# under a label that says otherwise.
+IMPLEMENTED_COMPUTE = ("float32", "float16", "bfloat16")
 # What each loss_scale kind reads besides `compute`: a knob it never reads is refused.
 _SCALE_KNOBS = {"none": (), "static": ("init_scale", "clip"),
                 "dynamic": ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale", "clip")}

@@ -247,11 +247,17 @@ class Transformer(Model):
         H, dh, dt = self.H, self.dh, h.dtype
         rnd = self.compute.round_
         c: dict = {}
-        if self.norm == "pre":
-            a, c["ln1"] = layer_norm(h, p[f"{b}.ln1.g"], p.get(f"{b}.ln1.b"), ws=ws, key=f"{b}.ln1")
-            rnd(a)
+
+        def norm(x: np.ndarray, name: str, key: str) -> np.ndarray:
+            """The LayerNorm `block.i.<name>` of x, rounded and shown; its cache in c[key]."""
+            y, c[key] = layer_norm(x, p[f"{b}.{name}.g"], p.get(f"{b}.{name}.b"), ws=ws, key=f"{b}.{key}")
+            rnd(y)
             if probe:
-                probe(f"{b}.ln1", a)
+                probe(f"{b}.{name}", y)
+            return y
+
+        if self.norm == "pre":
+            a = norm(h, "ln1", "ln1")
         else:
             a = h
         c["a_in"] = a
@@ -261,14 +267,8 @@ class Transformer(Model):
         # (V, T, B, 3, H, dh) -> three (V, B, H, T, dh) views
         q, k, v = qkv.reshape(V, T, B, 3, H, dh).transpose(3, 0, 2, 4, 1, 5)
         if self.qk_norm:
-            q, c["q_ln"] = layer_norm(q, p[f"{b}.attn.q_ln.g"], p.get(f"{b}.attn.q_ln.b"), ws=ws, key=f"{b}.q_ln")
-            rnd(q)
-            if probe:
-                probe(f"{b}.attn.q_ln", q)
-            k, c["k_ln"] = layer_norm(k, p[f"{b}.attn.k_ln.g"], p.get(f"{b}.attn.k_ln.b"), ws=ws, key=f"{b}.k_ln")
-            rnd(k)
-            if probe:
-                probe(f"{b}.attn.k_ln", k)
+            q = norm(q, "attn.q_ln", "q_ln")
+            k = norm(k, "attn.k_ln", "k_ln")
         # The attention writes its (V, B, H, T, dh) output straight into the (V, T, B, H, dh)
         # layout the projection reads as (V, N, D): no transposing copy.
         o2 = buffer(ws, f"{b}.o2", (V, T, B, H, dh), dt)
@@ -291,18 +291,11 @@ class Transformer(Model):
         if self.norm == "post":
             if probe:
                 probe(f"{b}.attn.residual", r)
-            r, c["ln1"] = layer_norm(r, p[f"{b}.ln1.g"], p.get(f"{b}.ln1.b"), ws=ws, key=f"{b}.ln1")
-            rnd(r)
-            if probe:
-                probe(f"{b}.ln1", r)
-            a2 = r
+            a2 = r = norm(r, "ln1", "ln1")
         else:
             if probe:
                 probe(f"{b}.attn.residual", r)
-            a2, c["ln2"] = layer_norm(r, p[f"{b}.ln2.g"], p.get(f"{b}.ln2.b"), ws=ws, key=f"{b}.ln2")
-            rnd(a2)
-            if probe:
-                probe(f"{b}.ln2", a2)
+            a2 = norm(r, "ln2", "ln2")
         c["a2"] = a2
         R = self.ratio * D
         u = rnd(_linear(a2, p[f"{b}.mlp.fc.W"], p.get(f"{b}.mlp.fc.b"), buffer(ws, f"{b}.u", (V, N, R), dt)))
@@ -323,10 +316,7 @@ class Transformer(Model):
         if probe:
             probe(f"{b}.mlp.residual", out)
         if self.norm == "post":
-            out, c["ln2"] = layer_norm(out, p[f"{b}.ln2.g"], p.get(f"{b}.ln2.b"), ws=ws, key=f"{b}.ln2")
-            rnd(out)
-            if probe:
-                probe(f"{b}.ln2", out)
+            out = norm(out, "ln2", "ln2")
         cache["blocks"].append(c)
         return out
 

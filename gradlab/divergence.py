@@ -76,11 +76,14 @@ class Locator:
         return lambda name, a, where=None: self.see(phase, name, a, where=where)
 
 
-def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+def locate_step(model, task, params, x, y, positions: Sequence[int],
+                dout_scale: Optional[np.ndarray] = None) -> dict[int, tuple[str, str, str]]:
     """Replay a step's forward and backward with probes; (phase, where, kind) per position.
 
     Deterministic replay gives the same values as the step that failed, so this finds the
-    birthplace without the healthy steps keeping anything extra.
+    birthplace without the healthy steps keeping anything extra. `dout_scale` (V,) replays a
+    loss-scaled backward (each variant's dL/dout times its scale, as the step took it): where
+    a scaled gradient overflowed, which is why the loss scale backed off.
     """
     loc = Locator(positions)
     loc.see("forward", "data.x", x, shared=True)
@@ -94,6 +97,8 @@ def locate_step(model, task, params, x, y, positions: Sequence[int]) -> dict[int
         loc.see("forward", name, p)
     out, cache = model.forward(params, x, probe=loc.probe("forward"))
     loss, dout = task.loss(out, y, z_loss=model.z_loss)
+    if dout_scale is not None:
+        dout = dout * dout_scale.astype(dout.dtype).reshape((-1,) + (1,) * (dout.ndim - 1))
     loc.see("forward", "loss", loss)
     loc.see("backward", "loss", dout)
     model.backward(params, cache, dout, probe=loc.probe("backward"))

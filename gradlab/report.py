@@ -143,7 +143,25 @@ def findings(reports: list[dict]) -> str:
             skip_txt = f", skipping {sum(skips) / len(skips):.0%}" if skips else ""
             sentences.append(f"`{variant}` trained {ok[0]['steps']} steps in {len(ok)} of {seeds}"
                              f"{loss_txt}, clipping {clip:.0%} of steps{skip_txt}.")
+        sentences += _backoffs(variant, rs)
     return " ".join(sentences)
+
+
+def _backoffs(variant: str, rs: list[dict]) -> list[str]:
+    """Why a variant's loss scale backed off: how often, where the first overflow of those
+    steps was born most often, and how low the scale went."""
+    births: dict[str, int] = defaultdict(int)
+    for r in rs:
+        for where, n in (r.get("overflow_births") or {}).items():
+            births[where] += int(n)
+    total = sum(births.values())
+    if not total:
+        return []
+    top, n = max(births.items(), key=lambda kv: (kv[1], kv[0]))
+    lows = [r["min_loss_scale"] for r in rs if isinstance(r.get("min_loss_scale"), (int, float))]
+    low = f"; the scale fell to {min(lows):.3g}" if lows else ""
+    return [f"`{variant}`'s loss scale backed off {total} time{'s' * (total > 1)}; {n} time{'s' * (n > 1)} "
+            f"the first overflow was born in {top}{low}."]
 
 
 # ----------------------------------------------------------------------------- threshold sweep

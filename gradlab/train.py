@@ -8,6 +8,7 @@ non-finite value was born and dropped from the stack; the others go on.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,6 +46,8 @@ class RunResult:
     steps: int
     # gradlab.environment.current() as it was while the run trained: its digits hold there.
     environment: Optional[dict] = field(default=None)
+    # With loss scaling: "tensor (phase)" -> how many skipped steps' first overflow was born there.
+    overflow_births: Optional[dict] = field(default=None)
     # attention.csv (the transformer's per-block diagnostics): its header and rows, or empty.
     attention_columns: list[str] = field(default_factory=list)
     attention_rows: list[list] = field(default_factory=list)
@@ -67,6 +70,7 @@ class RunResult:
             **self.summary,
             "steps": self.steps,
             **({"environment": self.environment} if self.environment is not None else {}),
+            **({"overflow_births": self.overflow_births} if self.overflow_births is not None else {}),
         }
 
 
@@ -257,6 +261,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     schedule = build_schedule(cfg.train.schedule, cfg.train.optimizer, steps)
 
     data = rng["data"]
+    # Per variant (its place in the initial stack): where the first overflow of each step the
+    # loss scale skipped was born, counted (report.json's `overflow_births`).
+    births: dict[int, Counter] = {pos: Counter() for pos in range(len(order))}
     ws = Workspace()  # the step's activations and gradients, reused every step
     eval_ws = Workspace()  # the held-out forward passes' own
     with np.errstate(all="ignore"):  # overflow is a result here; the checks below catch it
@@ -294,6 +301,13 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 rec.log_flow(step, run.alive[ok], {k: a[ok] for k, a in vals.flow.items()})
             else:
                 rec.log_flow(step, run.alive, vals.flow)
+            if found_inf is not None and found_inf.any():
+                # Why the scale backs off: the replay names the tensor whose scaled value
+                # overflowed first, per skipped variant (a step's cost, on skipped steps only).
+                born = locate_step(model, task, run.params, x, y, np.flatnonzero(found_inf),
+                                   dout_scale=vals.stats["loss_scale"])
+                for pos, (phase, where, _) in born.items():
+                    births[int(run.alive[pos])][f"{where} ({phase})"] += 1
             vals.update_norm, found = run.update(grads, skipped, lr)
             if run.scaler is not None:
                 # The scale moves after the step, as GradScaler.update; a collapse ends the variant
@@ -317,6 +331,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
         fn = run.failures.get(pos)
         results.append(RunResult(
             run_id=run_id(clips[i], seed), seed=seed, variant_index=indices[i], clip=clips[i],
+            overflow_births=dict(births[pos].most_common()) if scaler else None,
             param_names=model.param_names, columns=rec.variant_columns[pos], metrics_rows=rec.metrics_rows(pos),
             layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
             summary=rec.summary(pos), steps=steps,

@@ -312,3 +312,34 @@ def test_a_static_scale_skips_overflowing_steps_and_never_moves():
         assert set(c["loss_scale"]) == {float(np.float32(3.0e38))}
         assert r.first_nonfinite is None and r.summary["skip_fraction"] == sum(c["skipped"]) / 40
     assert sum(columns(train_seed(cfg, 2)[0])["skipped"]) >= 10  # the unclipped variant's overflows
+
+
+# ----------------------------------------------------------------------------- why it backed off
+
+def test_every_backoff_names_where_its_first_overflow_was_born():
+    """Each step the loss scale skipped is replayed with probes: report.json counts where the
+    first overflow was born, once per skipped step, and only real tensors are named."""
+    (r,) = train_seed(make([NONE], dict(EDGE, compute="float16", init_scale=65536.0)), 0)
+    skipped = int(sum(columns(r)["skipped"]))
+    births = r.report()["overflow_births"]
+    assert skipped > 0 and sum(births.values()) == skipped
+    model = set(r.param_names) | {f"layer{i}.{part}" for i in range(6) for part in ("linear", "tanh")} | {"loss"}
+    for where in births:
+        name, phase = where.rsplit(" (", 1)
+        assert name in model and phase in ("forward)", "backward)"), where
+
+
+def test_the_report_says_why_the_scale_backed_off(tmp_path):
+    from gradlab.report import findings
+
+    (r,) = train_seed(make([NONE], dict(EDGE, compute="float16", init_scale=65536.0)), 0)
+    rep = r.report()
+    text = findings([rep])
+    top, n = max(rep["overflow_births"].items(), key=lambda kv: (kv[1], kv[0]))
+    assert f"`none`'s loss scale backed off {sum(rep['overflow_births'].values())} times; {n} time" in text
+    assert f"the first overflow was born in {top}" in text
+
+
+def test_runs_without_loss_scaling_report_no_births():
+    (r,) = train_seed(make([NONE]), 0)
+    assert "overflow_births" not in r.report()

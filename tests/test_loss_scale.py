@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import yaml
+from pathlib import Path
 
 from conftest import cli
 from gradlab import train as train_mod
@@ -16,6 +17,7 @@ from gradlab.config import ExperimentConfig, config_hash
 from gradlab.config.schema import PrecisionConfig
 from gradlab.train import SCALER_COLUMNS, train_seed
 
+ROOT = Path(__file__).resolve().parents[1]
 NONE = {"method": "none"}
 
 
@@ -343,3 +345,20 @@ def test_the_report_says_why_the_scale_backed_off(tmp_path):
 def test_runs_without_loss_scaling_report_no_births():
     (r,) = train_seed(make([NONE]), 0)
     assert "overflow_births" not in r.report()
+
+
+def test_fp16_scale_collapse_config_collapses_at_step_40_born_in_the_forward_pass():
+    """configs/fp16_scale_collapse.yaml: float16 activations overflow in the forward pass
+    whatever the scale, so every step is skipped and the scale halves from 65536 to below
+    2^-24: 41 backoffs, each born in layer6.linear; bfloat16's range holds them."""
+    from gradlab.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "fp16_scale_collapse.yaml", overrides=["seeds=[0]", "train.steps=45"])
+    for r in train_seed(cfg, 0):
+        rep = r.report()
+        assert rep["first_nonfinite"]["kind"] == "loss_scale_collapse" and rep["divergence_step"] == 40
+        assert rep["overflow_births"] == {"layer6.linear (forward)": 41}
+    cfg = load_config(ROOT / "configs" / "fp16_scale_collapse.yaml",
+                      overrides=["seeds=[0]", "train.steps=45", "train.precision.compute=bfloat16"])
+    clipped = train_seed(cfg, 0)[1].report()
+    assert not clipped["diverged"] and clipped["skip_fraction"] == 0

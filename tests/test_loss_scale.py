@@ -362,3 +362,22 @@ def test_fp16_scale_collapse_config_collapses_at_step_40_born_in_the_forward_pas
                       overrides=["seeds=[0]", "train.steps=45", "train.precision.compute=bfloat16"])
     clipped = train_seed(cfg, 0)[1].report()
     assert not clipped["diverged"] and clipped["skip_fraction"] == 0
+
+
+def test_clip_order_config_clipping_before_unscaling_divides_the_threshold_by_the_scale():
+    """configs/clip_order.yaml: before unscaling, norm-1 meets gradients `scale` times larger,
+    so it clips (nearly) every step to a norm of about 1/scale; after unscaling it clips to 1."""
+    from gradlab.config import load_config
+
+    def clipped_norms(order):
+        cfg = load_config(ROOT / "configs" / "clip_order.yaml",
+                          overrides=["seeds=[0]", f"train.precision.clip={order}"])
+        r = train_seed(cfg, 0)[1]
+        c = columns(r)
+        return [n * s for n, s, k in zip(c["clipped_norm"], c["loss_scale"], c["clipped"]) if k], r.report()
+
+    after, rep_after = clipped_norms("after_unscale")
+    before, rep_before = clipped_norms("before_unscale")
+    assert rep_before["clip_fraction"] > 0.9 > rep_after["clip_fraction"]
+    # The record is of unscaled norms: before unscaling, norm x scale is the threshold, 1.
+    assert np.allclose(before, 1.0, rtol=1e-3) and not np.allclose(after, 1.0, rtol=1e-3)

@@ -304,15 +304,21 @@ def draw_over_steps(
     if any(r.diverged for r in exp.runs):
         handles.append(Line2D([], [], color=KEY_COLOR, marker="x", markeredgewidth=2, linestyle="none",
                               label="diverged (NaN/inf)"))
-    # Hung off the first row's last panel rather than the figure: a figure legend starts at
-    # the very top, where a narrow (one-seed) figure's title runs into it. Only an axes'
-    # own legend counts for the layout, so that panel's divergence legend becomes an artist.
+    return key_and_save(fig, panels, handles, heading, exp.summary, path)
+
+
+def key_and_save(fig, panels: dict, handles: list, heading: str, summary: str, path):
+    """The key to the right of the first row's last panel, the margins, the PNG.
+
+    Hung off that panel rather than the figure: a figure legend starts at the very top, where
+    a narrow (one-seed) figure's title runs into it. Only an axes' own legend counts for the
+    layout, so that panel's divergence legend becomes an artist."""
     corner = list(panels.values())[min(len(panels), MAX_PANEL_COLUMNS) - 1]
     if corner.get_legend() is not None:
         corner.add_artist(corner.get_legend())
     corner.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
                   fontsize=9, frameon=False)
-    lay_out(fig, panels, legend_width(handles, 9), heading, exp.summary)
+    lay_out(fig, panels, legend_width(handles, 9), heading, summary)
     return style.save(fig, path)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from . import style
 from .load import Experiment
-from .over_steps import KEY_COLOR, lay_out, mark_divergence, panel_grid
-from .style import decade_ticks, legend_width, power_ticks, step_axis, variant_label
+from .over_steps import KEY_COLOR, key_and_save, mark_divergence, panel_grid
+from .style import decade_ticks, power_ticks, step_axis, variant_label
 
 HEADING = "Loss scale per step (skipped steps marked)"
 
@@ -83,13 +83,7 @@ def draw_loss_scale(exp: Experiment, path: Path) -> Path | None:
                           label="ended (scale below min_scale,\nor a non-finite value)"))
     if key:
         handles += [Line2D([], [], linestyle="none", label="")] + key
-    corner = list(panels.values())[min(len(panels), style.MAX_PANEL_COLUMNS) - 1]
-    if corner.get_legend() is not None:
-        corner.add_artist(corner.get_legend())
-    corner.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
-                  fontsize=9, frameon=False)
-    lay_out(fig, panels, legend_width(handles, 9), HEADING, exp.summary)
-    return style.save(fig, path)
+    return key_and_save(fig, panels, handles, HEADING, exp.summary, path)
 
 
 def _min_scale(config: dict) -> float | None:

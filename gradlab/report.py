@@ -115,6 +115,11 @@ def findings(reports: list[dict]) -> str:
     """A few sentences a reader can take away, one per clipping variant across seeds."""
     if not reports:
         return "No run has finished yet."
+    if any(isinstance(r.get("grid"), dict) for r in reports):
+        # A variant's runs are at every grid point: counted together they would say nothing.
+        from .stability import finding
+
+        return finding(reports)
     by_variant: dict[str, list[dict]] = defaultdict(list)
     for r in reports:
         by_variant[r["variant"]].append(r)
@@ -506,7 +511,7 @@ def sweep_finding(reports: list[dict], cfg) -> str:
     """One sentence on a threshold sweep, built from the numbers: which thresholds trained in
     every seed, which diverged and when, and where the mean final loss was best (with its clip
     fraction). `cfg` is config.yaml's data or an ExperimentConfig. "" when not a sweep."""
-    if not is_sweep(reports, cfg):
+    if not is_sweep(reports, cfg) or _is_grid(reports, cfg):
         return ""
     seeds, rows = sweep_rows(reports, cfg)
     rows = [r for r in rows if r.runs]
@@ -580,6 +585,30 @@ def sweep_finding(reports: list[dict], cfg) -> str:
     return head + "; ".join(clauses) + "."
 
 
+def _is_grid(reports: list[dict], cfg) -> bool:
+    """A grid experiment (`gradlab sweep --grid`): its section replaces the threshold x seed table,
+    which has one cell per variant and seed where a grid has one per point too."""
+    from .stability import is_grid
+
+    return is_grid(reports, _config_dict(cfg))
+
+
+def grid_section(exp: Path, reports: list[dict], cfg: dict, plots: list[Path]) -> list[str]:
+    """report.md's grid: the table per clipping variant, the stability maps and the sensitivity
+    figures (the finding is the Findings section's)."""
+    from .plots.grid import MAP, SENSITIVITY
+    from .stability import build, table, table_note
+
+    grid = build(reports, cfg, exp)
+    lines = ["## Grid", ""]
+    rows = table(reports, cfg, exp)
+    if rows and grid is not None:
+        lines += rows + ["", table_note(grid.key), ""]
+    shown = [p for p in plots if p.stem.startswith(MAP)] + [p for p in plots if p.stem.startswith(SENSITIVITY + "_")]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in shown]
+    return lines + ([""] if shown else [])
+
+
 def load_reports(exp: Path) -> list[dict]:
     from .store import collect_reports
 
@@ -623,7 +652,8 @@ def render(exp: Path, reports: list[dict]) -> str:
     ]
     lines += suggestion_section(exp, reports)
     plots = sorted((exp / "plots").glob("*.png"), key=_plot_order) if (exp / "plots").is_dir() else []
-    sweep = is_sweep(reports, cfg)
+    grid = _is_grid(reports, cfg)
+    sweep = is_sweep(reports, cfg) and not grid
     # A sweep's own plots go with its table, in the order of SWEEP_PLOTS.
     sweep_plots = sorted((p for p in plots if p.stem.startswith(SWEEP_PLOTS)),
                          key=lambda p: next(i for i, s in enumerate(SWEEP_PLOTS) if p.stem.startswith(s))) \
@@ -646,6 +676,9 @@ def render(exp: Path, reports: list[dict]) -> str:
         ]
         lines += [f"![{p.stem}](plots/{p.name})" for p in sweep_plots]
         lines += [""] if sweep_plots else []
+    if grid:
+        lines += grid_section(exp, reports, cfg, plots)
+        plots = [p for p in plots if not p.stem.startswith(("stability_map", "sensitivity_"))]
     lines += [
         "## Runs",
         "",

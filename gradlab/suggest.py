@@ -19,6 +19,7 @@ Pure Python, like records.py: `gradlab report` needs no NumPy for it.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Optional, Sequence
@@ -73,6 +74,9 @@ def suggest(exp: Path, reports: Sequence[dict]) -> Optional[dict]:
     base = sorted((r for r in reports if r.get("method") == "none"), key=lambda r: r["seed"])
     if not base:
         return {"baseline": False, "hint": NO_BASELINE_HINT}
+    point = None
+    if any(isinstance(r.get("grid"), dict) for r in base):
+        point, base = grid_point(base)
     per_seed, pooled = [], []
     for r in base:
         try:
@@ -82,8 +86,32 @@ def suggest(exp: Path, reports: Sequence[dict]) -> Optional[dict]:
         pooled += norms
         per_seed.append({"run_id": r["run_id"], "seed": r["seed"], "diverged": bool(r.get("diverged")),
                          "divergence_step": r.get("divergence_step"), **statistics(norms)})
-    return {"baseline": True, "percentiles_of": list(PERCENTILES), "low_factor": LOW, "high_factor": HIGH,
-            "pooled": {"seeds": len(base), **statistics(pooled)}, "per_seed": per_seed}
+    out = {"baseline": True, "percentiles_of": list(PERCENTILES), "low_factor": LOW, "high_factor": HIGH,
+           "pooled": {"seeds": len(base), **statistics(pooled)}, "per_seed": per_seed}
+    if point is not None:
+        out["grid_point"] = point
+    return out
+
+
+def grid_point(base: Sequence[dict]) -> tuple[str, list[dict]]:
+    """In a grid experiment, the baseline at one grid point: the norms at one learning rate say
+    where to clip at that learning rate, pooled over several they say nothing. The point where
+    the baseline trained best (the most seeds that trained, then the lowest mean final loss),
+    as its label (`lr=0.03`) and its runs."""
+    from .stability import fmt_value, short_names
+
+    groups: dict[str, list[dict]] = {}
+    for r in base:
+        groups.setdefault(json.dumps(r.get("grid") or {}, sort_keys=True), []).append(r)
+
+    def rank(rs: list[dict]) -> tuple:
+        ok = [float(r["final_loss"]) for r in rs if not r.get("diverged") and isinstance(r.get("final_loss"), (int, float))]
+        return (-len(ok) / len(rs), math.fsum(ok) / len(ok) if ok else math.inf)
+
+    runs = min(groups.values(), key=rank)
+    point = runs[0].get("grid") or {}
+    names = short_names(list(point))
+    return ",".join(f"{names[k]}={fmt_value(v)}" for k, v in point.items()), runs
 
 
 def _g(x: Optional[float]) -> str:
@@ -121,7 +149,8 @@ def lines(sug: Optional[dict]) -> list[str]:
     if not sug["baseline"]:
         return [f"Suggested threshold: {sug['hint']}."]
     p = sug["pooled"]
-    out = ["Suggested threshold, from the unclipped baseline's healthy steps (every step before it diverged):"]
+    at = f" at {sug['grid_point']}, the grid point where it trained best" if sug.get("grid_point") else ""
+    out = [f"Suggested threshold, from the unclipped baseline's healthy steps{at} (every step before it diverged):"]
     if not p["healthy_steps"]:
         out.append("  none: the baseline diverged at step 0 in every seed, so it has no healthy step to "
                    "measure; lower the learning rate or the init gain, or start from a clipped run.")
@@ -148,7 +177,8 @@ def section(sug: Optional[dict]) -> list[str]:
     out = ["## Suggested threshold", ""]
     if not sug["baseline"]:
         return out + [sug["hint"][0].upper() + sug["hint"][1:] + ".", ""]
-    out += ["From the unclipped baseline's healthy steps (every step before it diverged): the mean "
+    at = f" at {sug['grid_point']}, the grid point where it trained best" if sug.get("grid_point") else ""
+    out += [f"From the unclipped baseline's healthy steps{at} (every step before it diverged): the mean "
             "pre-clip gradient norm and half to ten times it, the range Pascanu, Mikolov & Bengio (2013, "
             "section 3.2) found to still converge; and the percentiles of the same norms, where AutoClip "
             "(Seetharaman et al. 2020) would put its threshold.", "",

@@ -17,12 +17,13 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from gradlab.io import write_text
 from gradlab.store import ATTENTION_CSV
 
 from . import direction, sweep
+from . import grid as grid_figures
 from .load import Experiment, Run
 
 STAMPS = ".inputs.json"
@@ -42,6 +43,7 @@ class Plan:
     exp: Experiment
     sweep: Optional[sweep.Sweep]
     figures: list[Figure]
+    grid: Optional[Any] = None  # gradlab.stability.Grid of a grid experiment
 
 
 def plan(exp: Experiment) -> Plan:
@@ -59,7 +61,13 @@ def plan(exp: Experiment) -> Plan:
     if attention:  # transformers only: a model without attention has nothing to draw
         figures.append(Figure("attention.png", "attention", None,
                               shared + tuple(r.path / ATTENTION_CSV for r in attention)))
-    found = sweep.find_sweep(exp) if exp.runs else None
+    # A grid's stability maps and sensitivity figures; its clipping variants are an axis of
+    # those, not a threshold sweep of their own (each variant has a run per grid point).
+    grid = grid_figures.find_grid(exp) if exp.runs else None
+    if grid is not None:
+        for name in grid_figures.figures(grid):
+            figures.append(Figure(name, grid_figures.figures(grid)[name][0], None, shared))
+    found = sweep.find_sweep(exp) if exp.runs and grid is None else None
     if found is not None:
         for name in sweep.SWEEP_PLOTS:
             figures.append(Figure(name, name[:-4], None, shared))
@@ -75,13 +83,13 @@ def plan(exp: Experiment) -> Plan:
                 if kind == "seed_heatmaps" or any((r.path / source).is_file() for r in runs):
                     inputs = tuple(p for r in runs for p in (r.path / "report.json", r.path / source))
                     figures.append(Figure(f"{name}_s{seed}.png", kind, None, inputs, seed))
-        return Plan(exp, found, figures)
+        return Plan(exp, found, figures, grid)
     for run in exp.runs:
         report = run.path / "report.json"
         for kind, source in (("heatmap", "layer_norms.csv"), ("bptt", "bptt_norms.csv")):
             if kind == "heatmap" or (run.path / source).is_file():  # an MLP has no gradient through time
                 figures.append(Figure(f"{kind}_{run.run_id}.png", kind, run.run_id, (report, run.path / source)))
-    return Plan(exp, found, figures)
+    return Plan(exp, found, figures, grid)
 
 
 def uses_loss_scaling(config: dict) -> bool:
@@ -148,6 +156,13 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
     if fig.run_id is not None:
         run = next(r for r in exp.runs if r.run_id == fig.run_id)
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
+    if p.grid is not None and fig.name in grid_figures.figures(p.grid):
+        from . import grid_plots
+
+        what, keys = grid_figures.figures(p.grid)[fig.name]
+        if what == grid_figures.MAP:
+            return grid_plots.draw_stability_map(exp, p.grid, keys, path)
+        return grid_plots.draw_sensitivity(exp, p.grid, keys[0], path)
     if fig.kind == "direction":
         return direction.draw_direction(exp, path)
     if fig.kind == "attention":

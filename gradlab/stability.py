@@ -387,8 +387,10 @@ def axis_finding(grid: Grid, axis: Axis) -> str:
             words.append(f"with `{v}` none")
         elif first and base is None:
             words.append(f"with `{v}` the largest {name} that trained in every seed was {g(x)}")
+        elif first:
+            words.append(f"with `{v}` {'it' if largest[base] is not None else 'the largest'} was {g(x)}")
         else:
-            words.append(f"with `{v}` {'it was ' if first else ''}{g(x)}")
+            words.append(f"with `{v}` {g(x)}")
         first = first and x is None
     text = words[0] + ("; " + ", ".join(words[1:]) if len(words) > 1 else "")
     good = {v: x for v, x in largest.items() if v in clipped and x is not None}

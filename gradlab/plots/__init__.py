@@ -11,6 +11,8 @@
     multiples   a sweep's per-run figures as small multiples: one figure per seed, a panel per variant
     sweep       a threshold sweep: its clipping families and their runs by threshold
     sweep_plots a sweep's figures against the threshold
+    grid        a grid experiment's figures: which stability maps and sensitivity figures
+    grid_plots  drawing them (the numbers are gradlab.stability's, as in report.md's table)
     figures     which figures an experiment has, what each reads, which are out of date
 
 NumPy and matplotlib are imported by the drawing modules only: deciding that nothing is to

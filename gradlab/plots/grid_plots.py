@@ -92,11 +92,14 @@ def draw_stability_map(exp: Experiment, grid: stability.Grid, keys: tuple[str, s
                    any(c.n and c.mean is None for c in cells), any(not c.n for c in cells)]))
     key_rows = n_keys if n_keys <= 2 else math.ceil(n_keys / 2)
     bottom = 0.3 + text_height(1, 11) + text_height(1, 10) + 0.2 + text_height(key_rows, 9) + 0.1
-    width = max(7.5, left + nx * cell + right)
-    heading = f"Stability map: {ax_x.name} x {ax_y.name}, colour = mean {_loss_words(grid)} over the seeds that trained"
+    heading = (f"Stability map: {ax_x.name} x {ax_y.name}\n"
+               f"colour: the mean {_loss_words(grid)} over the seeds that trained")
+    width = max(7.5, left + nx * cell + right, 0.4 + text_width(heading.split("\n"), 12))
     suptitle = _heading_lines(exp, heading, grid, keys, width)
     top = 0.2 + text_height(suptitle.count("\n") + 1, 12)
-    height = top + ny * cell + bottom
+    # Rows at least tall enough together for the colour bar's label (a map of one variant).
+    cell_h = max(cell, 2.2 / ny)
+    height = top + ny * cell_h + bottom
     fig = new_figure(width, height)
     fig.suptitle(suptitle, y=1 - 0.1 / height, va="top")
     plot_w = nx * cell

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gradlab import stability
 from gradlab.config import ExperimentConfig
@@ -104,6 +106,28 @@ def test_lr_sensitivity_against_a_hand_computation():
     # No l0 to clamp at, or a value without a run: no number rather than a wrong one.
     assert stability.lr_sensitivity([[(run(0.3), None)], [(run(0.2), 2.0)]], "final_loss") is None
     assert stability.lr_sensitivity([[(run(0.3), 2.0)], []], "final_loss") is None
+
+
+finite = st.floats(0.0, 1e6, allow_nan=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(finite, st.booleans(), st.floats(1e-3, 1e6)), min_size=1, max_size=3),
+                min_size=1, max_size=6), st.floats(0.0, 10.0))
+def test_lr_sensitivity_properties(values, shift):
+    curve = [[(run(loss, div), l0) for loss, div, l0 in seeds] for seeds in values]
+    s = stability.lr_sensitivity(curve, "final_loss")
+    means = [sum(l0 if div else min(loss, l0) for loss, div, l0 in seeds) / len(seeds) for seeds in values]
+    # Never negative, zero for a flat curve, and never more than the worst value above the best.
+    assert s >= 0 and s <= max(means) - min(means) + 1e-9 * max(1.0, max(means))
+    if max(means) == min(means):
+        assert s == 0
+    # Where nothing is clamped, a loss higher by the same amount everywhere changes nothing.
+    lifted = [[(run(loss + shift, div), l0 + 2 * shift + 1e7) for loss, div, l0 in seeds] for seeds in values]
+    if not any(div for seeds in values for _, div, _ in seeds):
+        assert stability.lr_sensitivity(lifted, "final_loss") == pytest.approx(
+            stability.lr_sensitivity([[(run(loss, False), 1e9) for loss, _, _ in seeds] for seeds in values],
+                                     "final_loss"), rel=1e-9, abs=1e-6)
 
 
 def test_the_sensitivity_of_an_experiment_reads_l0_from_metrics_csv(tmp_path):

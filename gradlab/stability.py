@@ -321,13 +321,14 @@ def stable_values(grid: Grid, axis: str, variant: str) -> list:
 
 
 def range_text(axis: Axis, good: list) -> str:
-    """'0.001-0.03' (an unbroken run of the axis's values), '0.01, 0.3' (broken), 'none'."""
+    """'0.001-0.03' (an unbroken run of a numeric axis's values), '0.01, 0.3' (broken; any
+    run of names), 'none'."""
     if not good:
         return "none"
     ix = [i for i, v in enumerate(axis.values) if _canon(v) in {_canon(g) for g in good}]
     if len(ix) == 1:
         return axis.label(axis.values[ix[0]])
-    if ix[-1] - ix[0] + 1 == len(ix):
+    if ix[-1] - ix[0] + 1 == len(ix) and axis.numeric:  # (a-b of names would read as one name)
         return f"{axis.label(axis.values[ix[0]])}-{axis.label(axis.values[ix[-1]])}"
     return ", ".join(axis.label(axis.values[i]) for i in ix)
 

@@ -210,6 +210,18 @@ def test_a_grid_without_baseline_and_of_two_axes(tmp_path):
     assert stability.table(reports, cfg_of(exp), exp)[2] == "| norm-1 | 5/6 | 0.01-0.1 | 2-8 | 0.045 |"  # (0 + 0.3 - 0.21) / 2
 
 
+def test_an_axis_of_names_says_which_trained(tmp_path):
+    exp = tmp_path / "g"
+
+    def outcome(point, v, seed):
+        return (2 if point["model.activation"] == "relu" and v == "none" else None), 0.3
+    reports = make_grid(exp, {"model.activation": ["tanh", "gelu", "relu"]}, ["none", "norm-1"], [0], outcome)
+    assert stability.finding(reports, cfg_of(exp)).split(". ")[1] == (
+        "The activation values that trained in every seed: without clipping tanh, gelu; with `norm-1` tanh, gelu, relu")
+    # No learning rate and no number to take ratios of: no sensitivity column.
+    assert stability.table(reports, cfg_of(exp), exp)[0] == "| variant | stable cells | stable activation |"
+
+
 def test_report_md_has_the_grid_section_instead_of_the_threshold_table(tmp_path):
     exp = tmp_path / "g"
     reports = make_grid(exp, {LR: [0.01, 0.1, 1.0]}, ["none", "norm-0.1", "norm-1"], [0, 1],

@@ -212,8 +212,14 @@ class Grid:
         cells = [c for c in self.view([a.key for a in self.axes]).values() if c.stable and c.mean is not None]
         return min(cells, key=lambda c: c.mean) if cells else None
 
+    _l0: dict = field(default_factory=dict, repr=False)
+
     def initial_loss(self, run: dict) -> Optional[float]:
-        return initial_loss(run, self.exp_dir)
+        """ℓ₀ of a run, read once (every view of a variant asks for it again)."""
+        rid = run.get("run_id")
+        if rid not in self._l0:
+            self._l0[rid] = initial_loss(run, self.exp_dir)
+        return self._l0[rid]
 
 
 def build(reports: Sequence[dict], cfg: Any = None, exp_dir: Optional[Path] = None) -> Optional[Grid]:

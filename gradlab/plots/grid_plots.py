@@ -36,11 +36,18 @@ def _heading_lines(exp: Experiment, heading: str, grid: stability.Grid, keys: tu
     others = _others(grid, keys)
     n = len(grid.seeds)
     seeds = f"{n} seed{'s' if n != 1 else ''} ({', '.join(str(s) for s in grid.seeds)})"
-    lines = [heading, wrap(f"{exp.summary}, {seeds}", int(width * 10))]
+    chars = int(width * 10)
+    summary = wrap(exp.summary, chars)
+    # The seeds whole, on the summary's last line if they fit (wrap would break their list).
+    fits = len(summary.rsplit("\n", 1)[-1]) + 2 + len(seeds) <= chars
+    lines = [heading, summary + (", " if fits else ",\n") + seeds]
     if others:
-        lines.append(f"each cell: the best over {', '.join(a.name for a in others)} "
-                     "(the most seeds that trained, then the lowest mean loss)")
+        lines.append(_others_line(others))
     return "\n".join(lines)
+
+
+def _others_line(others: list[stability.Axis]) -> str:
+    return f"each cell: the best over {', '.join(a.name for a in others)} (most seeds trained, then lowest mean loss)"
 
 
 def _value_label(axis: stability.Axis, v: Any) -> str:
@@ -94,7 +101,9 @@ def draw_stability_map(exp: Experiment, grid: stability.Grid, keys: tuple[str, s
     bottom = 0.3 + text_height(1, 11) + text_height(1, 10) + 0.2 + text_height(key_rows, 9) + 0.1
     heading = (f"Stability map: {ax_x.name} x {ax_y.name}\n"
                f"colour: the mean {_loss_words(grid)} over the seeds that trained")
-    width = max(7.5, left + nx * cell + right, 0.4 + text_width(heading.split("\n"), 12))
+    others = _others(grid, keys)
+    width = max(7.5, left + nx * cell + right,
+                0.4 + text_width(heading.split("\n") + ([_others_line(others)] if others else []), 12))
     suptitle = _heading_lines(exp, heading, grid, keys, width)
     top = 0.2 + text_height(suptitle.count("\n") + 1, 12)
     # Rows at least tall enough together for the colour bar's label (a map of one variant).

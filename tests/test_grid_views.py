@@ -285,6 +285,12 @@ def test_one_axis_draws_one_map_and_one_sensitivity_figure(tmp_path, drawn):
     assert f"LR sensitivity {stability.sensitivity(grid, LR, 'norm-1'):.3g}" in legend[1]
     for name in written:
         _assert_png(exp / "plots" / name)
+    # Drawn again in two forked processes: the same files.
+    before = {name: (exp / "plots" / name).read_bytes() for name in written}
+    for name in written:
+        (exp / "plots" / name).unlink()
+    assert {p.name for p in draw_experiment(exp, reports=reports, workers=2)} == written
+    assert {name: (exp / "plots" / name).read_bytes() for name in written} == before
 
 
 def test_one_axis_and_one_variant_draws_a_map_of_one_row(tmp_path, drawn):

@@ -170,6 +170,7 @@ class Grid:
     cells: dict[tuple, list[dict]]  # canonical values, one per axis -> the runs (one per seed)
     seeds: list
     exp_dir: Optional[Path] = None
+    _l0: dict = field(default_factory=dict, repr=False)  # run id -> its loss at initialisation
 
     @property
     def grid_axes(self) -> list[Axis]:
@@ -211,8 +212,6 @@ class Grid:
         """The best cell of the whole grid among those that trained in every seed."""
         cells = [c for c in self.view([a.key for a in self.axes]).values() if c.stable and c.mean is not None]
         return min(cells, key=lambda c: c.mean) if cells else None
-
-    _l0: dict = field(default_factory=dict, repr=False)
 
     def initial_loss(self, run: dict) -> Optional[float]:
         """ℓ₀ of a run, read once (every view of a variant asks for it again)."""

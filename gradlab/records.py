@@ -114,8 +114,8 @@ def underflow_worst(tensors: Sequence[str], underflow_rows: Sequence[Sequence[fl
                     rows: Sequence[Sequence[float]]) -> dict:
     """The tensor that lost the largest fraction of its gradient entries to underflow at the
     step `final_underflow` comes from (the last healthy measured step), and that fraction:
-    report.json's `underflow_tensor` and `underflow_tensor_fraction` (None when no step was
-    measured). The first tensor in the model's order wins a tie. From underflow.csv's rows
+    report.json's `underflow_tensor` and `underflow_tensor_fraction` (both None when no step
+    was measured; the tensor None and the fraction 0 when no tensor lost any entry). The first tensor in the model's order wins a tie. From underflow.csv's rows
     (step, then a fraction per tensor, NaN where float32 had no non-zero entry)."""
     at = {c: i for i, c in enumerate(columns)}
     last = None
@@ -127,4 +127,6 @@ def underflow_worst(tensors: Sequence[str], underflow_rows: Sequence[Sequence[fl
         for name, x in zip(tensors, underflow_rows[last][1:]):
             if not math.isnan(x) and (best[1] is None or x > best[1]):
                 best = (name, float(x))
+    if best[1] == 0.0:  # nothing lost anywhere: no tensor is the worst
+        best = (None, 0.0)
     return {"underflow_tensor": best[0], "underflow_tensor_fraction": best[1]}

@@ -164,6 +164,44 @@ def _backoffs(variant: str, rs: list[dict]) -> list[str]:
             f"the first overflow was born in {top}{low}."]
 
 
+def _span(xs: list[float]) -> str:
+    """Percentages of the seeds: one, or the least and the largest."""
+    lo, hi = min(xs), max(xs)
+    return f"{lo:.2g}%" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}%"
+
+
+def underflow_finding(reports: list[dict], precision) -> str:
+    """What underflow cost (train.precision.measure_underflow), per variant over its seeds:
+    the fraction of the gradient entries non-zero in float32 that the compute dtype had as
+    zero or subnormal at the last measured step, the tensor that lost the most there, and the
+    most at any measured step. "" for runs that did not measure it."""
+    measured = [r for r in reports if isinstance(r.get("final_underflow"), (int, float))]
+    if not measured:
+        return ""
+    p = precision if isinstance(precision, dict) else {}
+    compute = p.get("compute", "the compute dtype")
+    scaling = "no loss scaling" if p.get("loss_scale", "none") == "none" else f"{p['loss_scale']} loss scaling"
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in measured:
+        by_variant[r["variant"]].append(r)
+    parts = []
+    for variant, rs in by_variant.items():
+        final = [100 * r["final_underflow"] for r in rs]
+        what = (f" of the gradient entries that were non-zero in float32 (zero or subnormal in {compute}"
+                if not parts else " (")
+        worst = [r for r in rs if r.get("underflow_tensor")]
+        if worst:
+            names = sorted({r["underflow_tensor"] for r in worst}, key=[r["underflow_tensor"] for r in worst].index)
+            what += (f"{'; ' if not parts else ''}the most in {', '.join(names)}, "
+                     f"{_span([100 * r['underflow_tensor_fraction'] for r in worst])} of theirs")
+        text = f"`{variant}` lost {_span(final)}{what})" if what != " (" else f"`{variant}` lost {_span(final)}"
+        peaks = [100 * r["max_underflow"] for r in rs if isinstance(r.get("max_underflow"), (int, float))]
+        if peaks and max(peaks) > max(final):
+            text += f", up to {max(peaks):.2g}% at an earlier measured step"
+        parts.append(text)
+    return f"Gradient underflow in {compute} ({scaling}): at the last measured step " + "; ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------- threshold sweep
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_direction", "sweep_grad_norm_s")
@@ -618,7 +656,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
-        findings(reports),
+        " ".join(f for f in (findings(reports), underflow_finding(reports, t.get("precision"))) if f),
         "",
     ]
     lines += suggestion_section(exp, reports)

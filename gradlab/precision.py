@@ -14,8 +14,8 @@ after growth_interval consecutive clean steps, times growth_factor unless that i
 float32 (tracker to 0 either way). A static scale never moves. A dynamic scale that falls
 below min_scale ends the variant: no finite gradient was to be had at any scale worth using.
 
-What underflow costs (`train.precision.measure_underflow`): UnderflowMeter replays a step in
-float32 and counts the gradient entries that float32 has as non-zero and the compute dtype as
+What underflow costs (`train.precision.measure_underflow`): UnderflowMeter replays a step's
+backward in float32 and counts the gradient entries that float32 has as non-zero and the compute dtype as
 zero or subnormal, per parameter tensor.
 
 Hyperparameters are read as attributes of the config object (gradlab.config.PrecisionConfig),
@@ -115,15 +115,24 @@ def fraction(lost: np.ndarray, counted: np.ndarray) -> np.ndarray:
 
 class UnderflowMeter:
     """`train.precision.measure_underflow`: on every N-th step (and the last, so that a run
-    always ends measured) the step's gradients are compared with the same step in float32.
+    that trains to the end ends measured) the step's gradients are compared with the same
+    backward pass in float32.
 
-    The reference replays the step with `reference` (the same model built with float32
-    compute) from the same master weights and batch, backpropagating the same unscaled
-    dL/dout the step's loss gave: the two differ only by the compute dtype's rounding. The
-    step's own gradients are taken as its backward produced them, before any unscale or
-    clipping touches them: with loss scaling, the scaled ones (the scale is there to lift
-    them out of the subnormals). The replay has its own workspace and reads the step's
-    arrays without writing them, so a measured run trains exactly as an unmeasured one."""
+    The reference is the step's backward run again by `reference`, the same model built with
+    float32 compute, from the step's own forward pass (its cache: the compute copy of the
+    weights and the activations the compute dtype gave) and the same unscaled dL/dout: the two
+    differ only by the backward's rounding, which is where underflow loses gradients and
+    what a loss scale is for. A replay of the forward pass in float32 as well would count
+    more: a ReLU unit that the forward's rounding switched off has a zero gradient in the
+    compute dtype and not in float32, which is no underflow (measured, the quickstart in
+    bfloat16, float32's range: 0.1-0.6% of the entries "lost" that way, 0% from the same
+    forward pass). The step's own gradients are taken as its backward produced them, before
+    any unscale or clipping touches them: with loss scaling, the scaled ones (the scale is
+    there to lift them out of the subnormals).
+
+    The replay has its own workspace and writes nothing the step reads afterwards (the cache
+    is spent once the step's backward has run), so a measured run trains exactly as an
+    unmeasured one."""
 
     def __init__(self, reference, compute: str, every: int, steps: int) -> None:
         from .models.workspace import Workspace
@@ -136,10 +145,11 @@ class UnderflowMeter:
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last
 
-    def measure(self, params, x, dout: np.ndarray, grads) -> dict[str, np.ndarray]:
+    def measure(self, params, cache, dout: np.ndarray, grads) -> dict[str, np.ndarray]:
         """metrics.csv's `underflow` (V,), the fraction over every parameter's entries, and
-        `underflow_tensors` (V, n_tensors), each tensor's, in the model's parameter order."""
-        out, cache = self.reference.forward(params, x, ws=self.ws)
+        `underflow_tensors` (V, n_tensors), each tensor's, in the model's parameter order.
+        Call it after the step's backward (the cache is the step's forward's) and before its
+        gradients change."""
         # The model may write into what it is given; the step's dL/dout stays as it was.
         ref = self.reference.backward(params, cache, dout.copy(), ws=self.ws)
         counts = [lost_entries(grads[k], ref[k], self.tiny) for k in self.reference.param_names]

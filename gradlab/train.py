@@ -284,7 +284,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             diag = model.diagnostics(cache)  # attention statistics (transformer); the loss adds logit_z
             loss, dout = task.loss(out, y, z_loss=model.z_loss, stats=diag)
             flow = {} if recurrent else None
-            measure = ((lambda g: meter.measure(run.params, x, dout, g))  # noqa: E731 (x, dout: this step's)
+            measure = ((lambda g: meter.measure(run.params, cache, dout, g))  # noqa: E731 (this step's)
                        if meter is not None and meter.due(step) else None)
             if run.scaler is None:
                 grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)

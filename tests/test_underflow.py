@@ -31,10 +31,13 @@ NONE, NORM = {"method": "none"}, {"method": "norm", "max_norm": 0.5}
 
 
 def cfg_of(compute="float16", every=3, steps=7, clipping=(NONE, NORM), kind="mlp", **precision):
-    model = (dict(kind="mlp", depth=4, width=16, activation="tanh", init=dict(gain=0.5)) if kind == "mlp"
-             else dict(kind=kind, depth=1, width=6))
-    task = (dict(kind="teacher", input_dim=6, output_dim=1, batch_size=16) if kind == "mlp"
-            else dict(kind="adding", seq_len=6, batch_size=8))
+    model, task = {
+        "mlp": (dict(kind="mlp", depth=4, width=16, activation="tanh", init=dict(gain=0.5)),
+                dict(kind="teacher", input_dim=6, output_dim=1, batch_size=16)),
+        "gru": (dict(kind="gru", depth=1, width=6), dict(kind="adding", seq_len=6, batch_size=8)),
+        "transformer": (dict(kind="transformer", depth=2, width=8, heads=2),
+                        dict(kind="copy", seq_len=7, copy_len=2, n_symbols=3, batch_size=4)),
+    }[kind]
     p = dict(compute=compute, **precision)
     if every is not None:
         p["measure_underflow"] = every
@@ -92,8 +95,8 @@ def test_lost_entries_equal_the_real_casts_count(compute, exponents, seed):
 
 def _independent_step0(cfg, seed, scale=None):
     """Step 0 of a run done by hand: its batch and weights, the compute dtype's gradients
-    (scaled by `scale` when loss scaling is on) and float32's from the same dL/dout, counted
-    with the real cast's definition of subnormal (np.finfo)."""
+    (scaled by `scale` when loss scaling is on) and float32's backward of the same forward pass
+    and dL/dout, counted with the real cast's definition of subnormal (np.finfo)."""
     rng = seed_streams(seed)
     task = build_task(cfg.task, "float32", rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
     low = build_model(cfg.model, task, "float32", compute=cfg.train.precision.compute)
@@ -103,7 +106,7 @@ def _independent_step0(cfg, seed, scale=None):
     out, cache = low.forward(params, x)
     _, dout = task.loss(out, y)
     grads = low.backward(params, cache, dout * np.float32(scale) if scale else dout)
-    ref = f32.backward(params, f32.forward(params, x)[1], dout)
+    ref = f32.backward(params, low.forward(params, x)[1], dout)  # float32's backward of the same forward
     tiny = np.finfo(np.float16).tiny if cfg.train.precision.compute == "float16" else np.finfo(np.float32).tiny
     per, lost_all, nz_all = {}, 0, 0
     for name in low.param_names:
@@ -143,11 +146,13 @@ def test_measured_steps_are_every_nth_and_the_last_and_only_those():
     assert r.summary["final_underflow"] == finals[-1] and r.summary["max_underflow"] == max(finals)
 
 
-@pytest.mark.parametrize("precision", [{}, dict(loss_scale="dynamic", init_scale=2.0 ** 20, growth_interval=2)])
-def test_measuring_changes_no_training_number(precision):
+@pytest.mark.parametrize("kind,precision", [
+    ("mlp", {}), ("mlp", dict(loss_scale="dynamic", init_scale=2.0 ** 20, growth_interval=2)),
+    ("gru", {}), ("transformer", dict(loss_scale="static", init_scale=256.0))])
+def test_measuring_changes_no_training_number(kind, precision):
     """A run with measure_underflow equals one without in every shared column, its layer norms
     and its outcome; the scaled path too (with skipped steps, the scale backing off)."""
-    cfg = dict(compute="float16", steps=9, clipping=(NONE, NORM), **precision)
+    cfg = dict(compute="float16", steps=9, clipping=(NONE, NORM), kind=kind, **precision)
     measured, plain = train_seed(cfg_of(every=2, **cfg), 0), train_seed(cfg_of(every=None, **cfg), 0)
     for a, b in zip(measured, plain):
         assert [c for c in a.columns if c != "underflow"] == list(b.columns)

@@ -43,7 +43,8 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     MLP; gates, states and their gradients at every time step for recurrent layers), the
     held-out set and the metrics. float16 or bfloat16 compute adds the step's compute copy of
     the parameters (P; held in float32, see gradlab.compute); measuring underflow, the float32
-    replay's gradients and activations (P + the activations) and underflow.csv's table."""
+    backward replay's gradients and buffers (at most P + the activations) and underflow.csv's
+    table."""
     v, m = len(cfg.clipping), cfg.model
     saved = MODEL_KINDS[m.kind].saved_per_example(m, cfg.task)
     copies = 5 if cfg.train.precision.compute != "float32" else 4

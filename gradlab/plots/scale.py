@@ -174,10 +174,11 @@ def draw_underflow(exp: Experiment, path: Path) -> Path | None:
         top = max(top, float(values.max()) if values.size else 0.0)
     last = max(float(tables[r.run_id][0][-1]) for r in runs)
     step_axis(next(iter(panels.values())), 0.0, max(last, (exp.steps or 0) - 1.0))
-    # Percent on a linear axis from 0: a fraction of 0 is the news as much as one of 40%.
+    # Percent on a linear axis from 0: a fraction of 0 is the news as much as one of 40%, so
+    # the axis starts a little below it, where a line at 0 is not hidden by the frame.
     top = max(100 * top * 1.08, 1.0)
     for i, ax in enumerate(panels.values()):
-        ax.set_ylim(0.0, top)
+        ax.set_ylim(-0.02 * top, top)
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
         if i % style.MAX_PANEL_COLUMNS == 0:
             ax.set_ylabel("entries lost to underflow")

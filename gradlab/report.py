@@ -164,10 +164,17 @@ def _backoffs(variant: str, rs: list[dict]) -> list[str]:
             f"the first overflow was born in {top}{low}."]
 
 
+def _percent(x: float) -> str:
+    """A percentage in two significant digits, three from 10 up (never 1e+02); 100 only
+    when it is all."""
+    text = f"{x:.3g}" if x >= 10 else f"{x:.2g}"
+    return "99.9" if text == "100" and x < 100 else text
+
+
 def _span(xs: list[float]) -> str:
     """Percentages of the seeds: one, or the least and the largest."""
-    lo, hi = min(xs), max(xs)
-    return f"{lo:.2g}%" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}%"
+    lo, hi = _percent(min(xs)), _percent(max(xs))
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
 
 
 def underflow_finding(reports: list[dict], precision) -> str:
@@ -196,8 +203,8 @@ def underflow_finding(reports: list[dict], precision) -> str:
                      f"{_span([100 * r['underflow_tensor_fraction'] for r in worst])} of theirs")
         text = f"`{variant}` lost {_span(final)}{what})" if what != " (" else f"`{variant}` lost {_span(final)}"
         peaks = [100 * r["max_underflow"] for r in rs if isinstance(r.get("max_underflow"), (int, float))]
-        if peaks and max(peaks) > max(final):
-            text += f", up to {max(peaks):.2g}% at an earlier measured step"
+        if peaks and _percent(max(peaks)) != _percent(max(final)):
+            text += f", up to {_percent(max(peaks))}% at an earlier measured step"
         parts.append(text)
     return f"Gradient underflow in {compute} ({scaling}): at the last measured step " + "; ".join(parts) + "."
 

@@ -115,8 +115,10 @@ def underflow_worst(tensors: Sequence[str], underflow_rows: Sequence[Sequence[fl
     """The tensor that lost the largest fraction of its gradient entries to underflow at the
     step `final_underflow` comes from (the last healthy measured step), and that fraction:
     report.json's `underflow_tensor` and `underflow_tensor_fraction` (both None when no step
-    was measured; the tensor None and the fraction 0 when no tensor lost any entry). The first tensor in the model's order wins a tie. From underflow.csv's rows
-    (step, then a fraction per tensor, NaN where float32 had no non-zero entry)."""
+    was measured; the tensor None and the fraction 0 when no tensor lost any entry). The
+    first tensor in the model's order wins a tie. From underflow.csv's rows (step, then a
+    fraction per tensor, NaN where float32 had no non-zero entry); pure Python, as
+    `summarize`, for the run store's check."""
     at = {c: i for i, c in enumerate(columns)}
     last = None
     for r in rows:

@@ -18,7 +18,8 @@ from gradlab.kinds import MODEL_KINDS
 from gradlab.models import build_model, stack
 from gradlab.plots import figures, scale
 from gradlab.plots.load import load_experiment
-from gradlab.precision import fraction, lost_entries, smallest_normal
+from gradlab.models.workspace import Workspace
+from gradlab.precision import UnderflowMeter, fraction, lost_entries, smallest_normal
 from gradlab.report import underflow_finding, write_report
 from gradlab.store import check_run, write_run
 from gradlab.tasks import build_task
@@ -279,3 +280,28 @@ def test_the_finding_names_the_worst_tensor_and_a_loss_free_variant():
         "gradient entries that were non-zero in float32 (zero or subnormal in float16; the most in layer0.W, "
         "70-72% of theirs), up to 50% at an earlier measured step; `norm-1` lost 0%.")
     assert underflow_finding([dict(variant="none", final_underflow=None)], {}) == ""
+
+
+@pytest.mark.parametrize("kind", ["mlp", "rnn", "lstm", "gru", "transformer"])
+def test_the_reference_reads_the_cache_the_steps_backward_leaves_as_a_fresh_one(kind):
+    """The float32 replay runs on the step's forward cache after the step's backward has used
+    it (in the training workspace): no model's backward may have changed what it reads."""
+
+    cfg = cfg_of(kind=kind if kind in ("mlp", "transformer") else "gru")
+    if kind in ("rnn", "lstm"):
+        cfg = ExperimentConfig.model_validate({**cfg.model_dump(), "model": dict(kind=kind, depth=1, width=6)})
+    rng = seed_streams(0)
+    task = build_task(cfg.task, "float32", rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
+    low = build_model(cfg.model, task, "float32", compute="float16")
+    meter = UnderflowMeter(build_model(cfg.model, task, "float32"), "float16", 1, 1)
+    params = stack(low.init(rng["init"]), 2)
+    x, y = task.batch(rng["data"])
+    ws = Workspace()
+    with np.errstate(all="ignore"):
+        out, cache = low.forward(params, x, ws=ws)
+        _, dout = task.loss(out, y)
+        low.backward(params, cache, dout, dh_norms={} if kind in ("rnn", "lstm", "gru") else None, ws=ws)
+        spent = meter.reference.backward(params, cache, dout.copy())
+        fresh = meter.reference.backward(params, low.forward(params, x)[1], dout.copy())
+    for name in low.param_names:
+        np.testing.assert_array_equal(spent[name], fresh[name])

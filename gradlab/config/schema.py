@@ -359,8 +359,8 @@ class PrecisionConfig(_Strict):
     growth_interval: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
     min_scale: Annotated[float, Field(gt=0, le=_FLOAT32_MAX, allow_inf_nan=False)] = 2.0 ** -24
     clip: Literal["after_unscale", "before_unscale"] = "after_unscale"
-    # Every N steps (and at the last), the step's gradients are compared with a float32 replay
-    # of it (gradlab.precision.underflow); None: never.
+    # Every N steps (and at the last), the step's gradients are compared with its backward
+    # replayed in float32 (gradlab.precision.UnderflowMeter); None: never.
     measure_underflow: Optional[Annotated[int, Field(ge=1, le=10_000_000)]] = None
 
     @field_validator("init_scale", "min_scale")

@@ -56,8 +56,11 @@ def _collapse(values: Sequence[float]) -> Value:
 def _map(fn: Callable[..., float], *values: Value) -> Value:
     """fn of the values, per variant where any is a tuple: each variant's constant is the
     Python expression a run of its own optimizer alone evaluates."""
-    n = next((len(v) for v in values if isinstance(v, tuple)), None)
-    if n is None:
+    for v in values:
+        if type(v) is tuple:
+            n = len(v)
+            break
+    else:  # the usual case, on the hot path: no generator, no per-variant loop
         return fn(*values)
     return _collapse([fn(*(v[i] if isinstance(v, tuple) else v for v in values)) for i in range(n)])
 
@@ -71,20 +74,24 @@ class _Operands:
     """Constants as operands of a parameter's arrays: a scalar as it is (NumPy rounds a Python
     float to the array's dtype), per-variant values as a (V, 1, ...) array of the array's dtype,
     rounded the same way, so that each variant's product is the scalar one bit for bit. The
-    arrays are made once per call and dtype/rank, not per parameter."""
+    arrays are made once per call and dtype/rank, not per parameter; with no per-variant value
+    (the usual case) `at` is the values themselves, at no cost."""
 
     def __init__(self, values: dict[str, Value]) -> None:
         self.values, self.memo = values, {}
+        self.scalar = tuple not in set(map(type, values.values()))
 
-    def __call__(self, name: str, like: np.ndarray) -> Any:
-        x = self.values[name]
-        if not isinstance(x, tuple):
-            return x
-        key = (name, like.dtype, like.ndim)
-        a = self.memo.get(key)
-        if a is None:
-            a = self.memo[key] = np.asarray(x, np.float64).astype(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
-        return a
+    def at(self, like: np.ndarray) -> dict[str, Any]:
+        """The operands for arrays of `like`'s dtype and rank."""
+        if self.scalar:
+            return self.values
+        key = (like.dtype, like.ndim)
+        ops = self.memo.get(key)
+        if ops is None:
+            shape = (-1,) + (1,) * (like.ndim - 1)
+            ops = self.memo[key] = {k: np.asarray(x, np.float64).astype(like.dtype).reshape(shape)
+                                    if isinstance(x, tuple) else x for k, x in self.values.items()}
+        return ops
 
 
 class Optimizer:
@@ -225,27 +232,28 @@ class SGD(Optimizer):
     def _updates(self, params, grads, state, t, h):
         first = t == 0
         wd, momentum, dampening = h["weight_decay"], h["momentum"], h["dampening"]
-        c = _Operands({"wd": wd, "momentum": momentum, "damp": _map(lambda d: 1.0 - d, dampening),
-                       "step": _map(lambda lr: -lr, h["lr"])})
+        ops = _Operands({"wd": wd, "momentum": momentum, "damp": _map(lambda d: 1.0 - d, dampening),
+                         "step": _map(lambda lr: -lr, h["lr"])})
+        decay, heavy, damped = _on(wd), _on(momentum), _on(dampening)
         for name, p in params.items():
-            g = grads[name]
-            if _on(wd):
-                g += c("wd", p) * p
+            g, c = grads[name], ops.at(p)
+            if decay:
+                g += c["wd"] * p
             d = g
-            if _on(momentum):
+            if heavy:
                 buf = state["buf"][name]
                 if first:
                     buf[...] = g
                 else:
-                    buf *= c("momentum", buf)
-                    buf += c("damp", g) * g if _on(dampening) else g
+                    buf *= c["momentum"]
+                    buf += c["damp"] * g if damped else g
                 if self.nesterov:
-                    g += c("momentum", buf) * buf
+                    g += c["momentum"] * buf
                 else:
                     d = buf
             # The update -lr * d goes into the gradient's buffer (ours to overwrite): no
             # temporary. p + (-lr * d) is p - lr * d bit for bit: negation is exact.
-            np.multiply(d, c("step", d), out=g)
+            np.multiply(d, c["step"], out=g)
         return grads
 
 
@@ -271,9 +279,10 @@ class _Adaptive(Optimizer):
         """The call's constants at step t (from 1), each a scalar or one value per variant."""
         raise NotImplementedError
 
-    def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], c: _Operands) -> np.ndarray:
-        """The update -d for one parameter, written into b["scratch"]. It reads p before any
-        parameter is changed (the updates are applied after)."""
+    def _step(self, p: np.ndarray, g: np.ndarray, b: dict[str, np.ndarray], c: dict[str, Any]) -> np.ndarray:
+        """The update -d for one parameter, written into b["scratch"], with the operands `c`
+        (the constants as operands of p's arrays; booleans say which branches are taken). It
+        reads p before any parameter is changed (the updates are applied after)."""
         raise NotImplementedError
 
     def init(self, params: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -285,10 +294,10 @@ class _Adaptive(Optimizer):
         return state["scratch"]
 
     def _updates(self, params, grads, state, t, h):
-        c = _Operands(self._constants(h, t + 1))
+        ops = _Operands(self._constants(h, t + 1))
         names = ("scratch", *self._buffers())
         for k, p in params.items():
-            self._step(p, grads[k], {b: state[b][k] for b in names}, c)
+            self._step(p, grads[k], {b: state[b][k] for b in names}, ops.at(p))
         return state["scratch"]
 
 
@@ -317,32 +326,31 @@ class Adam(_Adaptive):
 
     def _constants(self, h, t):
         lr, beta1, beta2, wd = h["lr"], h["beta1"], h["beta2"], h["weight_decay"]
-        return {"wd": wd, "eps": h["eps"], "beta2": beta2,
+        return {"wd": wd, "decay": _on(wd), "eps": h["eps"], "beta2": beta2,
                 "w1": _map(lambda b: 1.0 - b, beta1), "w2": _map(lambda b: 1.0 - b, beta2),
                 # sqrt(1 - beta2^t) and -lr / (1 - beta1^t), as torch's Python floats.
                 "root2": _map(lambda b: (1.0 - b ** t) ** 0.5, beta2),
                 "step": _map(lambda lr, b: -(lr / (1.0 - b ** t)), lr, beta1),
-                "decay": _map(lambda lr, wd: lr * wd, lr, wd)}
+                "lr_wd": _map(lambda lr, wd: lr * wd, lr, wd)}
 
     def _step(self, p, g, b, c):
         s, m, v = b["scratch"], b["exp_avg"], b["exp_avg_sq"]
-        wd = _on(c.values["wd"])
-        if wd and not self.decoupled:
-            g += np.multiply(p, c("wd", p), out=s)
-        _lerp_(m, g, c("w1", m), s)
-        v *= c("beta2", v)
-        v += np.multiply(np.square(g, out=s), c("w2", s), out=s)
+        if c["decay"] and not self.decoupled:
+            g += np.multiply(p, c["wd"], out=s)
+        _lerp_(m, g, c["w1"], s)
+        v *= c["beta2"]
+        v += np.multiply(np.square(g, out=s), c["w2"], out=s)
         if self.amsgrad:
             v = np.maximum(b["max_exp_avg_sq"], v, out=b["max_exp_avg_sq"])
         np.sqrt(v, out=s)
-        s /= c("root2", s)
-        s += c("eps", s)
+        s /= c["root2"]
+        s += c["eps"]
         np.divide(m, s, out=s)
-        s *= c("step", s)
-        if wd and self.decoupled:
+        s *= c["step"]
+        if c["decay"] and self.decoupled:
             # p * (1 - lr * wd) - d, as one update so that its norm is the whole change;
             # g is spent, so it holds the decay.
-            s -= np.multiply(p, c("decay", p), out=g)
+            s -= np.multiply(p, c["lr_wd"], out=g)
         return s
 
 
@@ -382,29 +390,31 @@ class RMSprop(_Adaptive):
                 + (("momentum_buffer",) if self._ever("momentum") else ()))
 
     def _constants(self, h, t):
-        return {"wd": h["weight_decay"], "alpha": h["alpha"], "w": _map(lambda a: 1.0 - a, h["alpha"]),
-                "eps": h["eps"], "momentum": h["momentum"], "step": _map(lambda lr: -lr, h["lr"])}
+        return {"wd": h["weight_decay"], "decay": _on(h["weight_decay"]), "alpha": h["alpha"],
+                "w": _map(lambda a: 1.0 - a, h["alpha"]), "eps": h["eps"], "momentum": h["momentum"],
+                # momentum > 0: the config refuses a negative one
+                "heavy": _on(h["momentum"]), "step": _map(lambda lr: -lr, h["lr"])}
 
     def _step(self, p, g, b, c):
         s, v = b["scratch"], b["square_avg"]
-        if _on(c.values["wd"]):
-            g += np.multiply(p, c("wd", p), out=s)
-        v *= c("alpha", v)
-        v += np.multiply(np.square(g, out=s), c("w", s), out=s)
+        if c["decay"]:
+            g += np.multiply(p, c["wd"], out=s)
+        v *= c["alpha"]
+        v += np.multiply(np.square(g, out=s), c["w"], out=s)
         if self.centered:
             a = b["grad_avg"]
-            _lerp_(a, g, c("w", a), s)
+            _lerp_(a, g, c["w"], s)
             np.sqrt(np.subtract(v, np.square(a, out=s), out=s), out=s)
         else:
             np.sqrt(v, out=s)
-        s += c("eps", s)
+        s += c["eps"]
         np.divide(g, s, out=s)
-        if _on(c.values["momentum"]):  # momentum > 0: the config refuses a negative one
+        if c["heavy"]:
             buf = b["momentum_buffer"]
-            buf *= c("momentum", buf)
+            buf *= c["momentum"]
             buf += s
-            return np.multiply(buf, c("step", s), out=s)
-        s *= c("step", s)
+            return np.multiply(buf, c["step"], out=s)
+        s *= c["step"]
         return s
 
 

@@ -595,11 +595,35 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
 
 
 def _scaling(p) -> str:
-    """The loss scaling of report.md's header line; nothing without it (every older config)."""
-    if not isinstance(p, dict) or p.get("loss_scale", "none") == "none":
+    """The compute dtype and loss scaling of report.md's header line; nothing without them
+    (every older config)."""
+    if not isinstance(p, dict):
         return ""
+    compute = f" masters, {p['compute']} compute" if p.get("compute", "float32") != "float32" else ""
+    if p.get("loss_scale", "none") == "none":
+        return compute
     how = "clipping the scaled gradients" if p.get("clip") == "before_unscale" else "clipping after the unscale"
-    return f", {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+    return f"{compute}, {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+
+
+def clip_order_finding(precision, reports: list[dict]) -> str:
+    """With `clip: before_unscale`, what the thresholds meant: the rules compared norms `scale`
+    times the true ones, so a threshold T capped the true norm at T / scale."""
+    if not isinstance(precision, dict) or precision.get("clip") != "before_unscale" \
+            or precision.get("loss_scale", "none") == "none":
+        return ""
+    clipped = [r for r in reports if r.get("method") != "none" and isinstance(r.get("clip_fraction"), (int, float))]
+    if not clipped:
+        return ""
+    init = float(precision.get("init_scale", 65536.0))
+    by_variant: dict[str, list[float]] = defaultdict(list)
+    for r in clipped:
+        by_variant[r["variant"]].append(r["clip_fraction"])
+    fractions = "; ".join(f"`{v}` clipped {min(f):.0%}" + (f"-{max(f):.0%}" if max(f) > min(f) else "")
+                          + " of its steps" for v, f in by_variant.items())
+    return (f"The clipping rules saw the scaled gradients (`train.precision.clip: before_unscale`), "
+            f"{init:g} times the true ones at the start: a threshold T acted on the true gradients as "
+            f"T / {init:g} then, and as T / scale as the scale moved; {fractions}.")
 
 
 def render(exp: Path, reports: list[dict]) -> str:
@@ -618,7 +642,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
-        findings(reports),
+        " ".join(filter(None, [findings(reports), clip_order_finding(t.get("precision"), reports)])),
         "",
     ]
     lines += suggestion_section(exp, reports)

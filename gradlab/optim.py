@@ -168,7 +168,8 @@ class Optimizer:
             norm = np.empty(t.size)
             for a, b in self._groups(t, arrays):
                 part = lambda d: {k: x[a:b] for k, x in d.items()}  # noqa: E731
-                sub = {k: (part(x) if isinstance(x, dict) else x) for k, x in state.items() if k not in ("step", "hyper")}
+                sub = {k: (part(x) if isinstance(x, dict) else x) for k, x in state.items()
+                       if k not in ("step", "hyper")}
                 h = {**scalars, **{k: _collapse(x[a:b].tolist()) for k, x in arrays.items()}}
                 # Each group's norms from its own slices, as a stack of them alone would measure them.
                 norm[a:b] = total_norm(param_norms(self._updates(part(params), part(grads), sub, int(t[a]), h)))

@@ -106,7 +106,8 @@ SCHEDULES = {
     "constant": [None],
     "linear_warmup": [dict(kind="linear_warmup", warmup_steps=w) for w in (4, 9, 1)],
     "cosine": [dict(kind="cosine", min_lr=m) for m in (0.0, 0.001, 0.002)],
-    "warmup_cosine": [dict(kind="warmup_cosine", warmup_steps=w, min_lr=m) for w, m in ((3, 0.0), (6, 0.001), (0, 0.001))],
+    "warmup_cosine": [dict(kind="warmup_cosine", warmup_steps=w, min_lr=m)
+                      for w, m in ((3, 0.0), (6, 0.001), (0, 0.001))],
 }
 
 
@@ -140,7 +141,8 @@ def test_with_a_skip_rule_the_stack_equals_each_alone(monkeypatch):
                    clipping=(NONE, skip), steps=40)
               for lr, b, wd in ((0.01, 0.9, 0.0), (0.03, 0.8, 0.01), (0.02, 0.9, 0.0))]
     together = check_stack_equals_alone(monkeypatch, points, seed=2)
-    skipped = [sum(row[r.columns.index("skipped")] for row in r.metrics_rows) for r in together if "skipped" in r.columns]
+    skipped = [sum(row[r.columns.index("skipped")] for row in r.metrics_rows)
+               for r in together if "skipped" in r.columns]
     assert len(skipped) == 3 and all(s > 0 for s in skipped) and len(set(skipped)) > 1
 
 
@@ -280,7 +282,8 @@ def test_stack_key_groups_what_may_share_a_stack():
             make(dict(kind="adam", lr=0.01), dict(kind="warmup_cosine"), clipping=(NONE,)),
             base.model_copy(update={"name": "other", "seeds": [4, 5]})]
     other = {"model.depth": make(dict(kind="adam"), dict(kind="warmup_cosine"), depth=4),
-             "task.batch_size": ExperimentConfig.model_validate({**base.model_dump(), "task": dict(batch_size=16, input_dim=4)}),
+             "task.batch_size": ExperimentConfig.model_validate({**base.model_dump(),
+                                                                 "task": dict(batch_size=16, input_dim=4)}),
              "train.optimizer.kind": make(dict(kind="adamw"), dict(kind="warmup_cosine")),
              "train.optimizer.amsgrad": make(dict(kind="adam", amsgrad=True), dict(kind="warmup_cosine")),
              "train.schedule.kind": make(dict(kind="adam"), dict(kind="cosine")),
@@ -297,7 +300,8 @@ def test_stack_key_groups_what_may_share_a_stack():
 
 
 @pytest.mark.parametrize("path, yes", [
-    ("train.optimizer.lr", True), ("train.optimizer.betas", True), ("train.optimizer.alpha", True),
+    ("train.optimizer.lr", True), ("train.optimizer.betas", True), ("train.optimizer.betas.1", True),
+    ("train.optimizer.alpha", True),
     ("train.schedule.min_lr", True), ("train.schedule.warmup_steps", True), ("clipping.1.max_norm", True),
     ("train.optimizer.kind", False), ("train.optimizer.nesterov", False), ("train.schedule.kind", False),
     ("model.depth", False), ("task.batch_size", False), ("train.steps", False), ("train.lr", False),
@@ -317,7 +321,8 @@ def test_train_seed_refuses_configs_that_cannot_share_the_stack():
 
 
 def test_lr_is_recorded_per_variant_and_nan_free():
-    a, b = (make(dict(kind="sgd", lr=lr), dict(kind="linear_warmup", warmup_steps=w)) for lr, w in ((0.05, 0), (0.2, 5)))
+    a, b = (make(dict(kind="sgd", lr=lr), dict(kind="linear_warmup", warmup_steps=w))
+            for lr, w in ((0.05, 0), (0.2, 5)))
     results = train_seed(a, 0, [a.clipping[0], b.clipping[0]], [0, 1], configs=[a, b])
     col = [[row[r.columns.index("lr")] for row in r.metrics_rows] for r in results]
     assert col[0] == [0.05] * 16 and col[1][:5] == [0.2 * ((t + 1) / 5) for t in range(5)] and col[1][5:] == [0.2] * 11

@@ -24,10 +24,10 @@ _PER_RUN = ("name", "seed", "seeds", "clipping", "sweep", "grid")
 
 
 def is_hyperparameter(path: str) -> bool:
-    """Whether a dotted key path (`train.optimizer.lr`, `clipping.1.max_norm`) is one that
-    configs of one stack may hold apart."""
+    """Whether a dotted key path (`train.optimizer.lr`, `train.optimizer.betas.0`,
+    `clipping.1.max_norm`) is one that configs of one stack may hold apart."""
     parts = tuple(path.split("."))
-    return parts[0] == "clipping" or HYPERPARAMETERS.get(parts[:-1]) is not None and parts[-1] in HYPERPARAMETERS[parts[:-1]]
+    return parts[0] == "clipping" or any(parts[i] in HYPERPARAMETERS.get(parts[:i], ()) for i in range(1, len(parts)))
 
 
 def _freeze(x: Any) -> Any:

@@ -285,7 +285,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
     precision = cfg.train.precision
-    scaler = LossScaler(precision, len(order)) if precision.scaling else None
+    scaler = (LossScaler(precision, len(order), [own[i].train.precision for i in order] if configs else None)
+              if precision.scaling else None)
     meter = (UnderflowMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), precision.compute,
                             precision.measure_underflow, steps) if precision.measure_underflow else None)
     # Each variant's own optimizer numbers, in stack order (one optimizer when they all agree).

@@ -337,3 +337,40 @@ def test_with_loss_scaling_in_float16_the_stack_equals_each_alone(monkeypatch):
     together = check_stack_equals_alone(monkeypatch, points)
     skipped = [sum(row[r.columns.index("skipped")] for row in r.metrics_rows) for r in together]
     assert any(skipped) and len(set(skipped)) > 1
+
+
+def test_loss_scale_knobs_may_differ_in_a_stack(monkeypatch):
+    """The dynamic loss scale's knobs per variant: a scale that starts elsewhere, backs off
+    and grows by other factors, at another interval, and collapses below another floor (1e-5,
+    compared in float32 as a single run compares it: float32(1e-5) is below 1e-5)."""
+    sets = [[], ["train.precision.init_scale=1024", "train.precision.growth_interval=7"],
+            ["train.precision.backoff_factor=0.25", "train.precision.growth_factor=4",
+             "train.precision.min_scale=1e-5"]]
+    points = [load_config("configs/fp16_dynamic_scaling.yaml", ["train.steps=30", *s], seeds=[0]) for s in sets]
+    assert len({stack_key(p) for p in points}) == 1
+    assert stack_key(load_config("configs/fp16_dynamic_scaling.yaml", ["train.precision.clip=before_unscale"])) \
+        != stack_key(points[0])
+    together = check_stack_equals_alone(monkeypatch, points)
+    first = [r.metrics_rows[0][r.columns.index("loss_scale")] for r in together]
+    assert first == [65536.0] * 3 + [1024.0] * 3 + [65536.0] * 3  # each point's own scale
+
+
+def test_a_per_variant_min_scale_is_compared_as_a_single_run_compares_it():
+    """A scale of exactly float32(1e-5) has not collapsed below min_scale 1e-5 alone (NumPy
+    compares a Python float with a float32 array in float32); nor in a stack whose variants'
+    floors differ."""
+    from gradlab.config import PrecisionConfig
+    from gradlab.precision import LossScaler
+
+    f32 = float(np.float32(1e-5))
+    a = PrecisionConfig(compute="float16", loss_scale="dynamic", init_scale=2 * f32, backoff_factor=0.5,
+                        min_scale=1e-5)
+    b = PrecisionConfig(compute="float16", loss_scale="dynamic", init_scale=2 * f32, backoff_factor=0.5)
+    alone = LossScaler(a, 1)
+    stacked = LossScaler(a, 2, [a, b])
+    collapsed_alone = alone.update(np.array([True]))
+    collapsed = stacked.update(np.array([True, True]))
+    assert alone.scale[0] == np.float32(1e-5) and stacked.scale.tolist() == [alone.scale[0]] * 2
+    assert collapsed_alone.tolist() == [False] and collapsed.tolist() == [False, False]
+    stacked.select(np.array([1]))
+    assert stacked.min_scale.tolist() == [np.float32(2.0 ** -24)]

@@ -4,9 +4,11 @@ A stack shares its initial weights, its batches and its shapes: one forward and 
 pass advance every variant. So configs may share a stack when they differ only in numbers
 that the clipping rules and the optimizer apply per variant, the hyperparameters: the
 clipping list, the optimizer's lr, momentum, dampening, betas, eps, weight_decay and alpha,
-and the schedule's warmup_steps and min_lr (gradlab.optim and gradlab.schedules hold those
-as (V,) values). Everything else (model, task, batch, steps, dtype, the optimizer and
-schedule kinds and their flags such as nesterov, precision) makes a stack of its own.
+the schedule's warmup_steps and min_lr, and the loss scale's knobs (init_scale,
+growth_factor, backoff_factor, growth_interval, min_scale): gradlab.optim, gradlab.schedules
+and gradlab.precision hold those as (V,) values. Everything else (model, task, batch, steps,
+dtype, the optimizer and schedule kinds and their flags such as nesterov, the compute dtype,
+the loss_scale kind and clip order) makes a stack of its own.
 Names and seeds are no part of it: a stack trains one seed, given to train_seed apart.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 HYPERPARAMETERS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("train", "optimizer"): ("lr", "momentum", "dampening", "betas", "eps", "weight_decay", "alpha"),
     ("train", "schedule"): ("warmup_steps", "min_lr"),
+    ("train", "precision"): ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "min_scale"),
 }
 # The top-level keys that name or multiply runs rather than shape a stack.
 _PER_RUN = ("name", "seed", "seeds", "clipping", "sweep", "grid")

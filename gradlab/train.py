@@ -230,8 +230,8 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     Returns one RunResult per variant, in the order given. `indices` are the variants'
     positions in the config's clipping list (they only label the results).
 
-    `configs`: one config per variant, each equal to `cfg` but in hyperparameters (optimizer
-    and schedule numbers: gradlab.config.stack_key), which that variant then trains with;
+    `configs`: one config per variant, each equal to `cfg` but in hyperparameters (optimizer,
+    schedule and loss-scale numbers: gradlab.config.stack_key), which that variant trains with;
     each variant's numbers are those of its config trained alone, bit for bit. A config that
     differs elsewhere cannot share the stack (ValueError).
 
@@ -252,7 +252,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
 
 
 def _hyperparameters(cfg: ExperimentConfig, configs: Sequence[ExperimentConfig] | None, n: int) -> list:
-    """Each variant's config for its optimizer and schedule: `configs`, checked, or `cfg`'s."""
+    """Each variant's config for its optimizer, schedule and loss scale: `configs`, checked, or `cfg`'s."""
     if configs is None:
         return [cfg] * n
     configs = list(configs)

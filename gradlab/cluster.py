@@ -101,7 +101,7 @@ class DaskExecutor:
 
         from .executors import Lost
 
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=self._client.loop):
             if fut.status == "error" and isinstance(fut.exception(), KilledWorker):
                 # The scheduler gave up on it: the workers running it died allowed-failures times.
                 raise Lost(fut, None)

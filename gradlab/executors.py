@@ -30,6 +30,8 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
+import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -95,6 +97,16 @@ def train_unit(cfg, seed: int, todo: Sequence[int], lockstep: bool = True,
     return results
 
 
+def encoded_unit(cfg, config: str, seed: int, todo: Sequence[int], lockstep: bool = True,
+                 advance: Callable[[int], None] = lambda n: None) -> list[tuple[str, list[tuple[str, bytes]]]]:
+    """train_unit, its runs encoded as the files the store writes: (run id, [(file name, bytes)])
+    each. What an executor runs: the formatting of every number is done where the run was
+    trained, in parallel, and the one writer only puts bytes on disk (store.write_files)."""
+    from .store import run_files
+
+    return [(r.run_id, run_files(r, config)) for r in train_unit(cfg, seed, todo, lockstep, advance)]
+
+
 def limit_blas_threads() -> int:
     """One BLAS thread in this process; returns the largest thread count left in any pool.
 
@@ -156,6 +168,17 @@ def _worker(tasks, events, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    def watch() -> None:
+        """Exit once the parent is gone (kill -9, the OOM killer), wherever this process waits:
+        between steps, for a task, or at exit on the queue's feeder thread, which would wait
+        forever to flush a result nobody reads (the other workers hold the pipe open). Such a
+        worker would hold the experiment's lock, inherited at fork, from the `gradlab` that
+        resumes it."""
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gradlab-parent-watch", daemon=True).start()
     limit_blas_threads()
     pending = 0  # `parent` is the pid the parent passed: it may die before this runs
 

@@ -144,12 +144,13 @@ def run_units(cfg: ExperimentConfig, exp: Path, work: list, executor, progress: 
     caller). On any way out but success (Ctrl-C, SIGTERM, a lost worker, an error) the
     executor's pending units are cancelled and its workers stopped; what was written stays."""
     from .errors import WorkerLost
-    from .executors import Lost, train_unit
+    from .executors import Lost, encoded_unit
+    from .store import write_files
 
     h = config_hash(cfg)
     ok = False
     try:
-        futures = {executor.submit(train_unit, cfg, u.seed, u.todo, lockstep): u for u in work}
+        futures = {executor.submit(encoded_unit, cfg, h, u.seed, u.todo, lockstep): u for u in work}
         if hasattr(executor, "start"):
             executor.start()
         if while_training is not None and futures:
@@ -159,8 +160,8 @@ def run_units(cfg: ExperimentConfig, exp: Path, work: list, executor, progress: 
         try:
             for fut in executor.as_completed(list(futures)):
                 unit = futures[fut]
-                for r in fut.result():
-                    write_run(exp, r, h)
+                for rid, files in fut.result():
+                    write_files(exp, rid, files)
                 if not executor.streams_progress:
                     progress.advance(unit.steps)
         except Lost as e:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError, clip
 
-CONNECT_TIMEOUT = 5  # seconds: an unreachable scheduler is an error well within 10 s
+CONNECT_TIMEOUT = 4  # seconds: with Dask's import (1-3 s), an unreachable scheduler is an error within 10 s
 _LOCAL = re.compile(r"local:(\d+)")
 
 
@@ -55,6 +55,40 @@ def _dask():
     return dask, distributed
 
 
+def _probe(address: str) -> None:
+    """Raise OSError unless a Dask scheduler answers at `address` (tcp) within CONNECT_TIMEOUT.
+
+    A scheduler speaks first: its handshake, a frame whose first 8 bytes are its length. Read
+    before distributed's Client connects, because the Client fails badly on a port where
+    something else listens (a web server, the dashboard's 8787, a proxy): it reads their bytes
+    as a frame length, tries to allocate exabytes, and its clean-up then blocks for 10 s."""
+    import socket
+    import struct
+    import time
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    scheme, loc = parse_address(address)
+    if scheme != "tcp":
+        return  # tls and others: the handshake is encrypted; the Client's own timeout holds
+    host, port = parse_host_port(loc, 8786)
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as sock:
+        head = b""
+        while len(head) < 8:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(8 - len(head))
+            except socket.timeout:
+                raise OSError(f"no Dask handshake from {host}:{port} within {CONNECT_TIMEOUT} s") from None
+            if not chunk:
+                raise OSError(f"{host}:{port} closed the connection without a Dask handshake")
+            head += chunk
+    if not 0 < struct.unpack("<Q", head)[0] < 2**20:
+        raise OSError(f"what listens at {host}:{port} is not a Dask scheduler")
+
+
 class DaskExecutor:
     """The executor seam (gradlab.executors) on a Dask cluster; progress per finished unit."""
 
@@ -74,16 +108,16 @@ class DaskExecutor:
             if m:
                 self._cluster = distributed.LocalCluster(
                     n_workers=int(m.group(1)), threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR, host="127.0.0.1")
+                    silence_logs=logging.ERROR, host="127.0.0.1", preload=["gradlab.cluster"])
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             else:
+                _probe(spec)
                 with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s"}):
                     self._client = distributed.Client(spec, timeout=CONNECT_TIMEOUT, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as e:
+        except Exception as e:  # refused, timed out, a malformed address, not a Dask scheduler
             self.shutdown()
             why = " ".join(str(e).split()) or type(e).__name__
-            raise UserError(f"cannot reach a Dask scheduler at {spec} within {CONNECT_TIMEOUT} s ({why})",
-                            key="--cluster") from None
+            raise UserError(f"cannot reach a Dask scheduler at {spec} ({why})", key="--cluster") from None
         except BaseException:
             self.shutdown()
             raise
@@ -122,3 +156,15 @@ class DaskExecutor:
         if cluster is not None:
             cluster.close()
         self._futures = []
+
+
+def dask_setup(worker) -> None:
+    """Run by each LocalCluster worker process as it starts (a Dask preload): a terminal's
+    Ctrl-C reaches the whole process group, and the `gradlab` process, not each worker, decides
+    what it means (cancel the pending units, close the cluster). A worker left to itself would
+    print a KeyboardInterrupt traceback per process."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -83,7 +83,7 @@ WorkersOpt = typer.Option(None, "--workers", min=1, metavar="N",
                                "(default: the cores, fewer when memory says so).")
 ClusterOpt = typer.Option(None, "--cluster", envvar="GRADLAB_CLUSTER", metavar="local:N|tcp://HOST:8786",
                           help="Train on a Dask cluster: local:N starts N single-threaded worker processes, an address "
-                               "uses a running scheduler's workers (also GRADLAB_CLUSTER; needs pip install -e \".[cluster]\").")
+                               "uses a running scheduler's workers (needs pip install -e \".[cluster]\").")
 ForceOpt = typer.Option(False, "--force", help="Recompute runs that are already complete.")
 NoPlotsOpt = typer.Option(False, "--no-plots", help="Skip drawing the plots (`gradlab plot` draws them later).")
 WideOpt = typer.Option(False, "--wide", help="Every column of the table, however wide the terminal (report.md has them all).")

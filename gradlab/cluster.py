@@ -89,6 +89,17 @@ def _probe(address: str) -> None:
         raise OSError(f"what listens at {host}:{port} is not a Dask scheduler")
 
 
+def _on_worker(fn: Callable, *args: Any):
+    """Run a unit on a Dask worker with its BLAS at one thread for good. train_seed limits it
+    for its own span only and then restores what it found; on a worker running units in two
+    threads (`dask worker` without --nthreads 1) one unit's restore would hand the other's
+    remaining steps the machine's thread count, and other digits."""
+    from .executors import limit_blas_threads
+
+    limit_blas_threads()
+    return fn(*args)
+
+
 class DaskExecutor:
     """The executor seam (gradlab.executors) on a Dask cluster; progress per finished unit."""
 
@@ -125,7 +136,7 @@ class DaskExecutor:
         self.workers = max(1, threads)
 
     def submit(self, fn: Callable, *args: Any):
-        fut = self._client.submit(fn, *args, pure=False)
+        fut = self._client.submit(_on_worker, fn, *args, pure=False)
         self._futures.append(fut)
         return fut
 

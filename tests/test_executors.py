@@ -26,10 +26,13 @@ plans_st = st.lists(st.tuples(st.integers(0, 50), st.lists(st.integers(0, 9), mi
                     min_size=1, max_size=5, unique_by=lambda p: p[0])
 
 
+CFG = one_seed()
+
+
 @settings(max_examples=200, deadline=None)
 @given(plans=plans_st, workers=st.integers(1, 12), lockstep=st.booleans())
 def test_units_cover_every_variant_once_and_fill_the_workers(plans, workers, lockstep):
-    cfg = one_seed()
+    cfg = CFG
     seed_plans = [SeedPlan(seed, todo) for seed, todo in plans]
     work = units(cfg, seed_plans, lockstep, workers)
     for p in seed_plans:  # each variant of each seed in exactly one unit of that seed

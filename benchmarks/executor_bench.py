@@ -17,6 +17,7 @@
    (the cluster's start counted, and without it). Goal (issue 16): overhead at most 15%.
 
     python benchmarks/executor_bench.py [--rounds 3] [--against /path/to/other/checkout]
+                                        [--only-units] [--steps 100]
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from gradlab.config import ExperimentConfig, load_config  # noqa: E402
 from gradlab.experiment import run_experiment  # noqa: E402
 
 
-def one_seed_four_variants() -> ExperimentConfig:
+def one_seed_four_variants(steps: int = 100) -> ExperimentConfig:
     return ExperimentConfig.model_validate(dict(
         name="bench-units", seeds=[0],
         model=dict(kind="mlp", depth=32, width=256, activation="relu", init=dict(scheme="he", gain=1.0)),
         task=dict(kind="teacher", batch_size=128, input_dim=16, output_dim=1),
-        train=dict(steps=100, optimizer=dict(kind="sgd", lr=0.01, momentum=0.9)),
+        train=dict(steps=steps, optimizer=dict(kind="sgd", lr=0.01, momentum=0.9)),
         clipping=[dict(method="norm", max_norm=t) for t in (0.5, 1.0, 2.0, 4.0)]))
 
 
@@ -84,8 +85,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every case (median reported)")
     ap.add_argument("--against", type=Path, help="another gradlab checkout to time the quickstart against")
     ap.add_argument("--only-units", action="store_true", help="only the one-seed cases and the writer")
+    ap.add_argument("--steps", type=int, default=100, help="steps of the one-seed experiment")
     args = ap.parse_args()
-    cfg = one_seed_four_variants()
+    cfg = one_seed_four_variants(args.steps)
     cases = {
         "1 seed x 4 variants, 1 unit on 1 core": lambda out: run_experiment(cfg, out, plots=False, workers=1),
         "1 seed x 4 variants, 2 units on 2 cores": lambda out: run_experiment(cfg, out, plots=False, workers=2),

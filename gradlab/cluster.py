@@ -109,7 +109,7 @@ class DaskExecutor:
         import logging
 
         dask, distributed = _dask()
-        self.name, self._cluster, self._futures = spec, None, []
+        self.name, self._cluster, self._futures = spec, None, set()
         # distributed's own log lines (a worker restarted, a connection closed on Ctrl-C) are
         # for a cluster's operator; the user of gradlab sees gradlab's one-line outcomes.
         for name in ("distributed", "tornado"):
@@ -132,13 +132,16 @@ class DaskExecutor:
         except BaseException:
             self.shutdown()
             raise
-        threads = sum(w.get("nthreads", 1) for w in self._client.scheduler_info()["workers"].values())
-        self.workers = max(1, threads)
+        # Worker threads, each a unit at a time (0: a scheduler whose workers have yet to come)
+        self.workers = sum(w.get("nthreads", 1) for w in self._client.scheduler_info()["workers"].values())
 
     def submit(self, fn: Callable, *args: Any):
         fut = self._client.submit(_on_worker, fn, *args, pure=False)
-        self._futures.append(fut)
+        self._futures.add(fut)
         return fut
+
+    def start(self) -> None:
+        pass  # the scheduler starts each unit as a worker is free
 
     def as_completed(self, futures: Iterable) -> Iterator:
         from distributed import as_completed
@@ -146,10 +149,13 @@ class DaskExecutor:
 
         from .executors import Lost
 
-        for fut in as_completed(list(futures), loop=self._client.loop):
+        pending = as_completed(list(futures), loop=self._client.loop)
+        del futures  # the caller's list: each result is to be freed once written
+        for fut in pending:
             if fut.status == "error" and isinstance(fut.exception(), KilledWorker):
                 # The scheduler gave up on it: the workers running it died allowed-failures times.
                 raise Lost(fut, None)
+            self._futures.discard(fut)  # finished: nothing to cancel, and its result is freed once written
             yield fut
 
     def shutdown(self, cancel: bool = False) -> None:
@@ -160,13 +166,13 @@ class DaskExecutor:
         if client is not None:
             if cancel and self._futures:
                 try:
-                    client.cancel(self._futures)
+                    client.cancel(list(self._futures))
                 except Exception:  # a scheduler gone already: nothing left to cancel
                     pass
             client.close()
         if cluster is not None:
             cluster.close()
-        self._futures = []
+        self._futures = set()
 
 
 def dask_setup(worker) -> None:

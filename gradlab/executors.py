@@ -9,8 +9,9 @@ keep every guarantee of the run store (a run on disk is complete or absent).
 
 The seam is concurrent.futures' shape, reduced to what the writer needs:
 `submit(fn, *args) -> future` (`future.result()` gives fn's return or raises its error),
-`as_completed(futures)` (each as it finishes), `shutdown(cancel)`, and `streams_progress`
-(whether fn's `advance(steps)` calls reach the caller's progress while it runs). Three fit it:
+`start()` (once all is submitted), `as_completed(futures)` (each as it finishes),
+`shutdown(cancel)`, and `streams_progress` (whether fn's `advance(steps)` calls reach the
+caller's progress while it runs). Three fit it:
 
 - `InlineExecutor` (`--workers 1`): this process, one unit after another, each when the
   writer asks for the next result.
@@ -137,8 +138,14 @@ class InlineExecutor:
         self._calls[fut] = (fn, args)
         return fut
 
+    def start(self) -> None:
+        pass  # each unit starts when its result is asked for
+
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
-        for fut in futures:
+        pending = list(futures)[::-1]
+        del futures  # the caller's list: each result is to be freed once written
+        while pending:
+            fut = pending.pop()
             fn, args = self._calls.pop(fut)
             if fut.set_running_or_notify_cancel():
                 try:
@@ -230,13 +237,15 @@ class ForkPool:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         self._ctx, self._workers, self._advance = ctx, workers, advance
         self._tasks, self._events = ctx.Queue(), ctx.Queue()
-        self._futures: dict[int, Future] = {}
+        self._futures: dict[int, Future] = {}  # key -> the future of a unit not yet done
+        self._submitted = 0
         self._procs: list = []
         self._working: dict[int, int] = {}  # pid -> the key of the unit it runs
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         fut: Future = Future()
-        key = len(self._futures)
+        key = self._submitted
+        self._submitted += 1
         self._futures[key] = fut
         self._tasks.put((key, fn, args))
         return fut
@@ -260,7 +269,7 @@ class ForkPool:
         key, value = payload
         for pid in [pid for pid, k in self._working.items() if k == key]:
             del self._working[pid]
-        fut = self._futures[key]
+        fut = self._futures.pop(key)  # done: its result is the writer's alone, freed once written
         fut.set_running_or_notify_cancel()
         if kind == "done":
             fut.set_result(value)
@@ -272,6 +281,7 @@ class ForkPool:
         if not self._procs:
             self.start()
         waiting = set(futures)
+        del futures  # the caller's list: each result is to be freed once written
         while waiting:
             try:
                 fut = self._take(*self._events.get(timeout=0.2))

@@ -109,7 +109,9 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             plans = [p for p in plan(cfg, exp, force, progress.warn) if p.todo]
             todo_runs = sum(len(p.todo) for p in plans)
             if remote is not None:
-                work = units(cfg, plans, lockstep, remote.workers)
+                if not remote.workers and plans:
+                    progress.warn(f"the Dask scheduler at {remote.name} has no workers yet: the runs wait for some")
+                work = units(cfg, plans, lockstep, max(1, remote.workers))
                 executor, note = remote, f"{len(work)} unit(s) on the Dask cluster {remote.name}"
             else:
                 n = workers or default_workers(cfg, len(units(cfg, plans, lockstep, os.cpu_count() or 1)))
@@ -151,21 +153,20 @@ def run_units(cfg: ExperimentConfig, exp: Path, work: list, executor, progress: 
     ok = False
     try:
         futures = {executor.submit(encoded_unit, cfg, h, u.seed, u.todo, lockstep): u for u in work}
-        if hasattr(executor, "start"):
-            executor.start()
+        executor.start()
         if while_training is not None and futures:
             while_training()  # the workers are forked (or elsewhere): the parent mostly waits now
         if note:
             progress.note(note)
         try:
             for fut in executor.as_completed(list(futures)):
-                unit = futures[fut]
+                unit = futures.pop(fut)  # its result, once written, is nobody's to keep
                 for rid, files in fut.result():
                     write_files(exp, rid, files)
                 if not executor.streams_progress:
                     progress.advance(unit.steps)
         except Lost as e:
-            unit = futures.get(e.future)
+            unit = futures.get(e.future)  # not yet yielded, so still there
             raise WorkerLost(unit.seed if unit else None, e.exitcode) from None
         ok = True
     finally:

@@ -110,16 +110,17 @@ class DaskExecutor:
 
         dask, distributed = _dask()
         self.name, self._cluster, self._futures = spec, None, set()
-        # distributed's own log lines (a worker restarted, a connection closed on Ctrl-C) are
-        # for a cluster's operator; the user of gradlab sees gradlab's one-line outcomes.
+        # distributed's own log lines (a worker restarted, a connection closed on Ctrl-C, a
+        # unit given up on) are for a cluster's operator; the user of gradlab sees gradlab's
+        # one-line outcomes, which say the same.
         for name in ("distributed", "tornado"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         m = _LOCAL.fullmatch(spec)
         try:
             if m:
                 self._cluster = distributed.LocalCluster(
                     n_workers=int(m.group(1)), threads_per_worker=1, processes=True, dashboard_address=None,
-                    silence_logs=logging.ERROR, host="127.0.0.1", preload=["gradlab.cluster"])
+                    silence_logs=logging.CRITICAL, host="127.0.0.1", preload=["gradlab.cluster"])
                 self._client = distributed.Client(self._cluster, set_as_default=False)
             else:
                 _probe(spec)

@@ -10,6 +10,7 @@ The option's checks need no Dask and run everywhere.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,34 @@ def test_a_worker_killed_mid_unit_has_it_run_again_with_the_same_bytes(tmp_path,
         except ProcessLookupError:
             pass
     assert runs(tmp_path) == reference
+
+
+def test_a_unit_whose_workers_all_died_is_exit_3_naming_a_seed(tmp_path):
+    """With allowed-failures 0 the scheduler gives up on a unit at its first lost worker
+    (distributed's KilledWorker): one line, exit 3, the runs written so far kept."""
+    distributed()
+    env = {**ENV, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    args = [*SWEEP, "--cluster", "local:1", "--out", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "gradlab.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            busy = [w for w in _children(proc.pid) if _in_a_unit(w)]
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 3, err
+    # the seed of the first unit the scheduler gave up on (a worker holds its next unit too)
+    assert re.match(r"gradlab: error: the Dask workers that ran seed [0-2] died, as often as the scheduler allows", err), err
+    assert err.count("\n") == 1 and "run the same command to resume" in err, err
 
 
 def test_ctrl_c_cancels_the_pending_units_and_keeps_the_runs_written(tmp_path, reference):

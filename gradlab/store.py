@@ -1,6 +1,6 @@
 """The run store: an experiment directory's layout, what makes a run complete, and the files
 derived from the runs. It imports nothing above it (no training, no report, no plots), so that
-every command, the worker processes and the plots read and check runs the same way.
+every command, the one writer and the plots read and check runs the same way.
 
 Layout (the README's "The experiment directory"): outputs/<name>-<hash8>/{config.yaml,
 summary.json, report.md, runs/<run_id>/{metrics.csv, layer_norms.csv, report.json}, plots/*.png}.

@@ -16,7 +16,7 @@ caller's progress while it runs). Three fit it:
 - `InlineExecutor` (`--workers 1`): this process, one unit after another, each when the
   writer asks for the next result.
 - `ForkPool` (`--workers N`): N forked processes, one BLAS thread each, step-level progress
-  over a queue. Hand-made rather than concurrent.futures.ProcessPoolExecutor, which cannot keep
+  and results over a pipe each. Hand-made rather than concurrent.futures.ProcessPoolExecutor, which cannot keep
   three guarantees: it reports a worker killed from outside as BrokenProcessPool for every
   future, without the unit or the signal (exit 3 names both, at once); its idle workers wait
   on a pipe the parent's death does not close (they inherit its write end), so they outlive a
@@ -169,18 +169,18 @@ class Lost(Exception):
         self.future, self.exitcode = future, exitcode
 
 
-def _worker(tasks, events, parent: int) -> None:
+def _worker(tasks, conn, inherited, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides and sends SIGTERM, which
     # ends a worker at once: it writes nothing, so there is no write to finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for c in inherited:  # the parent's ends and the other workers' pipes, copied by the fork:
+        c.close()  # only then does a worker's death close its pipe for the parent (EOF)
 
     def watch() -> None:
         """Exit once the parent is gone (kill -9, the OOM killer), wherever this process waits:
-        between steps, for a task, or at exit on the queue's feeder thread, which would wait
-        forever to flush a result nobody reads (the other workers hold the pipe open). Such a
-        worker would hold the experiment's lock, inherited at fork, from the `gradlab` that
-        resumes it."""
+        between steps, for a task, or sending a result nobody reads. Such a worker would hold
+        the experiment's lock, inherited at fork, from the `gradlab` that resumes it."""
         while os.getppid() == parent:
             time.sleep(0.2)
         os._exit(1)
@@ -195,7 +195,7 @@ def _worker(tasks, events, parent: int) -> None:
             os._exit(1)  # nobody is left to take the result
         pending += n
         if pending >= _FLUSH_EVERY:
-            events.put(("steps", pending))
+            conn.send(("steps", pending))
             pending = 0
 
     def next_task():
@@ -210,37 +210,41 @@ def _worker(tasks, events, parent: int) -> None:
 
     while (item := next_task()) is not None:
         key, fn, args = item
-        events.put(("start", (os.getpid(), key)))  # so that the parent can name a lost unit
+        conn.send(("start", key))  # so that the parent can name a lost unit
         try:
             result = fn(*args, advance=advance)
         except UserError as exc:  # whole across the pipe (UserError pickles itself)
-            events.put(("error", (key, exc)))
+            conn.send(("error", (key, exc)))
             continue
         except Exception as exc:  # a bug: the parent raises it with this traceback
-            events.put(("error", (key, RuntimeError(f"a worker failed: {exc!r}\n{traceback.format_exc()}"))))
+            conn.send(("error", (key, RuntimeError(f"a worker failed: {exc!r}\n{traceback.format_exc()}"))))
             continue
         if pending:
-            events.put(("steps", pending))
+            conn.send(("steps", pending))
             pending = 0
-        events.put(("done", (key, result)))
+        conn.send(("done", (key, result)))
 
 
 class ForkPool:
-    """`workers` forked processes taking units from a queue; results and progress come back over
-    another. A worker that dies is noticed within 0.2 s, even while the others keep reporting,
-    and raised as Lost naming its unit; a parent that dies is noticed by its workers at their
-    next step or within 0.5 s when idle, and they exit."""
+    """`workers` forked processes taking units from a queue; each sends its progress and results
+    back over a pipe of its own. Its own, not a queue shared by all: a result is large (a unit's
+    files), and a worker killed in the middle of sending one leaves half a message, which on a
+    shared queue would stop the parent mid-read for good, and the other workers at its lock.
+    On its own pipe the parent reads the cut as the end of that worker. A worker that dies is
+    noticed within 0.2 s, even while the others keep reporting, and raised as Lost naming its
+    unit; a parent that dies is noticed by its workers within 0.2 s, and they exit."""
 
     streams_progress = True
 
     def __init__(self, workers: int, advance: Callable[[int], None] = lambda n: None) -> None:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         self._ctx, self._workers, self._advance = ctx, workers, advance
-        self._tasks, self._events = ctx.Queue(), ctx.Queue()
+        self._tasks = ctx.Queue()
         self._futures: dict[int, Future] = {}  # key -> the future of a unit not yet done
         self._submitted = 0
         self._procs: list = []
-        self._working: dict[int, int] = {}  # pid -> the key of the unit it runs
+        self._conns: dict = {}  # the open end of each worker's pipe -> the worker's index
+        self._working: dict[int, int] = {}  # worker index -> the key of the unit it runs
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         fut: Future = Future()
@@ -254,21 +258,26 @@ class ForkPool:
         """Fork the workers (once every unit is submitted: each stops at the end of the queue)."""
         for _ in range(self._workers):
             self._tasks.put(None)
-        self._procs = [self._ctx.Process(target=_worker, args=(self._tasks, self._events, os.getpid()), daemon=True)
-                       for _ in range(self._workers)]
-        for proc in self._procs:
+        pipes = [self._ctx.Pipe(duplex=False) for _ in range(self._workers)]  # (parent's end, worker's)
+        ends = [c for pair in pipes for c in pair]
+        for _, mine in pipes:
+            proc = self._ctx.Process(target=_worker, args=(self._tasks, mine, [c for c in ends if c is not mine],
+                                                           os.getpid()), daemon=True)
             proc.start()
+            self._procs.append(proc)
+        for i, (theirs, mine) in enumerate(pipes):
+            mine.close()
+            self._conns[theirs] = i
 
-    def _take(self, kind: str, payload) -> Future | None:
+    def _take(self, who: int, kind: str, payload) -> Future | None:
         if kind == "steps":
             self._advance(payload)
             return None
         if kind == "start":
-            self._working[payload[0]] = payload[1]
+            self._working[who] = payload
             return None
         key, value = payload
-        for pid in [pid for pid, k in self._working.items() if k == key]:
-            del self._working[pid]
+        self._working.pop(who, None)
         fut = self._futures.pop(key)  # done: its result is the writer's alone, freed once written
         fut.set_running_or_notify_cancel()
         if kind == "done":
@@ -277,36 +286,45 @@ class ForkPool:
             fut.set_exception(value)
         return fut
 
+    def _read(self, conns, waiting: set) -> list[Future]:
+        """One message from each of `conns` (ready to read); the futures of `waiting` it finished."""
+        done = []
+        for conn in conns:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the worker ended, or died (mid-message: OSError)
+                who = self._conns.pop(conn)
+                conn.close()
+                self._procs[who].join(5)  # its pipe closes a moment before its exit code is there
+                continue
+            fut = self._take(self._conns[conn], *msg)
+            if fut is not None and fut in waiting:
+                waiting.discard(fut)
+                done.append(fut)
+        return done
+
     def as_completed(self, futures: Iterable[Future]) -> Iterator[Future]:
+        from multiprocessing.connection import wait
+
         if not self._procs:
             self.start()
         waiting = set(futures)
         del futures  # the caller's list: each result is to be freed once written
         while waiting:
-            try:
-                fut = self._take(*self._events.get(timeout=0.2))
-            except queue.Empty:
-                fut = None
-            if fut is not None and fut in waiting:
-                waiting.discard(fut)
-                yield fut
-                continue
-            # Looked at every time, not only when the queue is quiet: the other workers'
+            yield from self._read(wait(list(self._conns), timeout=0.2), waiting)
+            # Looked at every time, not only when the pipes are quiet: the other workers'
             # progress would otherwise hide a dead one until they had finished.
-            dead = [p for p in self._procs if p.exitcode not in (None, 0)]
+            dead = [i for i, p in enumerate(self._procs) if p.exitcode not in (None, 0)]
             if dead:
-                done = []
-                while True:  # what the dead worker said last may still be in the queue
-                    try:
-                        fut = self._take(*self._events.get_nowait())
-                    except queue.Empty:
+                while True:  # what the dead worker said last may still be in its pipe
+                    ready = [c for c in list(self._conns) if c.poll(0)]
+                    if not ready:
                         break
-                    if fut is not None and fut in waiting:
-                        waiting.discard(fut)
-                        done.append(fut)
-                yield from done  # finished before the loss: the writer keeps them
-                key = self._working.get(dead[0].pid)
-                raise Lost(self._futures.get(key) if key is not None else None, dead[0].exitcode)
+                    yield from self._read(ready, waiting)  # finished before the loss: kept
+                key = self._working.get(dead[0])
+                raise Lost(self._futures.get(key) if key is not None else None, self._procs[dead[0]].exitcode)
+            if not self._conns and waiting:
+                raise RuntimeError(f"the worker processes ended with {len(waiting)} unit(s) not done")
 
     def shutdown(self, cancel: bool = False) -> None:
         for proc in self._procs:
@@ -314,5 +332,8 @@ class ForkPool:
                 proc.terminate()  # SIGTERM: a worker writes nothing, so it may stop anywhere
         for proc in self._procs:
             proc.join()
+        for conn in self._conns:
+            conn.close()
+        self._conns = {}
         for fut in self._futures.values():
             fut.cancel()

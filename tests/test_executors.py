@@ -103,3 +103,40 @@ def test_the_fork_pool_returns_results_progress_and_errors():
         done[5].result()
     assert sum(steps) == 5 * 3 + 0  # flushed when each unit ends
 
+
+
+def _big(n, advance=lambda n: None):
+    return b"x" * n
+
+
+def test_a_worker_killed_in_the_middle_of_sending_its_result_is_lost_not_a_hang():
+    """A result is large; a worker killed while it is sent leaves half a message in its pipe.
+    The parent must read that as the worker's end and say which unit was lost, not wait for
+    the rest forever."""
+    import os
+    import signal
+    import time
+
+    from gradlab.executors import Lost
+
+    pool = ForkPool(1)
+    fut = pool.submit(_big, 64 * 2**20)  # far beyond a pipe's buffer: the send blocks half-way
+    pool.start()
+    (proc,) = pool._procs
+    (conn,) = pool._conns
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not conn.poll(0):
+        time.sleep(0.01)  # the "start" message is in the pipe; the result is being made
+    time.sleep(0.5)  # and sent: its first bytes fill the pipe, the rest waits
+    os.kill(proc.pid, signal.SIGKILL)
+    old = signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("the parent hung")))
+    signal.alarm(20)
+    try:
+        with pytest.raises(Lost) as lost:
+            for _ in pool.as_completed([fut]):
+                pass
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        pool.shutdown(cancel=True)
+    assert lost.value.future is fut and lost.value.exitcode == -signal.SIGKILL

@@ -117,7 +117,7 @@ def test_something_else_listening_is_not_taken_for_a_scheduler(tmp_path, capsys)
     finally:
         server.close()
     err = capsys.readouterr().err
-    assert f"is not a Dask scheduler" in err and err.count("\n") == 1, err
+    assert "is not a Dask scheduler" in err and err.count("\n") == 1, err
 
 
 def _children(pid: int) -> list[int]:

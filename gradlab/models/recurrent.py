@@ -441,8 +441,9 @@ class Recurrent(Model):
         x_r = side_by_side("x_r", seq, (*lead, *(i + len(lead) for i in (0, 2, 1))),
                            (*seq.shape[:-3], T * B, seq.shape[-2]))
         g_hh = np.matmul(dGh_r[:, :, B:], H_r) if T > 1 else np.zeros_like(W_hh)
-        layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh,
-                 "b_ih": dA_r.sum(axis=-1), "b_hh": dGh_r.sum(axis=-1)}
+        b_ih = dA_r.sum(axis=-1)
+        b_hh = b_ih.copy() if dGh_r is dA_r else dGh_r.sum(axis=-1)  # one sum when both biases see dA
+        layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh, "b_ih": b_ih, "b_hh": b_hh}
         if self.kind == "lstm":  # back to torch's (i, f, g, o) rows
             back = np.argsort(self._lstm_order(GH))
             layer = {k: v[:, back] for k, v in layer.items()}

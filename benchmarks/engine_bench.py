@@ -28,7 +28,10 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
 - startup: `gradlab --help` and `gradlab validate configs/quickstart.yaml`, median of 5;
 - precision: the emulated float16 and bfloat16 compute (gradlab.compute: float32 arithmetic
         rounded at every op boundary) against float32 compute, every model kind above, gradlab
-        alone (the goal: at most 2x the float32 step).
+        alone (the goal: at most 2x the float32 step);
+- underflow: train.precision.measure_underflow's cost, whole `train_seed` runs of the mlp
+        shape in float16 measuring every step and every 10th against measuring none (a measured
+        step adds one float32 forward and backward: the float32 run's step is shown beside).
 
 Threads. The goal rows are thread for thread: `--threads` (default 1) for NumPy's BLAS
 (threadpoolctl) and for torch (`torch.set_num_threads`); gradlab trains each seed on one
@@ -48,8 +51,8 @@ table, one verdict per model: goal met, missed within the floor's reach, or out 
 (this command alone; never in tests or CI). Not a test: pytest never imports it.
 
     python benchmarks/engine_bench.py [--repeats 5] [--steps 20] [--threads 1] [--side-threads N]
-        [--settle 0.2] [--only mlp,rnn,lstm,gru,transformer,run,memory,startup,precision]
-        [--no-openblas-env]
+        [--settle 0.2] [--clock wall|cpu]
+        [--only mlp,rnn,lstm,gru,transformer,run,memory,startup,precision,underflow] [--no-openblas-env]
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REEXEC_MARK = "GRADLAB_ENGINE_BENCH_REMOVED"  # set in the re-executed child: what was removed
 MODELS = ("mlp", "rnn", "lstm", "gru", "transformer")
-CASES = (*MODELS, "run", "memory", "startup", "precision")
+CASES = (*MODELS, "run", "memory", "startup", "precision", "underflow")
 LR = 1e-3  # small, so that the weights stay put while we time them (clipping at 1.0 may bite)
 
 MLP_SHAPE = dict(depth=32, width=256, batch=128)
@@ -79,6 +82,9 @@ RUN_SHAPE = dict(depth=8, width=256, batch=128, steps=200)
 # Ratios at the same thread count (1: gradlab trains a seed on one BLAS thread).
 GOALS = {"mlp": 0.7, "mlp_floor": 1.1, "lstm": 1.0, "gru": 0.55, "rnn": 0.4, "transformer": 1.0, "run": 1.05}
 PRECISION_GOAL = 2.0  # emulated float16 / bfloat16 step over the float32 step
+# A float16 run measuring underflow every step / every 10th over one measuring none: a measured
+# step adds a float32 forward and backward (less than a float16 step) and the counting.
+UNDERFLOW_GOALS = {1: 2.0, 10: 1.1}
 STARTUP_GOAL = 0.35
 MEMORY_GOAL = 2.0
 
@@ -743,6 +749,29 @@ def bench_precision(table: Table, args) -> None:
             table.add(f"{name} {c} vs float32 compute", ms[c], ms["float32"], PRECISION_GOAL)
 
 
+def bench_underflow(table: Table, args) -> None:
+    """train_seed in float16 measuring underflow every step and every 10th, against measuring
+    none; the float32 run (no measuring) for the size of the float32 replay."""
+    from gradlab.train import train_seed
+
+    s = MLP_SHAPE
+
+    def config(compute: str, every):
+        cfg = mlp_config(s["depth"], s["width"], s["batch"], args.steps)
+        precision = dict(compute=compute, **({"measure_underflow": every} if every else {}))
+        return cfg.model_copy(update={"train": cfg.train.model_validate(
+            {**cfg.train.model_dump(), "precision": precision})})
+
+    cfgs = {"off": config("float16", None), 1: config("float16", 1), 10: config("float16", 10),
+            "float32": config("float32", None)}
+    fns = {k: (lambda c=c: train_seed(c, 0)) for k, c in cfgs.items()}
+    ms = {k: [t / args.steps for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
+    name = "mlp d{depth} w{width} b{batch} float16".format(**s)
+    for every in (1, 10):
+        table.add(f"{name} measure_underflow {every} vs off", ms[every], ms["off"], UNDERFLOW_GOALS[every])
+    table.add(f"{name}: float32 step vs float16 step", ms["float32"], ms["off"], None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
@@ -807,6 +836,8 @@ def main() -> None:
         notes += bench_run(table, args)
     if "precision" in only:
         bench_precision(table, args)
+    if "underflow" in only:
+        bench_underflow(table, args)
     if table.rows:
         print(kernel_line(torch, args.threads))
         table.print()

@@ -164,6 +164,51 @@ def _backoffs(variant: str, rs: list[dict]) -> list[str]:
             f"the first overflow was born in {top}{low}."]
 
 
+def _percent(x: float) -> str:
+    """A percentage in two significant digits, three from 10 up (never 1e+02); 100 only
+    when it is all."""
+    text = f"{x:.3g}" if x >= 10 else f"{x:.2g}"
+    return "99.9" if text == "100" and x < 100 else text
+
+
+def _span(xs: list[float]) -> str:
+    """Percentages of the seeds: one, or the least and the largest."""
+    lo, hi = _percent(min(xs)), _percent(max(xs))
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
+
+
+def underflow_finding(reports: list[dict], precision) -> str:
+    """What underflow cost (train.precision.measure_underflow), per variant over its seeds:
+    the fraction of the gradient entries non-zero in float32 that the compute dtype had as
+    zero or subnormal at the last measured step, the tensor that lost the most there, and the
+    most at any measured step. "" for runs that did not measure it."""
+    measured = [r for r in reports if isinstance(r.get("final_underflow"), (int, float))]
+    if not measured:
+        return ""
+    p = precision if isinstance(precision, dict) else {}
+    compute = p.get("compute", "the compute dtype")
+    scaling = "no loss scaling" if p.get("loss_scale", "none") == "none" else f"{p['loss_scale']} loss scaling"
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in measured:
+        by_variant[r["variant"]].append(r)
+    parts = []
+    for variant, rs in by_variant.items():
+        final = [100 * r["final_underflow"] for r in rs]
+        what = (f" of the gradient entries that were non-zero in float32 (zero or subnormal in {compute}"
+                if not parts else " (")
+        worst = [r for r in rs if r.get("underflow_tensor")]
+        if worst:
+            names = sorted({r["underflow_tensor"] for r in worst}, key=[r["underflow_tensor"] for r in worst].index)
+            what += (f"{'; ' if not parts else ''}the most in {', '.join(names)}, "
+                     f"{_span([100 * r['underflow_tensor_fraction'] for r in worst])} of theirs")
+        text = f"`{variant}` lost {_span(final)}{what})" if what != " (" else f"`{variant}` lost {_span(final)}"
+        peaks = [100 * r["max_underflow"] for r in rs if isinstance(r.get("max_underflow"), (int, float))]
+        if peaks and _percent(max(peaks)) != _percent(max(final)):
+            text += f", up to {_percent(max(peaks))}% at an earlier measured step"
+        parts.append(text)
+    return f"Gradient underflow in {compute} ({scaling}): at the last measured step " + "; ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------- threshold sweep
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_direction", "sweep_grad_norm_s")
@@ -642,7 +687,8 @@ def render(exp: Path, reports: list[dict]) -> str:
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
-        " ".join(filter(None, [findings(reports), clip_order_finding(t.get("precision"), reports)])),
+        " ".join(filter(None, [findings(reports), clip_order_finding(t.get("precision"), reports),
+                               underflow_finding(reports, t.get("precision"))])),
         "",
     ]
     lines += suggestion_section(exp, reports)

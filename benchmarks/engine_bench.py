@@ -20,8 +20,9 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
         measures what fusing them with numba or numexpr gives);
 - run:  `run_experiment(cfg, tmp, plots=False, workers=1)` (what `gradlab run` does: logging,
         health checks, progress, CSV and JSON files; one BLAS thread per seed) on an MLP (depth 8,
-        width 256, batch 128, 200 steps, clipped by norm at 1.0) against the bare step loop on
-        the same config, and `train_seed` (the loop with its records and checks, no files);
+        width 256, batch 128, 200 steps, clipped by norm at 1.0, one held-out evaluation) against
+        the bare step loop on the same config, and `train_seed` (the loop with its records and
+        checks, no files); and train_seed with the default evaluation schedule (about 20);
 - memory: peak RSS of `train_seed` on the mlp shape (20 steps) in a subprocess, minus that of
         a subprocess that only imports numpy and gradlab, next to the bytes the step must
         hold (parameters, gradients, momentum buffer if any, saved activations);
@@ -90,14 +91,15 @@ MEMORY_GOAL = 2.0
 
 
 # ----------------------------------------------------------------------------- configs
-def mlp_config(depth: int, width: int, batch: int, steps: int = 20):
+def mlp_config(depth: int, width: int, batch: int, steps: int = 20, eval_every: int | None = None):
     from gradlab.config import ExperimentConfig
 
     return ExperimentConfig.model_validate(dict(
         name="engine-bench", seeds=[0],
         model=dict(kind="mlp", depth=depth, width=width, activation="tanh", init=dict(scheme="xavier", gain=1.0)),
         task=dict(kind="teacher", batch_size=batch, input_dim=16, output_dim=1),
-        train=dict(steps=steps, dtype="float32", optimizer=dict(kind="sgd", lr=LR)),
+        train=dict(steps=steps, dtype="float32", optimizer=dict(kind="sgd", lr=LR),
+                   **({"eval_every": eval_every} if eval_every else {})),
         clipping=[dict(method="norm", max_norm=1.0)]))
 
 
@@ -411,6 +413,12 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter  # --clock sets it
 
 
+def _cpu_with_children() -> float:
+    """CPU seconds of this process and of its finished children (10 ms ticks: for whole runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def interleaved(fns: dict, steps: int, repeats: int, warmup: int, settle: float = 0.0) -> dict[str, list[float]]:
     """ms/step of each fn in each round: warm-up, then `repeats` rounds of `steps` steps of each in turn.
 
@@ -556,7 +564,11 @@ def bench_run(table: Table, args) -> list[str]:
     from gradlab.train import train_seed
 
     s = RUN_SHAPE
-    cfg = mlp_config(s["depth"], s["width"], s["batch"], s["steps"])
+    # The held-out evaluation is work of its own, not overhead (by default every
+    # ceil(steps / 20) steps, 4 batches: 84 forward passes in this 200-step run): the
+    # overhead rows evaluate once, at the last step; one row times the default beside.
+    cfg = mlp_config(s["depth"], s["width"], s["batch"], s["steps"], eval_every=s["steps"])
+    default_eval = mlp_config(s["depth"], s["width"], s["batch"], s["steps"])
 
     def bare() -> None:
         # train_seed pins one BLAS thread (numbers independent of the thread count): so does
@@ -580,11 +592,14 @@ def bench_run(table: Table, args) -> list[str]:
                             "--no-plots", "--workers", "1"], check=True, stdout=subprocess.DEVNULL,
                            env=child_env(args.threads))
 
-    fns = {"bare": bare, "train_seed": lambda: train_seed(cfg, 0), "run": in_process, "cli": cli}
+    fns = {"bare": bare, "train_seed": lambda: train_seed(cfg, 0), "run": in_process, "cli": cli,
+           "default_eval": lambda: train_seed(default_eval, 0)}
     with tempfile.TemporaryDirectory() as out:  # warm-up: imports, caches
         run_experiment(mlp_config(s["depth"], s["width"], s["batch"], 5), out, plots=False, workers=1)
     global clock
-    saved, clock = clock, time.perf_counter  # wall time always: the `gradlab run` process is a child
+    saved = clock
+    if clock is time.process_time:  # the `gradlab run` process is a child: its CPU time counts too
+        clock = _cpu_with_children
     try:
         ms = {k: [t / s["steps"] for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
     finally:
@@ -594,6 +609,7 @@ def bench_run(table: Table, args) -> list[str]:
     table.add(f"{name} run_experiment vs train_seed", ms["run"], ms["train_seed"], None)
     table.add(f"{name} train_seed vs bare loop", ms["train_seed"], ms["bare"], None)
     table.add(f"{name} `gradlab run` process vs bare loop", ms["cli"], ms["bare"], None)
+    table.add(f"{name} train_seed, default evaluation, vs bare loop", ms["default_eval"], ms["bare"], None)
     med = {k: statistics.median(v) for k, v in ms.items()}
     pct = lambda a, b: f"{100 * (med[a] / med[b] - 1):+.1f}%"  # noqa: E731
     return [f"gradlab run overhead over the bare step loop: {pct('run', 'bare')} (train_seed alone "
@@ -784,7 +800,7 @@ def main() -> None:
     ap.add_argument("--side-threads", type=int, default=None,
                     help="torch's threads in the default-thread rows (default: torch's own default; 0: none)")
     ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
-                    help="wall: elapsed time; cpu: this process's CPU time (fairer on a shared machine, "
+                    help="wall: elapsed time; cpu: this process's CPU time, the run case's with its children (fairer on a shared machine, "
                          "1 thread only: the default-thread rows are left out)")
     ap.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--no-openblas-env", action="store_true",

@@ -86,7 +86,8 @@ PRECISION_GOAL = 2.0  # emulated float16 / bfloat16 step over the float32 step
 # A float16 run measuring underflow every step / every 10th over one measuring none: a measured
 # step adds a float32 forward and backward (less than a float16 step) and the counting.
 UNDERFLOW_GOALS = {1: 2.0, 10: 1.1}
-STARTUP_GOAL = 0.35
+STARTUP_GOAL = 0.35  # gradlab validate
+HELP_GOAL = 0.15  # gradlab --help
 MEMORY_GOAL = 2.0
 
 
@@ -693,7 +694,7 @@ def bench_memory(peaks: dict) -> list[str]:
 
 def bench_startup(threads: int) -> list[str]:
     lines = []
-    for argv in (["--help"], ["validate", "configs/quickstart.yaml"]):
+    for argv, goal in ((["--help"], HELP_GOAL), (["validate", "configs/quickstart.yaml"], STARTUP_GOAL)):
         cmd = [gradlab_exe(), *argv]
         ts = []
         for i in range(6):  # the first run only warms the file cache
@@ -703,7 +704,7 @@ def bench_startup(threads: int) -> list[str]:
                 ts.append(time.perf_counter() - t)
         m = statistics.median(ts)
         lines.append(f"start-up `gradlab {' '.join(argv)}`: {m:.3f} s (median of 5; min {min(ts):.3f}, "
-                     f"max {max(ts):.3f}), goal <= {STARTUP_GOAL} s: {'met' if m <= STARTUP_GOAL else 'MISSED'}")
+                     f"max {max(ts):.3f}), goal <= {goal} s: {'met' if m <= goal else 'MISSED'}")
     return lines
 
 

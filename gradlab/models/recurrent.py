@@ -402,17 +402,21 @@ class Recurrent(Model):
                 s2 = s3[:, :H2]
                 np.subtract(1.0, rz, out=s2)
                 s2 *= rz
-                if h_prev is not None:
-                    np.subtract(h_prev, n, out=da[:, Hd:H2])
-                else:
-                    np.negative(n, out=da[:, Hd:H2])
-                np.multiply(hn, s2[:, :Hd], out=da[:, :Hd])
-                da[:, :Hd] *= dn
-                da[:, Hd:H2] *= s2[:, Hd:]
-                da[:, Hd:H2] *= dh
+                # dr and dz go straight into dGh: dA's r and z rows are the same, copied
+                # for all steps at once after the loop (here too where a probe reads them).
                 dgh = dGh[:, t]
-                dgh[:, :H2] = da[:, :H2]
+                dr, dz = dgh[:, :Hd], dgh[:, Hd:H2]
+                if h_prev is not None:
+                    np.subtract(h_prev, n, out=dz)
+                else:
+                    np.negative(n, out=dz)
+                np.multiply(hn, s2[:, :Hd], out=dr)
+                dr *= dn
+                dz *= s2[:, Hd:]
+                dz *= dh
                 np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:])
+                if probe:
+                    da[:, :H2] = dgh[:, :H2]
             if probe:
                 probe(at("gates", t), da)
                 self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
@@ -421,6 +425,8 @@ class Recurrent(Model):
                 np.matmul(W_hhT, dGh[:, t], out=dh_next)
                 if self.kind == "gru":
                     dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
+        if self.kind == "gru" and not probe:
+            dA[:, :, :H2] = dGh[:, :, :H2]
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
         def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple) -> np.ndarray:

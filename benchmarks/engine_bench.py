@@ -290,7 +290,7 @@ def recurrent_floor(kind: str, width: int, seq_len: int, batch: int, input_dim: 
 CELL_PASSES = {
     "rnn": lambda H, B: [((H, B), 3)],
     "lstm": lambda H, B: [((4 * H, B), 1), ((3 * H, B), 6), ((H, B), 18)],
-    "gru": lambda H, B: [((2 * H, B), 7), ((H, B), 20)],
+    "gru": lambda H, B: [((2 * H, B), 6), ((H, B), 20)],
 }
 
 

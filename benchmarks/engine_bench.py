@@ -1,42 +1,59 @@
-"""gradlab's engine against PyTorch eager on CPU, and against the NumPy floor, measured in one run.
+"""gradlab's engine against PyTorch eager on CPU, and against each model's NumPy floor, measured in one run.
 
 Milliseconds per training step (fresh batch, forward, loss, backward, clip by global norm at
-1.0, SGD step), float32, one variant (V = 1), for the same shapes in gradlab and in torch:
+1.0, optimizer step), float32, one variant (V = 1), for the same shapes in gradlab and in torch:
 
-- mlp:  depth 32, width 256, tanh, batch 128, teacher task (Gaussian inputs, MSE), against an
-        `nn.Sequential` of Linear/Tanh; and against the floor: the same MLP's matmuls, bias
-        adds and tanh / tanh' in NumPy with preallocated buffers and `out=`, plus one SGD axpy
-        over a flat parameter buffer (the least arithmetic a step needs on this BLAS);
+- mlp:  depth 32, width 256, tanh, batch 128, teacher task (Gaussian inputs, MSE), SGD, against
+        an `nn.Sequential` of Linear/Tanh; its floor: the same MLP's matmuls, bias adds and
+        tanh / tanh' in NumPy with preallocated buffers and `out=`, plus one SGD axpy over a
+        flat parameter buffer (the least arithmetic a step needs on this BLAS);
 - rnn, lstm, gru: hidden 128, adding task (seq_len 100, batch 32, head on the last step, MSE),
-        against torch's fused `nn.RNN` (tanh) / `nn.LSTM` / `nn.GRU`;
+        SGD, against torch's `nn.RNN` (tanh) / `nn.LSTM` (one fused oneDNN kernel) / `nn.GRU`;
+- transformer: d_model 128, 4 blocks, 4 heads, T 64, batch 32, `lm` task, AdamW, against
+        transformer_bench's torch eager twin (same weights, scaled_dot_product_attention);
+- floors (rnn, lstm, gru, transformer): the model's GEMMs and transcendental functions alone
+        (OpFloor: the same products and exp/tanh calls, per time step where the recurrence
+        needs them, preallocated, `out=`), the least a NumPy engine must spend; a goal against
+        torch that the floor itself misses is out of reach on this BLAS. The recurrent models
+        also get "floor + cell passes": the same plus the binary elementwise passes their cell
+        needs per step (CELL_PASSES), which NumPy cannot fuse (benchmarks/fusion_bench.py
+        measures what fusing them with numba or numexpr gives);
 - run:  `run_experiment(cfg, tmp, plots=False, workers=1)` (what `gradlab run` does: logging,
-        health checks, progress, CSV and JSON files; one BLAS thread per seed) on an MLP (depth 8, width 256, batch 128,
-        200 steps, clipped by norm at 1.0) against the bare step loop on the same config, and
-        `train_seed` (the loop with its records and checks, no files) against both;
+        health checks, progress, CSV and JSON files; one BLAS thread per seed) on an MLP (depth 8,
+        width 256, batch 128, 200 steps, clipped by norm at 1.0, one held-out evaluation) against
+        the bare step loop on the same config, and `train_seed` (the loop with its records and
+        checks, no files); and train_seed with the default evaluation schedule (about 20);
 - memory: peak RSS of `train_seed` on the mlp shape (20 steps) in a subprocess, minus that of
         a subprocess that only imports numpy and gradlab, next to the bytes the step must
         hold (parameters, gradients, momentum buffer if any, saved activations);
 - startup: `gradlab --help` and `gradlab validate configs/quickstart.yaml`, median of 5;
 - precision: the emulated float16 and bfloat16 compute (gradlab.compute: float32 arithmetic
-        rounded at every op boundary) against float32 compute, on the mlp and recurrent
-        shapes above, gradlab alone (the goal: at most 2x the float32 step);
+        rounded at every op boundary) against float32 compute, every model kind above, gradlab
+        alone (the goal: at most 2x the float32 step);
 - underflow: train.precision.measure_underflow's cost, whole `train_seed` runs of the mlp
         shape in float16 measuring every step and every 10th against measuring none (a measured
         step adds one float32 forward and backward: the float32 run's step is shown beside).
 
-Both engines start from gradlab's initial weights and run on the same number of threads
-(default: the cores; threadpoolctl for NumPy's BLAS, `torch.set_num_threads` for torch).
-Timing: warm-up steps, then `--repeats` rounds, each timing `--steps` steps of every engine
-of the case in turn (interleaved, so that drift hits all alike); the median ms/step is shown.
-Each engine's round starts with `--settle` seconds of untimed steps: the library that ran
-before leaves its threads spinning for a while (OpenBLAS ~0.1 s), which would otherwise be
-charged to the next engine (torch's first steps after gradlab's took 2x as long). The ratio
-column is the ratio of the medians, with the range of the per-round ratios in brackets.
+Threads. The goal rows are thread for thread: `--threads` (default 1) for NumPy's BLAS
+(threadpoolctl) and for torch (`torch.set_num_threads`); gradlab trains each seed on one
+BLAS thread anyway. The "(N thr, default)" rows time torch on its own default thread count
+(`--side-threads`, default torch's), the comparison a user meets, against gradlab on 1.
+The BLAS kernel (threadpoolctl) and the load average are printed above the table: the same
+NumPy code runs up to 5x apart between OpenBLAS kernels, and the machine may be shared.
+
+Timing: warm-up steps, then `--repeats` rounds, each timing `--steps` steps (the
+transformer: a quarter as many) of every engine of the case in turn (interleaved, so that
+drift hits all alike); the median ms/step is shown. Each engine's round starts with `--settle`
+seconds of untimed steps: the library that ran before leaves its threads spinning for a while
+(OpenBLAS ~0.1 s), which would otherwise be charged to the next engine. The ratio column is
+the ratio of the medians, with the range of the per-round ratios in brackets; after the
+table, one verdict per model: goal met, missed within the floor's reach, or out of reach.
 `--no-openblas-env` re-executes the script without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
 (this command alone; never in tests or CI). Not a test: pytest never imports it.
 
-    python benchmarks/engine_bench.py [--repeats 5] [--steps 20] [--threads N] [--settle 0.2]
-        [--only mlp,floor,rnn,lstm,gru,run,memory,startup,precision,underflow] [--no-openblas-env]
+    python benchmarks/engine_bench.py [--repeats 5] [--steps 20] [--threads 1] [--side-threads N]
+        [--settle 0.2] [--clock wall|cpu]
+        [--only mlp,rnn,lstm,gru,transformer,run,memory,startup,precision,underflow] [--no-openblas-env]
 """
 
 from __future__ import annotations
@@ -56,30 +73,34 @@ sys.path.insert(0, str(ROOT))
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REEXEC_MARK = "GRADLAB_ENGINE_BENCH_REMOVED"  # set in the re-executed child: what was removed
-CASES = ("mlp", "floor", "rnn", "lstm", "gru", "run", "memory", "startup", "precision", "underflow")
+MODELS = ("mlp", "rnn", "lstm", "gru", "transformer")
+CASES = (*MODELS, "run", "memory", "startup", "precision", "underflow")
 LR = 1e-3  # small, so that the weights stay put while we time them (clipping at 1.0 may bite)
 
 MLP_SHAPE = dict(depth=32, width=256, batch=128)
 REC_SHAPE = dict(width=128, seq_len=100, batch=32)
 RUN_SHAPE = dict(depth=8, width=256, batch=128, steps=200)
-GOALS = {"mlp": 0.7, "rnn": 0.6, "lstm": 1.2, "gru": 0.8, "floor": 1.25, "run": 1.05}
+# Ratios at the same thread count (1: gradlab trains a seed on one BLAS thread).
+GOALS = {"mlp": 0.7, "mlp_floor": 1.1, "lstm": 1.0, "gru": 0.55, "rnn": 0.4, "transformer": 1.0, "run": 1.05}
 PRECISION_GOAL = 2.0  # emulated float16 / bfloat16 step over the float32 step
 # A float16 run measuring underflow every step / every 10th over one measuring none: a measured
 # step adds a float32 forward and backward (less than a float16 step) and the counting.
 UNDERFLOW_GOALS = {1: 2.0, 10: 1.1}
-STARTUP_GOAL = 0.35
+STARTUP_GOAL = 0.35  # gradlab validate
+HELP_GOAL = 0.15  # gradlab --help
 MEMORY_GOAL = 2.0
 
 
 # ----------------------------------------------------------------------------- configs
-def mlp_config(depth: int, width: int, batch: int, steps: int = 20):
+def mlp_config(depth: int, width: int, batch: int, steps: int = 20, eval_every: int | None = None):
     from gradlab.config import ExperimentConfig
 
     return ExperimentConfig.model_validate(dict(
         name="engine-bench", seeds=[0],
         model=dict(kind="mlp", depth=depth, width=width, activation="tanh", init=dict(scheme="xavier", gain=1.0)),
         task=dict(kind="teacher", batch_size=batch, input_dim=16, output_dim=1),
-        train=dict(steps=steps, dtype="float32", optimizer=dict(kind="sgd", lr=LR)),
+        train=dict(steps=steps, dtype="float32", optimizer=dict(kind="sgd", lr=LR),
+                   **({"eval_every": eval_every} if eval_every else {})),
         clipping=[dict(method="norm", max_norm=1.0)]))
 
 
@@ -198,6 +219,106 @@ class NumpyFloor:
         self.pflat -= self.gflat
 
 
+class OpFloor:
+    """A model's floor: its GEMMs and transcendental functions alone, in NumPy, in the order and
+    with the call count the model needs (a recurrence's per-step products stay per step),
+    every operand preallocated and every op with `out=`: no bias, no elementwise product, no
+    copy, no optimizer. Built from a list of ops, ("mm", a_shape, b_shape) for a (batched)
+    matrix product a @ b, or ("exp" | "tanh", shape) for an elementwise function; an op
+    repeated `n` times is (op..., n). Operands are fixed random float32 arrays in [-1, 1)."""
+
+    def __init__(self, ops: list[tuple]) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        arr = lambda shape: rng.uniform(-1, 1, shape).astype(np.float32)  # noqa: E731
+        self.calls = []
+        for op in ops:
+            n = op[-1] if isinstance(op[-1], int) else 1
+            if op[0] == "mm":
+                a, b = arr(op[1]), arr(op[2])
+                out = np.empty(np.matmul(a[..., :1, :], b[..., :1]).shape[:-2] + (a.shape[-2], b.shape[-1]),
+                               np.float32)
+                self.calls += [(np.matmul, a, b, out)] * n
+            elif op[0] == "mul":  # one binary elementwise pass (add, subtract, multiply cost alike)
+                x = arr(op[1])
+                self.calls += [(np.multiply, x, x.copy(), x.copy())] * n
+            else:
+                x = arr(op[1])
+                self.calls += [(getattr(np, op[0]), x, x.copy())] * n
+        self.n_calls = len(self.calls)
+
+    def __call__(self) -> None:
+        for f, *a in self.calls:
+            f(*a[:-1], out=a[-1])
+
+
+def recurrent_floor(kind: str, width: int, seq_len: int, batch: int, input_dim: int = 2, output_dim: int = 1,
+                    cell: bool = False):
+    """A one-layer RNN/LSTM/GRU step's floor, feature-major like gradlab's engine: the input
+    projection of all steps (one product), per step the recurrent product and the gate
+    functions (sigmoids as exp, the cheaper form NumPy has; the LSTM's tanh(g) and tanh(c),
+    the GRU's tanh(n), the RNN's tanh(h)); the head; backward, per step (but the first) the
+    product through W_hh^T, then the weight gradients as one product each. The derivatives
+    come from saved outputs (products, not functions), so the backward has no
+    transcendentals. With `cell`, also the cell's binary elementwise passes (CELL_PASSES):
+    what a NumPy engine, which cannot fuse them, must add to that floor."""
+    G = GATES_FLOOR[kind]
+    H, T, B = width, seq_len, batch
+    sig = {"rnn": 0, "lstm": 3, "gru": 2}[kind] * H
+    tanh = {"rnn": 1, "lstm": 2, "gru": 1}[kind]
+    ops = [("mm", (G * H, input_dim), (T, input_dim, B)),
+           ("mm", (G * H, H), (H, B), T - 1)]
+    if sig:
+        ops.append(("exp", (sig, B), T))
+    ops.append(("tanh", (H, B), tanh * T))
+    ops += [("mm", (B, H), (H, output_dim)),  # head
+            ("mm", (H, G * H), (G * H, B), T - 1),  # dh_{t-1} = W_hh^T dGh_t
+            ("mm", (G * H, T * B), (T * B, input_dim)),  # dW_ih
+            ("mm", (G * H, (T - 1) * B), ((T - 1) * B, H)),  # dW_hh
+            ("mm", (H, B), (B, output_dim))]  # dW_head
+    if cell:
+        ops += [("mul", shape, n * (T - 1)) for shape, n in CELL_PASSES[kind](H, B)]
+    return OpFloor(ops)
+
+
+# The binary elementwise passes per time step that a cell's arithmetic needs in NumPy,
+# unfused, beyond its products and functions: ((rows, B), passes) for the forward and the
+# backward together, as gradlab's engine counts them (the bias add of the recurrent product;
+# a sigmoid's negation, +1 and reciprocal; the state updates; the backward's products with
+# the saved gates and derivatives, and dL/dh_t's sum over its two sources).
+CELL_PASSES = {
+    "rnn": lambda H, B: [((H, B), 3)],
+    "lstm": lambda H, B: [((4 * H, B), 1), ((3 * H, B), 6), ((H, B), 18)],
+    "gru": lambda H, B: [((2 * H, B), 6), ((H, B), 20)],
+}
+
+
+GATES_FLOOR = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def transformer_floor(width: int, depth: int, heads: int, seq_len: int, batch: int, vocab: int, ratio: int = 4):
+    """A decoder-only transformer step's floor: per block the qkv, attention-output and MLP
+    products, the attention scores and the probabilities times v (one batched product each
+    over batch x heads), the softmax's exp over the (T, T) scores and the GELU's (one exp over
+    the MLP's hidden units: gradlab's sigmoid form); the head's product and the loss's exp over
+    the logits; backward, two products per forward product (the input's and the weight's
+    gradient; for attention, both operands'). LayerNorm's square roots (one per position) are
+    left out."""
+    N, D, R, dh, BH, T = batch * seq_len, width, ratio * width, width // heads, batch * heads, seq_len
+
+    def linear(n_in: int, n_out: int) -> list:  # y = x W; dx = dy W^T; dW = x^T dy
+        return [("mm", (N, n_in), (n_in, n_out)), ("mm", (N, n_out), (n_out, n_in)),
+                ("mm", (n_in, N), (N, n_out))]
+
+    block = (linear(D, 3 * D) + linear(D, D) + linear(D, R) + linear(R, D)
+             + [("mm", (BH, T, dh), (BH, dh, T)), ("mm", (BH, T, T), (BH, T, dh)),  # scores, p v
+                ("mm", (BH, T, dh), (BH, dh, T)), ("mm", (BH, T, T), (BH, T, dh)),  # dp = do v^T, ds k
+                ("mm", (BH, T, T), (BH, T, dh)), ("mm", (BH, T, T), (BH, T, dh)),  # dk = ds^T q, dv = p^T do
+                ("exp", (BH, T, T)), ("exp", (N, R))])
+    return OpFloor(block * depth + linear(D, vocab) + [("exp", (N, vocab))])
+
+
 # ----------------------------------------------------------------------------- torch
 class TorchStep:
     """The same step in PyTorch eager: fresh batch drawn by torch, forward, MSE, backward,
@@ -289,6 +410,16 @@ def _LastStep(nn, rec, head):
 
 
 # ----------------------------------------------------------------------------- timing
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # --clock sets it
+
+
+def _cpu_with_children() -> float:
+    """CPU seconds of this process and of its finished children (10 ms ticks: for whole runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def interleaved(fns: dict, steps: int, repeats: int, warmup: int, settle: float = 0.0) -> dict[str, list[float]]:
     """ms/step of each fn in each round: warm-up, then `repeats` rounds of `steps` steps of each in turn.
 
@@ -305,10 +436,10 @@ def interleaved(fns: dict, steps: int, repeats: int, warmup: int, settle: float 
             t = time.perf_counter()
             while time.perf_counter() - t < settle:
                 fn()
-            t = time.perf_counter()
+            t = clock()
             for _ in range(steps):
                 fn()
-            times[k].append((time.perf_counter() - t) / steps * 1e3)
+            times[k].append((clock() - t) / steps * 1e3)
     return times
 
 
@@ -341,32 +472,89 @@ class Table:
             print(fmt(r))
 
 
-def bench_mlp(table: Table, torch, args, with_torch: bool, with_floor: bool) -> None:
-    cfg = mlp_config(**MLP_SHAPE)
-    g = GradlabStep(cfg)
-    fns = {"gradlab": g}
-    if with_torch and torch is not None:
-        fns["torch"] = TorchStep(torch, "mlp", GradlabStep(cfg), MLP_SHAPE)
-    if with_floor:
-        fns["floor"] = NumpyFloor(GradlabStep(cfg))
-    ms = interleaved(fns, args.steps, args.repeats, args.warmup, args.settle)
-    s = MLP_SHAPE
-    name = f"mlp d{s['depth']} w{s['width']} b{s['batch']}"
-    if with_torch:
-        table.add(f"{name} vs torch nn.Sequential", ms["gradlab"], ms.get("torch"), GOALS["mlp"])
-    if with_floor:
-        table.add(f"{name} vs numpy floor", ms["gradlab"], ms["floor"], GOALS["floor"])
+class WithThreads:
+    """A torch engine run on `threads` threads whatever ran before it (the thread-for-thread
+    and the default-thread engines share the process and take turns)."""
+
+    def __init__(self, torch, threads: int, fn) -> None:
+        self.torch, self.threads, self.fn = torch, threads, fn
+
+    def __call__(self) -> None:
+        if self.torch.get_num_threads() != self.threads:
+            self.torch.set_num_threads(self.threads)
+        self.fn()
 
 
-def bench_recurrent(table: Table, torch, args, kind: str) -> None:
-    cfg = rec_config(kind, **REC_SHAPE)
-    fns = {"gradlab": GradlabStep(cfg)}
-    if torch is not None:
-        fns["torch"] = TorchStep(torch, kind, GradlabStep(cfg), REC_SHAPE)
-    ms = interleaved(fns, args.steps, args.repeats, args.warmup, args.settle)
+def model_case(kind: str):
+    """(config, name, torch's counterpart) of a model kind's benchmark shape."""
+    if kind == "mlp":
+        s = MLP_SHAPE
+        cfg = mlp_config(**s)
+        return cfg, f"mlp d{s['depth']} w{s['width']} b{s['batch']}", "nn.Sequential"
+    if kind == "transformer":
+        from transformer_bench import SHAPE as s, config
+
+        cfg = config(s["batch"])
+        name = f"transformer d{s['width']} L{s['depth']} H{s['heads']} T{s['seq_len']} b{s['batch']}"
+        return cfg, name, "eager"
     s = REC_SHAPE
-    table.add(f"{kind} h{s['width']} T{s['seq_len']} b{s['batch']} vs torch nn.{kind.upper()}",
-              ms["gradlab"], ms.get("torch"), GOALS[kind])
+    return rec_config(kind, **s), f"{kind} h{s['width']} T{s['seq_len']} b{s['batch']}", f"nn.{kind.upper()}"
+
+
+def make_floor(kind: str, g: GradlabStep):
+    if kind == "mlp":
+        return NumpyFloor(g)
+    if kind == "transformer":
+        from transformer_bench import SHAPE as s
+
+        return transformer_floor(s["width"], s["depth"], s["heads"], s["seq_len"], s["batch"], g.model.output_dim)
+    return recurrent_floor(kind, **REC_SHAPE)
+
+
+def make_torch(torch, kind: str, cfg, threads: int):
+    if kind == "transformer":
+        from transformer_bench import TorchStep as TransformerTorchStep
+
+        return TransformerTorchStep(torch, GradlabStep(cfg), threads)
+    return WithThreads(torch, threads, TorchStep(torch, kind, GradlabStep(cfg), MLP_SHAPE if kind == "mlp" else REC_SHAPE))
+
+
+def bench_model(table: Table, torch, args, kind: str, verdicts: list[str]) -> None:
+    """gradlab against torch on the same threads, torch on its default threads, and the
+    model's NumPy floor, all interleaved in one run."""
+    cfg, name, module = model_case(kind)
+    g = GradlabStep(cfg)
+    fns = {"gradlab": g, "floor": make_floor(kind, GradlabStep(cfg))}
+    if kind in CELL_PASSES:
+        fns["floor_cell"] = recurrent_floor(kind, **REC_SHAPE, cell=True)
+    if torch is not None:
+        fns["torch"] = make_torch(torch, kind, cfg, args.threads)
+        if args.side_threads and args.side_threads != args.threads:
+            fns["torch_side"] = make_torch(torch, kind, cfg, args.side_threads)
+    steps = max(1, args.steps // 4) if kind == "transformer" else args.steps  # its step is ~8x an RNN's
+    ms = interleaved(fns, steps, args.repeats, args.warmup, args.settle)
+    goal = GOALS[kind]
+    thr = f"{args.threads} thr"
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    if torch is not None:
+        table.add(f"{name} vs torch {module} ({thr})", ms["gradlab"], ms["torch"], goal)
+    table.add(f"{name} vs its numpy floor", ms["gradlab"], ms["floor"], GOALS.get(kind + "_floor"))
+    if torch is not None:
+        table.add(f"{name} numpy floor vs torch ({thr})", ms["floor"], ms["torch"], None)
+        if "floor_cell" in ms:
+            table.add(f"{name} floor + cell passes vs torch ({thr})", ms["floor_cell"], ms["torch"], None)
+        if "torch_side" in ms:
+            table.add(f"{name} vs torch {module} ({args.side_threads} thr, default)", ms["gradlab"],
+                      ms["torch_side"], None)
+        mine, floor = med["gradlab"] / med["torch"], med["floor"] / med["torch"]
+        cell = med["floor_cell"] / med["torch"] if "floor_cell" in med else None
+        verdict = ("met" if mine <= goal else "MISSED, out of reach: the floor alone is above the goal" if floor > goal
+                   else "MISSED, out of reach unfused: the floor plus the cell's elementwise passes is above the goal"
+                   if cell is not None and cell > goal else "MISSED, within the floor's reach")
+        verdicts.append(f"{kind}: gradlab {mine:.2f}x torch at {thr}, goal <= {goal:g}x: {verdict} "
+                        f"(floor {floor:.2f}x torch" + (f", with the cell's passes {cell:.2f}x" if cell else "")
+                        + f"; gradlab spends {med['gradlab'] - med['floor']:.1f} ms/step over its floor, "
+                        f"{100 * (1 - med['floor'] / med['gradlab']):.0f}% of the step)")
 
 
 def bench_run(table: Table, args) -> list[str]:
@@ -377,7 +565,11 @@ def bench_run(table: Table, args) -> list[str]:
     from gradlab.train import train_seed
 
     s = RUN_SHAPE
-    cfg = mlp_config(s["depth"], s["width"], s["batch"], s["steps"])
+    # The held-out evaluation is work of its own, not overhead (by default every
+    # ceil(steps / 20) steps, 4 batches: 84 forward passes in this 200-step run): the
+    # overhead rows evaluate once, at the last step; one row times the default beside.
+    cfg = mlp_config(s["depth"], s["width"], s["batch"], s["steps"], eval_every=s["steps"])
+    default_eval = mlp_config(s["depth"], s["width"], s["batch"], s["steps"])
 
     def bare() -> None:
         # train_seed pins one BLAS thread (numbers independent of the thread count): so does
@@ -401,15 +593,24 @@ def bench_run(table: Table, args) -> list[str]:
                             "--no-plots", "--workers", "1"], check=True, stdout=subprocess.DEVNULL,
                            env=child_env(args.threads))
 
-    fns = {"bare": bare, "train_seed": lambda: train_seed(cfg, 0), "run": in_process, "cli": cli}
+    fns = {"bare": bare, "train_seed": lambda: train_seed(cfg, 0), "run": in_process, "cli": cli,
+           "default_eval": lambda: train_seed(default_eval, 0)}
     with tempfile.TemporaryDirectory() as out:  # warm-up: imports, caches
         run_experiment(mlp_config(s["depth"], s["width"], s["batch"], 5), out, plots=False, workers=1)
-    ms = {k: [t / s["steps"] for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
+    global clock
+    saved = clock
+    if clock is time.process_time:  # the `gradlab run` process is a child: its CPU time counts too
+        clock = _cpu_with_children
+    try:
+        ms = {k: [t / s["steps"] for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
+    finally:
+        clock = saved
     name = f"mlp d{s['depth']} w{s['width']} b{s['batch']}, {s['steps']} steps:"
     table.add(f"{name} run_experiment vs bare loop", ms["run"], ms["bare"], GOALS["run"])
     table.add(f"{name} run_experiment vs train_seed", ms["run"], ms["train_seed"], None)
     table.add(f"{name} train_seed vs bare loop", ms["train_seed"], ms["bare"], None)
     table.add(f"{name} `gradlab run` process vs bare loop", ms["cli"], ms["bare"], None)
+    table.add(f"{name} train_seed, default evaluation, vs bare loop", ms["default_eval"], ms["bare"], None)
     med = {k: statistics.median(v) for k, v in ms.items()}
     pct = lambda a, b: f"{100 * (med[a] / med[b] - 1):+.1f}%"  # noqa: E731
     return [f"gradlab run overhead over the bare step loop: {pct('run', 'bare')} (train_seed alone "
@@ -493,7 +694,7 @@ def bench_memory(peaks: dict) -> list[str]:
 
 def bench_startup(threads: int) -> list[str]:
     lines = []
-    for argv in (["--help"], ["validate", "configs/quickstart.yaml"]):
+    for argv, goal in ((["--help"], HELP_GOAL), (["validate", "configs/quickstart.yaml"], STARTUP_GOAL)):
         cmd = [gradlab_exe(), *argv]
         ts = []
         for i in range(6):  # the first run only warms the file cache
@@ -503,7 +704,7 @@ def bench_startup(threads: int) -> list[str]:
                 ts.append(time.perf_counter() - t)
         m = statistics.median(ts)
         lines.append(f"start-up `gradlab {' '.join(argv)}`: {m:.3f} s (median of 5; min {min(ts):.3f}, "
-                     f"max {max(ts):.3f}), goal <= {STARTUP_GOAL} s: {'met' if m <= STARTUP_GOAL else 'MISSED'}")
+                     f"max {max(ts):.3f}), goal <= {goal} s: {'met' if m <= goal else 'MISSED'}")
     return lines
 
 
@@ -540,16 +741,29 @@ def machine_facts(torch, threads: int) -> None:
              if removed is not None else "  (as set; --no-openblas-env removes both)"))
 
 
+def kernel_line(torch, threads: int) -> str:
+    """The BLAS kernels behind the figures: the same NumPy code differs up to 5x between
+    OpenBLAS's kernels (float32 tanh: 0.4 ns per element under AVX-512, 2.6 ns under Haswell)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{p['internal_api']} {p.get('version')} {p.get('architecture', '-')} kernel, {p['num_threads']} thread(s)"
+            for p in threadpool_info() if p["user_api"] == "blas"]
+    line = f"BLAS: numpy {'; '.join(blas) or 'unknown'}"
+    if torch is not None:
+        line += (f"; torch {torch.__version__} {'MKL' if torch.backends.mkl.is_available() else 'no MKL'}"
+                 f" + oneDNN {torch.backends.mkldnn.is_available()}, {threads} thread(s) in the thread-for-thread rows")
+    return line + f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
 def bench_precision(table: Table, args) -> None:
     """Each model kind's step at float16 and bfloat16 compute against its float32 step."""
-    shapes = {"mlp": (mlp_config(**MLP_SHAPE), "d{depth} w{width} b{batch}".format(**MLP_SHAPE))}
-    for kind in ("rnn", "lstm", "gru"):
-        shapes[kind] = (rec_config(kind, **REC_SHAPE), "h{width} T{seq_len} b{batch}".format(**REC_SHAPE))
-    for kind, (cfg, shape) in shapes.items():
+    for kind in MODELS:
+        cfg, name, _ = model_case(kind)
         fns = {c: GradlabStep(cfg, compute=c) for c in ("float32", "float16", "bfloat16")}
-        ms = interleaved(fns, args.steps, args.repeats, args.warmup, args.settle)
+        steps = max(1, args.steps // 4) if kind == "transformer" else args.steps
+        ms = interleaved(fns, steps, args.repeats, args.warmup, args.settle)
         for c in ("float16", "bfloat16"):
-            table.add(f"{kind} {shape} {c} vs float32 compute", ms[c], ms["float32"], PRECISION_GOAL)
+            table.add(f"{name} {c} vs float32 compute", ms[c], ms["float32"], PRECISION_GOAL)
 
 
 def bench_underflow(table: Table, args) -> None:
@@ -582,7 +796,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps per engine before a case")
     ap.add_argument("--settle", type=float, default=0.2,
                     help="untimed seconds of steps at the start of each engine's round (other pools go idle)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both libraries")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for both libraries in the thread-for-thread rows (gradlab trains on 1)")
+    ap.add_argument("--side-threads", type=int, default=None,
+                    help="torch's threads in the default-thread rows (default: torch's own default; 0: none)")
+    ap.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                    help="wall: elapsed time; cpu: this process's CPU time, the run case's with its children (fairer on a shared machine, "
+                         "1 thread only: the default-thread rows are left out)")
     ap.add_argument("--only", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--no-openblas-env", action="store_true",
                     help="re-execute without OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the environment")
@@ -606,22 +826,29 @@ def main() -> None:
         import torch
     except ImportError:
         torch = None
+    global clock
+    clock = CLOCK[args.clock]
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu needs --threads 1 (CPU time adds up the threads)")
+    if args.clock == "cpu":
+        args.side_threads = 0
+    if torch is not None and args.side_threads is None:
+        args.side_threads = torch.get_num_threads()  # what a user meets: torch's default
     threadpool_limits(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     machine_facts(torch, args.threads)
-    print(f"timing: {args.warmup} warm-up steps, then median of {args.repeats} interleaved rounds of "
+    print(f"timing ({args.clock} clock): {args.warmup} warm-up steps, then median of {args.repeats} interleaved rounds of "
           f"{args.steps} steps (each after {args.settle:g} s of untimed steps); float32, V = 1, SGD lr {LR:g}, "
           "clip by global norm at 1.0")
     print()
 
     table, notes = Table(), []
-    if {"mlp", "floor"} & only:
-        bench_mlp(table, torch, args, "mlp" in only, "floor" in only)
-    for kind in ("rnn", "lstm", "gru"):
+    verdicts: list[str] = []
+    for kind in MODELS:
         if kind in only:
-            bench_recurrent(table, torch, args, kind)
+            bench_model(table, torch, args, kind, verdicts)
     if "run" in only:
         notes += bench_run(table, args)
     if "precision" in only:
@@ -629,7 +856,9 @@ def main() -> None:
     if "underflow" in only:
         bench_underflow(table, args)
     if table.rows:
+        print(kernel_line(torch, args.threads))
         table.print()
+        notes += verdicts
     if "memory" in only:
         notes += bench_memory(peaks)
     if "startup" in only:

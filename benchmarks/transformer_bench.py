@@ -24,6 +24,10 @@ Cases:
           attention probabilities, the attention output, the MLP's pre-activation and GELU
           output; the final norm's and the logits' softmax), all float32.
 
+engine_bench's `transformer` case times the same step (this module's config and TorchStep)
+beside the other model kinds, with its NumPy floor; this script keeps the transformer's
+larger batches, the train_seed loop, memory and precision cases.
+
 Timing follows engine_bench (whose helpers this imports): warm-up steps, then `--repeats`
 interleaved rounds of `--steps` steps per engine, each after `--settle` seconds of untimed
 steps; medians, the ratio of the medians with the per-round range in brackets. Not a test:

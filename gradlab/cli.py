@@ -79,7 +79,11 @@ def _console(stderr: bool = False):
 
 
 WorkersOpt = typer.Option(None, "--workers", min=1, metavar="N",
-                          help="Worker processes, one seed each at a time (default: the cores, fewer when memory says so).")
+                          help="Worker processes on this machine, one unit (a seed's variants, or some of them) each at a time "
+                               "(default: the cores, fewer when memory says so).")
+ClusterOpt = typer.Option(None, "--cluster", envvar="GRADLAB_CLUSTER", metavar="local:N|tcp://HOST:8786",
+                          help="Train on a Dask cluster: local:N starts N single-threaded worker processes, an address "
+                               "uses a running scheduler's workers (needs pip install -e \".[cluster]\").")
 ForceOpt = typer.Option(False, "--force", help="Recompute runs that are already complete.")
 NoPlotsOpt = typer.Option(False, "--no-plots", help="Skip drawing the plots (`gradlab plot` draws them later).")
 WideOpt = typer.Option(False, "--wide", help="Every column of the table, however wide the terminal (report.md has them all).")
@@ -92,13 +96,15 @@ def run(
     seeds: Optional[str] = SeedsOpt,
     out: Path = OutOpt,
     workers: Optional[int] = WorkersOpt,
+    cluster: Optional[str] = ClusterOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     no_plots: bool = NoPlotsOpt,
     wide: bool = WideOpt,
 ) -> None:
     """Train every run of CONFIG (each clipping variant x each seed) and write the experiment directory."""
-    _execute(_load(config, set_, seeds), out, force, quiet, workers, not no_plots, wide)
+    where = _where(workers, cluster)
+    _execute(_load(config, set_, seeds), out, force, quiet, where, not no_plots, wide)
 
 
 @app.command()
@@ -114,6 +120,7 @@ def sweep(
     seeds: Optional[str] = SeedsOpt,
     out: Path = OutOpt,
     workers: Optional[int] = WorkersOpt,
+    cluster: Optional[str] = ClusterOpt,
     force: bool = ForceOpt,
     quiet: bool = QuietOpt,
     no_plots: bool = NoPlotsOpt,
@@ -131,10 +138,22 @@ def sweep(
             raise UserError(f"must be one of {', '.join(THRESHOLD_KEYS)}; got `{clip(method)}`"
                             + (f" (did you mean `{close[0]}`?)" if close else ""), key="--method")
     spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
+    where = _where(workers, cluster)
     from .config import load_config
 
-    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, workers,
+    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, where,
              not no_plots, wide)
+
+
+def _where(workers: Optional[int], cluster: Optional[str]) -> dict:
+    """run_experiment's `workers` and `cluster`, from --workers and --cluster (or GRADLAB_CLUSTER)."""
+    from .cluster import parse_cluster
+
+    cluster = parse_cluster(cluster)
+    if cluster is not None and workers is not None:
+        raise UserError("counts this machine's worker processes; with --cluster (or GRADLAB_CLUSTER) the cluster's "
+                        "workers train (local:N starts N of them)", key="--workers")
+    return {"workers": workers, "cluster": cluster}
 
 
 # What `gradlab sweep --method` takes without loading the schema (gradlab.config.SweepConfig's
@@ -168,7 +187,7 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
-def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], plots: bool = True,
+def _execute(cfg, out: Path, force: bool, quiet: bool, where: dict, plots: bool = True,
              wide: bool = False) -> None:
     """Run an experiment with a progress bar; Ctrl-C -> 130, SIGTERM -> 143, finished runs kept."""
     from .config import experiment_dir
@@ -178,7 +197,7 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, workers: Optional[int], p
     progress = _QuietProgress() if quiet else _RichProgress()
     try:
         with progress:
-            exp = run_experiment(cfg, out, force=force, progress=progress, workers=workers, plots=plots)
+            exp = run_experiment(cfg, out, force=force, progress=progress, plots=plots, **where)
     except UserError as e:
         if not isinstance(e.__cause__, OSError):
             raise

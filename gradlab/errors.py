@@ -91,10 +91,14 @@ class WorkerLost(Exception):
     """A worker process died without reporting (kill -9, the OOM killer): not a bug of
     gradlab's and not bad input, so it has an exit code of its own (3)."""
 
-    def __init__(self, seed: int | None, exitcode: int) -> None:
+    def __init__(self, seed: int | None, exitcode: int | None) -> None:
         import signal
 
         self.seed, self.exitcode = seed, exitcode
+        if exitcode is None:  # a Dask unit whose every worker died (distributed's KilledWorker)
+            super().__init__(f"the Dask workers that ran seed {seed} died, as often as the scheduler allows "
+                             "(distributed.scheduler.allowed-failures)")
+            return
         if exitcode < 0:
             try:
                 name = signal.Signals(-exitcode).name

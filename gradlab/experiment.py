@@ -75,52 +75,103 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     return exp
 
 
-def steps_to_compute(cfg: ExperimentConfig, plans: list[SeedPlan], lockstep: bool) -> int:
-    return sum(cfg.train.steps * (1 if lockstep else len(p.todo)) for p in plans if p.todo)
-
-
-def default_workers(cfg: ExperimentConfig, n_seeds: int) -> int:
-    """One process per core, but no more than the seeds to compute or than memory holds."""
+def default_workers(cfg: ExperimentConfig, n_units: int) -> int:
+    """One process per core, but no more than the units to compute or than memory holds."""
     from .config import available_memory_bytes, estimate_memory_bytes
 
     fits = max(1, int(0.8 * available_memory_bytes() // max(1, estimate_memory_bytes(cfg))))
-    return max(1, min(os.cpu_count() or 1, n_seeds, fits))
+    return max(1, min(os.cpu_count() or 1, n_units, fits))
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force: bool = False,
                    progress: Optional[Progress] = None, plots: bool = True,
-                   workers: Optional[int] = None, lockstep: bool = True) -> Path:
+                   workers: Optional[int] = None, lockstep: bool = True, cluster: Optional[str] = None) -> Path:
     """Train every run of `cfg` not yet complete under `out`; write summary, report, plots.
 
-    Seeds run in `workers` processes (default: one per core, fewer when memory says so);
-    all variants of a seed advance in lockstep. Returns the experiment directory.
-    Ctrl-C (KeyboardInterrupt) propagates after the runs finished so far are on disk.
+    The runs train as units (executors.units: a seed's variants, stacked) in `workers`
+    processes (default: one per core, fewer when memory says so), or on the Dask cluster
+    `cluster` (`local:N` or a scheduler's address); this process writes every result.
+    Returns the experiment directory. Ctrl-C (KeyboardInterrupt) propagates after the runs
+    finished so far are on disk.
     """
+    from .executors import units
+
     progress = progress or Progress()
-    exp = prepare(cfg, out)
-    with experiment_lock(exp):
-        plans = [p for p in plan(cfg, exp, force, progress.warn) if p.todo]
-        todo_runs = sum(len(p.todo) for p in plans)
-        progress.start(steps_to_compute(cfg, plans, lockstep), todo_runs,
-                       len(cfg.clipping) * len(cfg.seeds) - todo_runs)
-        n = min(workers or default_workers(cfg, len(plans)), max(1, len(plans)))
-        try:
-            if n > 1:
-                from .workers import train_in_workers
+    remote = None
+    if cluster is not None:
+        from .cluster import DaskExecutor
 
-                train_in_workers(cfg, exp, plans, n, lockstep, progress,
-                                 while_training=preload_plotting if plots else None)
+        check_writable(Path(out))  # a bad --out is refused before a cluster is started for it
+        remote = DaskExecutor(cluster, progress.advance)  # first: an unreachable scheduler writes nothing
+    try:
+        exp = prepare(cfg, out)
+        with experiment_lock(exp):
+            plans = [p for p in plan(cfg, exp, force, progress.warn) if p.todo]
+            todo_runs = sum(len(p.todo) for p in plans)
+            if remote is not None:
+                if not remote.workers and plans:
+                    progress.warn(f"the Dask scheduler at {remote.name} has no workers yet: the runs wait for some")
+                work = units(cfg, plans, lockstep, max(1, remote.workers))
+                executor, note = remote, f"{len(work)} unit(s) on the Dask cluster {remote.name}"
             else:
-                from .workers import train_plan
-
-                for p in plans:
-                    progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
-                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
-        finally:
-            fresh = {run_id(cfg.clipping[i], p.seed) for p in plans for i in p.todo}
-            reports = write_summary(exp, warn=progress.warn, fresh=fresh)
-        finish(exp, plots=plots, only_stale=not force, reports=reports)
+                n = workers or default_workers(cfg, len(units(cfg, plans, lockstep, os.cpu_count() or 1)))
+                work = units(cfg, plans, lockstep, n)
+                n = min(n, max(1, len(work)))
+                executor = _local_executor(n, progress.advance)
+                note = f"{len(work)} unit(s) on {n} worker processes" if n > 1 else ""
+            progress.start(sum(u.steps for u in work), todo_runs, len(cfg.clipping) * len(cfg.seeds) - todo_runs)
+            try:
+                run_units(cfg, exp, work, executor, progress, lockstep, note,
+                          while_training=preload_plotting if plots else None)
+            finally:
+                fresh = {run_id(cfg.clipping[i], p.seed) for p in plans for i in p.todo}
+                reports = write_summary(exp, warn=progress.warn, fresh=fresh)
+            finish(exp, plots=plots, only_stale=not force, reports=reports)
+    finally:
+        if remote is not None:
+            remote.shutdown(cancel=True)  # closed already unless something failed before the units ran
     return exp
+
+
+def _local_executor(n: int, advance: Callable[[int], None]):
+    from .executors import ForkPool, InlineExecutor
+
+    return ForkPool(n, advance) if n > 1 else InlineExecutor(advance)
+
+
+def run_units(cfg: ExperimentConfig, exp: Path, work: list, executor, progress: Progress, lockstep: bool = True,
+              note: str = "", while_training: Optional[Callable[[], None]] = None) -> None:
+    """Hand every unit to `executor` and write each unit's runs as its result arrives: this
+    process is the only writer (atomic writes, under the experiment's lock, taken by the
+    caller). On any way out but success (Ctrl-C, SIGTERM, a lost worker, an error) the
+    executor's pending units are cancelled and its workers stopped; what was written stays."""
+    from .errors import WorkerLost
+    from .executors import Lost, encoded_unit
+    from .store import write_files
+
+    h = config_hash(cfg)
+    ok = False
+    try:
+        futures = {executor.submit(encoded_unit, cfg, h, u.seed, u.todo, lockstep): u for u in work}
+        executor.start()
+        if while_training is not None and futures:
+            while_training()  # the workers are forked (or elsewhere): the parent mostly waits now
+        if note:
+            progress.note(note)
+        try:
+            for fut in executor.as_completed(list(futures)):
+                unit = futures.pop(fut)  # its result, once written, is nobody's to keep
+                for rid, files in fut.result():
+                    write_files(exp, rid, files)
+                rest = executor.unreported(fut, unit.steps)
+                if rest:
+                    progress.advance(rest)
+        except Lost as e:
+            unit = futures.get(e.future)  # not yet yielded, so still there
+            raise WorkerLost(unit.seed if unit else None, e.exitcode) from None
+        ok = True
+    finally:
+        executor.shutdown(cancel=not ok)
 
 
 def preload_plotting() -> None:

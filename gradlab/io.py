@@ -196,13 +196,18 @@ def format_number(x: float) -> str:
     return repr(x)
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """What write_csv writes: the header, then each row, numbers as format_number spells them."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for row in rows:
         w.writerow([format_number(v) if not isinstance(v, str) else v for v in row])
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    write_text(path, csv_text(header, rows))
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[float]]]:

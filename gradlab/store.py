@@ -1,6 +1,6 @@
 """The run store: an experiment directory's layout, what makes a run complete, and the files
 derived from the runs. It imports nothing above it (no training, no report, no plots), so that
-every command, the worker processes and the plots read and check runs the same way.
+every command, the one writer and the plots read and check runs the same way.
 
 Layout (the README's "The experiment directory"): outputs/<name>-<hash8>/{config.yaml,
 summary.json, report.md, runs/<run_id>/{metrics.csv, layer_norms.csv, report.json}, plots/*.png}.
@@ -334,20 +334,33 @@ def check_writable(out: Path) -> None:
 
 
 def write_run(exp: Path, result, config: str) -> None:
-    """A run's three files; report.json last, since its presence marks the run complete.
+    """A run's files (run_files); report.json last, since its presence marks the run complete.
     `config`: the experiment's hash8, recorded so that a run always names its config."""
-    d = run_dir(exp, result.run_id)
+    write_files(exp, result.run_id, run_files(result, config))
+
+
+def run_files(result, config: str) -> list[tuple[str, bytes]]:
+    """A run's files as (name, bytes), in the order they are written, report.json last. Pure:
+    a worker encodes its runs, and the one writer (write_files) only puts bytes on disk."""
+    files = [("metrics.csv", io.csv_text(result.columns, result.metrics_rows)),
+             ("layer_norms.csv", io.csv_text(["step", *result.param_names], result.layer_rows))]
+    if result.flow_rows:
+        files.append(("bptt_norms.csv", io.csv_text(["step", "layer", "t", "grad_norm"], result.flow_rows)))
+    if getattr(result, "attention_rows", None):
+        files.append((ATTENTION_CSV, io.csv_text(result.attention_columns, result.attention_rows)))
+    if getattr(result, "underflow_rows", None):
+        files.append((UNDERFLOW_CSV, io.csv_text(["step", *result.param_names], result.underflow_rows)))
+    files.append(("report.json", io.dumps_json({**result.report(), "config_hash": config})))
+    return [(name, text.encode("utf-8")) for name, text in files]
+
+
+def write_files(exp: Path, rid: str, files: Iterable[tuple[str, bytes]]) -> None:
+    """Write the files of run `rid` (from run_files), each atomically, in their order."""
+    d = run_dir(exp, rid)
     for leftover in d.glob(".*.tmp"):  # from a process killed mid-write
         leftover.unlink(missing_ok=True)
-    io.write_csv(d / "metrics.csv", result.columns, result.metrics_rows)
-    io.write_csv(d / "layer_norms.csv", ["step", *result.param_names], result.layer_rows)
-    if result.flow_rows:
-        io.write_csv(d / "bptt_norms.csv", ["step", "layer", "t", "grad_norm"], result.flow_rows)
-    if getattr(result, "attention_rows", None):
-        io.write_csv(d / ATTENTION_CSV, result.attention_columns, result.attention_rows)
-    if getattr(result, "underflow_rows", None):
-        io.write_csv(d / UNDERFLOW_CSV, ["step", *result.param_names], result.underflow_rows)
-    io.write_json(d / "report.json", {**result.report(), "config_hash": config})
+    for name, data in files:
+        io.write_bytes(d / name, data)
 
 
 def collect_reports(exp: Path, damaged: Optional[list[tuple[str, str]]] = None) -> list[dict]:

@@ -691,11 +691,11 @@ def test_a_user_error_crosses_a_process_boundary_whole():
     assert isinstance(copy.__cause__, OSError) and copy.__cause__.errno == errno.ENOSPC
 
 
-def test_disk_full_in_worker_processes_is_exit_2(tmp_path, monkeypatch, capsys):
-    args = [*TINY[:-1], "2"]  # --workers 2: seeds in forked processes
+def test_disk_full_while_worker_processes_train_is_exit_2(tmp_path, monkeypatch, capsys):
+    args = [*TINY[:-1], "2"]  # --workers 2: seeds in forked processes, their runs written by this one
     real_fsync, writes = os.fsync, []
 
-    def fsync(fd):  # each forked worker counts from what the parent had written (2 files)
+    def fsync(fd):  # config, lock owner, then the runs as they come back
         writes.append(fd)
         if len(writes) > 2 + 4:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

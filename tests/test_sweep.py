@@ -150,7 +150,7 @@ def test_a_second_process_on_the_same_experiment_is_refused(tmp_path, capsys):
 def test_workers_limit_blas_to_one_thread_even_when_numpy_is_not_loaded_yet():
     """The CLI loads NumPy lazily, so a worker may start without it: the limit must still hold
     (it did not once, and two oversubscribed workers ran a sweep 70x slower)."""
-    code = ("import sys; from gradlab.workers import limit_blas_threads; "
+    code = ("import sys; from gradlab.executors import limit_blas_threads; "
             "assert 'numpy' not in sys.modules; print(limit_blas_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "1"

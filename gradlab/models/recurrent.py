@@ -46,6 +46,16 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     return np.divide(1.0, a, out=a)
 
 
+def _columns(b: np.ndarray, B: int) -> np.ndarray:
+    """A bias (V, n) as a contiguous (V, 1, n, B) block, every column b: added to a
+    (V, T, n, B) tensor it broadcasts over T only, with a contiguous inner loop. The
+    (V, 1, n, 1) view's stride-0 inner loop over B made the same additions (the same bits)
+    2.5x slower."""
+    out = np.empty(b.shape + (B,), dtype=b.dtype)
+    out[...] = b[..., None]
+    return out[:, None]
+
+
 class Recurrent(Model):
     def __init__(self, kind: str, depth: int, width: int, input_dim: int, output_dim: int,
                  per_step: bool = False, activation_name: str = "tanh",
@@ -153,7 +163,7 @@ class Recurrent(Model):
         # Input projections of every step at once: (V, T, G*H, B).
         A = buffer(ws, f"{p}.A", (V, T, GH, B), dt)
         np.matmul(W_ih[:, None], seq, out=A)
-        A += b_ih[:, None, :, None]
+        A += _columns(b_ih, B)
         Hs = buffer(ws, f"{p}.H", (V, T, H, B), dt)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
@@ -182,7 +192,7 @@ class Recurrent(Model):
         (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         for t in range(Hs.shape[1]):
             pre = gates[:, t]
@@ -214,8 +224,9 @@ class Recurrent(Model):
         HH[:, t] keeps W_hh h_{t-1} (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        A[:, :, :2 * H] += b_hh[:, None, :2 * H, None]  # b_hr, b_hz add like the input biases
-        b_hn = b_hh[:, 2 * H:, None]  # b_hn sits inside r's product: kept apart
+        b_cols = _columns(b_hh, A.shape[-1])
+        A[:, :, :2 * H] += b_cols[:, :, :2 * H]  # b_hr, b_hz add like the input biases
+        b_hn = b_cols[:, 0, 2 * H:]  # b_hn sits inside r's product: kept apart
         for t in range(Hs.shape[1]):
             hh = HH[:, t]
             if t:
@@ -248,7 +259,7 @@ class Recurrent(Model):
     def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at) -> None:
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
         r = self.compute.round_
-        A += b_hh[:, None, :, None]  # both biases add to the same pre-activation
+        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
         for t in range(Hs.shape[1]):
@@ -328,6 +339,13 @@ class Recurrent(Model):
         K = self.tbptt
         H2, H3 = 2 * Hd, 3 * Hd
         r = self.compute.round_
+        if self.kind == "rnn" and not relu:
+            # tanh' = 1 - h^2 of every step in two calls, not three small ones per step: the
+            # same ufuncs on the same values (bit for bit), 8% less CPU time for the RNN step.
+            # (The same for the LSTM's and GRU's gate derivatives cost 6% more: their extra
+            # buffers' memory traffic outweighs the calls saved.)
+            np.multiply(Hs, Hs, out=dA)
+            np.subtract(1.0, dA, out=dA)
         for t in range(T - 1, -1, -1):
             if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
                 # A truncation boundary between t and t + 1: no gradient crosses it.
@@ -342,13 +360,10 @@ class Recurrent(Model):
             h_prev = Hs[:, t - 1] if t > 0 else None
             da = dA[:, t]
             if self.kind == "rnn":  # the derivative from the saved output, fused into dA
-                h = Hs[:, t]
                 if relu:
-                    np.multiply(dh, h > 0.0, out=da)
+                    np.multiply(dh, Hs[:, t] > 0.0, out=da)
                 else:
-                    np.multiply(h, h, out=s1)
-                    np.subtract(1.0, s1, out=s1)
-                    np.multiply(dh, s1, out=da)
+                    da *= dh  # da holds tanh' = 1 - h^2 (before the loop)
             elif self.kind == "lstm":  # gates in the internal order i, f, o, g
                 gt, tc = gates[:, t], extra[:, t]
                 sig, g = gt[:, :H3], gt[:, H3:]
@@ -387,17 +402,21 @@ class Recurrent(Model):
                 s2 = s3[:, :H2]
                 np.subtract(1.0, rz, out=s2)
                 s2 *= rz
-                if h_prev is not None:
-                    np.subtract(h_prev, n, out=da[:, Hd:H2])
-                else:
-                    np.negative(n, out=da[:, Hd:H2])
-                np.multiply(hn, s2[:, :Hd], out=da[:, :Hd])
-                da[:, :Hd] *= dn
-                da[:, Hd:H2] *= s2[:, Hd:]
-                da[:, Hd:H2] *= dh
+                # dr and dz go straight into dGh: dA's r and z rows are the same, copied
+                # for all steps at once after the loop (here too where a probe reads them).
                 dgh = dGh[:, t]
-                dgh[:, :H2] = da[:, :H2]
+                dr, dz = dgh[:, :Hd], dgh[:, Hd:H2]
+                if h_prev is not None:
+                    np.subtract(h_prev, n, out=dz)
+                else:
+                    np.negative(n, out=dz)
+                np.multiply(hn, s2[:, :Hd], out=dr)
+                dr *= dn
+                dz *= s2[:, Hd:]
+                dz *= dh
                 np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:])
+                if probe:
+                    da[:, :H2] = dgh[:, :H2]
             if probe:
                 probe(at("gates", t), da)
                 self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
@@ -406,11 +425,19 @@ class Recurrent(Model):
                 np.matmul(W_hhT, dGh[:, t], out=dh_next)
                 if self.kind == "gru":
                     dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
+        if self.kind == "gru" and not probe:
+            dA[:, :, :H2] = dGh[:, :, :H2]
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
         def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple) -> np.ndarray:
             out = buffer(ws, f"{p}.{name}", tuple(a.shape[i] for i in axes), dt)
-            np.copyto(out, a.transpose(axes))  # into a reused buffer: a fresh one costs page faults
+            if axes[-1] == a.ndim - 1 and a.flags.c_contiguous:
+                # Whole rows move: copied as one opaque item each (a void dtype of the row's
+                # bytes), 2.5x faster than float by float along rows of B.
+                row = np.dtype((np.void, a.shape[-1] * a.itemsize))
+                np.copyto(out.view(row)[..., 0], a.view(row)[..., 0].transpose(axes[:-1]))
+            else:
+                np.copyto(out, a.transpose(axes))  # into a reused buffer: a fresh one costs page faults
             return out.reshape(shape)
 
         dA_r = side_by_side("dA_r", dA, (0, 2, 1, 3), (V, GH, T * B))
@@ -420,8 +447,9 @@ class Recurrent(Model):
         x_r = side_by_side("x_r", seq, (*lead, *(i + len(lead) for i in (0, 2, 1))),
                            (*seq.shape[:-3], T * B, seq.shape[-2]))
         g_hh = np.matmul(dGh_r[:, :, B:], H_r) if T > 1 else np.zeros_like(W_hh)
-        layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh,
-                 "b_ih": dA_r.sum(axis=-1), "b_hh": dGh_r.sum(axis=-1)}
+        b_ih = dA_r.sum(axis=-1)
+        b_hh = b_ih.copy() if dGh_r is dA_r else dGh_r.sum(axis=-1)  # one sum when both biases see dA
+        layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh, "b_ih": b_ih, "b_hh": b_hh}
         if self.kind == "lstm":  # back to torch's (i, f, g, o) rows
             back = np.argsort(self._lstm_order(GH))
             layer = {k: v[:, back] for k, v in layer.items()}

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import environment, io
-from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
+from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id  # noqa: F401
+from .config.grid import grid_points, planned, point_label
 from .errors import UserError, clip_path
 from .store import (_check_run, check_config, check_run, check_writable, collect_reports, complete_runs,  # noqa: F401
                     config_hash_of, experiment_lock, find_experiment, last_written, planned_runs, rule_problem,
@@ -23,8 +24,9 @@ from .store import (_check_run, check_config, check_run, check_writable, collect
 @dataclass
 class SeedPlan:
     seed: int
-    todo: list[int]  # indices into cfg.clipping still to compute
+    todo: list[int]  # indices into the clipping list (of the grid point's config) still to compute
     done: list[int] = field(default_factory=list)
+    point: Optional[int] = None  # the grid point's index (gradlab.config.grid), None without a grid
 
 
 class Progress:
@@ -41,22 +43,22 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
     """Which runs of each seed are complete and which are to compute; damaged runs are redone.
     Complete runs computed in another numerical environment are kept, with one warning that
     names them: their digits are not this machine's, and only --force makes them so."""
-    plans, kept, h = [], [], config_hash(cfg)
-    for seed in cfg.seeds:
-        p = SeedPlan(seed, [])
-        for i, c in enumerate(cfg.clipping):
-            state, why, rep = ("missing", "", None) if force else _check_run(exp, run_id(c, seed), h)
-            if state == "damaged":
-                warn(f"run {run_id(c, seed)}: its files are damaged ({why}); computing it again")
-            (p.done if state == "complete" else p.todo).append(i)
-            if rep is not None:
-                kept.append(rep)
-        plans.append(p)
+    plans, kept, h = {}, [], config_hash(cfg)
+    gridded = cfg.grid is not None
+    for r in planned(cfg):
+        p = plans.setdefault((r.point_index, r.seed), SeedPlan(r.seed, [], point=r.point_index if gridded else None))
+        rid = r.run_id
+        state, why, rep = ("missing", "", None) if force else _check_run(exp, rid, h)
+        if state == "damaged":
+            warn(f"run {rid}: its files are damaged ({why}); computing it again")
+        (p.done if state == "complete" else p.todo).append(r.variant_index)
+        if rep is not None:
+            kept.append(rep)
     if kept:
         text = environment.foreign_warning(kept, environment.for_training())
         if text:
             warn(text)
-    return plans
+    return list(plans.values())
 
 
 def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
@@ -64,7 +66,7 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     check_writable(Path(out))
     exp = experiment_dir(cfg, out)
     # The deepest file the experiment will write: a path too long is refused now, not mid-run.
-    longest = max((run_id(c, s) for c in cfg.clipping for s in cfg.seeds), key=len)
+    longest = max((r.run_id for r in planned(cfg)), key=len)
     why = io.path_problem(run_dir(exp, longest) / ".layer_norms.csv.12345678.tmp")
     if why:
         raise UserError(f"{clip_path(out)}: too deep for this experiment's files ({why})", key="--out")
@@ -76,7 +78,8 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
 
 
 def steps_to_compute(cfg: ExperimentConfig, plans: list[SeedPlan], lockstep: bool) -> int:
-    return sum(cfg.train.steps * (1 if lockstep else len(p.todo)) for p in plans if p.todo)
+    points = grid_points(cfg)
+    return sum(points[p.point or 0][1].train.steps * (1 if lockstep else len(p.todo)) for p in plans if p.todo)
 
 
 def default_workers(cfg: ExperimentConfig, n_seeds: int) -> int:
@@ -101,8 +104,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
     with experiment_lock(exp):
         plans = [p for p in plan(cfg, exp, force, progress.warn) if p.todo]
         todo_runs = sum(len(p.todo) for p in plans)
-        progress.start(steps_to_compute(cfg, plans, lockstep), todo_runs,
-                       len(cfg.clipping) * len(cfg.seeds) - todo_runs)
+        progress.start(steps_to_compute(cfg, plans, lockstep), todo_runs, len(planned(cfg)) - todo_runs)
         n = min(workers or default_workers(cfg, len(plans)), max(1, len(plans)))
         try:
             if n > 1:
@@ -113,11 +115,15 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             else:
                 from .workers import train_plan
 
+                points = grid_points(cfg)
                 for p in plans:
-                    progress.note(f"seed {p.seed}: {len(p.todo)} run(s)")
-                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
+                    where = f"{point_label(points[p.point][0])} " if p.point is not None else ""
+                    progress.note(f"{where}seed {p.seed}: {len(p.todo)} run(s)")
+                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance, p.point)
         finally:
-            fresh = {run_id(cfg.clipping[i], p.seed) for p in plans for i in p.todo}
+            todo = {(p.point, p.seed, i) for p in plans for i in p.todo}
+            fresh = {r.run_id for r in planned(cfg)
+                     if (r.point_index if cfg.grid is not None else None, r.seed, r.variant_index) in todo}
             reports = write_summary(exp, warn=progress.warn, fresh=fresh)
         finish(exp, plots=plots, only_stale=not force, reports=reports)
     return exp

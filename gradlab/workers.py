@@ -17,7 +17,7 @@ import queue
 import signal
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .config import ExperimentConfig
 from .errors import UserError, WorkerLost
@@ -69,10 +69,10 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
         return None
 
     while (item := next_task()) is not None:
-        seed, todo = item
-        events.put(("start", (os.getpid(), seed)))  # so that the parent can name a lost seed
+        seed, todo, point = item
+        events.put(("start", (os.getpid(), (seed, point))))  # so that the parent can name a lost seed
         try:
-            train_plan(cfg, exp, seed, todo, lockstep, advance)
+            train_plan(cfg, exp, seed, todo, lockstep, advance, point)
         except UserError as exc:  # a full disk, a read-only folder: the user's to fix, exit 2
             events.put(("user_error", exc))
             return
@@ -81,17 +81,21 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
             return
         events.put(("steps", pending))
         pending = 0
-        events.put(("done", seed))
+        events.put(("done", (seed, point)))
 
 
 def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], lockstep: bool = True,
-               advance: Callable[[int], None] = lambda n: None) -> None:
+               advance: Callable[[int], None] = lambda n: None, point: Optional[int] = None) -> None:
     """Train the variants `todo` of one seed and write their runs. With lockstep (the
-    default) they train as one stack; without, one after another (same numbers, slower)."""
+    default) they train as one stack; without, one after another (same numbers, slower).
+    In a grid experiment, `point` is the index of the grid point: its config is trained (as
+    `gradlab run --set KEY=VALUE` would train it), its runs are named and marked by it."""
     from .config import config_hash
+    from .config.grid import grid_points, grid_run_id
     from .store import write_run
     from .train import train_seed  # the engine is needed only here, not by `validate`
 
+    values, pcfg = grid_points(cfg)[point] if point is not None else (None, cfg)
     groups = [todo] if lockstep else [[i] for i in todo]
     h = config_hash(cfg)
     for group in groups:
@@ -102,9 +106,11 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], loc
             done += 1
             advance(1)
 
-        for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
+        for r in train_seed(pcfg, seed, [pcfg.clipping[i] for i in group], group, on_step=step):
+            if values is not None:
+                r.run_id, r.grid = grid_run_id(values, r.run_id), dict(values)
             write_run(exp, r, h)
-        advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
+        advance(pcfg.train.steps - done)  # every variant diverged early: the rest is skipped
 
 
 def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress,
@@ -114,7 +120,7 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     tasks, events = ctx.Queue(), ctx.Queue()
     for p in plans:
-        tasks.put((p.seed, p.todo))
+        tasks.put((p.seed, p.todo, p.point))
     procs = [ctx.Process(target=_worker, args=(cfg, exp, lockstep, tasks, events, os.getpid()), daemon=True)
              for _ in range(workers)]
     for _ in procs:
@@ -123,10 +129,11 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
         proc.start()
     if while_training is not None:
         while_training()
-    progress.note(f"{len(plans)} seed(s) on {workers} worker processes")
+    what = "seed(s)" if all(p.point is None for p in plans) else "stack(s) (grid point x seed)"
+    progress.note(f"{len(plans)} {what} on {workers} worker processes")
     remaining = len(plans)
     ok = False
-    working: dict[int, int] = {}  # pid -> the seed it is training
+    working: dict[int, tuple] = {}  # pid -> the (seed, grid point) it is training
 
     def take(kind: str, payload) -> None:
         nonlocal remaining
@@ -158,7 +165,8 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
                         take(*events.get_nowait())
                     except queue.Empty:
                         break
-                raise WorkerLost(working.get(dead[0].pid), dead[0].exitcode)
+                lost = working.get(dead[0].pid)
+                raise WorkerLost(lost[0] if lost else None, dead[0].exitcode)
         ok = True
     finally:
         for proc in procs:

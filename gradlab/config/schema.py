@@ -11,7 +11,7 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
 from gradlab.errors import clip
 from gradlab.kinds import MODEL_KINDS
@@ -512,6 +512,10 @@ class ExperimentConfig(_Strict):
         default_factory=_default_clipping
     )
     sweep: Optional[SweepConfig] = None
+    # Key path -> its values (gradlab.config.grid): the runs are the points x the clipping
+    # variants x the seeds. The points' configs, built by the loader, are kept in _points.
+    grid: Optional[dict[str, Annotated[list[Any], Field(min_length=2, max_length=100_000)]]] = None
+    _points: Optional[list] = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -597,7 +601,8 @@ class ExperimentConfig(_Strict):
 
     def resolved(self) -> dict:
         """The resolved config as plain data (what config.yaml holds and the hash covers)."""
-        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
+        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set())
+                               | ({"grid"} if self.grid is None else set()))
 
 
 # The thresholds each training dtype holds as normal numbers: numpy.finfo's tiny and max,

@@ -351,7 +351,7 @@ CASES = [
     Case("thresholds_not_a_number", sweep("--thresholds", "abc"), "--thresholds", "`abc` is not a number"),
     Case("thresholds_negative", sweep("--thresholds", "-1"), "--thresholds", "`-1` is not a positive finite number"),
     Case("thresholds_nan", sweep("--thresholds", "nan"), "--thresholds", "`nan` is not a positive finite number"),
-    Case("thresholds_missing", sweep(), "Missing option '--thresholds'", "", proc=True),
+    Case("thresholds_missing", sweep(), "--thresholds: missing", "or a --grid axis", proc=True),
     Case("thresholds_subnormal", sweep("--thresholds", "1,1e-320"), "--thresholds: sweep.thresholds",
          "a threshold must be >= 1.2e-38, about the smallest normal float32 (train.dtype), got 1e-320", proc=True),
     Case("thresholds_subnormal_float64", sweep("--thresholds", "1e-320", "--set", "train.dtype=float64"),

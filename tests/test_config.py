@@ -502,6 +502,9 @@ def test_memory_message_and_estimate(write, monkeypatch):
     expected = (4 * (2 * (4 * params + 3 * t.batch_size * m.width * m.depth) + heldout)
                 + 8 * cfg.train.steps * 2 * (4 * m.depth + 12))
     assert estimate_memory_bytes(cfg) == expected
+    # float16 compute holds one more parameter set per variant: the step's compute copy.
+    half = load_config(write("name: a\ntrain: {precision: {compute: float16}}\n", "half.yaml"))
+    assert estimate_memory_bytes(half) == expected + 4 * 2 * params
     e = refused(write("name: a\nmodel: {width: 4096, depth: 16}\n"))
     assert "more than 80% of the 1.0 GiB available" in e.message and "2 variants x" in e.message
 

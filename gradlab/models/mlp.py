@@ -65,7 +65,9 @@ class MLP(Model):
         """x: (B, in) shared by all variants, or (V, B, in). Returns (V, B, out) and a cache."""
         c = self.compute
         params = c.weights(params, ws)
-        cache = []
+        # The backward multiplies by the same compute copy: kept, not rounded again.
+        cache = {"weights": params, "layers": []}
+        layers = cache["layers"]
         h = c.rounded(x)
         last = self.depth - 1
         V, B = params["layer0.W"].shape[0], x.shape[-2]
@@ -76,28 +78,29 @@ class MLP(Model):
             if probe:
                 probe(f"layer{i}.linear", z)
             if i == last:
-                cache.append((h, None))
+                layers.append((h, None))
                 return z, cache
             h_next, saved = self._act(z)
             c.round_(h_next)
             if probe:
                 probe(f"layer{i}.{self.activation}", h_next)
-            cache.append((h, saved))
+            layers.append((h, saved))
             h = h_next
         raise AssertionError("unreachable")
 
-    def backward(self, params: dict[str, np.ndarray], cache: list, dout: np.ndarray,
+    def backward(self, params: dict[str, np.ndarray], cache: dict, dout: np.ndarray,
                  probe: Probe = None, dh_norms: Optional[dict] = None,
                  ws: Optional[Workspace] = None) -> dict[str, np.ndarray]:
         """Gradients of the loss for every parameter, given dL/d(output) (V, B, out).
         (`dh_norms` is the recurrent models' gradient-through-time record: an MLP has none.)"""
         c = self.compute
-        params = c.weights(params, ws)  # the copy the forward pass multiplied by
+        params = cache["weights"]  # the copy the forward pass multiplied by
+        layers = cache["layers"]
         grads: dict[str, np.ndarray] = {}
         dz = c.rounded(dout)
         V, B = dout.shape[0], dout.shape[-2]
         for i in range(self.depth - 1, -1, -1):
-            x_in, _ = cache[i]
+            x_in, _ = layers[i]
             W = params[f"layer{i}.W"]
             dt = np.result_type(x_in, dz)
             out = (buffer(ws, f"mlp.dx{i}", (V, B, W.shape[-2]), dt) if i > 0 else None,
@@ -113,7 +116,7 @@ class MLP(Model):
                 c.round_(dx)
                 if probe:
                     probe(f"layer{i - 1}.{self.activation}", dx)
-                dz = c.round_(self._act_back(dx, cache[i - 1][1]))
+                dz = c.round_(self._act_back(dx, layers[i - 1][1]))
                 if probe:
                     probe(f"layer{i - 1}.linear", dz)
         return {name: grads[name] for name in self.shapes}  # forward order, as everywhere else

@@ -222,7 +222,8 @@ class Transformer(Model):
         if probe:
             probe("pos.embedding", h)
         h = h.reshape(V, N, D)
-        cache = {"x": x, "T": T, "B": B, "blocks": [], "stats": []}
+        # The compute copy of the weights, which the backward multiplies by: kept, not rounded again.
+        cache = {"x": x, "T": T, "B": B, "blocks": [], "stats": [], "weights": p}
         for i in range(self.depth):
             h = self._block_forward(p, i, h, T, B, cache, probe, ws)
         if not self.per_step:
@@ -335,7 +336,7 @@ class Transformer(Model):
         (`dh_norms`, the recurrent models' record of the gradient through time, is not kept.)"""
         cr = self.compute
         r = cr.round_
-        p = cr.weights(params, ws)  # the copy the forward pass multiplied by
+        p = cache["weights"]  # the copy the forward pass multiplied by
         dout = cr.rounded(dout)
         T, B = cache["T"], cache["B"]
         V, D = p["tok.E"].shape[0], self.D

@@ -180,36 +180,45 @@ def expand(axes: list[Axis], build: Callable[[list[tuple[Axis, Any]]], Any], siz
            file: str) -> tuple[dict[str, list], list[tuple[dict, Any]]]:
     """Every point's config, checked. `build([(axis, value), ...])` makes (and validates) the
     config of a point (or of some of its values), raising UserError; `size_check(cfg)` raises
-    the memory check's UserError (naming no place) when it would not fit. A value whose axis alone makes a config invalid is named first, then a
-    combination of values; the file's axes are named at their lines.
+    the memory check's UserError (naming no place) when it would not fit. A refusal names
+    the value at fault and, when it is wrong only with the point's other values, those.
 
-    Returns the grid in its canonical form (each value as the point's resolved config holds it:
-    `1` for a float key is 1.0) and the points, (point, config), first axis slowest."""
-    def refuse(e: UserError, a: Axis, value: Any, others: str = "") -> UserError:
-        if a.option:
-            if e.file is None:  # not about a key of the config (the memory check)
-                e.file, e.key = source(a, value), a.key
-            e.message = e.message + others
-            return e
-        what = f"{e.key}: " if e.key and e.key != a.key else ""
-        return UserError(f"{value_text(value)}{others}: {what}{e.message}", file=file, key=f"grid.{a.key}",
-                         line=a.line)
+    Returns the grid in its canonical form (each value as the points' resolved configs hold
+    it: `1` for a float key is 1.0) and the points, (point, config), first axis slowest."""
+    def check(given: list[tuple[Axis, Any]]) -> Any:
+        cfg = build(given)
+        size_check(cfg)
+        return cfg
 
-    canonical: dict[str, list] = {}
-    alone: dict[str, list] = {}
-    for a in axes:  # each value alone first: the error names the one value that is wrong
-        cfgs = []
-        for v in a.values:
-            try:
-                cfg = build([(a, v)])
-                size_check(cfg)
-            except UserError as e:
-                raise refuse(e, a, v) from None
-            cfgs.append(cfg)
-        vals = [resolved_value(c, a.parts, v) for c, v in zip(cfgs, a.values)]
-        twice = _first_repeat([_canonical(v) for v in vals])
+    def alone_ok(a: Axis, v: Any) -> bool:
+        try:
+            check([(a, v)])
+        except UserError:
+            return False
+        return True
+
+    canonical: dict[str, list] = {a.key: [None] * len(a.values) for a in axes}
+    built = []
+    for combo in itertools.product(*(range(len(a.values)) for a in axes)):
+        given = [(a, a.values[i]) for a, i in zip(axes, combo)]
+        try:
+            cfg = check(given)
+        except UserError as e:
+            # The axis that set the key the error is about, else one whose value alone fails.
+            named = [(a, v) for a, v in given if e.file == source(a, v)]
+            a, v = (named or [(a, v) for a, v in given if not alone_ok(a, v)] or given[-1:])[0]
+            others = _with(given, a) if len(given) > 1 and alone_ok(a, v) else ""
+            raise _refuse(e, a, v, others, file) from None
+        for a, i in zip(axes, combo):
+            if canonical[a.key][i] is None:
+                canonical[a.key][i] = [resolved_value(cfg, a.parts, a.values[i])]
+        built.append((combo, cfg))
+    for a in axes:
+        vals = canonical[a.key] = [c[0] for c in canonical[a.key]]
+        keys = [_canonical(v) for v in vals]
+        twice = _first_repeat(keys)
         if twice is not None:
-            first = [_canonical(v) for v in vals].index(_canonical(vals[twice]))
+            first = keys.index(keys[twice])
             raise UserError(f"{value_text(a.values[first])} and {value_text(a.values[twice])} are the same value "
                             f"({value_text(vals[twice])}) in the config; each value once", **_where(a, file))
         labels = [label_value(v) for v in vals]
@@ -218,21 +227,19 @@ def expand(axes: list[Axis], build: Callable[[list[tuple[Axis, Any]]], Any], siz
             raise UserError(f"{value_text(a.values[labels.index(labels[twice])])} and {value_text(a.values[twice])} "
                             f"would name the same run folder ({labels[twice]}); choose values apart",
                             **_where(a, file))
-        canonical[a.key], alone[a.key] = vals, cfgs
-    points = []
-    for combo in itertools.product(*(range(len(a.values)) for a in axes)):
-        given = [(a, a.values[i]) for a, i in zip(axes, combo)]
-        if len(axes) == 1:
-            cfg = alone[axes[0].key][combo[0]]
-        else:
-            try:
-                cfg = build(given)
-                size_check(cfg)
-            except UserError as e:
-                a, v = next(((a, v) for a, v in given if e.file == source(a, v)), given[-1])
-                raise refuse(e, a, v, _with(given, a)) from None
-        points.append(({a.key: canonical[a.key][i] for a, i in zip(axes, combo)}, cfg))
+    points = [({a.key: canonical[a.key][i] for a, i in zip(axes, combo)}, cfg) for combo, cfg in built]
     return canonical, points
+
+
+def _refuse(e: UserError, a: Axis, value: Any, others: str, file: str) -> UserError:
+    """A point's error, naming the axis' option (or the file's grid line), its key and the value."""
+    if a.option:
+        if e.file is None:  # not about a key of the config (the memory check)
+            e.file, e.key = source(a, value), a.key
+        e.message = e.message + others
+        return e
+    what = f"{e.key}: " if e.key and e.key != a.key else ""
+    return UserError(f"{value_text(value)}{others}: {what}{e.message}", file=file, key=f"grid.{a.key}", line=a.line)
 
 
 def _with(given: list[tuple[Axis, Any]], a: Axis) -> str:

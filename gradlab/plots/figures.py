@@ -110,6 +110,21 @@ def point_figures(exp: Experiment) -> list[Figure]:
     return figures
 
 
+def point_panels(exp: Experiment) -> Experiment:
+    """A grid experiment as the figures over steps draw it: the first seed's runs, a panel per
+    grid point (in the grid's order) where a plain experiment has a panel per seed, so that a
+    panel's lines are a point's variants, not every point's at once."""
+    from dataclasses import replace
+
+    from gradlab.points import point_label
+
+    first = next((s for s in (exp.config.get("seeds") or []) if any(r.seed == s for r in exp.runs)),
+                 exp.seeds[0] if exp.seeds else None)
+    runs = [replace(r, seed=point_label(r.report.get("grid") or {})) for r in exp.runs if r.seed == first]
+    which = f" (seed {first}, the first of {len(exp.seeds)})" if len(exp.seeds) > 1 else f" (seed {first})"
+    return replace(exp, runs=runs, seeds=list(dict.fromkeys(r.seed for r in runs)), summary=exp.summary + which)
+
+
 def uses_loss_scaling(config: dict) -> bool:
     """Whether the experiment scales its loss (loss_scale.png): from the config, not from which
     runs are complete, so that the figure's presence does not change as the runs fill in."""
@@ -185,6 +200,8 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
             exp = replace(exp, summary=describe_config(point_config(exp.config, runs[0].report["grid"]),
                                                        exp.path.name) + f" (grid point {fig.point})")
         return draw_seed(exp, fig.seed, runs, path)
+    if isinstance(exp.config.get("grid"), dict):
+        exp = point_panels(exp)  # the figures over steps: a panel per grid point
     if fig.run_id is not None:
         run = next(r for r in exp.runs if r.run_id == fig.run_id)
         return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)

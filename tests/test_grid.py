@@ -139,6 +139,26 @@ def test_the_hash_covers_the_grid_and_the_file_grid_equals_the_option(tmp_path):
         config_hash(load_config(path, grid=["train.optimizer.lr=1.0,2.0"]))
 
 
+def test_the_hash_covers_the_points_themselves(tmp_path, capsys):
+    """Two files with one resolved form can make different points (a kind's defaults): the
+    points' digest in the resolved config keeps them apart, and a config.yaml run again
+    whose points come out otherwise is refused rather than trained into the old directory."""
+    (tmp_path / "a.yaml").write_text("name: adam\ntrain: {optimizer: {kind: adam, lr: 0.01}}\n")
+    (tmp_path / "b.yaml").write_text("name: adam\ntrain: {optimizer: {kind: adam, lr: 0.01, weight_decay: 0.0}}\n")
+    a, b = (load_config(tmp_path / f, grid=["train.optimizer.kind=adam,adamw"]) for f in ("a.yaml", "b.yaml"))
+    assert {k: v for k, v in a.resolved().items() if k != "grid_sha256"} == \
+        {k: v for k, v in b.resolved().items() if k != "grid_sha256"}
+    assert [p.train.optimizer.weight_decay for _, p in grid_points(a)] == [0.0, 0.01]
+    assert [p.train.optimizer.weight_decay for _, p in grid_points(b)] == [0.0, 0.0]
+    assert config_hash(a) != config_hash(b)
+    (tmp_path / "again.yaml").write_text(dump_yaml(a))
+    assert cli("validate", tmp_path / "again.yaml") == 2
+    err = capsys.readouterr().err
+    assert f"again.yaml:{len(dump_yaml(a).splitlines())}: grid_sha256: the grid's points hash to" in err
+    (tmp_path / "again.yaml").write_text(dump_yaml(b))
+    assert config_hash(load_config(tmp_path / "again.yaml")) == config_hash(b)
+
+
 def test_a_point_is_built_as_set_builds_it(tmp_path):
     """Defaults that depend on other values follow the point, as with --set: a transformer's
     positional table from the task's seq_len, an optimizer kind's own defaults."""

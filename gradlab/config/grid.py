@@ -27,7 +27,7 @@ from .messages import _show
 GRID_OPTION = "--grid"
 # Keys a grid cannot vary: the seeds are the experiment's own axis, the name and the grid
 # are the experiment's identity.
-RESERVED = ("name", "seed", "seeds", "grid")
+RESERVED = ("name", "seed", "seeds", "grid", "grid_sha256")
 # Keys whose change keeps shapes and data: points differing only in these can train in one
 # stack with a seed's clipping variants (the engine holds them as (V,) arrays). Relative to
 # the optimizer and the schedule; every clipping knob is one too (the clipping list differs
@@ -261,6 +261,15 @@ def resolved_value(cfg: Any, parts: Sequence[str], given: Any) -> Any:
     return node
 
 
+def points_digest(points: list[tuple[dict, Any]]) -> str:
+    """16 hex digits of the sha256 of the points' resolved configs, in order: the resolved
+    config's `grid_sha256`, so that its hash covers the points themselves."""
+    import hashlib
+
+    text = json.dumps([cfg.resolved() for _, cfg in points], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- stacks
 
 
@@ -269,7 +278,7 @@ def stack_key(cfg: Any) -> str:
     clipping list and the hyperparameters (OPTIMIZER_HYPERPARAMETERS, SCHEDULE_HYPERPARAMETERS).
     Two configs with equal keys differ only in hyperparameters."""
     data = cfg.resolved()
-    for k in ("name", "seeds", "grid", "sweep", "clipping"):
+    for k in ("name", "seeds", "grid", "grid_sha256", "sweep", "clipping"):
         data.pop(k, None)
     train = data.get("train", {})
     for section, keys in (("optimizer", OPTIMIZER_HYPERPARAMETERS), ("schedule", SCHEDULE_HYPERPARAMETERS)):
@@ -306,6 +315,7 @@ def _points_from_resolved(cfg: Any) -> list[tuple[dict, Any]]:
 
     base = cfg.resolved()
     base.pop("grid")
+    base.pop("grid_sha256", None)
     out = []
     for point in points_of(cfg.grid):
         data, sources = copy.deepcopy(base), {}

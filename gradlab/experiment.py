@@ -23,10 +23,13 @@ from .store import (_check_run, check_config, check_run, check_writable, collect
 
 @dataclass
 class SeedPlan:
+    """The runs of one seed that train as one stack: indices into cfg.clipping; in a grid
+    experiment (point index, index into that point's clipping list) pairs, of the points
+    that share the stack (gradlab.config.grid.stack_key)."""
+
     seed: int
-    todo: list[int]  # indices into the clipping list (of the grid point's config) still to compute
-    done: list[int] = field(default_factory=list)
-    point: Optional[int] = None  # the grid point's index (gradlab.config.grid), None without a grid
+    todo: list  # still to compute
+    done: list = field(default_factory=list)
 
 
 class Progress:
@@ -44,21 +47,77 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
     Complete runs computed in another numerical environment are kept, with one warning that
     names them: their digits are not this machine's, and only --force makes them so."""
     plans, kept, h = {}, [], config_hash(cfg)
-    gridded = cfg.grid is not None
+    stacks = _stacks(cfg)
     for r in planned(cfg):
-        p = plans.setdefault((r.point_index, r.seed), SeedPlan(r.seed, [], point=r.point_index if gridded else None))
+        p = plans.setdefault((stacks[r.point_index], r.seed), SeedPlan(r.seed, []))
         rid = r.run_id
         state, why, rep = ("missing", "", None) if force else _check_run(exp, rid, h)
         if state == "damaged":
             warn(f"run {rid}: its files are damaged ({why}); computing it again")
-        (p.done if state == "complete" else p.todo).append(r.variant_index)
+        (p.done if state == "complete" else p.todo).append(
+            r.variant_index if cfg.grid is None else (r.point_index, r.variant_index))
         if rep is not None:
             kept.append(rep)
     if kept:
         text = environment.foreign_warning(kept, environment.for_training())
         if text:
             warn(text)
-    return list(plans.values())
+    return _split(cfg, list(plans.values()))
+
+
+def _stacks(cfg: ExperimentConfig) -> list:
+    """Each grid point's stack: points differing only in hyperparameters share one when the
+    engine trains such configs together (train_seed's `configs`); else each point has its own."""
+    points = grid_points(cfg)
+    if cfg.grid is None or not stacks_hyperparameters():
+        return list(range(len(points)))
+    from .config.grid import stack_key
+
+    return [stack_key(p) for _, p in points]
+
+
+# A stack of grid points is cut (between points) to use the cores, and to fit in this share
+# of the memory available, so that two such stacks train side by side.
+STACK_MEMORY_SHARE = 0.4
+
+
+def _split(cfg: ExperimentConfig, plans: list[SeedPlan]) -> list[SeedPlan]:
+    """A grid's stacks cut between points: into at least as many stacks as there are cores
+    (one large stack on one core would leave the others idle), and none larger than its
+    share of memory."""
+    if cfg.grid is None:
+        return plans
+    from .config import available_memory_bytes, estimate_memory_bytes
+
+    points = grid_points(cfg)
+    budget = STACK_MEMORY_SHARE * available_memory_bytes()
+    pieces = -(-(os.cpu_count() or 1) // max(1, len(plans)))
+    out = []
+    for p in plans:
+        ids = sorted({k for k, _ in p.todo + p.done})
+        size = -(-len(ids) // pieces)
+        chunks, chunk, need = [], [], 0.0
+        for k in ids:
+            each = estimate_memory_bytes(points[k][1])
+            if chunk and (len(chunk) >= size or need + each > budget):
+                chunks.append(chunk)
+                chunk, need = [], 0.0
+            chunk.append(k)
+            need += each
+        chunks.append(chunk)
+        for chunk in chunks:
+            out.append(SeedPlan(p.seed, [t for t in p.todo if t[0] in chunk], [t for t in p.done if t[0] in chunk]))
+    return out
+
+
+def stacks_hyperparameters() -> bool:
+    """Whether the engine trains configs that differ in hyperparameters in one stack
+    (gradlab.train.train_seed's `configs`, the lockstep across hyperparameters)."""
+    import inspect
+
+    from .train import train_seed
+
+    return "configs" in inspect.signature(train_seed).parameters
 
 
 def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
@@ -78,8 +137,9 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
 
 
 def steps_to_compute(cfg: ExperimentConfig, plans: list[SeedPlan], lockstep: bool) -> int:
-    points = grid_points(cfg)
-    return sum(points[p.point or 0][1].train.steps * (1 if lockstep else len(p.todo)) for p in plans if p.todo)
+    points = grid_points(cfg)  # a stack's points share their number of steps
+    return sum(points[p.todo[0][0] if cfg.grid is not None else 0][1].train.steps * (1 if lockstep else len(p.todo))
+               for p in plans if p.todo)
 
 
 def default_workers(cfg: ExperimentConfig, n_seeds: int) -> int:
@@ -115,18 +175,24 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
             else:
                 from .workers import train_plan
 
-                points = grid_points(cfg)
                 for p in plans:
-                    where = f"{point_label(points[p.point][0])} " if p.point is not None else ""
-                    progress.note(f"{where}seed {p.seed}: {len(p.todo)} run(s)")
-                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance, p.point)
+                    progress.note(f"{_where(cfg, p)}seed {p.seed}: {len(p.todo)} run(s)")
+                    train_plan(cfg, exp, p.seed, p.todo, lockstep, progress.advance)
         finally:
-            todo = {(p.point, p.seed, i) for p in plans for i in p.todo}
+            todo = {(p.seed, t) for p in plans for t in p.todo}
             fresh = {r.run_id for r in planned(cfg)
-                     if (r.point_index if cfg.grid is not None else None, r.seed, r.variant_index) in todo}
+                     if (r.seed, r.variant_index if cfg.grid is None else (r.point_index, r.variant_index)) in todo}
             reports = write_summary(exp, warn=progress.warn, fresh=fresh)
         finish(exp, plots=plots, only_stale=not force, reports=reports)
     return exp
+
+
+def _where(cfg: ExperimentConfig, p: SeedPlan) -> str:
+    """A stack's grid point(s), for the progress bar: `lr=0.1 `, `3 grid points `."""
+    if cfg.grid is None:
+        return ""
+    ks = list(dict.fromkeys(k for k, _ in p.todo))
+    return f"{point_label(grid_points(cfg)[ks[0]][0])} " if len(ks) == 1 else f"{len(ks)} grid points, "
 
 
 def preload_plotting() -> None:

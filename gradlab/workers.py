@@ -17,7 +17,7 @@ import queue
 import signal
 import traceback
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from .config import ExperimentConfig
 from .errors import UserError, WorkerLost
@@ -69,10 +69,10 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
         return None
 
     while (item := next_task()) is not None:
-        seed, todo, point = item
-        events.put(("start", (os.getpid(), (seed, point))))  # so that the parent can name a lost seed
+        k, seed, todo = item  # the plan's number: a grid has several plans of a seed
+        events.put(("start", (os.getpid(), k)))  # so that the parent can name a lost seed
         try:
-            train_plan(cfg, exp, seed, todo, lockstep, advance, point)
+            train_plan(cfg, exp, seed, todo, lockstep, advance)
         except UserError as exc:  # a full disk, a read-only folder: the user's to fix, exit 2
             events.put(("user_error", exc))
             return
@@ -81,23 +81,28 @@ def _worker(cfg: ExperimentConfig, exp: Path, lockstep: bool, tasks, events, par
             return
         events.put(("steps", pending))
         pending = 0
-        events.put(("done", (seed, point)))
+        events.put(("done", k))
 
 
-def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], lockstep: bool = True,
-               advance: Callable[[int], None] = lambda n: None, point: Optional[int] = None) -> None:
+def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list, lockstep: bool = True,
+               advance: Callable[[int], None] = lambda n: None) -> None:
     """Train the variants `todo` of one seed and write their runs. With lockstep (the
     default) they train as one stack; without, one after another (same numbers, slower).
-    In a grid experiment, `point` is the index of the grid point: its config is trained (as
-    `gradlab run --set KEY=VALUE` would train it), its runs are named and marked by it."""
+
+    In a grid experiment `todo` holds (point, variant) pairs (experiment.SeedPlan): each
+    point's config trains (as `gradlab run --set KEY=VALUE` would train it), points of one
+    stack with their own hyperparameters (train_seed's `configs`), and each run is named and
+    marked by its point."""
     from .config import config_hash
-    from .config.grid import grid_points, grid_run_id
     from .store import write_run
     from .train import train_seed  # the engine is needed only here, not by `validate`
 
-    values, pcfg = grid_points(cfg)[point] if point is not None else (None, cfg)
     groups = [todo] if lockstep else [[i] for i in todo]
     h = config_hash(cfg)
+    if cfg.grid is not None:
+        for group in groups:
+            _train_points(cfg, exp, seed, group, advance, h)
+        return
     for group in groups:
         done = 0
 
@@ -106,11 +111,36 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list[int], loc
             done += 1
             advance(1)
 
-        for r in train_seed(pcfg, seed, [pcfg.clipping[i] for i in group], group, on_step=step):
-            if values is not None:
-                r.run_id, r.grid = grid_run_id(values, r.run_id), dict(values)
+        for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
             write_run(exp, r, h)
-        advance(pcfg.train.steps - done)  # every variant diverged early: the rest is skipped
+        advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
+
+
+def _train_points(cfg: ExperimentConfig, exp: Path, seed: int, group: list, advance: Callable[[int], None],
+                  h: str) -> None:
+    """One stack of a grid experiment: (point, variant) pairs of one seed."""
+    from .config.grid import grid_points, grid_run_id
+    from .store import write_run
+    from .train import train_seed
+
+    points = grid_points(cfg)
+    configs = [points[k][1] for k, _ in group]
+    clips = [c.clipping[i] for c, (_, i) in zip(configs, group)]
+    done = 0
+
+    def step(_: int) -> None:
+        nonlocal done
+        done += 1
+        advance(1)
+
+    # Labelled by their place in the group (train_seed returns them in that order); one
+    # point's stack needs no per-variant configs, and gets none (the engine before them).
+    more = {"configs": configs} if len({k for k, _ in group}) > 1 else {}
+    for r in train_seed(configs[0], seed, clips, list(range(len(group))), on_step=step, **more):
+        k, i = group[r.variant_index]
+        r.variant_index, r.run_id, r.grid = i, grid_run_id(points[k][0], r.run_id), dict(points[k][0])
+        write_run(exp, r, h)
+    advance(configs[0].train.steps - done)
 
 
 def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress,
@@ -119,8 +149,8 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
     `while_training()` runs once they are forked: the parent mostly waits from then on."""
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     tasks, events = ctx.Queue(), ctx.Queue()
-    for p in plans:
-        tasks.put((p.seed, p.todo, p.point))
+    for k, p in enumerate(plans):
+        tasks.put((k, p.seed, p.todo))
     procs = [ctx.Process(target=_worker, args=(cfg, exp, lockstep, tasks, events, os.getpid()), daemon=True)
              for _ in range(workers)]
     for _ in procs:
@@ -129,11 +159,11 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
         proc.start()
     if while_training is not None:
         while_training()
-    what = "seed(s)" if all(p.point is None for p in plans) else "stack(s) (grid point x seed)"
+    what = "seed(s)" if cfg.grid is None else "stack(s) (grid points of a seed)"
     progress.note(f"{len(plans)} {what} on {workers} worker processes")
     remaining = len(plans)
     ok = False
-    working: dict[int, tuple] = {}  # pid -> the (seed, grid point) it is training
+    working: dict[int, int] = {}  # pid -> the plan it is training
 
     def take(kind: str, payload) -> None:
         nonlocal remaining
@@ -166,7 +196,7 @@ def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lock
                     except queue.Empty:
                         break
                 lost = working.get(dead[0].pid)
-                raise WorkerLost(lost[0] if lost else None, dead[0].exitcode)
+                raise WorkerLost(plans[lost].seed if lost is not None else None, dead[0].exitcode)
         ok = True
     finally:
         for proc in procs:

@@ -239,8 +239,10 @@ def validate(
     points = grid_points(cfg)
     per_seed = max(estimate_memory_bytes(p) for _, p in points)
     grid_ = f"{len(points)} grid point(s) x " if cfg.grid is not None else ""
+    variants = {len(p.clipping) for _, p in points}  # a grid over the clipping list changes it
+    variants_ = f"{variants.pop()} variant(s)" if len(variants) == 1 else "their variants"
     sys.stdout.write(dump_yaml(cfg))
-    print(f"# valid: {runs} run(s) ({grid_}{len(cfg.clipping)} variant(s) x {len(cfg.seeds)} seed(s)), "
+    print(f"# valid: {runs} run(s) ({grid_}{variants_} x {len(cfg.seeds)} seed(s)), "
           f"about {per_seed / 2**20:.1f} MiB per seed{' at most' if grid_ else ''}; "
           f"would write {experiment_dir(cfg, out)}/")
 

@@ -32,7 +32,7 @@ RESERVED = ("name", "seed", "seeds", "grid", "grid_sha256")
 # stack with a seed's clipping variants (the engine holds them as (V,) arrays). Relative to
 # the optimizer and the schedule; every clipping knob is one too (the clipping list differs
 # per variant anyway).
-OPTIMIZER_HYPERPARAMETERS = ("lr", "momentum", "dampening", "betas", "eps", "weight_decay")
+OPTIMIZER_HYPERPARAMETERS = ("lr", "momentum", "dampening", "betas", "eps", "weight_decay", "alpha")
 SCHEDULE_HYPERPARAMETERS = ("warmup_steps", "min_lr")
 # Runs of one experiment: a bound on typos (`--grid lr=` with a thousand values, three axes).
 MAX_GRID_RUNS = 100_000

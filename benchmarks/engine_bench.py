@@ -19,7 +19,10 @@ Milliseconds per training step (fresh batch, forward, loss, backward, clip by gl
 - startup: `gradlab --help` and `gradlab validate configs/quickstart.yaml`, median of 5;
 - precision: the emulated float16 and bfloat16 compute (gradlab.compute: float32 arithmetic
         rounded at every op boundary) against float32 compute, on the mlp and recurrent
-        shapes above, gradlab alone (the goal: at most 2x the float32 step).
+        shapes above, gradlab alone (the goal: at most 2x the float32 step);
+- underflow: train.precision.measure_underflow's cost, whole `train_seed` runs of the mlp
+        shape in float16 measuring every step and every 10th against measuring none (a measured
+        step adds one float32 forward and backward: the float32 run's step is shown beside).
 
 Both engines start from gradlab's initial weights and run on the same number of threads
 (default: the cores; threadpoolctl for NumPy's BLAS, `torch.set_num_threads` for torch).
@@ -33,7 +36,7 @@ column is the ratio of the medians, with the range of the per-round ratios in br
 (this command alone; never in tests or CI). Not a test: pytest never imports it.
 
     python benchmarks/engine_bench.py [--repeats 5] [--steps 20] [--threads N] [--settle 0.2]
-        [--only mlp,floor,rnn,lstm,gru,run,memory,startup,precision] [--no-openblas-env]
+        [--only mlp,floor,rnn,lstm,gru,run,memory,startup,precision,underflow] [--no-openblas-env]
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 REEXEC_MARK = "GRADLAB_ENGINE_BENCH_REMOVED"  # set in the re-executed child: what was removed
-CASES = ("mlp", "floor", "rnn", "lstm", "gru", "run", "memory", "startup", "precision")
+CASES = ("mlp", "floor", "rnn", "lstm", "gru", "run", "memory", "startup", "precision", "underflow")
 LR = 1e-3  # small, so that the weights stay put while we time them (clipping at 1.0 may bite)
 
 MLP_SHAPE = dict(depth=32, width=256, batch=128)
@@ -61,6 +64,9 @@ REC_SHAPE = dict(width=128, seq_len=100, batch=32)
 RUN_SHAPE = dict(depth=8, width=256, batch=128, steps=200)
 GOALS = {"mlp": 0.7, "rnn": 0.6, "lstm": 1.2, "gru": 0.8, "floor": 1.25, "run": 1.05}
 PRECISION_GOAL = 2.0  # emulated float16 / bfloat16 step over the float32 step
+# A float16 run measuring underflow every step / every 10th over one measuring none: a measured
+# step adds a float32 forward and backward (less than a float16 step) and the counting.
+UNDERFLOW_GOALS = {1: 2.0, 10: 1.1}
 STARTUP_GOAL = 0.35
 MEMORY_GOAL = 2.0
 
@@ -546,6 +552,29 @@ def bench_precision(table: Table, args) -> None:
             table.add(f"{kind} {shape} {c} vs float32 compute", ms[c], ms["float32"], PRECISION_GOAL)
 
 
+def bench_underflow(table: Table, args) -> None:
+    """train_seed in float16 measuring underflow every step and every 10th, against measuring
+    none; the float32 run (no measuring) for the size of the float32 replay."""
+    from gradlab.train import train_seed
+
+    s = MLP_SHAPE
+
+    def config(compute: str, every):
+        cfg = mlp_config(s["depth"], s["width"], s["batch"], args.steps)
+        precision = dict(compute=compute, **({"measure_underflow": every} if every else {}))
+        return cfg.model_copy(update={"train": cfg.train.model_validate(
+            {**cfg.train.model_dump(), "precision": precision})})
+
+    cfgs = {"off": config("float16", None), 1: config("float16", 1), 10: config("float16", 10),
+            "float32": config("float32", None)}
+    fns = {k: (lambda c=c: train_seed(c, 0)) for k, c in cfgs.items()}
+    ms = {k: [t / args.steps for t in v] for k, v in interleaved(fns, 1, args.repeats, 1).items()}
+    name = "mlp d{depth} w{width} b{batch} float16".format(**s)
+    for every in (1, 10):
+        table.add(f"{name} measure_underflow {every} vs off", ms[every], ms["off"], UNDERFLOW_GOALS[every])
+    table.add(f"{name}: float32 step vs float16 step", ms["float32"], ms["off"], None)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median reported)")
@@ -597,6 +626,8 @@ def main() -> None:
         notes += bench_run(table, args)
     if "precision" in only:
         bench_precision(table, args)
+    if "underflow" in only:
+        bench_underflow(table, args)
     if table.rows:
         table.print()
     if "memory" in only:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .records import DIAGNOSTIC_COLUMNS, INTEGER_COLUMNS, METRIC_COLUMNS, summarize
+from .records import DIAGNOSTIC_COLUMNS, INTEGER_COLUMNS, METRIC_COLUMNS, summarize, underflow_worst
 
 
 @dataclass
@@ -76,6 +76,10 @@ class Recorder:
         self.steps, self.n_variants = steps, n_variants
         self.diag: dict[str, np.ndarray] = {}
         self.per_block: list[str] = []  # those given per block, (V, depth): attention.csv's
+        # underflow.csv's table, each tensor's fraction lost (steps, n_variants, tensors), for
+        # runs that measure it (their rule columns name `underflow`).
+        self.underflow = (np.full((steps, n_variants, len(self.param_names)), np.nan)
+                          if "underflow" in union else None)
 
     @property
     def variant_columns(self) -> list[tuple[str, ...]]:
@@ -94,13 +98,16 @@ class Recorder:
                "nonfinite": 0.0 if nonfinite is None else nonfinite,
                "accuracy": np.nan if v.accuracy is None else v.accuracy,
                "lr": np.nan if v.lr is None else v.lr,
-               # NaN on the steps not evaluated; log_eval fills the others.
-               "val_loss": np.nan, "val_accuracy": np.nan}
+               # NaN on the steps not evaluated; log_eval fills the others. The same for the
+               # steps whose underflow is not measured.
+               "val_loss": np.nan, "val_accuracy": np.nan, "underflow": v.stats.get("underflow", np.nan)}
         s = v.stats
         for k, name in enumerate(self.all_columns[1:]):
             # The rules' stats by name; a column a rule does not report (skipped) is 0 there.
             row[ids, k] = own[name] if name in own else s.get(name, 0.0)
         self.layer[step, ids] = v.norms.T
+        if self.underflow is not None and "underflow_tensors" in s:
+            self.underflow[step, ids] = s["underflow_tensors"]
         self.rows[ids] = step + 1
         if v.diag:
             self._log_diag(step, ids, v.diag)
@@ -164,6 +171,13 @@ class Recorder:
         table = np.concatenate([self.diag[name][:, v] for name in self.per_block], axis=1)
         return [[s, *map(float, table[s])] for s in range(int(self.rows[v]))]
 
+    def underflow_rows(self, v: int) -> list[list]:
+        """underflow.csv's rows (step, then each tensor's fraction), one per step like
+        metrics.csv; [] for a run that does not measure it."""
+        if self.underflow is None:
+            return []
+        return [[s, *map(_number, self.underflow[s, v])] for s in range(int(self.rows[v]))]
+
     def layer_rows(self, v: int) -> list[list]:
         return [[s, *map(float, self.layer[s, v])] for s in range(int(self.rows[v]))]
 
@@ -178,4 +192,8 @@ class Recorder:
     def summary(self, v: int) -> dict:
         """max_grad_norm, final_loss, steps_completed, clip_fraction (and final_accuracy),
         from the rows metrics.csv gets, by the rule the run store checks them with."""
-        return summarize(self.variant_columns[v], self.metrics_rows(v))
+        columns, rows = self.variant_columns[v], self.metrics_rows(v)
+        out = summarize(columns, rows)
+        if self.underflow is not None:
+            out.update(underflow_worst(self.param_names, self.underflow_rows(v), columns, rows))
+        return out

@@ -18,7 +18,7 @@ METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "cli
 INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
                   "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss", "final_loss_scale",
-                  "min_loss_scale")
+                  "min_loss_scale", "max_underflow", "final_underflow")
 # The model's and the loss's own statistics (the transformer's attention, a classifier's log Z),
 # last in metrics.csv and only where some model produces them: a run of a model without them
 # keeps the metrics.csv it always had, byte for byte. Per block, `max_attn_logit` is reduced
@@ -69,6 +69,13 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         finite = [v for v in evaluated if math.isfinite(v)]
         out["final_val_loss"] = float(evaluated[-1]) if evaluated and math.isfinite(evaluated[-1]) else None
         out["best_val_loss"] = float(min(finite)) if finite else None
+    if "underflow" in at:
+        # The steps measured (NaN elsewhere, and on a step where float32 had no non-zero
+        # gradient entry at all): the largest fraction over every row, the last healthy one's.
+        measured = [r[at["underflow"]] for r in rows if not math.isnan(r[at["underflow"]])]
+        last = [r[at["underflow"]] for r in healthy if not math.isnan(r[at["underflow"]])]
+        out["max_underflow"] = float(max(measured)) if measured else None
+        out["final_underflow"] = float(last[-1]) if last else None
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None
@@ -101,3 +108,27 @@ def _diagnostics(at: dict, rows, healthy) -> dict:
         out["max_logit_z"] = extreme("logit_z", max)
         out["final_logit_z"] = final("logit_z")
     return out
+
+
+def underflow_worst(tensors: Sequence[str], underflow_rows: Sequence[Sequence[float]], columns: Sequence[str],
+                    rows: Sequence[Sequence[float]]) -> dict:
+    """The tensor that lost the largest fraction of its gradient entries to underflow at the
+    step `final_underflow` comes from (the last healthy measured step), and that fraction:
+    report.json's `underflow_tensor` and `underflow_tensor_fraction` (both None when no step
+    was measured; the tensor None and the fraction 0 when no tensor lost any entry). The
+    first tensor in the model's order wins a tie. From underflow.csv's rows (step, then a
+    fraction per tensor, NaN where float32 had no non-zero entry); pure Python, as
+    `summarize`, for the run store's check."""
+    at = {c: i for i, c in enumerate(columns)}
+    last = None
+    for r in rows:
+        if r[at["nonfinite"]] == 0 and not math.isnan(r[at["underflow"]]):
+            last = int(r[0])
+    best: tuple[Optional[str], Optional[float]] = (None, None)
+    if last is not None and last < len(underflow_rows):
+        for name, x in zip(tensors, underflow_rows[last][1:]):
+            if not math.isnan(x) and (best[1] is None or x > best[1]):
+                best = (name, float(x))
+    if best[1] == 0.0:  # nothing lost anywhere: no tensor is the worst
+        best = (None, 0.0)
+    return {"underflow_tensor": best[0], "underflow_tensor_fraction": best[1]}

@@ -166,6 +166,51 @@ def _backoffs(variant: str, rs: list[dict]) -> list[str]:
             f"the first overflow was born in {top}{low}."]
 
 
+def _percent(x: float) -> str:
+    """A percentage in two significant digits, three from 10 up (never 1e+02); 100 only
+    when it is all."""
+    text = f"{x:.3g}" if x >= 10 else f"{x:.2g}"
+    return "99.9" if text == "100" and x < 100 else text
+
+
+def _span(xs: list[float]) -> str:
+    """Percentages of the seeds: one, or the least and the largest."""
+    lo, hi = _percent(min(xs)), _percent(max(xs))
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
+
+
+def underflow_finding(reports: list[dict], precision) -> str:
+    """What underflow cost (train.precision.measure_underflow), per variant over its seeds:
+    the fraction of the gradient entries non-zero in float32 that the compute dtype had as
+    zero or subnormal at the last measured step, the tensor that lost the most there, and the
+    most at any measured step. "" for runs that did not measure it."""
+    measured = [r for r in reports if isinstance(r.get("final_underflow"), (int, float))]
+    if not measured:
+        return ""
+    p = precision if isinstance(precision, dict) else {}
+    compute = p.get("compute", "the compute dtype")
+    scaling = "no loss scaling" if p.get("loss_scale", "none") == "none" else f"{p['loss_scale']} loss scaling"
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in measured:
+        by_variant[r["variant"]].append(r)
+    parts = []
+    for variant, rs in by_variant.items():
+        final = [100 * r["final_underflow"] for r in rs]
+        what = (f" of the gradient entries that were non-zero in float32 (zero or subnormal in {compute}"
+                if not parts else " (")
+        worst = [r for r in rs if r.get("underflow_tensor")]
+        if worst:
+            names = sorted({r["underflow_tensor"] for r in worst}, key=[r["underflow_tensor"] for r in worst].index)
+            what += (f"{'; ' if not parts else ''}the most in {', '.join(names)}, "
+                     f"{_span([100 * r['underflow_tensor_fraction'] for r in worst])} of theirs")
+        text = f"`{variant}` lost {_span(final)}{what})" if what != " (" else f"`{variant}` lost {_span(final)}"
+        peaks = [100 * r["max_underflow"] for r in rs if isinstance(r.get("max_underflow"), (int, float))]
+        if peaks and _percent(max(peaks)) != _percent(max(final)):
+            text += f", up to {_percent(max(peaks))}% at an earlier measured step"
+        parts.append(text)
+    return f"Gradient underflow in {compute} ({scaling}): at the last measured step " + "; ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------- threshold sweep
 
 SWEEP_PLOTS = ("sweep_final_loss", "sweep_divergence", "sweep_clip_fraction", "sweep_direction", "sweep_grad_norm_s")
@@ -597,11 +642,35 @@ def missing_runs(exp: Path, reports: list[dict]) -> list[str]:
 
 
 def _scaling(p) -> str:
-    """The loss scaling of report.md's header line; nothing without it (every older config)."""
-    if not isinstance(p, dict) or p.get("loss_scale", "none") == "none":
+    """The compute dtype and loss scaling of report.md's header line; nothing without them
+    (every older config)."""
+    if not isinstance(p, dict):
         return ""
+    compute = f" masters, {p['compute']} compute" if p.get("compute", "float32") != "float32" else ""
+    if p.get("loss_scale", "none") == "none":
+        return compute
     how = "clipping the scaled gradients" if p.get("clip") == "before_unscale" else "clipping after the unscale"
-    return f", {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+    return f"{compute}, {p['loss_scale']} loss scale from {p.get('init_scale', 65536.0):g} ({how})"
+
+
+def clip_order_finding(precision, reports: list[dict]) -> str:
+    """With `clip: before_unscale`, what the thresholds meant: the rules compared norms `scale`
+    times the true ones, so a threshold T capped the true norm at T / scale."""
+    if not isinstance(precision, dict) or precision.get("clip") != "before_unscale" \
+            or precision.get("loss_scale", "none") == "none":
+        return ""
+    clipped = [r for r in reports if r.get("method") != "none" and isinstance(r.get("clip_fraction"), (int, float))]
+    if not clipped:
+        return ""
+    init = float(precision.get("init_scale", 65536.0))
+    by_variant: dict[str, list[float]] = defaultdict(list)
+    for r in clipped:
+        by_variant[r["variant"]].append(r["clip_fraction"])
+    fractions = "; ".join(f"`{v}` clipped {min(f):.0%}" + (f"-{max(f):.0%}" if max(f) > min(f) else "")
+                          + " of its steps" for v, f in by_variant.items())
+    return (f"The clipping rules saw the scaled gradients (`train.precision.clip: before_unscale`), "
+            f"{init:g} times the true ones at the start: a threshold T acted on the true gradients as "
+            f"T / {init:g} then, and as T / scale as the scale moved; {fractions}.")
 
 
 def render(exp: Path, reports: list[dict]) -> str:
@@ -621,7 +690,8 @@ def render(exp: Path, reports: list[dict]) -> str:
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
-        findings(reports),
+        " ".join(filter(None, [findings(reports), clip_order_finding(t.get("precision"), reports),
+                               underflow_finding(reports, t.get("precision"))])),
         "",
     ]
     lines += suggestion_section(exp, reports)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 from . import environment, io
 from .errors import UserError, clip_path
-from .records import METRIC_COLUMNS, summarize
+from .records import METRIC_COLUMNS, summarize, underflow_worst
 
 
 # The transformer's per-block attention statistics, in layer_norms.csv's wide layout (step,
@@ -30,6 +30,10 @@ from .records import METRIC_COLUMNS, summarize
 # other models have none, and runs written before it existed have none either.
 ATTENTION_CSV = "attention.csv"
 _BLOCK_COLUMN = re.compile(r"block\.\d+\.[a-z_]+")
+# Runs that measure underflow (train.precision.measure_underflow): step, then each parameter
+# tensor's fraction of gradient entries lost, in layer_norms.csv's columns; NaN on the steps
+# not measured. Optional: other runs have none.
+UNDERFLOW_CSV = "underflow.csv"
 
 
 def run_dir(exp: Path, rid: str) -> Path:
@@ -121,7 +125,44 @@ def _check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, 
     why = _attention_problem(d, rows, *metrics)
     if why:
         return "damaged", f"{ATTENTION_CSV}: {why}", None
+    why = _underflow_problem(d, rows, rep, *metrics)
+    if why:
+        return "damaged", f"{UNDERFLOW_CSV}: {why}", None
     return "complete", "", rep
+
+
+def _underflow_problem(d: Path, rows: int, rep: dict, metric_columns: list[str], metric_rows: list[list[float]]) -> str:
+    """What is wrong with a run's underflow.csv, or "". It comes with a metrics.csv that has
+    `underflow`, one row per step, a column per parameter tensor (layer_norms.csv's); on each
+    step metrics.csv's overall fraction is a mean of the tensors' weighted by their counts, so
+    it lies between their least and their largest (NaN, not measured, where they all are);
+    report.json's worst tensor is the one the file has."""
+    path = d / UNDERFLOW_CSV
+    if not path.exists():
+        return "missing" if "underflow" in metric_columns else ""
+    if "underflow" not in metric_columns:
+        return "metrics.csv has no `underflow` column to go with it"
+    parsed: list = []
+    why = _csv_problem(path, rows, ("step",), parsed)
+    if why:
+        return why
+    header, table = parsed
+    with open(d / "layer_norms.csv", encoding="utf-8") as fh:  # checked above: readable text
+        layer_columns = fh.readline().rstrip("\n").split(",")
+    if header != layer_columns:
+        return "its first line is not the header gradlab writes (layer_norms.csv's columns)"
+    col = metric_columns.index("underflow")
+    for step, (u, m) in enumerate(zip(table, metric_rows)):
+        values = [x for x in u[1:] if not math.isnan(x)]
+        overall = m[col]
+        if math.isnan(overall) != (not values) or (values and not min(values) <= overall <= max(values)):
+            return (f"step {step}: metrics.csv's underflow {overall} is not within its tensors' "
+                    f"({min(values, default=math.nan)} to {max(values, default=math.nan)})")
+    derived = underflow_worst(header[1:], table, metric_columns, metric_rows)
+    for key, value in derived.items():
+        if io.json_safe(value) != rep.get(key):
+            return f"report.json and underflow.csv disagree (`{key}`: {rep.get(key)} in report.json, {value} here)"
+    return ""
 
 
 def _attention_problem(d: Path, rows: int, metric_columns: list[str], metric_rows: list[list[float]]) -> str:
@@ -347,6 +388,8 @@ def write_run(exp: Path, result, config: str) -> None:
         io.write_csv(d / "bptt_norms.csv", ["step", "layer", "t", "grad_norm"], result.flow_rows)
     if getattr(result, "attention_rows", None):
         io.write_csv(d / ATTENTION_CSV, result.attention_columns, result.attention_rows)
+    if getattr(result, "underflow_rows", None):
+        io.write_csv(d / UNDERFLOW_CSV, ["step", *result.param_names], result.underflow_rows)
     io.write_json(d / "report.json", {**result.report(), "config_hash": config})
 
 

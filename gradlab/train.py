@@ -22,7 +22,7 @@ from .models import build_model, stack
 from .models.workspace import Workspace
 from .norms import param_norms
 from .optim import build_optimizer
-from .precision import LossScaler
+from .precision import LossScaler, UnderflowMeter
 from .schedules import build_schedule
 from .tasks import build_task
 from .transforms import Clipper, apply_updates, columns_of, group_order, take
@@ -54,6 +54,9 @@ class RunResult:
     # The run's grid point ({key path: value}, gradlab.config.grid), set by the caller; None
     # outside a grid, and then report.json has no `grid`.
     grid: Optional[dict] = field(default=None)
+    # underflow.csv (train.precision.measure_underflow): step, then each parameter tensor's
+    # fraction of gradient entries lost to underflow (NaN on the steps not measured); or empty.
+    underflow_rows: list[list] = field(default_factory=list)
 
     def report(self) -> dict:
         """The run's report.json (and its summary.json entry)."""
@@ -174,17 +177,20 @@ class _Stack:
 SCALER_COLUMNS = ("skipped", "loss_scale")
 
 
-def _scaled_step(run: _Stack, model, cache, dout, flow, ws) -> tuple[dict, np.ndarray, dict]:
+def _scaled_step(run: _Stack, model, cache, dout, flow, ws,
+                 measure: Callable[[dict], dict] | None = None) -> tuple[dict, np.ndarray, dict]:
     """A step's backward under loss scaling, then the unscale and the clipping rules, in the
     configured order; the gradients (unscaled), their per-tensor norms and the step's stats.
 
     The recorded norms are those of the unscaled gradients in either order, so that runs with
     and without scaling compare: with `before_unscale` the rules saw norms `scale` times larger
     (that is the bug it reproduces), divided back for the record. A variant with a non-finite
-    scaled gradient is skipped, whatever the rules decided."""
+    scaled gradient is skipped, whatever the rules decided. `measure` (a step whose underflow
+    is measured) sees the scaled gradients, before the unscale multiplies them in place."""
     scaler = run.scaler
     used = scaler.scale.copy()  # the scale of this step, before update() moves it
     grads = model.backward(run.params, cache, scaler.scale_output_grad(dout), dh_norms=flow, ws=ws)
+    measured = measure(grads) if measure is not None else {}
     if flow:
         # dL/dh_t as the unscaled loss has it: the gradient-through-time plot compares runs.
         for layer, a in flow.items():
@@ -205,6 +211,7 @@ def _scaled_step(run: _Stack, model, cache, dout, flow, ws) -> tuple[dict, np.nd
     stats["skipped"] = found_inf if rule_skip is None else (found_inf | rule_skip.astype(bool))
     stats["loss_scale"] = used.astype(np.float64)
     stats["found_inf"] = found_inf
+    stats.update(measured)
     return grads, norms, stats
 
 
@@ -257,10 +264,13 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
         p0 = model.init(rng["init"])
     precision = cfg.train.precision
     scaler = LossScaler(precision, len(order)) if precision.scaling else None
+    meter = (UnderflowMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), precision.compute,
+                            precision.measure_underflow, steps) if precision.measure_underflow else None)
     run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes,
                  scaler)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
-                   extra=[columns_of(clips[i]) + (SCALER_COLUMNS if scaler else ()) for i in order])
+                   extra=[columns_of(clips[i]) + (SCALER_COLUMNS if scaler else ()) + (("underflow",) if meter else ())
+                          for i in order])
     recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
     schedule = build_schedule(cfg.train.schedule, cfg.train.optimizer, steps)
 
@@ -278,12 +288,17 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             diag = model.diagnostics(cache)  # attention statistics (transformer); the loss adds logit_z
             loss, dout = task.loss(out, y, z_loss=model.z_loss, stats=diag)
             flow = {} if recurrent else None
+            measure = ((lambda g: meter.measure(run.params, cache, dout, g))  # noqa: E731 (this step's)
+                       if meter is not None and meter.due(step) else None)
             if run.scaler is None:
                 grads = model.backward(run.params, cache, dout, dh_norms=flow, ws=ws)
+                measured = measure(grads) if measure is not None else {}  # before the rules clip in place
                 norms = param_norms(grads)
                 stats = run.transforms(grads, norms, run.params)  # clip; decide skips
+                if measured:
+                    stats = {**stats, **measured}
             else:
-                grads, norms, stats = _scaled_step(run, model, cache, dout, flow, ws)
+                grads, norms, stats = _scaled_step(run, model, cache, dout, flow, ws, measure)
             lr = schedule.lr(step)  # once a step, for every variant
             vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr, diag=diag)
             skipped = stats.get("skipped")
@@ -339,6 +354,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
             param_names=model.param_names, columns=rec.variant_columns[pos], metrics_rows=rec.metrics_rows(pos),
             layer_rows=rec.layer_rows(pos), flow_rows=rec.flow_rows(pos), first_nonfinite=fn,
             summary=rec.summary(pos), steps=steps,
-            attention_columns=rec.attention_columns(), attention_rows=rec.attention_rows(pos)))
+            attention_columns=rec.attention_columns(), attention_rows=rec.attention_rows(pos),
+            underflow_rows=rec.underflow_rows(pos)))
     results.sort(key=lambda r: r.variant_index)
     return results

@@ -381,3 +381,19 @@ def test_clip_order_config_clipping_before_unscaling_divides_the_threshold_by_th
     assert rep_before["clip_fraction"] > 0.9 > rep_after["clip_fraction"]
     # The record is of unscaled norms: before unscaling, norm x scale is the threshold, 1.
     assert np.allclose(before, 1.0, rtol=1e-3) and not np.allclose(after, 1.0, rtol=1e-3)
+
+
+def test_the_report_says_what_clipping_before_the_unscale_did_to_the_threshold():
+    from gradlab.report import _scaling, clip_order_finding
+
+    reports = [{"variant": "none", "method": "none", "clip_fraction": 0.0},
+               {"variant": "norm-1", "method": "norm", "clip_fraction": 0.99},
+               {"variant": "norm-1", "method": "norm", "clip_fraction": 1.0}]
+    before = {"compute": "float16", "loss_scale": "dynamic", "clip": "before_unscale"}
+    text = clip_order_finding(before, reports)
+    assert "65536 times the true ones" in text and "`norm-1` clipped 99%-100% of its steps" in text
+    assert "`none`" not in text
+    assert clip_order_finding(dict(before, clip="after_unscale"), reports) == ""
+    assert clip_order_finding({"loss_scale": "none", "clip": "before_unscale"}, reports) == ""
+    assert _scaling({"compute": "bfloat16"}) == " masters, bfloat16 compute"
+    assert _scaling(None) == "" and _scaling({}) == ""

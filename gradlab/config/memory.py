@@ -42,12 +42,17 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     optimizer buffers (4P), the activations the backward pass keeps (three per layer for an
     MLP; gates, states and their gradients at every time step for recurrent layers), the
     held-out set and the metrics. float16 or bfloat16 compute adds the step's compute copy of
-    the parameters (P; held in float32, see gradlab.compute)."""
+    the parameters (P; held in float32, see gradlab.compute); measuring underflow, the float32
+    backward replay's gradients and buffers (at most P + the activations) and underflow.csv's
+    table."""
     v, m = len(cfg.clipping), cfg.model
     saved = MODEL_KINDS[m.kind].saved_per_example(m, cfg.task)
     copies = 5 if cfg.train.precision.compute != "float32" else 4
     arrays = copies * _parameter_count(cfg) + cfg.task.batch_size * saved
     metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 12)  # + val_loss, val_accuracy
+    if cfg.train.precision.measure_underflow is not None:
+        arrays += _parameter_count(cfg) + cfg.task.batch_size * saved
+        metrics += 8 * cfg.train.steps * v * m.depth * 4
     # The held-out batches, kept for the whole run (inputs as vectors: the larger encoding).
     steps_per_example = getattr(cfg.task, "seq_len", 1)
     heldout = cfg.train.evaluate_batches * cfg.task.batch_size * steps_per_example * (task_dims(cfg.task)[0] + 1)

@@ -359,6 +359,9 @@ class PrecisionConfig(_Strict):
     growth_interval: Annotated[int, Field(ge=1, le=10_000_000)] = 2000
     min_scale: Annotated[float, Field(gt=0, le=_FLOAT32_MAX, allow_inf_nan=False)] = 2.0 ** -24
     clip: Literal["after_unscale", "before_unscale"] = "after_unscale"
+    # Every N steps (and at the last), the step's gradients are compared with its backward
+    # replayed in float32 (gradlab.precision.UnderflowMeter); None: never.
+    measure_underflow: Optional[Annotated[int, Field(ge=1, le=10_000_000)]] = None
 
     @field_validator("init_scale", "min_scale")
     @classmethod
@@ -381,6 +384,10 @@ class PrecisionConfig(_Strict):
         if self.loss_scale == "dynamic" and self.min_scale > self.init_scale:
             raise _Conflict(f"min_scale must be <= init_scale ({self.init_scale:g}), got {self.min_scale:g}",
                             "min_scale", "init_scale")
+        if self.measure_underflow is not None and self.compute == "float32":
+            # The reference is float32: a float32 step compared with itself has nothing to lose.
+            raise _Conflict("measure_underflow compares the compute dtype's gradients with float32's; it needs "
+                            "compute float16 or bfloat16, got float32", "measure_underflow", "compute")
         return self
 
     @model_serializer(mode="wrap")
@@ -391,6 +398,8 @@ class PrecisionConfig(_Strict):
         for key in _SCALE_KNOBS["dynamic"]:
             if key not in _SCALE_KNOBS[self.loss_scale]:
                 data.pop(key, None)
+        if self.measure_underflow is None:  # unset, as every config before it: the same hash
+            data.pop("measure_underflow", None)
         return data
 
     @property

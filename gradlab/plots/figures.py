@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from gradlab.io import write_text
-from gradlab.store import ATTENTION_CSV
+from gradlab.store import ATTENTION_CSV, UNDERFLOW_CSV
 
 from . import direction, sweep
 from .load import Experiment, Run
@@ -56,6 +56,9 @@ def plan(exp: Experiment) -> Plan:
         figures.append(Figure("direction.png", "direction", None, shared))
     if uses_loss_scaling(exp.config):
         figures.append(Figure("loss_scale.png", "loss_scale", None, shared))
+    if measures_underflow(exp.config):
+        figures.append(Figure("underflow.png", "underflow", None,
+                              shared + tuple(r.path / UNDERFLOW_CSV for r in exp.runs)))
     attention = [r for r in exp.runs if (r.path / ATTENTION_CSV).is_file()]
     if attention:  # transformers only: a model without attention has nothing to draw
         figures.append(Figure("attention.png", "attention", None,
@@ -133,11 +136,18 @@ def uses_loss_scaling(config: dict) -> bool:
     return isinstance(precision, dict) and precision.get("loss_scale", "none") != "none"
 
 
+def measures_underflow(config: dict) -> bool:
+    """Whether the experiment measures gradient underflow (underflow.png): from the config too."""
+    train = config.get("train") if isinstance(config, dict) else None
+    precision = train.get("precision") if isinstance(train, dict) else None
+    return isinstance(precision, dict) and precision.get("measure_underflow") is not None
+
+
 MAX_OWN_FIGURE_VARIANTS = 3
 # What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
 # drawing processes take the longest first, so that none is left with a long one at the end.
 COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "attention": 3.0,
-        "loss_scale": 2.0}
+        "loss_scale": 2.0, "underflow": 2.0}
 
 
 def expected_cost(fig: Figure) -> float:
@@ -213,6 +223,10 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
         from . import scale
 
         return scale.draw_loss_scale(exp, path)
+    if fig.kind == "underflow":
+        from . import scale
+
+        return scale.draw_underflow(exp, path)
     if fig.kind == "sweep_direction":
         return direction.draw_sweep_direction(exp, p.sweep, path)
     if fig.kind in ("grad_norm", "loss", "accuracy"):

@@ -272,3 +272,36 @@ def test_points_differing_in_hyperparameters_share_a_stack(tmp_path, monkeypatch
         assert len(experiment.plan(cfg, tmp_path)) == 8  # each (depth, seed) stack cut in 2 (2 + 1 points)
     assert sorted(t for p in experiment.plan(cfg, tmp_path) for t in p.todo) == \
         sorted((k, i) for k in range(6) for i in range(2) for _ in (0, 1))
+
+
+def test_ctrl_c_keeps_the_finished_grid_runs_and_the_same_command_completes_them(tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) in the middle of a grid sweep: exit
+    130 with the finished runs kept, and the same command computes the rest (that a resume
+    gives the bytes of an uninterrupted sweep: test_resume_computes_only_the_missing_runs)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "long.yaml"
+    # Three seeds on two workers: a third stack is still to train when the first is written.
+    path.write_text(BASE.replace("steps: 25", "steps: 600").replace("width: 8", "width: 32")
+                    .replace("seeds: [0, 1]", "seeds: [0, 1, 2]"))
+    args = [sys.executable, "-m", "gradlab.cli", "sweep", str(path), "--grid", "train.optimizer.lr=0.01,0.02,0.05,0.1",
+            "--thresholds", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "out"), "--workers", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (seen := list(tmp_path.glob("out/*/runs/*/*/report.json"))) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = len(list(tmp_path.glob("out/*/runs/*/*/report.json")))
+    # (Not always fewer than all: today's worker pool sometimes trains on for seconds after a
+    # Ctrl-C, in a plain sweep as in a grid; the runs it finishes are complete and kept.)
+    assert kept >= len(seen) > 0 and f"{kept} complete run(s) kept" in err, err
+    assert subprocess.run(args, capture_output=True).returncode == 0
+    (exp,) = list((tmp_path / "out").iterdir())
+    reports = collect_reports(exp)
+    assert len(reports) == 24 and all(r["steps"] == 600 for r in reports)

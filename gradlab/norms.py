@@ -35,7 +35,11 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
     """
     arrays = list(grads.values())
     V = arrays[0].shape[0] if arrays else 0
-    flats = [g.reshape(V, -1) for g in arrays]
+    # Each variant's row reduced in contiguous memory: a strided row (a gradient stored with
+    # the variant axis inner, as an LSTM's bias gradients are) takes another summation path
+    # in NumPy and rounds otherwise than the same row alone, so a stacked run's norm would
+    # differ from its single run's in the last bits.
+    flats = [_contiguous_rows(g.reshape(V, -1)) for g in arrays]
     with np.errstate(all="ignore"):  # overflow here is expected and handled below
         if math.isinf(p):  # a max cannot overflow, and it propagates NaN
             return np.array([np.maximum(f.max(axis=1), -f.min(axis=1)) if f.shape[1] else np.zeros(V)
@@ -50,6 +54,10 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
             f = flats[i][v]
             out[i, v] = _slow_norm(f, p) if f.any() else 0.0
     return out
+
+
+def _contiguous_rows(f: np.ndarray) -> np.ndarray:
+    return f if f.shape[1] <= 1 or f.strides[1] == f.itemsize else np.ascontiguousarray(f)
 
 
 @lru_cache(maxsize=None)

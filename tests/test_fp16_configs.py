@@ -64,7 +64,7 @@ def test_transformer_clip_before_unscale_stalls_sgd_and_hides_under_adamw():
     (right,) = run("transformer_fp16.yaml", *sgd, only=1)
     (wrong,) = run("transformer_fp16.yaml", *sgd, "train.precision.clip=before_unscale", only=1)
     assert wrong["final_loss"] > right["final_loss"] + 1.0, (wrong["final_loss"], right["final_loss"])
-    assert wrong["clip_fraction"] == 1.0
+    assert wrong["clip_fraction"] > 0.9 > right["clip_fraction"]
     (adamw_right,) = run("transformer_fp16.yaml", "train.steps=60", only=1)
     (adamw_wrong,) = run("transformer_fp16.yaml", "train.steps=60", "train.precision.clip=before_unscale", only=1)
     assert abs(adamw_wrong["final_loss"] - adamw_right["final_loss"]) < 0.05

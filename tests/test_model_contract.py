@@ -11,6 +11,8 @@ parameters the model has; gradient flow is recorded exactly when the kind says s
 """
 
 import numpy as np
+
+from gradlab.norms import param_norms
 import pytest
 
 from gradlab.config import ExperimentConfig
@@ -84,6 +86,9 @@ def test_stacked_variants_equal_single_runs_bit_for_bit(case, compute):
         assert np.array_equal(o1[0], out[v])
         for k in grads:
             assert np.array_equal(g1[k][0], grads[k][v]), k
+        # Their norms too: a gradient laid out with the variant axis inner (an LSTM's biases)
+        # once reduced along a strided row, rounded otherwise than alone.
+        assert np.array_equal(param_norms(g1)[:, 0], param_norms(grads)[:, v])
 
 
 def _layer_of(name, layers):

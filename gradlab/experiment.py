@@ -76,22 +76,18 @@ def _stacks(cfg: ExperimentConfig) -> list:
     return [stack_key(p) for _, p in points]
 
 
-# A stack of grid points is cut (between points) to use the cores, and to fit in this share
-# of the memory available, so that two such stacks train side by side.
-STACK_MEMORY_SHARE = 0.4
-
-
 def _split(cfg: ExperimentConfig, plans: list[SeedPlan]) -> list[SeedPlan]:
     """A grid's stacks cut between points: into at least as many stacks as there are cores
-    (one large stack on one core would leave the others idle), and none larger than its
-    share of memory."""
+    (one large stack on one core would leave the others idle), and none larger than a core's
+    share of 80% of the memory available (a worker per core trains one at a time)."""
     if cfg.grid is None:
         return plans
     from .config import available_memory_bytes, estimate_memory_bytes
 
     points = grid_points(cfg)
-    budget = STACK_MEMORY_SHARE * available_memory_bytes()
-    pieces = -(-(os.cpu_count() or 1) // max(1, len(plans)))
+    cores = os.cpu_count() or 1
+    budget = 0.8 * available_memory_bytes() / cores
+    pieces = -(-cores // max(1, len(plans)))
     out = []
     for p in plans:
         ids = sorted({k for k, _ in p.todo + p.done})

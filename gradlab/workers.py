@@ -89,20 +89,14 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list, lockstep
     """Train the variants `todo` of one seed and write their runs. With lockstep (the
     default) they train as one stack; without, one after another (same numbers, slower).
 
-    In a grid experiment `todo` holds (point, variant) pairs (experiment.SeedPlan): each
-    point's config trains (as `gradlab run --set KEY=VALUE` would train it), points of one
-    stack with their own hyperparameters (train_seed's `configs`), and each run is named and
-    marked by its point."""
+    In a grid experiment `todo` holds (point, variant) pairs (experiment.SeedPlan), which
+    gridtrain.train_points trains and names by their points."""
     from .config import config_hash
     from .store import write_run
     from .train import train_seed  # the engine is needed only here, not by `validate`
 
     groups = [todo] if lockstep else [[i] for i in todo]
     h = config_hash(cfg)
-    if cfg.grid is not None:
-        for group in groups:
-            _train_points(cfg, exp, seed, group, advance, h)
-        return
     for group in groups:
         done = 0
 
@@ -111,36 +105,25 @@ def train_plan(cfg: ExperimentConfig, exp: Path, seed: int, todo: list, lockstep
             done += 1
             advance(1)
 
-        for r in train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step):
+        if cfg.grid is not None:  # (point, variant) pairs
+            from .gridtrain import train_points
+
+            results = train_points(cfg, seed, group, on_step=step)
+        else:
+            results = train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step)
+        for r in results:
             write_run(exp, r, h)
-        advance(cfg.train.steps - done)  # every variant diverged early: the rest is skipped
+        # Every variant diverged early: the rest is skipped (a stack's points share their steps).
+        advance(steps_of(cfg, group) - done)
 
 
-def _train_points(cfg: ExperimentConfig, exp: Path, seed: int, group: list, advance: Callable[[int], None],
-                  h: str) -> None:
-    """One stack of a grid experiment: (point, variant) pairs of one seed."""
-    from .config.grid import grid_points, grid_run_id
-    from .store import write_run
-    from .train import train_seed
+def steps_of(cfg: ExperimentConfig, group: list) -> int:
+    """The steps of a stack: the config's, or in a grid those of its points."""
+    if cfg.grid is None:
+        return cfg.train.steps
+    from .config.grid import grid_points
 
-    points = grid_points(cfg)
-    configs = [points[k][1] for k, _ in group]
-    clips = [c.clipping[i] for c, (_, i) in zip(configs, group)]
-    done = 0
-
-    def step(_: int) -> None:
-        nonlocal done
-        done += 1
-        advance(1)
-
-    # Labelled by their place in the group (train_seed returns them in that order); one
-    # point's stack needs no per-variant configs, and gets none (the engine before them).
-    more = {"configs": configs} if len({k for k, _ in group}) > 1 else {}
-    for r in train_seed(configs[0], seed, clips, list(range(len(group))), on_step=step, **more):
-        k, i = group[r.variant_index]
-        r.variant_index, r.run_id, r.grid = i, grid_run_id(points[k][0], r.run_id), dict(points[k][0])
-        write_run(exp, r, h)
-    advance(configs[0].train.steps - done)
+    return grid_points(cfg)[group[0][0]][1].train.steps
 
 
 def train_in_workers(cfg: ExperimentConfig, exp: Path, plans, workers: int, lockstep: bool, progress,

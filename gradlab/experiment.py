@@ -66,14 +66,13 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
 
 
 def _stacks(cfg: ExperimentConfig) -> list:
-    """Each grid point's stack: points differing only in hyperparameters share one when the
-    engine trains such configs together (train_seed's `configs`); else each point has its own."""
-    points = grid_points(cfg)
-    if cfg.grid is None or not stacks_hyperparameters():
-        return list(range(len(points)))
+    """Each grid point's stack: points differing only in hyperparameters share one (train_seed's
+    `configs` gives each variant its own)."""
+    if cfg.grid is None:
+        return [0]
     from .config.grid import stack_key
 
-    return [stack_key(p) for _, p in points]
+    return [stack_key(p) for _, p in grid_points(cfg)]
 
 
 def _split(cfg: ExperimentConfig, plans: list[SeedPlan]) -> list[SeedPlan]:
@@ -104,16 +103,6 @@ def _split(cfg: ExperimentConfig, plans: list[SeedPlan]) -> list[SeedPlan]:
         for chunk in chunks:
             out.append(SeedPlan(p.seed, [t for t in p.todo if t[0] in chunk], [t for t in p.done if t[0] in chunk]))
     return out
-
-
-def stacks_hyperparameters() -> bool:
-    """Whether the engine trains configs that differ in hyperparameters in one stack
-    (gradlab.train.train_seed's `configs`, the lockstep across hyperparameters)."""
-    import inspect
-
-    from .train import train_seed
-
-    return "configs" in inspect.signature(train_seed).parameters
 
 
 def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:

@@ -25,7 +25,9 @@ class StepValues:
     accuracy: Optional[np.ndarray] = None
     flow: Optional[dict[str, np.ndarray]] = None  # layer -> (V, T): norm of dL/dh_t
     update_norm: Optional[np.ndarray] = None
-    lr: Optional[float] = None  # the step's learning rate, one for the stack (gradlab.schedules)
+    # The step's learning rate (gradlab.schedules): one for the stack, or (V,) when the
+    # variants' hyperparameters differ.
+    lr: Optional[float | np.ndarray] = None
     # model.diagnostics and the loss's stats by name: (V,) or per block (V, depth); {} or None
     # for a model without them.
     diag: Optional[dict[str, np.ndarray]] = None
@@ -33,7 +35,7 @@ class StepValues:
     def take(self, idx) -> "StepValues":
         """The values of a subset of the variants."""
         def part(f, v):
-            if v is None or f == "lr":
+            if v is None or (f == "lr" and not isinstance(v, np.ndarray)):
                 return v
             if f == "stats":
                 return {k: a[idx] for k, a in v.items()}

@@ -32,22 +32,39 @@ import numpy as np
 _F32 = np.float32
 
 
-class LossScaler:
-    """The scales of a stack of variants, with the knobs of one `train.precision`."""
+# The knobs the variants of a stack may hold apart: (V,) arrays when they differ.
+KNOBS = ("growth_factor", "backoff_factor", "growth_interval", "min_scale")
 
-    def __init__(self, config: Any, n_variants: int) -> None:
+
+class LossScaler:
+    """The scales of a stack of variants, with the knobs of one `train.precision`, or of one
+    per variant (`configs`, in stack order: their kind and clip order must be `config`'s)."""
+
+    def __init__(self, config: Any, n_variants: int, configs: Any = None) -> None:
         self.kind = config.loss_scale
         self.clip_first = config.clip == "before_unscale"
-        self.growth_factor = float(config.growth_factor)
-        self.backoff_factor = float(config.backoff_factor)
-        self.growth_interval = int(config.growth_interval)
-        self.min_scale = float(config.min_scale)
-        self.scale = np.full(n_variants, config.init_scale, dtype=_F32)
+        own = list(configs) if configs is not None else [config]
+        for name, cast in zip(KNOBS, (float, float, int, float)):
+            values = [cast(getattr(c, name)) for c in own]
+            # One Python number when the variants agree (as before); else a (V,) array whose
+            # elements combine with the float64 scale as that number does, bit for bit.
+            setattr(self, name, values[0] if len(set(values)) == 1 else np.array(values))
+        if isinstance(self.min_scale, np.ndarray):
+            # Compared with the float32 scale: a Python float is rounded to float32 there
+            # (NumPy's weak scalar), a float64 array would not be (1e-5 is not float32(1e-5)).
+            self.min_scale = self.min_scale.astype(_F32)
+        inits = [c.init_scale for c in own]
+        self.scale = (np.full(n_variants, inits[0], dtype=_F32) if len(set(inits)) == 1
+                      else np.array(inits, dtype=np.float64).astype(_F32))
         self.tracker = np.zeros(n_variants, dtype=np.int32)
 
     def select(self, keep: np.ndarray) -> None:
-        """Keep the scales of the surviving variants (after others were dropped)."""
+        """Keep the scales (and the knobs held per variant) of the surviving variants, after
+        others were dropped."""
         self.scale, self.tracker = self.scale[keep], self.tracker[keep]
+        for name in KNOBS:
+            if isinstance(getattr(self, name), np.ndarray):
+                setattr(self, name, getattr(self, name)[keep])
 
     def scale_output_grad(self, dout: np.ndarray) -> np.ndarray:
         """dL/dout times each variant's scale, in dout's dtype (a new array: the task's own

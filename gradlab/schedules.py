@@ -10,6 +10,9 @@ The schedule follows the loop's step count, not an optimizer's per-variant one: 
 whose step was skipped still moves along the schedule, as a torch scheduler stepped each
 iteration does.
 
+The variants of a stack may have schedules of their own (their lr, warmup_steps, min_lr
+differ: `Schedules`); each variant's lr is then the Python float its schedule alone gives.
+
 Reads its config as plain attributes (kind, warmup_steps, min_lr), so the engine never
 imports the pydantic schema.
 """
@@ -17,7 +20,9 @@ imports the pydantic schema.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional, Sequence
+
+import numpy as np
 
 KINDS = ("constant", "linear_warmup", "cosine", "warmup_cosine")
 
@@ -51,5 +56,35 @@ class Schedule:
         return self.base_lr * self.factor(t)
 
 
+    def key(self) -> tuple:
+        """Equal keys, equal lr at every step."""
+        return (self.kind, self.base_lr, self.steps, self.warmup, self.floor)
+
+
+class Schedules:
+    """The lr of each variant of a stack: one Python float when they all share a schedule (the
+    usual case, no per-step cost), else a (V,) float64 array of each variant's own schedule's
+    floats (exact: a float64 holds a Python float), over the initial stack."""
+
+    def __init__(self, schedules: Sequence[Schedule]) -> None:
+        self.schedules = list(schedules)
+        keys = [s.key() for s in self.schedules]
+        self.one: Optional[Schedule] = self.schedules[0] if len(set(keys)) <= 1 and self.schedules else None
+        # Each distinct schedule once a step, then spread to its variants.
+        distinct = list(dict.fromkeys(keys))
+        self._distinct = [self.schedules[keys.index(k)] for k in distinct]
+        self._where = np.array([distinct.index(k) for k in keys], dtype=np.intp)
+
+    def lr(self, t: int) -> float | np.ndarray:
+        if self.one is not None:
+            return self.one.lr(t)
+        return np.array([s.lr(t) for s in self._distinct], dtype=np.float64)[self._where]
+
+
 def build_schedule(cfg: Any, optimizer_cfg: Any, steps: int) -> Schedule:
     return Schedule(cfg, optimizer_cfg.lr, steps)
+
+
+def build_schedules(cfgs: Sequence[Any], optimizer_cfgs: Sequence[Any], steps: int) -> Schedules:
+    """The schedules of a stack's variants: variant v's schedule config and optimizer config."""
+    return Schedules([build_schedule(c, o, steps) for c, o in zip(cfgs, optimizer_cfgs)])

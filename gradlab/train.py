@@ -14,16 +14,16 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import ExperimentConfig, run_id, threshold_of, variant_id
+from .config import ExperimentConfig, run_id, stack_differences, threshold_of, variant_id
 from .divergence import FirstNonfinite, locate_step, locate_update
 from .kinds import MODEL_KINDS
 from .metrics import Recorder, StepValues
 from .models import build_model, stack
 from .models.workspace import Workspace
 from .norms import param_norms
-from .optim import build_optimizer
+from .optim import branches, build_optimizer
 from .precision import LossScaler, UnderflowMeter
-from .schedules import build_schedule
+from .schedules import build_schedules
 from .tasks import build_task
 from .transforms import Clipper, apply_updates, columns_of, group_order, take
 
@@ -150,8 +150,9 @@ class _Stack:
         return keep
 
     def update(self, grads: dict[str, np.ndarray], skipped: np.ndarray | None = None,
-               lr: float | None = None) -> tuple[np.ndarray, dict]:
-        """The optimizer's transform at this step's lr, then the parameter write; returns the
+               lr: float | np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """The optimizer's transform at this step's lr (one, or one per variant of the current
+        stack), then the parameter write; returns the
         update norms and the variants it made non-finite.
 
         The variants whose step is skipped are stepped with the others (one stacked call)
@@ -226,11 +227,17 @@ def _put(node: Any, saved: Any, idx: np.ndarray) -> None:
 
 def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = None,
                indices: Sequence[int] | None = None,
-               on_step: Callable[[int], None] | None = None) -> list[RunResult]:
+               on_step: Callable[[int], None] | None = None,
+               configs: Sequence[ExperimentConfig] | None = None) -> list[RunResult]:
     """Train the given clipping variants (default: all of the config) of one seed together.
 
     Returns one RunResult per variant, in the order given. `indices` are the variants'
     positions in the config's clipping list (they only label the results).
+
+    `configs`: one config per variant, each equal to `cfg` but in hyperparameters (optimizer,
+    schedule and loss-scale numbers: gradlab.config.stack_key), which that variant trains with;
+    each variant's numbers are those of its config trained alone, bit for bit. A config that
+    differs elsewhere cannot share the stack (ValueError).
 
     BLAS runs on one thread here, whatever the process asked for: OpenBLAS adds up a matrix
     product in another order on two threads than on one, so a run's numbers would otherwise
@@ -241,18 +248,37 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     from .environment import current
 
     with threadpool_limits(1, user_api="blas"):
-        results = _train_seed(cfg, seed, clips, indices, on_step)
+        results = _train_seed(cfg, seed, clips, indices, on_step, configs)
         env = current()
     for r in results:
         r.environment = env
     return results
 
 
+def _hyperparameters(cfg: ExperimentConfig, configs: Sequence[ExperimentConfig] | None, n: int) -> list:
+    """Each variant's config for its optimizer, schedule and loss scale: `configs`, checked, or `cfg`'s."""
+    if configs is None:
+        return [cfg] * n
+    configs = list(configs)
+    if len(configs) != n:
+        raise ValueError(f"{len(configs)} configs for {n} clipping variants: give one per variant")
+    for i, c in enumerate(configs):
+        differ = stack_differences(cfg, c)
+        if differ:
+            raise ValueError(f"configs[{i}] cannot share this stack: it differs in {', '.join(differ)}, "
+                             f"not only in hyperparameters")
+    return configs
+
+
 def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
-                indices: Sequence[int] | None, on_step: Callable[[int], None] | None) -> list[RunResult]:
+                indices: Sequence[int] | None, on_step: Callable[[int], None] | None,
+                configs: Sequence[ExperimentConfig] | None = None) -> list[RunResult]:
     clips = list(cfg.clipping) if clips is None else list(clips)
     indices = list(range(len(clips))) if indices is None else list(indices)
-    order = group_order(clips)  # variants sharing a rule sit together: views, not copies
+    own = _hyperparameters(cfg, configs, len(clips))
+    # Variants sharing a rule sit together (views, not copies), and within it those taking the
+    # same optimizer branches (one optimizer call).
+    order = group_order(clips, [branches(c.train.optimizer) for c in own] if configs else None)
     dtype, steps = cfg.train.dtype, cfg.train.steps
     rng = seed_streams(seed)
     task = build_task(cfg.task, dtype, rng["task"], tokens=MODEL_KINDS[cfg.model.kind].tokens)
@@ -263,16 +289,18 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     with np.errstate(over="ignore"):
         p0 = model.init(rng["init"])
     precision = cfg.train.precision
-    scaler = LossScaler(precision, len(order)) if precision.scaling else None
+    scaler = (LossScaler(precision, len(order), [own[i].train.precision for i in order] if configs else None)
+              if precision.scaling else None)
     meter = (UnderflowMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), precision.compute,
                             precision.measure_underflow, steps) if precision.measure_underflow else None)
-    run = _Stack(p0, [clips[i] for i in order], build_optimizer(cfg.train.optimizer), dtype, model.fan_in_axes,
-                 scaler)
+    # Each variant's own optimizer numbers, in stack order (one optimizer when they all agree).
+    optimizer = build_optimizer(cfg.train.optimizer, [own[i].train.optimizer for i in order] if configs else None)
+    run = _Stack(p0, [clips[i] for i in order], optimizer, dtype, model.fan_in_axes, scaler)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
                    extra=[columns_of(clips[i]) + (SCALER_COLUMNS if scaler else ()) + (("underflow",) if meter else ())
                           for i in order])
     recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
-    schedule = build_schedule(cfg.train.schedule, cfg.train.optimizer, steps)
+    schedule = build_schedules([own[i].train.schedule for i in order], [own[i].train.optimizer for i in order], steps)
 
     data = rng["data"]
     # Per variant (its place in the initial stack): where the first overflow of each step the
@@ -299,7 +327,9 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                     stats = {**stats, **measured}
             else:
                 grads, norms, stats = _scaled_step(run, model, cache, dout, flow, ws, measure)
-            lr = schedule.lr(step)  # once a step, for every variant
+            lr = schedule.lr(step)  # once a step: one for the stack, or per variant of the initial stack
+            if isinstance(lr, np.ndarray):
+                lr = lr[run.alive]
             vals = StepValues(loss, stats, norms, task.accuracy(out, y), flow, lr=lr, diag=diag)
             skipped = stats.get("skipped")
             bad = ~(np.isfinite(loss) & np.isfinite(stats["grad_norm"]))
@@ -327,7 +357,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                                    dout_scale=vals.stats["loss_scale"])
                 for pos, (phase, where, _) in born.items():
                     births[int(run.alive[pos])][f"{where} ({phase})"] += 1
-            vals.update_norm, found = run.update(grads, skipped, lr)
+            vals.update_norm, found = run.update(grads, skipped, vals.lr)
             if run.scaler is not None:
                 # The scale moves after the step, as GradScaler.update; a collapse ends the variant
                 # there, unless its update already did.

@@ -176,16 +176,21 @@ def _key(config: Any) -> tuple:
     return (config.method, rule_of(config.method).group_key(config))
 
 
-def group_order(configs: Sequence[Any]) -> list[int]:
-    """A stack order in which variants sharing a rule sit next to each other.
+def group_order(configs: Sequence[Any], within: Optional[Sequence[Any]] = None) -> list[int]:
+    """A stack order in which variants sharing a rule sit next to each other, and within a
+    rule those with equal `within` keys (the optimizer's branches, gradlab.optim.branches).
 
-    Contiguous groups let each rule work on views (g[a:b]) of the stacked arrays: no copies.
+    Contiguous groups let each rule work on views (g[a:b]) of the stacked arrays: no copies;
+    and the optimizer step the variants that take the same branches in one call.
     """
     keys = [_key(c) for c in configs]
     first: dict = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
-    return sorted(range(len(configs)), key=lambda i: (first[keys[i]], i))
+    inner: dict = {}
+    for i, k in enumerate(within or ()):
+        inner.setdefault(k, i)
+    return sorted(range(len(configs)), key=lambda i: (first[keys[i]], inner[within[i]] if within else 0, i))
 
 
 def columns_of(config: Any) -> tuple[str, ...]:

@@ -250,8 +250,8 @@ def test_the_memory_of_every_point_is_checked(tmp_path, monkeypatch):
 
 
 def test_points_differing_in_hyperparameters_share_a_stack(tmp_path, monkeypatch):
-    """lr points of one depth and seed train in one stack when the engine can (train_seed's
-    `configs`), cut between points only to use the cores; each point alone otherwise."""
+    """lr points of one depth and seed train in one stack (train_seed's `configs`), cut
+    between points only to use the cores."""
     from gradlab import experiment
 
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
@@ -259,19 +259,14 @@ def test_points_differing_in_hyperparameters_share_a_stack(tmp_path, monkeypatch
     path.write_text(BASE)
     cfg = load_config(path, grid=["train.optimizer.lr=0.05,0.5,2.5", "model.depth=2,3"])
     plans = experiment.plan(cfg, tmp_path)
-    stacked = experiment.stacks_hyperparameters()
-    if stacked:  # (depth, seed) stacks of 3 points x 2 variants, each point of one depth
-        assert [(p.seed, sorted({k for k, _ in p.todo})) for p in plans] == \
-            [(0, [0, 2, 4]), (1, [0, 2, 4]), (0, [1, 3, 5]), (1, [1, 3, 5])]
-        assert all(len(p.todo) == 6 for p in plans)
-    else:
-        assert [(p.seed, sorted({k for k, _ in p.todo})) for p in plans] == \
-            [(s, [k]) for k in range(6) for s in (0, 1)]
+    # (depth, seed) stacks of 3 points x 2 variants, each point of one depth.
+    assert [(p.seed, sorted({k for k, _ in p.todo})) for p in plans] == \
+        [(0, [0, 2, 4]), (1, [0, 2, 4]), (0, [1, 3, 5]), (1, [1, 3, 5])]
+    assert all(len(p.todo) == 6 for p in plans)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)  # more cores than stacks: cut between points
-    if stacked:
-        assert len(experiment.plan(cfg, tmp_path)) == 8  # each (depth, seed) stack cut in 2 (2 + 1 points)
-    assert sorted(t for p in experiment.plan(cfg, tmp_path) for t in p.todo) == \
-        sorted((k, i) for k in range(6) for i in range(2) for _ in (0, 1))
+    plans = experiment.plan(cfg, tmp_path)
+    assert len(plans) == 8  # each (depth, seed) stack cut in two (2 + 1 points)
+    assert sorted(t for p in plans for t in p.todo) == sorted((k, i) for k in range(6) for i in range(2) for _ in (0, 1))
 
 
 def test_ctrl_c_keeps_the_finished_grid_runs_and_the_same_command_completes_them(tmp_path):

@@ -4,7 +4,8 @@
   `rules` holds the clipping and skip rules' models (`base`: what both share);
 - `loading`: the YAML file, `--set` overrides, the resolved form and its hash;
 - `messages`: pydantic's errors as one short message at the user's key and line;
-- `memory`: the size estimate that refuses what would not fit.
+- `memory`: the size estimate that refuses what would not fit;
+- `stacking`: which configs may train in one stack (they differ in hyperparameters only).
 
 This package's namespace is the public API (and what the rest of gradlab imports).
 """
@@ -21,6 +22,7 @@ from .schema import (NAME_PATTERN, RECURRENT, SEQUENCE_TASKS, THRESHOLD_KEYS, Ad
                      InitConfig, ModelConfig, OptimizerConfig, PrecisionConfig, RMSpropConfig, SGDConfig,
                      SpiralsTask, SweepConfig, TaskConfig, TeacherTask, TemporalOrderTask, TrainConfig,
                      format_threshold, run_id, threshold_of, variant_id)
+from .stacking import HYPERPARAMETERS, is_hyperparameter, stack_differences, stack_key
 
 __all__ = [
     "KeyPath", "NonNegative", "Positive", "Size", "MAX_ALIASES", "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_VALUES",
@@ -32,5 +34,5 @@ __all__ = [
     "ExperimentConfig", "InitConfig", "ModelConfig", "OptimizerConfig", "PrecisionConfig", "RMSpropConfig",
     "SGDConfig", "SpiralsTask", "SweepConfig", "TaskConfig", "TeacherTask", "TemporalOrderTask", "TrainConfig",
     "format_threshold", "run_id", "threshold_of", "variant_id", "RULES", "Rule", "parse_rule", "register_rule",
-    "unregister_rule",
+    "unregister_rule", "HYPERPARAMETERS", "is_hyperparameter", "stack_differences", "stack_key",
 ]

@@ -40,6 +40,9 @@ def _global(
 SetOpt = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
                       help="Override one config value (repeatable), e.g. --set model.depth=64.")
 SeedsOpt = typer.Option(None, "--seeds", metavar="0,1,2", help="Replace the config's seeds.")
+GridOpt = typer.Option(None, "--grid", metavar="KEY.PATH=V1,V2",
+                       help="A grid axis (repeatable): every run for each value, values read as --set reads "
+                            "them, e.g. --grid train.optimizer.lr=0.01,0.1; run ids become lr=0.1/norm-1-s0.")
 OutOpt = typer.Option(Path("outputs"), "--out", help="Where experiment directories go.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar or table; print only the experiment path.")
 
@@ -62,10 +65,10 @@ def parse_seeds(text: Optional[str]) -> Optional[list[int]]:
     return seeds
 
 
-def _load(config: Path, sets: Optional[List[str]], seeds: Optional[str]):
+def _load(config: Path, sets: Optional[List[str]], seeds: Optional[str], grid: Optional[List[str]] = None):
     from .config import load_config
 
-    return load_config(config, sets or (), parse_seeds(seeds))
+    return load_config(config, sets or (), parse_seeds(seeds), grid=grid or ())
 
 
 def _console(stderr: bool = False):
@@ -94,6 +97,7 @@ def run(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: Optional[List[str]] = SetOpt,
     seeds: Optional[str] = SeedsOpt,
+    grid: Optional[List[str]] = GridOpt,
     out: Path = OutOpt,
     workers: Optional[int] = WorkersOpt,
     cluster: Optional[str] = ClusterOpt,
@@ -102,20 +106,24 @@ def run(
     no_plots: bool = NoPlotsOpt,
     wide: bool = WideOpt,
 ) -> None:
-    """Train every run of CONFIG (each clipping variant x each seed) and write the experiment directory."""
+    """Train every run of CONFIG (each clipping variant x each seed, at each grid point) and write the
+    experiment directory."""
     where = _where(workers, cluster)
-    _execute(_load(config, set_, seeds), out, force, quiet, where, not no_plots, wide)
+    _execute(_load(config, set_, seeds, grid), out, force, quiet, where, not no_plots, wide)
 
 
 @app.command()
 def sweep(
-    config: Path = typer.Argument(..., help="Experiment config (YAML); its clipping list is replaced."),
-    thresholds: str = typer.Option(..., "--thresholds", metavar="0.1,1,10", help="Clipping thresholds, comma-separated."),
+    config: Path = typer.Argument(..., help="Experiment config (YAML); --thresholds replaces its clipping list."),
+    thresholds: Optional[str] = typer.Option(None, "--thresholds", metavar="0.1,1,10",
+                                             help="Clipping thresholds, comma-separated. Required unless --grid is "
+                                                  "given; without it a grid keeps the config's clipping list."),
     method: str = typer.Option("norm", "--method", metavar="METHOD",
                                help="The rule whose main knob the thresholds set: norm (max_norm), value (clip_value), "
                                     "per_tensor (max_norm), agc (clipping), autoclip (percentile), zclip (z_thresh), "
                                     "skip (sigma)."),
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Leave out the unclipped baseline."),
+    grid: Optional[List[str]] = GridOpt,
     set_: Optional[List[str]] = SetOpt,
     seeds: Optional[str] = SeedsOpt,
     out: Path = OutOpt,
@@ -126,8 +134,11 @@ def sweep(
     no_plots: bool = NoPlotsOpt,
     wide: bool = WideOpt,
 ) -> None:
-    """Run CONFIG with the baseline plus METHOD at each threshold; plots and report answer which
-    threshold keeps the model stable and what it costs."""
+    """Run CONFIG with the baseline plus METHOD at each threshold (and at each point of the --grid
+    axes); plots and report answer which threshold keeps the model stable and what it costs."""
+    if thresholds is None and not grid:
+        raise UserError("missing: give the clipping thresholds (e.g. --thresholds 0.1,1,10), or a --grid axis "
+                        "to sweep the config's own clipping list over", key="--thresholds")
     if method not in SWEEP_METHODS:
         import difflib
 
@@ -137,12 +148,13 @@ def sweep(
             close = difflib.get_close_matches(method, list(THRESHOLD_KEYS), n=1)
             raise UserError(f"must be one of {', '.join(THRESHOLD_KEYS)}; got `{clip(method)}`"
                             + (f" (did you mean `{close[0]}`?)" if close else ""), key="--method")
-    spec = {"method": method, "thresholds": parse_thresholds(thresholds), "baseline": not no_baseline}
+    spec = None if thresholds is None else {"method": method, "thresholds": parse_thresholds(thresholds),
+                                            "baseline": not no_baseline}
     where = _where(workers, cluster)
     from .config import load_config
 
-    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec), out, force, quiet, where,
-             not no_plots, wide)
+    _execute(load_config(config, set_ or (), parse_seeds(seeds), sweep=spec, grid=grid or ()), out, force, quiet,
+             where, not no_plots, wide)
 
 
 def _where(workers: Optional[int], cluster: Optional[str]) -> dict:
@@ -232,18 +244,26 @@ def validate(
     config: Path = typer.Argument(..., help="Experiment config (YAML)."),
     set_: Optional[List[str]] = SetOpt,
     seeds: Optional[str] = SeedsOpt,
+    grid: Optional[List[str]] = GridOpt,
     out: Path = OutOpt,
 ) -> None:
     """Check CONFIG and print its resolved form; trains nothing, writes nothing."""
-    cfg = _load(config, set_, seeds)
+    cfg = _load(config, set_, seeds, grid)
     from .config import dump_yaml, estimate_memory_bytes, experiment_dir
+    from .config.grid import grid_points, planned
     from .experiment import check_writable
 
     check_writable(out)  # "would write" must be a promise
-    runs = len(cfg.clipping) * len(cfg.seeds)
+    runs = len(planned(cfg))
+    points = grid_points(cfg)
+    per_seed = max(estimate_memory_bytes(p) for _, p in points)
+    grid_ = f"{len(points)} grid point(s) x " if cfg.grid is not None else ""
+    variants = {len(p.clipping) for _, p in points}  # a grid over the clipping list changes it
+    variants_ = f"{variants.pop()} variant(s)" if len(variants) == 1 else "their variants"
     sys.stdout.write(dump_yaml(cfg))
-    print(f"# valid: {runs} run(s) ({len(cfg.clipping)} variant(s) x {len(cfg.seeds)} seed(s)), "
-          f"about {estimate_memory_bytes(cfg) / 2**20:.1f} MiB per seed; would write {experiment_dir(cfg, out)}/")
+    print(f"# valid: {runs} run(s) ({grid_}{variants_} x {len(cfg.seeds)} seed(s)), "
+          f"about {per_seed / 2**20:.1f} MiB per seed{' at most' if grid_ else ''}; "
+          f"would write {experiment_dir(cfg, out)}/")
 
 
 ExperimentArg = typer.Argument(None, help="Experiment directory (default: the most recent under --out).")
@@ -327,7 +347,9 @@ def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide:
     con.print(findings(reports))
     from .io import read_yaml
 
-    swept = sweep_finding(reports, read_yaml(exp / "config.yaml"))
+    config = read_yaml(exp / "config.yaml")
+    # A grid's runs would be mixed across its points in the threshold x seed finding.
+    swept = sweep_finding(reports, config) if not isinstance(config.get("grid"), dict) else ""
     if swept:
         con.print(swept)
     if suggestion and reports:

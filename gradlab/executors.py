@@ -46,14 +46,15 @@ _FLUSH_EVERY = 25  # steps between progress messages: one pipe write per 25 step
 
 @dataclass(frozen=True)
 class Unit:
-    """Variants `todo` (indices into cfg.clipping) of one seed, trained by one call to train_unit."""
+    """Variants `todo` of one seed, trained by one call to train_unit: indices into cfg.clipping,
+    or in a grid experiment (point index, variant index) pairs (experiment.SeedPlan)."""
 
     seed: int
-    todo: tuple[int, ...]
+    todo: tuple
     steps: int  # the progress it is worth: train.steps per stack it trains
 
 
-def stacks(cfg, todo: Sequence[int], lockstep: bool = True) -> list[list[int]]:
+def stacks(cfg, todo: Sequence, lockstep: bool = True) -> list[list]:
     """The variants of `todo` that train together, as one stack each: with lockstep all of
     them, without it each alone (the same numbers, slower). Any subset of one stack is a stack
     too (units() splits stacks across workers, and train_unit groups each part again)."""
@@ -74,11 +75,21 @@ def units(cfg, plans, lockstep: bool = True, workers: int = 1) -> list[Unit]:
         seed, group = parts.pop(big)
         half = (len(group) + 1) // 2
         parts[big:big] = [(seed, group[:half]), (seed, group[half:])]
-    steps = cfg.train.steps
-    return [Unit(seed, tuple(group), steps * len(stacks(cfg, group, lockstep))) for seed, group in parts]
+    return [Unit(seed, tuple(group), sum(steps_of(cfg, g) for g in stacks(cfg, group, lockstep)))
+            for seed, group in parts]
 
 
-def train_unit(cfg, seed: int, todo: Sequence[int], lockstep: bool = True,
+def steps_of(cfg, group: Sequence) -> int:
+    """The steps of a stack: the config's, or in a grid those of its points (a stack's points
+    share their number of steps: train.steps is no hyperparameter)."""
+    if cfg.grid is None:
+        return cfg.train.steps
+    from .config.grid import grid_points
+
+    return grid_points(cfg)[group[0][0]][1].train.steps
+
+
+def train_unit(cfg, seed: int, todo: Sequence, lockstep: bool = True,
                advance: Callable[[int], None] = lambda n: None) -> list:
     """Train the variants `todo` of one seed and return their RunResults (config order within
     each stack); writes nothing. `advance(n)` is told of every step, and of the steps a stack
@@ -94,12 +105,17 @@ def train_unit(cfg, seed: int, todo: Sequence[int], lockstep: bool = True,
             done += 1
             advance(1)
 
-        results += train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step)
-        advance(cfg.train.steps - done)
+        if cfg.grid is not None:  # (point, variant) pairs, trained and named by their points
+            from .gridtrain import train_points
+
+            results += train_points(cfg, seed, group, on_step=step)
+        else:
+            results += train_seed(cfg, seed, [cfg.clipping[i] for i in group], group, on_step=step)
+        advance(steps_of(cfg, group) - done)
     return results
 
 
-def encoded_unit(cfg, config: str, seed: int, todo: Sequence[int], lockstep: bool = True,
+def encoded_unit(cfg, config: str, seed: int, todo: Sequence, lockstep: bool = True,
                  advance: Callable[[int], None] = lambda n: None) -> list[tuple[str, list[tuple[str, bytes]]]]:
     """train_unit, its runs encoded as the files the store writes: (run id, [(file name, bytes)])
     each. What an executor runs: the formatting of every number is done where the run was

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import environment, io
-from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id
+from .config import ExperimentConfig, config_hash, dump_yaml, experiment_dir, run_id  # noqa: F401
+from .config.grid import grid_points, planned
 from .errors import UserError, clip_path
 from .store import (_check_run, check_config, check_run, check_writable, collect_reports, complete_runs,  # noqa: F401
                     config_hash_of, experiment_lock, find_experiment, last_written, planned_runs, rule_problem,
@@ -22,9 +23,13 @@ from .store import (_check_run, check_config, check_run, check_writable, collect
 
 @dataclass
 class SeedPlan:
+    """The runs of one seed that train as one stack: indices into cfg.clipping; in a grid
+    experiment (point index, index into that point's clipping list) pairs, of the points
+    that share the stack (gradlab.config.grid.stack_key)."""
+
     seed: int
-    todo: list[int]  # indices into cfg.clipping still to compute
-    done: list[int] = field(default_factory=list)
+    todo: list  # still to compute
+    done: list = field(default_factory=list)
 
 
 class Progress:
@@ -41,22 +46,63 @@ def plan(cfg: ExperimentConfig, exp: Path, force: bool = False,
     """Which runs of each seed are complete and which are to compute; damaged runs are redone.
     Complete runs computed in another numerical environment are kept, with one warning that
     names them: their digits are not this machine's, and only --force makes them so."""
-    plans, kept, h = [], [], config_hash(cfg)
-    for seed in cfg.seeds:
-        p = SeedPlan(seed, [])
-        for i, c in enumerate(cfg.clipping):
-            state, why, rep = ("missing", "", None) if force else _check_run(exp, run_id(c, seed), h)
-            if state == "damaged":
-                warn(f"run {run_id(c, seed)}: its files are damaged ({why}); computing it again")
-            (p.done if state == "complete" else p.todo).append(i)
-            if rep is not None:
-                kept.append(rep)
-        plans.append(p)
+    plans, kept, h = {}, [], config_hash(cfg)
+    stacks = _stacks(cfg)
+    for r in planned(cfg):
+        p = plans.setdefault((stacks[r.point_index], r.seed), SeedPlan(r.seed, []))
+        rid = r.run_id
+        state, why, rep = ("missing", "", None) if force else _check_run(exp, rid, h)
+        if state == "damaged":
+            warn(f"run {rid}: its files are damaged ({why}); computing it again")
+        (p.done if state == "complete" else p.todo).append(
+            r.variant_index if cfg.grid is None else (r.point_index, r.variant_index))
+        if rep is not None:
+            kept.append(rep)
     if kept:
         text = environment.foreign_warning(kept, environment.for_training())
         if text:
             warn(text)
-    return plans
+    return _split(cfg, list(plans.values()))
+
+
+def _stacks(cfg: ExperimentConfig) -> list:
+    """Each grid point's stack: points differing only in hyperparameters share one (train_seed's
+    `configs` gives each variant its own)."""
+    if cfg.grid is None:
+        return [0]
+    from .config.grid import stack_key
+
+    return [stack_key(p) for _, p in grid_points(cfg)]
+
+
+def _split(cfg: ExperimentConfig, plans: list[SeedPlan]) -> list[SeedPlan]:
+    """A grid's stacks cut between points: into at least as many stacks as there are cores
+    (one large stack on one core would leave the others idle), and none larger than a core's
+    share of 80% of the memory available (a worker per core trains one at a time)."""
+    if cfg.grid is None:
+        return plans
+    from .config import available_memory_bytes, estimate_memory_bytes
+
+    points = grid_points(cfg)
+    cores = os.cpu_count() or 1
+    budget = 0.8 * available_memory_bytes() / cores
+    pieces = -(-cores // max(1, len(plans)))
+    out = []
+    for p in plans:
+        ids = sorted({k for k, _ in p.todo + p.done})
+        size = -(-len(ids) // pieces)
+        chunks, chunk, need = [], [], 0.0
+        for k in ids:
+            each = estimate_memory_bytes(points[k][1])
+            if chunk and (len(chunk) >= size or need + each > budget):
+                chunks.append(chunk)
+                chunk, need = [], 0.0
+            chunk.append(k)
+            need += each
+        chunks.append(chunk)
+        for chunk in chunks:
+            out.append(SeedPlan(p.seed, [t for t in p.todo if t[0] in chunk], [t for t in p.done if t[0] in chunk]))
+    return out
 
 
 def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
@@ -64,7 +110,7 @@ def prepare(cfg: ExperimentConfig, out: Path | str) -> Path:
     check_writable(Path(out))
     exp = experiment_dir(cfg, out)
     # The deepest file the experiment will write: a path too long is refused now, not mid-run.
-    longest = max((run_id(c, s) for c in cfg.clipping for s in cfg.seeds), key=len)
+    longest = max((r.run_id for r in planned(cfg)), key=len)
     why = io.path_problem(run_dir(exp, longest) / ".layer_norms.csv.12345678.tmp")
     if why:
         raise UserError(f"{clip_path(out)}: too deep for this experiment's files ({why})", key="--out")
@@ -119,12 +165,14 @@ def run_experiment(cfg: ExperimentConfig, out: Path | str = "outputs", *, force:
                 n = min(n, max(1, len(work)))
                 executor = _local_executor(n, progress.advance)
                 note = f"{len(work)} unit(s) on {n} worker processes" if n > 1 else ""
-            progress.start(sum(u.steps for u in work), todo_runs, len(cfg.clipping) * len(cfg.seeds) - todo_runs)
+            progress.start(sum(u.steps for u in work), todo_runs, len(planned(cfg)) - todo_runs)
             try:
                 run_units(cfg, exp, work, executor, progress, lockstep, note,
                           while_training=preload_plotting if plots else None)
             finally:
-                fresh = {run_id(cfg.clipping[i], p.seed) for p in plans for i in p.todo}
+                todo = {(p.seed, t) for p in plans for t in p.todo}
+                fresh = {r.run_id for r in planned(cfg)
+                         if (r.seed, r.variant_index if cfg.grid is None else (r.point_index, r.variant_index)) in todo}
                 reports = write_summary(exp, warn=progress.warn, fresh=fresh)
             finish(exp, plots=plots, only_stale=not force, reports=reports)
     finally:

@@ -124,9 +124,11 @@ def findings(reports: list[dict]) -> str:
     for r in reports:
         by_variant[r["variant"]].append(r)
     sentences = []
+    # A grid experiment's variant has a run per point and seed: counted as runs, not seeds.
+    unit = "run" if any("grid" in r for r in reports) else "seed"
     for variant, rs in by_variant.items():
         div = [r for r in rs if r["diverged"]]
-        seeds = f"{len(rs)} seed" + ("s" if len(rs) > 1 else "")
+        seeds = f"{len(rs)} {unit}" + ("s" if len(rs) > 1 else "")
         if div:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
@@ -713,6 +715,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
         + f", {t['steps']} steps, {t['dtype']}{_scaling(t.get('precision'))}; seeds {cfg['seeds']}.",
         "",
+        *([grid_line(cfg["grid"]), ""] if isinstance(cfg.get("grid"), dict) else []),
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
@@ -722,8 +725,9 @@ def render(exp: Path, reports: list[dict]) -> str:
     ]
     lines += suggestion_section(exp, reports)
     plots = sorted((exp / "plots").glob("*.png"), key=_plot_order) if (exp / "plots").is_dir() else []
-    grid = _is_grid(reports, cfg)
-    sweep = is_sweep(reports, cfg) and not grid
+    # A grid's threshold x seed table would mix its points: the grid's own table compares them.
+    gridded = _is_grid(reports, cfg)
+    sweep = is_sweep(reports, cfg) and not gridded
     # A sweep's own plots go with its table, in the order of SWEEP_PLOTS.
     sweep_plots = sorted((p for p in plots if p.stem.startswith(SWEEP_PLOTS)),
                          key=lambda p: next(i for i, s in enumerate(SWEEP_PLOTS) if p.stem.startswith(s))) \
@@ -746,7 +750,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         ]
         lines += [f"![{p.stem}](plots/{p.name})" for p in sweep_plots]
         lines += [""] if sweep_plots else []
-    if grid:
+    if gridded:
         lines += grid_section(exp, reports, cfg, plots)
         plots = [p for p in plots if not p.stem.startswith(("stability_map", "sensitivity_"))]
     lines += [
@@ -770,7 +774,13 @@ def render(exp: Path, reports: list[dict]) -> str:
         lines += ["## Plots", ""]
         first_multiple = next((p for p in plots if _plot_order(p)[0] == 1), None)
         for p in plots:
-            if p == first_multiple:
+            if p == first_multiple and gridded:
+                lines += [""] if lines[-1] else []
+                lines.append("Each grid point's runs of the first seed side by side, one panel per clipping variant, on "
+                             "shared axes and one colour scale: `heatmaps_<point>_s<seed>` (per-parameter gradient "
+                             "norm) and, for recurrent models, `bptt_<point>_s<seed>` (gradient through time).")
+                lines.append("")
+            elif p == first_multiple:
                 lines += [""] if lines[-1] else []
                 lines.append("Each seed's runs side by side, one panel per clipping variant (the baseline first, then "
                              "by threshold), on shared axes and one colour scale: `heatmaps_s<seed>` (per-parameter "
@@ -785,9 +795,22 @@ def _plot_order(path: Path) -> tuple:
     """The overview figures, then the small multiples by seed (heatmaps, then gradient
     through time), then the figures of single runs (gradient through time, then heatmaps)."""
     name = path.name
-    m = re.fullmatch(r"(heatmaps|bptt)_s(-?\d+)\.png", name)
-    if m:
-        return (1, int(m.group(2)), m.group(1) != "heatmaps", name)
+    m = re.fullmatch(r"(heatmaps|bptt)_(?:([^/]*=[^/]*)_)?s(-?\d+)\.png", name)
+    if m:  # (group 2: a grid point's label)
+        return (1, int(m.group(3)), m.group(1) != "heatmaps", name)
+    return (2 if name.startswith(("heatmap_", "bptt_")) else 0, 0, False, name)
+
+
+def grid_line(grid: dict) -> str:
+    """report.md's sentence on a grid: its axes and values, how many points."""
+    from .points import label_value
+
+    axes = [f"`{k}` ({', '.join(label_value(v) for v in vs)})" for k, vs in grid.items() if isinstance(vs, list)]
+    n = 1
+    for vs in grid.values():
+        n *= len(vs) if isinstance(vs, list) else 1
+    return (f"Grid over {_join(axes)}: {n} points, each with every clipping variant and seed; a run's id starts "
+            f"with its point (`{next(iter(grid), 'key').rsplit('.', 1)[-1]}=...`).")
     return (2 if name.startswith(("heatmap_", "bptt_")) else 0, 0, False, name)
 
 

@@ -37,7 +37,18 @@ UNDERFLOW_CSV = "underflow.csv"
 
 
 def run_dir(exp: Path, rid: str) -> Path:
+    """A run's folder; a grid run's id `lr=0.1/norm-1-s0` nests it under its point's folder."""
     return exp / "runs" / rid
+
+
+def run_reports(exp: Path) -> list[Path]:
+    """Every report.json under runs/: runs/<run_id>/ and, in a grid experiment, runs/<point>/<run_id>/."""
+    runs = exp / "runs"
+    return sorted([*runs.glob("*/report.json"), *runs.glob("*/*/report.json")])
+
+
+def _rid_of(exp: Path, report: Path) -> str:
+    return report.parent.relative_to(exp / "runs").as_posix()
 
 
 def check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, str]:
@@ -71,7 +82,7 @@ def check_config(exp: Path) -> None:
         was = f"the directory's name says {named.group(1)}"
     else:
         recorded = set()
-        for path in (exp / "runs").glob("*/report.json"):
+        for path in run_reports(exp):
             try:
                 recorded.add(io.read_json(path).get("config_hash"))
             except (OSError, ValueError, AttributeError):
@@ -263,8 +274,16 @@ def _report_problem(rep, rid: str) -> str:
             return f"`{key}` is not {what}"
     if rep["run_id"] != rid:
         return f"it is the report of run {rep['run_id']}"
-    if rid != f"{rep['variant']}-s{rep['seed']}":
-        return f"its variant and seed make run {rep['variant']}-s{rep['seed']}"
+    own = f"{rep['variant']}-s{rep['seed']}"
+    if "grid" in rep:
+        why = _grid_problem(rep["grid"])
+        if why:
+            return f"`grid` {why}"
+        from .points import grid_run_id
+
+        own = grid_run_id(rep["grid"], own)
+    if rid != own:
+        return f"its variant{', grid point' if 'grid' in rep else ''} and seed make run {own}"
     if not rep["diverged"] == (rep["divergence_step"] is not None) == (rep["first_nonfinite"] is not None):
         return "`diverged`, `divergence_step` and `first_nonfinite` disagree"
     # Optional: runs of a gradlab before rules described themselves are whole; the report
@@ -275,6 +294,30 @@ def _report_problem(rep, rid: str) -> str:
     if "environment" in rep and environment.problem(rep["environment"]):
         return f"`environment`: {environment.problem(rep['environment'])}"
     return ""
+
+
+def _grid_problem(point) -> str:
+    """What is wrong with report.json's `grid` (the run's grid point), or ""."""
+    if not isinstance(point, dict) or not point:
+        return "is not an object of key paths and values"
+    for key in point:
+        if not key or not all(key.split(".")):
+            return f"has {key!r}, not a key path"
+    return ""
+
+
+def _grid_order(grid) -> Callable[[dict], tuple]:
+    """Sort key of a report by its grid point: the position of each value on its axis, in the
+    config's order (the first axis slowest); a run without a point first."""
+    axes = {k: [json.dumps(v, sort_keys=True) for v in vs] for k, vs in grid.items()} \
+        if isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values()) else {}
+
+    def key(rep: dict) -> tuple:
+        point = rep.get("grid") or {}
+        return tuple(vs.index(j) if (j := json.dumps(point.get(k), sort_keys=True)) in vs else len(vs)
+                     for k, vs in axes.items())
+
+    return key
 
 
 def _csv_problem(path: Path, rows: Optional[int], required: tuple[str, ...],
@@ -368,27 +411,48 @@ def collect_reports(exp: Path, damaged: Optional[list[tuple[str, str]]] = None) 
     left out (and redone by the next run); with `damaged`, (run id, what is wrong) of each
     is appended to it."""
     reports, h = [], config_hash_of(exp)
-    for path in sorted((exp / "runs").glob("*/report.json")):
-        state, why, rep = _check_run(exp, path.parent.name, h)
+    grid = _config_grid(exp)
+    for path in run_reports(exp):
+        rid = _rid_of(exp, path)
+        state, why, rep = _check_run(exp, rid, h)
+        if state == "complete" and (grid is None) != ("grid" not in rep or rep["grid"] is None):
+            state, why = "damaged", ("report.json: it has a `grid` point, its config has no grid" if grid is None
+                                     else "report.json: no `grid` point in an experiment with a grid")
+        elif state == "complete" and grid is not None and list(rep["grid"]) != list(grid):
+            state, why = "damaged", f"report.json: its `grid` has the keys {', '.join(rep['grid'])}, not the config's"
         if state == "complete":
             reports.append(rep)
         elif damaged is not None:
-            damaged.append((path.parent.name, why))
-    return sorted(reports, key=lambda r: (r["seed"], r["variant_index"]))
+            damaged.append((rid, why))
+    order = _grid_order(grid)
+    return sorted(reports, key=lambda r: (order(r), r["seed"], r["variant_index"]))
+
+
+def _config_grid(exp: Path) -> Optional[dict]:
+    """config.yaml's `grid` (None without one, or when the file is unreadable)."""
+    import yaml
+
+    try:
+        data = io.read_yaml(exp / "config.yaml")
+    except (OSError, ValueError, TypeError, yaml.YAMLError):
+        return None
+    grid = data.get("grid") if isinstance(data, dict) else None
+    return grid if isinstance(grid, dict) else None
 
 
 def planned_runs(exp: Path) -> Optional[list[str]]:
     """The run ids config.yaml plans, in config order; None when config.yaml is unreadable."""
     import yaml
 
-    from .config import ExperimentConfig, run_id
+    from .config import ExperimentConfig
+    from .config.grid import planned
     from .io import read_yaml
 
     try:
         cfg = ExperimentConfig.model_validate(read_yaml(exp / "config.yaml"))
-    except (OSError, ValueError, yaml.YAMLError):  # pydantic's ValidationError is a ValueError
+        return [r.run_id for r in planned(cfg)]
+    except (OSError, ValueError, yaml.YAMLError, UserError):  # pydantic's ValidationError is a ValueError
         return None
-    return [run_id(c, s) for s in cfg.seeds for c in cfg.clipping]
 
 
 def write_summary(exp: Path, reports: Optional[list[dict]] = None,
@@ -476,7 +540,8 @@ def experiment_lock(exp: Path) -> Iterator[None]:
                         file=str(exp)) from None
     try:
         io.write_text(owner, f"{os.getpid()}\n")
-        for leftover in [*exp.glob(".*.tmp"), *exp.glob("*/.*.tmp"), *exp.glob("runs/*/.*.tmp")]:
+        for leftover in [*exp.glob(".*.tmp"), *exp.glob("*/.*.tmp"), *exp.glob("runs/*/.*.tmp"),
+                         *exp.glob("runs/*/*/.*.tmp")]:
             leftover.unlink(missing_ok=True)  # from a process killed mid-write
         yield
     finally:
@@ -516,7 +581,7 @@ def find_experiment(path: Optional[Path], out: Path | str = "outputs") -> Path:
 def last_written(exp: Path) -> float:
     """When the experiment's newest run (or, before any, its config.yaml) was written."""
     times = []
-    for path in [exp / "config.yaml", *(exp / "runs").glob("*/report.json")]:
+    for path in [exp / "config.yaml", *run_reports(exp)]:
         try:
             times.append(path.stat().st_mtime)
         except OSError:

@@ -51,6 +51,9 @@ class RunResult:
     # attention.csv (the transformer's per-block diagnostics): its header and rows, or empty.
     attention_columns: list[str] = field(default_factory=list)
     attention_rows: list[list] = field(default_factory=list)
+    # The run's grid point ({key path: value}, gradlab.config.grid), set by the caller; None
+    # outside a grid, and then report.json has no `grid`.
+    grid: Optional[dict] = field(default=None)
     # underflow.csv (train.precision.measure_underflow): step, then each parameter tensor's
     # fraction of gradient entries lost to underflow (NaN on the steps not measured); or empty.
     underflow_rows: list[list] = field(default_factory=list)
@@ -63,6 +66,7 @@ class RunResult:
             "seed": self.seed,
             "variant": variant_id(c),
             "variant_index": self.variant_index,
+            **({"grid": self.grid} if self.grid is not None else {}),
             "method": c.method,
             "threshold": threshold_of(c),
             "norm_type": getattr(c, "norm_type", None),

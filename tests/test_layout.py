@@ -33,8 +33,9 @@ def gradlab_imports(module: str) -> set[str]:
     return found - {"", module.split(".")[0]}
 
 
-# Below the store: files, errors, records, the schema and the numerical environment.
-BELOW_THE_STORE = {"io", "errors", "records", "environment", "config"}
+# Below the store: files, errors, records, the schema, the numerical environment and the
+# names of grid points.
+BELOW_THE_STORE = {"io", "errors", "records", "environment", "config", "points"}
 
 
 def test_the_run_store_imports_nothing_above_it():

@@ -311,6 +311,13 @@ def _apply_override(data: dict, text: str, sources: dict[KeyPath, str], made: se
     except UserError as e:
         e.line, e.key = None, e.key or _dotted(parts)  # the line of a one-line option says nothing
         raise
+    _set_value(data, parts, value, source, sources, made)
+
+
+def _set_value(data: dict, parts: Sequence[str], value: Any, source: str, sources: dict[KeyPath, str],
+               made: set[KeyPath]) -> None:
+    """Put `value` at the key path `parts` of `data` as `--set` does (`source` names the
+    option in errors); a grid point sets its values this way too (gradlab.config.grid)."""
     node: Any = data
     path: list[Union[str, int]] = []
     for i, part in enumerate(parts):
@@ -389,17 +396,18 @@ class _Origins:
 
 
 def load_config(path: Union[str, os.PathLike], overrides: Sequence[str] = (), seeds: Optional[Sequence[int]] = None,
-                sweep: Optional[dict] = None) -> ExperimentConfig:
+                sweep: Optional[dict] = None, grid: Sequence[str] = ()) -> ExperimentConfig:
     """Read, override (`--set`, `--seeds`), validate and size-check a config; every problem
     is one UserError naming the file (or option), the key path and the line.
 
     `sweep` ({method, thresholds, baseline}, from `gradlab sweep`) replaces the config's
-    clipping list by the baseline plus `method` at each threshold."""
-    return _load_config(path, overrides, seeds, sweep, explain=True)
+    clipping list by the baseline plus `method` at each threshold. `grid` (`--grid KEY=V1,V2`
+    options) adds axes to the file's `grid:` (gradlab.config.grid); every point is checked."""
+    return _load_config(path, overrides, seeds, sweep, explain=True, grid=grid)
 
 
 def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds: Optional[Sequence[int]],
-                 sweep: Optional[dict], explain: bool) -> ExperimentConfig:
+                 sweep: Optional[dict], explain: bool, grid: Sequence[str] = ()) -> ExperimentConfig:
     """load_config; without `explain`, a memory refusal does not look for the option to
     blame (that search loads the config again, in this way)."""
     path = Path(path)
@@ -409,6 +417,7 @@ def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds:
         raise UserError("empty config", file=file)
     if not isinstance(data, dict):
         raise UserError(f"the top level must be a mapping of keys, got {_show_typed(data)}", file=file)
+    axes, pin = _grid_axes(data, lines, file, overrides, grid)
     sources: dict[KeyPath, str] = {}
     made: set[KeyPath] = set()
     for item in overrides:
@@ -460,7 +469,62 @@ def _load_config(path: Union[str, os.PathLike], overrides: Sequence[str], seeds:
 
     cfg = _resolve_text(cfg, path, origins)
     _check_memory(cfg, blame)
+    if axes and explain:  # (a memory refusal's search for the option to blame needs the base alone)
+        cfg = _with_grid(cfg, path, data, lines, sources, made, axes, pin)
     return cfg
+
+
+def _grid_axes(data: dict, lines: dict[KeyPath, int], file: str, overrides: Sequence[str],
+               options: Sequence[str]) -> tuple[list, Optional[str]]:
+    """The grid's axes (the file's `grid:`, taken out of `data`, and the --grid options) and
+    the file's `grid_sha256` pin, if any (checked once the points are built)."""
+    for o in overrides:
+        if o.partition("=")[0].split(".")[0].strip() in ("grid", "grid_sha256"):
+            raise UserError("the grid is given with --grid KEY=V1,V2,..., not --set", file=f"--set {clip(o)}",
+                            key="grid")
+    if "grid" not in data and not options:
+        return [], None  # a grid_sha256 alone is refused by the schema
+    from .grid import file_axes, merge_axes, parse_option
+
+    pin = data.pop("grid_sha256", None)
+    if pin is not None and not (isinstance(pin, str) and re.fullmatch(r"[0-9a-f]{16}", pin)):
+        raise UserError(f"must be 16 hexadecimal digits (what gradlab writes), got {_show(pin)}", file=file,
+                        key="grid_sha256", line=lines.get(("grid_sha256",)))
+    parsed = [parse_option(o) for o in options]
+    return merge_axes(file_axes(data.pop("grid", None), file, lines), parsed, overrides, file), pin
+
+
+def _with_grid(cfg: ExperimentConfig, path: Path, data: dict, lines: dict[KeyPath, int], sources: dict[KeyPath, str],
+               made: set[KeyPath], axes: list, pin: Optional[str]) -> ExperimentConfig:
+    """The base config with its grid, every point's config built as `--set` would build it
+    from what the file and the options wrote, validated and size-checked; and the points'
+    digest, which must be the file's `pin` when it has one (a config.yaml run again)."""
+    import copy
+
+    from .grid import expand, points_digest, source
+    file = str(path)
+
+    def build(given: list) -> ExperimentConfig:
+        d, srcs, mk = copy.deepcopy(data), dict(sources), set(made)
+        for axis, value in given:
+            _set_value(d, axis.parts, copy.deepcopy(value), source(axis, value), srcs, mk)
+        origins = _Origins(file, lines, srcs)
+        try:
+            point = ExperimentConfig.model_validate(d)
+        except ValidationError as e:
+            raise _user_error(e, d, origins) from None
+        return _resolve_text(point, path, origins)
+
+    canonical, points = expand(axes, build, lambda c: _check_memory(c, lambda: (None, None, None)), file)
+    digest = points_digest(points)
+    if pin is not None and pin != digest:
+        raise UserError(f"the grid's points hash to {digest}, not to the {pin} pinned here: this config makes other "
+                        "points than the one gradlab resolved it from (the defaults a grid value picks, e.g. an "
+                        "optimizer kind's, differ); run the original config, or remove grid_sha256 to run these",
+                        file=file, key="grid_sha256", line=lines.get(("grid_sha256",)))
+    out = cfg.model_copy(update={"grid": canonical, "grid_sha256": digest})
+    out._points = points
+    return out
 
 
 def _resolve_text(cfg: ExperimentConfig, config_path: Path, origins: _Origins) -> ExperimentConfig:

@@ -11,7 +11,7 @@ import difflib
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_serializer, model_validator
 
 from gradlab.errors import clip
 from gradlab.kinds import MODEL_KINDS
@@ -521,6 +521,14 @@ class ExperimentConfig(_Strict):
         default_factory=_default_clipping
     )
     sweep: Optional[SweepConfig] = None
+    # Key path -> its values (gradlab.config.grid): the runs are the points x the clipping
+    # variants x the seeds. The points' configs, built by the loader, are kept in _points.
+    grid: Optional[dict[str, Annotated[list[Any], Field(min_length=2, max_length=100_000)]]] = None
+    # The points' configs, hashed (gradlab.config.grid.points_digest): a point's config is
+    # built from what the file wrote, so two files with one resolved form can make different
+    # points (an optimizer kind's defaults); the pin keeps them in different directories.
+    grid_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]] = None
+    _points: Optional[list] = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -538,6 +546,8 @@ class ExperimentConfig(_Strict):
     def _resolve_seeds(self) -> "ExperimentConfig":
         if self.seed is not None and self.seeds is not None:
             raise _Conflict("give either `seed` or `seeds`, not both", "seed", "seeds")
+        if self.grid_sha256 is not None and self.grid is None:
+            raise _Conflict("grid_sha256 pins the points of a grid, and this config has no grid", "grid_sha256")
         seeds = self.seeds if self.seeds is not None else [self.seed if self.seed is not None else 0]
         if len(set(seeds)) != len(seeds):
             raise _Conflict(f"seeds must be distinct, got {clip(', '.join(map(str, seeds)))}",
@@ -606,7 +616,8 @@ class ExperimentConfig(_Strict):
 
     def resolved(self) -> dict:
         """The resolved config as plain data (what config.yaml holds and the hash covers)."""
-        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set()))
+        return self.model_dump(mode="json", exclude={"seed"} | ({"sweep"} if self.sweep is None else set())
+                               | ({"grid", "grid_sha256"} if self.grid is None else set()))
 
 
 # The thresholds each training dtype holds as normal numbers: numpy.finfo's tiny and max,

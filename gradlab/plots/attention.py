@@ -163,7 +163,7 @@ def draw_attention(exp: Experiment, path: Path) -> Optional[Path]:
     for row, seed in enumerate(seeds):
         for col, (stat, title, ylabel) in enumerate(stats):
             ax = axes[row, col]
-            ax.set_title(f"{title}, seed {seed}", fontsize=11, **TITLE)
+            ax.set_title(f"{title}, {seed}" if isinstance(seed, str) else f"{title}, seed {seed}", fontsize=11, **TITLE)
             ax.set_ylabel(ylabel + (" (log scale)" if log[stat] else ""))
             ax.grid(True, which="major", alpha=0.3)
             top = limits[stat][1] if limits[stat] else None

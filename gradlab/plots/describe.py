@@ -73,7 +73,35 @@ def describe_config(cfg: dict, fallback_name: str) -> str:
     tbptt = get("train", "tbptt")
     if number(tbptt):
         parts.append("truncated BPTT every " + ("step" if tbptt == 1 else f"{number(tbptt)} steps"))
-    return f"{name} — {', '.join(parts)}" if parts else name
+    text = f"{name} — {', '.join(parts)}" if parts else name
+    grid = get("grid")
+    if isinstance(grid, dict) and grid:
+        from gradlab.points import label_value, short_names
+
+        names = short_names(list(grid))
+        text += "; grid " + " x ".join(f"{names[k]} {', '.join(label_value(v) for v in vs)}"
+                                      for k, vs in grid.items() if isinstance(vs, list))
+    return text
+
+
+def point_config(cfg: dict, point: dict) -> dict:
+    """The config dict with a grid point's values in place of the base's (for a figure's
+    subtitle: what that point trained), without its grid."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.pop("grid", None)
+    for key, value in point.items():
+        node: Any = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) and part.isdigit() else node.setdefault(part, {}) \
+                if isinstance(node, dict) else {}
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+            node[int(parts[-1])] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+    return out
 
 
 def chance_accuracy(cfg: dict) -> Optional[tuple[float, str]]:

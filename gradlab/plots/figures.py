@@ -36,6 +36,7 @@ class Figure:
     run_id: Optional[str]  # a run's own figure (heatmap, bptt); None: every run, or with `seed` that seed's
     inputs: tuple[Path, ...]
     seed: Optional[int] = None  # small multiples: the runs of this seed, one panel each
+    point: Optional[str] = None  # a grid experiment's small multiples: the runs of this point (its label)
 
 
 @dataclass
@@ -70,7 +71,10 @@ def plan(exp: Experiment) -> Plan:
     if grid is not None:
         for name in grid_figures.figures(grid):
             figures.append(Figure(name, grid_figures.figures(grid)[name][0], None, shared))
-    found = sweep.find_sweep(exp) if exp.runs and grid is None else None
+    gridded = isinstance(exp.config.get("grid"), dict)
+    # A grid's runs are points x variants x seeds: the threshold x seed figures would mix the
+    # points (the grid's own figures compare them), and its small multiples are drawn per point.
+    found = sweep.find_sweep(exp) if exp.runs and not gridded and grid is None else None
     if found is not None:
         for name in sweep.SWEEP_PLOTS:
             figures.append(Figure(name, name[:-4], None, shared))
@@ -79,6 +83,9 @@ def plan(exp: Experiment) -> Plan:
                               shared))
         if direction.turns(direction.sweep_runs(found)):
             figures.append(Figure("sweep_direction.png", "sweep_direction", None, shared))
+    if gridded:
+        figures += point_figures(exp)
+        return Plan(exp, found, figures, grid)
     if small_multiples(exp):
         for seed in exp.seeds:
             runs = seed_runs(exp, seed)
@@ -93,6 +100,40 @@ def plan(exp: Experiment) -> Plan:
             if kind == "heatmap" or (run.path / source).is_file():  # an MLP has no gradient through time
                 figures.append(Figure(f"{kind}_{run.run_id}.png", kind, run.run_id, (report, run.path / source)))
     return Plan(exp, found, figures, grid)
+
+
+def point_figures(exp: Experiment) -> list[Figure]:
+    """A grid experiment's small multiples: one figure per grid point (a panel per clipping
+    variant), of the first seed only, so that their number is the number of points, not of
+    runs (a grid of 5 x 4 points with 6 variants and 5 seeds has 600 runs and 20 such figures)."""
+    from gradlab.points import point_label
+
+    first = next((s for s in (exp.config.get("seeds") or []) if any(r.seed == s for r in exp.runs)),
+                 exp.seeds[0] if exp.seeds else None)
+    figures = []
+    labels = list(dict.fromkeys(point_label(r.report["grid"]) for r in exp.runs if r.report.get("grid")))
+    for label in labels:
+        runs = seed_runs(exp, first, label)
+        for name, kind, source in (("heatmaps", "seed_heatmaps", "layer_norms.csv"), ("bptt", "seed_bptt", "bptt_norms.csv")):
+            if runs and (kind == "seed_heatmaps" or any((r.path / source).is_file() for r in runs)):
+                inputs = tuple(p for r in runs for p in (r.path / "report.json", r.path / source))
+                figures.append(Figure(f"{name}_{label}_s{first}.png", kind, None, inputs, first, label))
+    return figures
+
+
+def point_panels(exp: Experiment) -> Experiment:
+    """A grid experiment as the figures over steps draw it: the first seed's runs, a panel per
+    grid point (in the grid's order) where a plain experiment has a panel per seed, so that a
+    panel's lines are a point's variants, not every point's at once."""
+    from dataclasses import replace
+
+    from gradlab.points import point_label
+
+    first = next((s for s in (exp.config.get("seeds") or []) if any(r.seed == s for r in exp.runs)),
+                 exp.seeds[0] if exp.seeds else None)
+    runs = [replace(r, seed=point_label(r.report.get("grid") or {})) for r in exp.runs if r.seed == first]
+    which = f" (seed {first}, the first of {len(exp.seeds)})" if len(exp.seeds) > 1 else f" (seed {first})"
+    return replace(exp, runs=runs, seeds=list(dict.fromkeys(r.seed for r in runs)), summary=exp.summary + which)
 
 
 def uses_loss_scaling(config: dict) -> bool:
@@ -137,14 +178,20 @@ def small_multiples(exp: Experiment) -> bool:
     return is_sweep([r.report for r in exp.runs], exp.config) or len(exp.variants) > MAX_OWN_FIGURE_VARIANTS
 
 
-def seed_runs(exp: Experiment, seed: int) -> list[Run]:
-    """The complete runs of one seed, in the panels' order: the baseline, then each family by threshold."""
-    return sorted((r for r in exp.runs if r.seed == seed), key=lambda r: exp.variants.index(r.variant))
+def seed_runs(exp: Experiment, seed: int, point: Optional[str] = None) -> list[Run]:
+    """The complete runs of one seed (of one grid point, by its label), in the panels' order:
+    the baseline, then each family by threshold."""
+    from gradlab.points import point_label
+
+    return sorted((r for r in exp.runs if r.seed == seed and (point is None or point_label(r.report.get("grid") or {})
+                                                              == point)),
+                  key=lambda r: exp.variants.index(r.variant))
 
 
 def is_seed_figure(name: str) -> bool:
-    """heatmaps_s<seed>.png, bptt_s<seed>.png (a run id always has a variant before its -s<seed>)."""
-    return re.fullmatch(r"(heatmaps|bptt)_s-?\d+\.png", name) is not None
+    """heatmaps_s<seed>.png, bptt_s<seed>.png, and a grid point's heatmaps_<point>_s<seed>.png
+    (a run id always has a variant before its -s<seed>, and a point label an `=`)."""
+    return re.fullmatch(r"(heatmaps|bptt)_([^/]*=[^/]*_)?s-?\d+\.png", name) is not None
 
 
 def is_per_run_or_seed(name: str) -> bool:
@@ -162,17 +209,27 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
     exp, path = p.exp, p.exp.path / "plots" / fig.name
     if fig.seed is not None:
         draw_seed = multiples.draw_heatmaps if fig.kind == "seed_heatmaps" else multiples.draw_bptts
-        return draw_seed(exp, fig.seed, seed_runs(exp, fig.seed), path)
-    if fig.run_id is not None:
-        run = next(r for r in exp.runs if r.run_id == fig.run_id)
-        return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
-    if p.grid is not None and fig.name in grid_figures.figures(p.grid):
+        runs = seed_runs(exp, fig.seed, fig.point)
+        if fig.point is not None:  # the subtitle says what this point trained
+            from dataclasses import replace
+
+            from .describe import describe_config, point_config
+
+            exp = replace(exp, summary=describe_config(point_config(exp.config, runs[0].report["grid"]),
+                                                       exp.path.name) + f" (grid point {fig.point})")
+        return draw_seed(exp, fig.seed, runs, path)
+    if p.grid is not None and fig.name in grid_figures.figures(p.grid):  # every seed of every point
         from . import grid_plots
 
         what, keys = grid_figures.figures(p.grid)[fig.name]
         if what == grid_figures.MAP:
             return grid_plots.draw_stability_map(exp, p.grid, keys, path)
         return grid_plots.draw_sensitivity(exp, p.grid, keys[0], path)
+    if isinstance(exp.config.get("grid"), dict):
+        exp = point_panels(exp)  # the figures over steps: a panel per grid point
+    if fig.run_id is not None:
+        run = next(r for r in exp.runs if r.run_id == fig.run_id)
+        return (heatmaps.draw_heatmap if fig.kind == "heatmap" else flow.draw_bptt)(exp, run, path)
     if fig.kind == "direction":
         return direction.draw_direction(exp, path)
     if fig.kind == "attention":

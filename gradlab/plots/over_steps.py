@@ -63,7 +63,8 @@ def panel_grid(exp: Experiment, heading: str, legend_width: float = 3.6):
         ax.set_visible(False)
     panels = {}
     for i, (seed, ax) in enumerate(zip(exp.seeds, axes)):
-        ax.set_title(f"seed {seed if seed is not None else '?'}", **TITLE)
+        # A grid experiment's panels are its points (figures.point_panels), titled by their label.
+        ax.set_title(seed if isinstance(seed, str) else f"seed {seed if seed is not None else '?'}", **TITLE)
         ax.grid(True, which="major", alpha=0.3)
         # With hidden spare panels the bottom visible one in each column carries the label.
         if i + ncols >= n:

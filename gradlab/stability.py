@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .io import as_float, json_safe
+from .points import short_names  # the names of the run ids' point labels: `lr`, `betas.0`
 
 CLIPPING = "clipping"  # the axis of the clipping variants
 
@@ -81,13 +82,6 @@ def _canon(v: Any) -> str:
     """A value as one comparable string: 8 and 8.0 alike (YAML and JSON may spell them apart)."""
     x = _number(v)
     return repr(x) if x is not None else json.dumps(json_safe(v), sort_keys=True)
-
-
-def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """key path -> its last component, or the whole path where two keys end alike (the grid
-    contract's point labels)."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
 
 
 def grid_spec(cfg: Any) -> dict[str, list]:

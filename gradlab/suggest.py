@@ -98,7 +98,7 @@ def grid_point(base: Sequence[dict]) -> tuple[str, list[dict]]:
     where to clip at that learning rate, pooled over several they say nothing. The point where
     the baseline trained best (the most seeds that trained, then the lowest mean final loss),
     as its label (`lr=0.03`) and its runs."""
-    from .stability import fmt_value, short_names
+    from .points import point_label
 
     groups: dict[str, list[dict]] = {}
     for r in base:
@@ -109,9 +109,7 @@ def grid_point(base: Sequence[dict]) -> tuple[str, list[dict]]:
         return (-len(ok) / len(rs), math.fsum(ok) / len(ok) if ok else math.inf)
 
     runs = min(groups.values(), key=rank)
-    point = runs[0].get("grid") or {}
-    names = short_names(list(point))
-    return ",".join(f"{names[k]}={fmt_value(v)}" for k, v in point.items()), runs
+    return point_label(runs[0].get("grid") or {}), runs
 
 
 def _g(x: Optional[float]) -> str:

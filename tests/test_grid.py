@@ -84,7 +84,10 @@ def test_plots_and_report_of_a_grid(swept):
     assert not [n for n in names if n.startswith("sweep_")]
     report = (exp / "report.md").read_text()
     assert "Grid over `train.optimizer.lr` (0.05, 2.5) and `model.depth` (2, 3): 4 points" in report
-    assert "in 8 of 8 runs" in report or "of 8 runs" in report
+    # The findings are the grid's (gradlab.stability): per axis, what trained with and without clipping.
+    findings = report[report.index("## Findings"):report.index("## Grid")]
+    assert findings.count("Grid of 2 lr x 2 depth x 2 clipping over 2 seeds.") == 1, findings
+    assert "![stability_map_lr_depth](plots/stability_map_lr_depth.png)" in report
     assert "## Threshold x seed" not in report
     assert cli("report", exp) == 0  # (the sweep drew the plots as `gradlab plot` does: experiment.finish)
 

@@ -124,11 +124,9 @@ def findings(reports: list[dict]) -> str:
     for r in reports:
         by_variant[r["variant"]].append(r)
     sentences = []
-    # A grid experiment's variant has a run per point and seed: counted as runs, not seeds.
-    unit = "run" if any("grid" in r for r in reports) else "seed"
     for variant, rs in by_variant.items():
         div = [r for r in rs if r["diverged"]]
-        seeds = f"{len(rs)} {unit}" + ("s" if len(rs) > 1 else "")
+        seeds = f"{len(rs)} seed" + ("s" if len(rs) > 1 else "")
         if div:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"

@@ -367,3 +367,30 @@ def test_a_real_grid_sweep_draws_its_map_and_says_its_finding(tmp_path, capsys):
                "was 0.01; with `norm-1` it was 0.1: clipping (`norm-1`) widened the stable range 10x.")
     assert finding in md and " ".join(out.split()).count(finding) == 1
     assert "| norm-1 | 2/2 | 0.01-0.1 |" in md and "![stability_map](plots/stability_map.png)" in md
+
+
+def test_lr_stability_config_draws_its_map_and_says_that_clipping_widens_the_range(tmp_path, capsys):
+    """configs/lr_stability.yaml's sweep, shortened (1 seed, 30 steps, 2 of its lrs, 2 of its
+    thresholds; on both OpenBLAS kernels): unclipped, lr 0.3 overflows; clipped, it stays finite,
+    but only the small threshold trains there (the longest step, lr x max_norm, decides)."""
+    import json
+
+    from conftest import cli
+
+    root = Path(__file__).resolve().parents[1]
+    assert cli("sweep", root / "configs" / "lr_stability.yaml", "--grid", "train.optimizer.lr=0.03,0.3",
+               "--thresholds", "0.1,10", "--seeds", "0", "--set", "train.steps=30",
+               "--out", tmp_path, "--workers", "1") == 0
+    out = capsys.readouterr().out
+    exp = next(tmp_path.glob("lr_stability-*"))
+    assert {"stability_map.png", "sensitivity_lr.png"} <= {p.name for p in (exp / "plots").glob("*.png")}
+    finding = ("Grid of 2 lr x 3 clipping over 1 seed. Without clipping the largest lr that trained in every seed "
+               "was 0.03; with `norm-0.1` it was 0.3, with `norm-10` 0.3: clipping (`norm-0.1` and `norm-10`) "
+               "widened the stable range 10x.")
+    md = (exp / "report.md").read_text()
+    assert finding in md and " ".join(out.split()).count(finding) == 1
+    run = {p.parent.relative_to(exp / "runs").as_posix(): json.loads(p.read_text())
+           for p in (exp / "runs").glob("*/*/report.json")}
+    assert run["lr=0.3/none-s0"]["diverged"] and not run["lr=0.03/none-s0"]["diverged"]
+    # Finite is not trained: at lr 0.3 max_norm 10 ends far above max_norm 0.1 (0.23 against 46-294).
+    assert run["lr=0.3/norm-10-s0"]["final_val_loss"] > 50 * run["lr=0.3/norm-0.1-s0"]["final_val_loss"]

@@ -245,7 +245,8 @@ def _alive_in_group(pgid: int) -> list[int]:
 
 def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_path, reference):
     """The README's recipe on one machine: `dask scheduler`, two `dask worker`s, and the sweep
-    given the scheduler's address; its progress adds up to the sweep's steps."""
+    given the scheduler's address; its progress adds up to the sweep's steps; a grid sweep on
+    the same cluster gives the bytes of a local one."""
     distributed()
     sched_file = tmp_path / "scheduler.json"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -286,6 +287,15 @@ def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_pa
         run_experiment(cfg, out, plots=False, cluster=address, progress=Counted())
         assert runs(out) == reference  # the same sweep as SWEEP's
         assert sum(steps) == total[0] == 300  # every step counted once, as the units ran or at their end
+        # A grid sweep (configs/lr_stability.yaml's, shortened) too: its (point, variant) stacks
+        # on the workers give the bytes of one process.
+        grid = load_config(ROOT / "configs" / "lr_stability.yaml", ["train.steps=30"], [0, 1],
+                           sweep={"method": "norm", "thresholds": [0.1, 10.0], "baseline": True},
+                           grid=["train.optimizer.lr=0.03,0.3"])
+        run_experiment(grid, tmp_path / "grid-cluster", plots=False, cluster=address)
+        run_experiment(grid, tmp_path / "grid-local", plots=False, workers=1)
+        cluster_runs = runs(tmp_path / "grid-cluster")
+        assert len(cluster_runs) == 2 * 3 * 2 * 3 and cluster_runs == runs(tmp_path / "grid-local")
     finally:
         for p in procs:
             try:

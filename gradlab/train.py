@@ -292,7 +292,7 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
     scaler = (LossScaler(precision, len(order), [own[i].train.precision for i in order] if configs else None)
               if precision.scaling else None)
     meter = (UnderflowMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), precision.compute,
-                            precision.measure_underflow, steps) if precision.measure_underflow else None)
+                            precision.measure_underflow, steps) if precision.measures_underflow else None)
     # Each variant's own optimizer numbers, in stack order (one optimizer when they all agree).
     optimizer = build_optimizer(cfg.train.optimizer, [own[i].train.optimizer for i in order] if configs else None)
     run = _Stack(p0, [clips[i] for i in order], optimizer, dtype, model.fan_in_axes, scaler)

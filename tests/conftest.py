@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 from gradlab.cli import main
 
@@ -58,3 +59,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def live_processes(parent: int | None = None, group: int | None = None) -> list[int]:
+    """Pids of the live (not zombie) processes whose parent is `parent` or whose process
+    group is `group`, from /proc: what a test of workers and clusters checks is left."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and (int(fields[1]) == parent or int(fields[2]) == group):
+            pids.append(int(stat.parent.name))
+    return pids

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import cli, live_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -120,17 +120,6 @@ def test_something_else_listening_is_not_taken_for_a_scheduler(tmp_path, capsys)
     assert "is not a Dask scheduler" in err and err.count("\n") == 1, err
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
-
 
 def _in_a_unit(pid: int) -> bool:
     """Whether a Dask worker process has started a unit: it has imported gradlab's engine,
@@ -151,7 +140,7 @@ def test_a_worker_killed_mid_unit_has_it_run_again_with_the_same_bytes(tmp_path,
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            busy = [w for w in _children(proc.pid) if _in_a_unit(w)]
+            busy = [w for w in live_processes(parent=proc.pid) if _in_a_unit(w)]
             if busy:
                 assert not list(tmp_path.rglob("report.json"))  # the unit it runs is not finished
                 os.kill(busy[0], signal.SIGKILL)
@@ -181,7 +170,7 @@ def test_a_unit_whose_workers_all_died_is_exit_3_naming_a_seed(tmp_path):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            busy = [w for w in _children(proc.pid) if _in_a_unit(w)]
+            busy = [w for w in live_processes(parent=proc.pid) if _in_a_unit(w)]
             if busy:
                 os.kill(busy[0], signal.SIGKILL)
                 break
@@ -216,9 +205,9 @@ def test_ctrl_c_cancels_the_pending_units_and_keeps_the_runs_written(tmp_path, r
         assert err.startswith("gradlab: interrupted; ") and "run the same command to resume" in err, err
         assert err.count("\n") == 1, err
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(_alive_in_group(proc.pid)):
+        while time.monotonic() < deadline and len(live_processes(group=proc.pid)):
             time.sleep(0.05)
-        assert not _alive_in_group(proc.pid), "a cluster process outlived Ctrl-C"
+        assert not live_processes(group=proc.pid), "a cluster process outlived Ctrl-C"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -230,17 +219,6 @@ def test_ctrl_c_cancels_the_pending_units_and_keeps_the_runs_written(tmp_path, r
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert runs(tmp_path) == reference
 
-
-def _alive_in_group(pgid: int) -> list[int]:
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(stat.parent.name))
-    return alive
 
 
 def test_dask_scheduler_and_worker_processes_give_the_bytes_of_one_worker(tmp_path, reference):

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import cli, live_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -202,18 +202,6 @@ def test_kill_9_of_the_main_process_alone_stops_its_workers(tmp_path):
             pass
 
 
-def _workers_of(pid: int) -> list[int]:
-    """Live child processes of `pid`."""
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
-
 
 def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process (0 once it is gone)."""
@@ -234,14 +222,14 @@ def test_a_worker_killed_is_reported_at_once_as_what_it_is(tmp_path):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(_workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
+        while len(live_processes(parent=proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
         # Both are training once each has run a second of CPU past its imports (each seed
         # takes many seconds): a fixed sleep was too short on a loaded machine, where a worker
         # could still be importing, and the parent rightly said "between seeds".
-        while min(map(_cpu_seconds, _workers_of(proc.pid)), default=0.0) < 1.5 and time.monotonic() < deadline:
+        while min(map(_cpu_seconds, live_processes(parent=proc.pid)), default=0.0) < 1.5 and time.monotonic() < deadline:
             time.sleep(0.02)
-        victim = min(_workers_of(proc.pid))
+        victim = min(live_processes(parent=proc.pid))
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         _, err = proc.communicate(timeout=60)

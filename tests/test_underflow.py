@@ -227,7 +227,6 @@ def test_the_key_is_left_out_of_the_resolved_config_when_unset():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.precision.measure_underflow=4", "needs compute float16 or bfloat16, got float32"),
     ("train.precision.measure_underflow=0", "must be >= 1, got 0"),
     ("train.precision.measure_underflow=often", "must be an integer"),
 ])
@@ -305,3 +304,11 @@ def test_the_reference_reads_the_cache_the_steps_backward_leaves_as_a_fresh_one(
         fresh = meter.reference.backward(params, low.forward(params, x)[1], dout.copy())
     for name in low.param_names:
         np.testing.assert_array_equal(spent[name], fresh[name])
+
+
+def test_float32_compute_accepts_the_key_and_measures_nothing():
+    """float32 is the reference: with it the key is a no-op, so that one config serves a
+    comparison (or a grid) over the compute dtype."""
+    for r, plain in zip(train_seed(cfg_of("float32", every=2), 0), train_seed(cfg_of("float32", every=None), 0)):
+        assert "underflow" not in r.columns and not r.underflow_rows
+        assert r.metrics_rows == plain.metrics_rows

@@ -50,7 +50,7 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     copies = 5 if cfg.train.precision.compute != "float32" else 4
     arrays = copies * _parameter_count(cfg) + cfg.task.batch_size * saved
     metrics = 8 * cfg.train.steps * v * (m.depth * 4 + 12)  # + val_loss, val_accuracy
-    if cfg.train.precision.measure_underflow is not None:
+    if cfg.train.precision.measures_underflow:
         arrays += _parameter_count(cfg) + cfg.task.batch_size * saved
         metrics += 8 * cfg.train.steps * v * m.depth * 4
     # The held-out batches, kept for the whole run (inputs as vectors: the larger encoding).

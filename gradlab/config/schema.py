@@ -384,10 +384,6 @@ class PrecisionConfig(_Strict):
         if self.loss_scale == "dynamic" and self.min_scale > self.init_scale:
             raise _Conflict(f"min_scale must be <= init_scale ({self.init_scale:g}), got {self.min_scale:g}",
                             "min_scale", "init_scale")
-        if self.measure_underflow is not None and self.compute == "float32":
-            # The reference is float32: a float32 step compared with itself has nothing to lose.
-            raise _Conflict("measure_underflow compares the compute dtype's gradients with float32's; it needs "
-                            "compute float16 or bfloat16, got float32", "measure_underflow", "compute")
         return self
 
     @model_serializer(mode="wrap")
@@ -405,6 +401,12 @@ class PrecisionConfig(_Strict):
     @property
     def scaling(self) -> bool:
         return self.loss_scale != "none"
+
+    @property
+    def measures_underflow(self) -> bool:
+        """Whether steps are measured: float32 compute is the reference itself, so with it the
+        key is accepted and measures nothing (a grid over `compute` keeps one config)."""
+        return self.measure_underflow is not None and self.compute != "float32"
 
 
 class TrainConfig(_Strict):

@@ -344,7 +344,7 @@ def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide:
     con.width = max(screen, table.__rich_measure__(con, con.options.update(max_width=10**4)).maximum)
     con.print(table)
     con.width = screen
-    con.print(findings(reports))
+    con.print(findings(reports, exp))
     from .io import read_yaml
 
     config = read_yaml(exp / "config.yaml")

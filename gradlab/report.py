@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 
 from . import environment, io
@@ -111,15 +112,17 @@ def _place(f: dict) -> str:
         return "the loss scale fell below min_scale: non-finite gradients at every scale tried"
     return f"first non-finite value: {f['phase']} at {f['where']}"
 
-def findings(reports: list[dict]) -> str:
-    """A few sentences a reader can take away, one per clipping variant across seeds."""
+def findings(reports: list[dict], exp: Optional[Path] = None) -> str:
+    """A few sentences a reader can take away, one per clipping variant across seeds. `exp`,
+    the experiment directory, gives a grid's runs their loss at initialisation (a run that
+    ended no better than it started did not train)."""
     if not reports:
         return "No run has finished yet."
     if any(isinstance(r.get("grid"), dict) for r in reports):
         # A variant's runs are at every grid point: counted together they would say nothing.
         from .stability import finding
 
-        return finding(reports)
+        return finding(reports, exp_dir=exp)
     by_variant: dict[str, list[dict]] = defaultdict(list)
     for r in reports:
         by_variant[r["variant"]].append(r)
@@ -717,7 +720,7 @@ def render(exp: Path, reports: list[dict]) -> str:
         *([environment.statement(reports), ""] if reports else []),
         "## Findings",
         "",
-        " ".join(filter(None, [findings(reports), clip_order_finding(t.get("precision"), reports),
+        " ".join(filter(None, [findings(reports, exp), clip_order_finding(t.get("precision"), reports),
                                underflow_finding(reports, t.get("precision"))])),
         "",
     ]
@@ -809,7 +812,6 @@ def grid_line(grid: dict) -> str:
         n *= len(vs) if isinstance(vs, list) else 1
     return (f"Grid over {_join(axes)}: {n} points, each with every clipping variant and seed; a run's id starts "
             f"with its point (`{next(iter(grid), 'key').rsplit('.', 1)[-1]}=...`).")
-    return (2 if name.startswith(("heatmap_", "bptt_")) else 0, 0, False, name)
 
 
 def suggestion_section(exp: Path, reports: list[dict]) -> list[str]:

@@ -13,7 +13,11 @@ Decisions, each documented where it is made:
 - The clipping variants are one more axis, `clipping`, after the grid's own.
 - A cell is one value per axis; its seeds are its runs. A diverged run has no final loss (its
   report keeps its last finite one, which is no result): a cell's mean loss is over the seeds
-  that trained, and the cell says how many diverged.
+  that did not diverge, and the cell says how many diverged.
+- A run trained when it did not diverge and ended below its loss at initialisation ℓ₀ (where
+  ℓ₀ is known): a run that stays finite at a loss no better than its start learnt nothing, and
+  "the largest learning rate that trained" must not count it (a clipped run at a huge
+  learning rate often does just that: every step capped, never diverging, never learning).
 - A view of fewer axes than the grid has (a stability map of two axes out of three, a
   sensitivity curve) shows, for each of its cells, the best cell over the other axes' values:
   the most seeds that trained, then the lowest mean loss.
@@ -115,6 +119,7 @@ class Cell:
     runs: list[dict] = field(default_factory=list)
     key: str = "final_loss"
     at: dict = field(default_factory=dict)  # axis key -> value: where the cell is in the full grid
+    l0: Any = None  # run -> its loss at initialisation, or None (Grid.initial_loss)
 
     @property
     def n(self) -> int:
@@ -124,14 +129,27 @@ class Cell:
     def diverged(self) -> int:
         return sum(1 for r in self.runs if r.get("diverged"))
 
+    def learnt(self, run: dict) -> bool:
+        """Did not diverge, and ended below its loss at initialisation (when that is known)."""
+        if run.get("diverged"):
+            return False
+        l0 = self.l0(run) if self.l0 is not None else None
+        x = as_float(run.get(self.key))
+        return l0 is None or (x is not None and math.isfinite(x) and x < l0)
+
     @property
     def trained(self) -> int:
-        return self.n - self.diverged
+        return sum(1 for r in self.runs if self.learnt(r))
+
+    @property
+    def stalled(self) -> int:
+        """Seeds that stayed finite but ended no better than at initialisation."""
+        return self.n - self.diverged - self.trained
 
     @property
     def stable(self) -> bool:
         """Trained in every seed (and has a seed)."""
-        return self.n > 0 and self.diverged == 0
+        return self.n > 0 and self.trained == self.n
 
     @property
     def losses(self) -> list[float]:
@@ -187,14 +205,14 @@ class Grid:
         # In the grid's order, so that the first of equal cells wins.
         for canon in sorted(self.cells, key=lambda c: [order[i].get(x, len(order[i])) for i, x in enumerate(c)]):
             full = [self.axes[i].values[order[i][x]] for i, x in enumerate(canon)]
-            cell = Cell(self.cells[canon], self.key, {a.key: v for a, v in zip(self.axes, full)})
+            cell = Cell(self.cells[canon], self.key, {a.key: v for a, v in zip(self.axes, full)}, self.initial_loss)
             at = tuple(canon[i] for i in idx)
             if at not in best or cell.rank() < best[at].rank():
                 best[at] = cell
         out: dict[tuple, Cell] = {}
         for values in product(*(self.axes[i].values for i in idx)):
             at = tuple(_canon(v) for v in values)
-            out[values] = best.get(at) or Cell([], self.key, dict(zip(keys, values)))
+            out[values] = best.get(at) or Cell([], self.key, dict(zip(keys, values)), self.initial_loss)
         return out
 
     def curve(self, axis: str, variant: str) -> list[tuple[Any, Cell]]:

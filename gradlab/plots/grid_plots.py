@@ -100,7 +100,7 @@ def draw_stability_map(exp: Experiment, grid: stability.Grid, keys: tuple[str, s
     key_rows = n_keys if n_keys <= 2 else math.ceil(n_keys / 2)
     bottom = 0.3 + text_height(1, 11) + text_height(1, 10) + 0.2 + text_height(key_rows, 9) + 0.1
     heading = (f"Stability map: {ax_x.name} x {ax_y.name}\n"
-               f"colour: the mean {_loss_words(grid)} over the seeds that trained")
+               f"colour: the mean {_loss_words(grid)} over the seeds that did not diverge")
     others = _others(grid, keys)
     width = max(7.5, left + nx * cell + right,
                 0.4 + text_width(heading.split("\n") + ([_others_line(others)] if others else []), 12))
@@ -132,6 +132,8 @@ def draw_stability_map(exp: Experiment, grid: stability.Grid, keys: tuple[str, s
         else:
             face = cmap(norm(c.mean))
             label = f"{c.mean:.3g}" + (f"\ndiv {c.diverged}/{c.n}" if c.diverged else "")
+            # Finite, but ended no better than it started: did not train.
+            label += f"\n≥ℓ₀ {c.stalled}/{c.n}" if c.stalled else ""
         ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor=face, edgecolor="white", linewidth=1.0, zorder=1))
         if c.diverged and c.mean is not None:
             hatched = True

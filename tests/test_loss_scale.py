@@ -397,3 +397,21 @@ def test_the_report_says_what_clipping_before_the_unscale_did_to_the_threshold()
     assert clip_order_finding({"loss_scale": "none", "clip": "before_unscale"}, reports) == ""
     assert _scaling({"compute": "bfloat16"}) == " masters, bfloat16 compute"
     assert _scaling(None) == "" and _scaling({}) == ""
+
+
+def test_an_option_that_makes_a_files_knob_inapplicable_names_the_knobs_line(tmp_path):
+    """`--set train.precision.loss_scale=none` on a file that sets growth_interval is refused
+    (a knob the kind never reads), and the one line says where the file sets it."""
+    from gradlab.config import load_config
+    from gradlab.errors import UserError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: a\ntrain:\n  precision:\n    loss_scale: dynamic\n    growth_interval: 20\n")
+    with pytest.raises(UserError) as e:
+        load_config(path, ["train.precision.loss_scale=none"])
+    assert e.value.file == "--set train.precision.loss_scale=none"
+    assert e.value.message.endswith(f"(train.precision.growth_interval is set in {path} line 5)")
+    # Both keys from options: nothing in the file to point at.
+    with pytest.raises(UserError) as e:
+        load_config(path, ["train.precision.growth_interval=3", "train.precision.loss_scale=none"])
+    assert "is set in" not in e.value.message

@@ -176,6 +176,15 @@ def _user_error(exc: ValidationError, data: dict, origins: _Origins) -> UserErro
                    f"{tag} {_show(_get(data, path[:-1] + (tag,)))}, which {option} chose; remove it "
                    f"from the file or leave the {tag} as it is")
         where = {"file": option, "line": None}
+    elif errors[0]["type"] == "value_error" and where.get("line") is None:
+        # An option made a conflict with a key only the file writes (`--set ...loss_scale=none`
+        # against the file's growth_interval): say where that key is, for the user to remove it.
+        mine = next((s for s in subs if s and path[len(path) - len(s):] == tuple(s)), None)
+        base = path[: len(path) - len(mine)] if mine is not None else None
+        written = [base + tuple(s) for s in subs if base is not None and base + tuple(s) != path
+                   and base + tuple(s) in origins.lines and origins.option(base + tuple(s)) is None]
+        if written:
+            message += f" ({_dotted(written[0])} is set in {origins.file} line {origins.lines[written[0]]})"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' * (len(errors) > 2)})"
     return UserError(message, key=_dotted(path) or None, **where)

@@ -425,13 +425,15 @@ class Recurrent(Model):
                 np.matmul(W_hhT, dGh[:, t], out=dh_next)
                 if self.kind == "gru":
                     dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
-        if self.kind == "gru" and not probe:
-            dA[:, :, :H2] = dGh[:, :, :H2]
+        if self.kind == "gru" and need_dx and not probe:
+            dA[:, :, :H2] = dGh[:, :, :H2]  # the input product below reads dA whole
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
-        def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple) -> np.ndarray:
-            out = buffer(ws, f"{p}.{name}", tuple(a.shape[i] for i in axes), dt)
-            if axes[-1] == a.ndim - 1 and a.flags.c_contiguous:
+        def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple,
+                         out: Optional[np.ndarray] = None) -> np.ndarray:
+            if out is None:
+                out = buffer(ws, f"{p}.{name}", tuple(a.shape[i] for i in axes), dt)
+            if axes[-1] == a.ndim - 1 and a.strides[-1] == a.itemsize:
                 # Whole rows move: copied as one opaque item each (a void dtype of the row's
                 # bytes), 2.5x faster than float by float along rows of B.
                 row = np.dtype((np.void, a.shape[-1] * a.itemsize))
@@ -440,15 +442,27 @@ class Recurrent(Model):
                 np.copyto(out, a.transpose(axes))  # into a reused buffer: a fresh one costs page faults
             return out.reshape(shape)
 
-        dA_r = side_by_side("dA_r", dA, (0, 2, 1, 3), (V, GH, T * B))
-        dGh_r = side_by_side("dGh_r", dGh, (0, 2, 1, 3), (V, GH, T * B)) if dGh is not dA else dA_r
+        if self.kind == "gru":
+            # dA's r and z rows are dGh's: laid side by side once, then copied as one block;
+            # only dA's n rows (dn, not dn r) are laid out from dA.
+            dGh_r = side_by_side("dGh_r", dGh, (0, 2, 1, 3), (V, GH, T * B))
+            dA_r = buffer(ws, f"{p}.dA_r", (V, GH, T * B), dt)
+            dA_r[:, :H2] = dGh_r[:, :H2]
+            side_by_side("", dA[:, :, H2:], (0, 2, 1, 3), (V, Hd, T * B),
+                         out=dA_r[:, H2:].reshape(V, Hd, T, B))
+        else:
+            dA_r = dGh_r = side_by_side("dA_r", dA, (0, 2, 1, 3), (V, GH, T * B))
         H_r = side_by_side("H_r", Hs[:, :-1], (0, 1, 3, 2), (V, (T - 1) * B, Hd))
         lead = tuple(range(seq.ndim - 3))
         x_r = side_by_side("x_r", seq, (*lead, *(i + len(lead) for i in (0, 2, 1))),
                            (*seq.shape[:-3], T * B, seq.shape[-2]))
         g_hh = np.matmul(dGh_r[:, :, B:], H_r) if T > 1 else np.zeros_like(W_hh)
-        b_ih = dA_r.sum(axis=-1)
-        b_hh = b_ih.copy() if dGh_r is dA_r else dGh_r.sum(axis=-1)  # one sum when both biases see dA
+        if dGh_r is dA_r:  # one sum when both biases see dA
+            b_ih = dA_r.sum(axis=-1)
+            b_hh = b_ih.copy()
+        else:  # gru: the r and z rows' sums are b_hh's (the same rows, summed alike)
+            b_hh = dGh_r.sum(axis=-1)
+            b_ih = np.concatenate([b_hh[:, :H2], dA_r[:, H2:].sum(axis=-1)], axis=1)
         layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh, "b_ih": b_ih, "b_hh": b_hh}
         if self.kind == "lstm":  # back to torch's (i, f, g, o) rows
             back = np.argsort(self._lstm_order(GH))

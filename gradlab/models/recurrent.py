@@ -36,14 +36,24 @@ def _t(a: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
-    """In place: 1 / (1 + exp(-a)). NumPy vectorises float32 exp but not tanh, so this is about
-    twice as fast as the tanh form. exp(-a) overflows to inf below a = -88 (float32), which
-    gives the right 0: that warning is not news."""
+    """In place: 1 / (1 + exp(-a)). exp(-a) overflows to inf below a = -88 (float32), which
+    gives the right 0: the callers run their time loops under np.errstate(over="ignore") (one
+    context for the loop: entering one costs about 1 us, a tenth of a step's recurrent product)."""
     np.negative(a, out=a)
-    with np.errstate(over="ignore"):
-        np.exp(a, out=a)
+    np.exp(a, out=a)
     a += 1.0
     return np.divide(1.0, a, out=a)
+
+
+def _steps(ws: Optional[Workspace], key: str, base: np.ndarray, block: Optional[tuple[int, int]] = None) -> list:
+    """[base[:, t, a:b] for every t]: a time loop's per-step views of a (V, T, ...) buffer, made
+    in one pass (the list of the time-major view) rather than by indexing in the loop, which
+    costs 0.15-0.2 us a view, and a recurrent step takes 10-25 of them. With a workspace they
+    are kept while `base` is the same buffer: made once, not every training step."""
+    def make() -> list:
+        a = base if block is None else base[:, :, block[0]:block[1]]
+        return list(a.swapaxes(0, 1))
+    return make() if ws is None else ws.derived(f"{key}[{block}]", base, make)
 
 
 def _columns(b: np.ndarray, B: int) -> np.ndarray:
@@ -168,17 +178,18 @@ class Recurrent(Model):
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
         c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
              "W_ih": W_ih, "W_hh": W_hh}
+        sv = lambda name, base, block=None: _steps(ws, f"{p}.{name}", base, block)  # noqa: E731
         if self.kind == "rnn":
-            self._rnn_forward(A, b_hh, W_hh, Hs, probe, at)
+            self._rnn_forward(A, b_hh, W_hh, Hs, probe, at, sv)
             return c
         c["gates"] = buffer(ws, f"{p}.gates", A.shape, dt)  # the gates after their nonlinearities, for the backward pass
         if self.kind == "lstm":
             c["extra"] = buffer(ws, f"{p}.tanh_c", (V, T, H, B), dt)  # tanh(c_t)
             c["cells"] = buffer(ws, f"{p}.c", (V, T, H, B), dt)
-            self._lstm_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], c["cells"], probe, at)
+            self._lstm_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], c["cells"], probe, at, sv)
         else:
             c["extra"] = buffer(ws, f"{p}.hh", (V, T, 3 * H, B), dt)  # W_hh h + b_hh per step
-            self._gru_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], probe, at)
+            self._gru_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], probe, at, sv)
         return c
 
     @staticmethod
@@ -187,39 +198,43 @@ class Recurrent(Model):
         H = GH // 4
         return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
 
-    def _lstm_forward(self, A, b_hh, W_hh, Hs, gates, tanh_c, cells, probe, at) -> None:
+    def _lstm_forward(self, A, b_hh, W_hh, Hs, gates, tanh_c, cells, probe, at, sv) -> None:
         """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers
         (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-2]
         r = self.compute.round_
         A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
-        for t in range(Hs.shape[1]):
-            pre = gates[:, t]
-            if t:
-                np.matmul(W_hh, Hs[:, t - 1], out=pre)
-                pre += A[:, t]
-            else:
-                pre[...] = A[:, 0]  # h_{-1} = 0
-            if probe:
-                probe(at("gates", t), pre)
-            g = pre[:, 3 * H:]
-            _sigmoid(pre[:, :3 * H])
-            np.tanh(g, out=g)
-            c = cells[:, t]
-            if t:
-                np.multiply(pre[:, H:2 * H], cells[:, t - 1], out=c)
-                c += np.multiply(pre[:, :H], g, out=scratch)
-            else:
-                np.multiply(pre[:, :H], g, out=c)
-            r(c)
-            if probe:
-                probe(at("c", t), c)
-            r(np.multiply(pre[:, 2 * H:3 * H], np.tanh(c, out=tanh_c[:, t]), out=Hs[:, t]))
-            if probe:
-                probe(at("h", t), Hs[:, t])
+        A_t, pre_t, h_t, c_t, tc_t = sv("A", A), sv("gates", gates), sv("H", Hs), sv("c", cells), sv("tanh_c", tanh_c)
+        sig_t, g_t = sv("gates", gates, (0, 3 * H)), sv("gates", gates, (3 * H, 4 * H))
+        i_t, f_t, o_t = (sv("gates", gates, (k * H, (k + 1) * H)) for k in range(3))
+        with np.errstate(over="ignore"):  # the sigmoids' exp (_sigmoid)
+            for t in range(Hs.shape[1]):
+                pre = pre_t[t]
+                if t:
+                    np.matmul(W_hh, h_t[t - 1], out=pre)
+                    pre += A_t[t]
+                else:
+                    pre[...] = A_t[0]  # h_{-1} = 0
+                if probe:
+                    probe(at("gates", t), pre)
+                g = g_t[t]
+                _sigmoid(sig_t[t])
+                np.tanh(g, out=g)
+                c = c_t[t]
+                if t:
+                    np.multiply(f_t[t], c_t[t - 1], out=c)
+                    c += np.multiply(i_t[t], g, out=scratch)
+                else:
+                    np.multiply(i_t[t], g, out=c)
+                r(c)
+                if probe:
+                    probe(at("c", t), c)
+                r(np.multiply(o_t[t], np.tanh(c, out=tc_t[t]), out=h_t[t]))
+                if probe:
+                    probe(at("h", t), h_t[t])
 
-    def _gru_forward(self, A, b_hh, W_hh, Hs, gates, HH, probe, at) -> None:
+    def _gru_forward(self, A, b_hh, W_hh, Hs, gates, HH, probe, at, sv) -> None:
         """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n).
         HH[:, t] keeps W_hh h_{t-1} (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-2]
@@ -227,56 +242,62 @@ class Recurrent(Model):
         b_cols = _columns(b_hh, A.shape[-1])
         A[:, :, :2 * H] += b_cols[:, :, :2 * H]  # b_hr, b_hz add like the input biases
         b_hn = b_cols[:, 0, 2 * H:]  # b_hn sits inside r's product: kept apart
-        for t in range(Hs.shape[1]):
-            hh = HH[:, t]
-            if t:
-                np.matmul(W_hh, Hs[:, t - 1], out=hh)
-            else:
-                hh[...] = 0.0  # h_{-1} = 0
-            hn = hh[:, 2 * H:]
-            hn += b_hn
-            if probe:
-                probe(at("gates", t), hh)
-            gt = gates[:, t]
-            rz, n = gt[:, :2 * H], gt[:, 2 * H:]
-            np.add(A[:, t, :2 * H], hh[:, :2 * H], out=rz)
-            _sigmoid(rz)  # r and z together
-            np.multiply(gt[:, :H], hn, out=n)
-            n += A[:, t, 2 * H:]
-            np.tanh(n, out=n)
-            h = Hs[:, t]
-            if t:
-                np.subtract(Hs[:, t - 1], n, out=h)
-                h *= gt[:, H:2 * H]
-                h += n
-            else:
-                np.multiply(gt[:, H:2 * H], n, out=h)
-                np.subtract(n, h, out=h)
-            r(h)
-            if probe:
-                probe(at("h", t), h)
+        hh_t, hrz_t, hn_t = sv("hh", HH), sv("hh", HH, (0, 2 * H)), sv("hh", HH, (2 * H, 3 * H))
+        Arz_t, An_t = sv("A", A, (0, 2 * H)), sv("A", A, (2 * H, 3 * H))
+        rz_t, n_t = sv("gates", gates, (0, 2 * H)), sv("gates", gates, (2 * H, 3 * H))
+        r_t, z_t = sv("gates", gates, (0, H)), sv("gates", gates, (H, 2 * H))
+        h_t = sv("H", Hs)
+        with np.errstate(over="ignore"):  # the sigmoids' exp (_sigmoid)
+            for t in range(Hs.shape[1]):
+                hh = hh_t[t]
+                if t:
+                    np.matmul(W_hh, h_t[t - 1], out=hh)
+                else:
+                    hh[...] = 0.0  # h_{-1} = 0
+                hn = hn_t[t]
+                hn += b_hn
+                if probe:
+                    probe(at("gates", t), hh)
+                rz, n = rz_t[t], n_t[t]
+                np.add(Arz_t[t], hrz_t[t], out=rz)
+                _sigmoid(rz)  # r and z together
+                np.multiply(r_t[t], hn, out=n)
+                n += An_t[t]
+                np.tanh(n, out=n)
+                h = h_t[t]
+                if t:
+                    np.subtract(h_t[t - 1], n, out=h)
+                    h *= z_t[t]
+                    h += n
+                else:
+                    np.multiply(z_t[t], n, out=h)
+                    np.subtract(n, h, out=h)
+                r(h)
+                if probe:
+                    probe(at("h", t), h)
 
-    def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at) -> None:
+    def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at, sv) -> None:
         """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
         r = self.compute.round_
         A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
+        A_t, h_t = sv("A", A), sv("H", Hs)
         for t in range(Hs.shape[1]):
             if t:
-                np.matmul(W_hh, Hs[:, t - 1], out=buf)
-                buf += A[:, t]
+                np.matmul(W_hh, h_t[t - 1], out=buf)
+                buf += A_t[t]
                 pre = buf
             else:
-                pre = A[:, 0]  # h_{-1} = 0
+                pre = A_t[0]  # h_{-1} = 0
             if probe:
                 probe(at("pre", t), pre)
             if relu:
-                r(np.maximum(pre, 0.0, out=Hs[:, t]))
+                r(np.maximum(pre, 0.0, out=h_t[t]))
             else:
-                r(np.tanh(pre, out=Hs[:, t]))
+                r(np.tanh(pre, out=h_t[t]))
             if probe:
-                probe(at("h", t), Hs[:, t])
+                probe(at("h", t), h_t[t])
 
     # ------------------------------------------------------------------ backward
     def backward(self, params: dict[str, np.ndarray], cache: dict, dout: np.ndarray,
@@ -346,41 +367,55 @@ class Recurrent(Model):
             # buffers' memory traffic outweighs the calls saved.)
             np.multiply(Hs, Hs, out=dA)
             np.subtract(1.0, dA, out=dA)
+        sv = lambda name, base, block=None: _steps(ws, f"{p}.{name}", base, block)  # noqa: E731
+        dh_t, h_t, da_t = sv("dH", dH), sv("H", Hs), sv("dA", dA)
+        dgh_t = sv("dGh", dGh) if dGh is not dA else da_t
+        if self.kind == "lstm":  # gates in the internal order i, f, o, g
+            sig_t, g_t, tc_t, c_t = sv("gates", gates, (0, H3)), sv("gates", gates, (H3, 4 * Hd)), sv("tanh_c", extra), sv("c", cells)
+            i_t, f_t, o_t = (sv("gates", gates, (k * Hd, (k + 1) * Hd)) for k in range(3))
+            dsig_t, dg_t = sv("dA", dA, (0, H3)), sv("dA", dA, (H3, 4 * Hd))
+            di_t, df_t, do_t = (sv("dA", dA, (k * Hd, (k + 1) * Hd)) for k in range(3))
+        elif self.kind == "gru":
+            rz_t, n_t = sv("gates", gates, (0, H2)), sv("gates", gates, (H2, H3))
+            r_t, z_t = sv("gates", gates, (0, Hd)), sv("gates", gates, (Hd, H2))
+            hn_t, dn_t = sv("hh", extra, (H2, H3)), sv("dA", dA, (H2, H3))
+            dr_t, dz_t, dghn_t = (sv("dGh", dGh, (k * Hd, (k + 1) * Hd)) for k in range(3))
+            s2 = s3[:, :H2]  # sigmoid' of r and z
+            s2r, s2z = s2[:, :Hd], s2[:, Hd:]
         for t in range(T - 1, -1, -1):
             if K is not None and (T - 1 - t) % K == 0 and t != T - 1:
                 # A truncation boundary between t and t + 1: no gradient crosses it.
                 dh_next[...] = 0.0
                 if dc_next is not None:
                     dc_next[...] = 0.0
-            dh = dH[:, t]
+            dh = dh_t[t]
             dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
             r(dh)  # the gradient reaching the cell's output h_t (from above and through time)
             if probe:
                 probe(at("h", t), dh)
-            h_prev = Hs[:, t - 1] if t > 0 else None
-            da = dA[:, t]
+            h_prev = h_t[t - 1] if t > 0 else None
+            da = da_t[t]
             if self.kind == "rnn":  # the derivative from the saved output, fused into dA
                 if relu:
-                    np.multiply(dh, Hs[:, t] > 0.0, out=da)
+                    np.multiply(dh, h_t[t] > 0.0, out=da)
                 else:
                     da *= dh  # da holds tanh' = 1 - h^2 (before the loop)
-            elif self.kind == "lstm":  # gates in the internal order i, f, o, g
-                gt, tc = gates[:, t], extra[:, t]
-                sig, g = gt[:, :H3], gt[:, H3:]
-                dsig, dg = da[:, :H3], da[:, H3:]
-                np.multiply(dh, tc, out=da[:, H2:H3])  # do
+            elif self.kind == "lstm":
+                sig, g, tc = sig_t[t], g_t[t], tc_t[t]
+                dsig, dg = dsig_t[t], dg_t[t]
+                np.multiply(dh, tc, out=do_t[t])  # do
                 dc = np.multiply(tc, tc, out=s1)  # dc = dc_next + dh o (1 - tanh(c)^2)
                 np.subtract(1.0, dc, out=dc)
-                dc *= gt[:, H2:H3]
+                dc *= o_t[t]
                 dc *= dh
                 dc += dc_next
-                np.multiply(dc, g, out=da[:, :Hd])  # di
+                np.multiply(dc, g, out=di_t[t])  # di
                 if t > 0:
-                    np.multiply(dc, cells[:, t - 1], out=da[:, Hd:H2])  # df
+                    np.multiply(dc, c_t[t - 1], out=df_t[t])  # df
                 else:
-                    da[:, Hd:H2] = 0.0
-                np.multiply(dc, gt[:, :Hd], out=dg)
-                np.multiply(dc, gt[:, Hd:H2], out=dc_next)
+                    df_t[t][...] = 0.0
+                np.multiply(dc, i_t[t], out=dg)
+                np.multiply(dc, f_t[t], out=dc_next)
                 # Through the nonlinearities: sigmoid' = s (1 - s) for i, f, o at once, tanh' = 1 - g^2.
                 np.subtract(1.0, sig, out=s3)
                 s3 *= sig
@@ -389,9 +424,8 @@ class Recurrent(Model):
                 np.subtract(1.0, s1, out=s1)
                 dg *= s1
             else:  # gru: dn = dh (1 - z) (1 - n^2), dz = dh (h_prev - n) z (1 - z), dr = dn hn r (1 - r)
-                gt, hn = gates[:, t], extra[:, t, H2:]
-                rz, n, z = gt[:, :H2], gt[:, H2:], gt[:, Hd:H2]
-                dn = da[:, H2:]
+                rz, n, z, hn = rz_t[t], n_t[t], z_t[t], hn_t[t]
+                dn = dn_t[t]
                 np.subtract(1.0, z, out=s1)
                 np.multiply(dh, s1, out=dn)
                 np.multiply(n, n, out=s1)
@@ -399,32 +433,30 @@ class Recurrent(Model):
                 dn *= s1
                 # sigmoid' of r and z first: a huge hn times dn could overflow before the
                 # factor r (1 - r) = 0 of a saturated gate, and inf * 0 is NaN.
-                s2 = s3[:, :H2]
                 np.subtract(1.0, rz, out=s2)
                 s2 *= rz
-                # dr and dz go straight into dGh: dA's r and z rows are the same, copied
-                # for all steps at once after the loop (here too where a probe reads them).
-                dgh = dGh[:, t]
-                dr, dz = dgh[:, :Hd], dgh[:, Hd:H2]
+                # dr and dz go straight into dGh: dA's r and z rows are the same, laid out
+                # from dGh's after the loop (copied here where a probe reads them).
+                dr, dz = dr_t[t], dz_t[t]
                 if h_prev is not None:
                     np.subtract(h_prev, n, out=dz)
                 else:
                     np.negative(n, out=dz)
-                np.multiply(hn, s2[:, :Hd], out=dr)
+                np.multiply(hn, s2r, out=dr)
                 dr *= dn
-                dz *= s2[:, Hd:]
+                dz *= s2z
                 dz *= dh
-                np.multiply(dn, gt[:, :Hd], out=dgh[:, H2:])
+                np.multiply(dn, r_t[t], out=dghn_t[t])
                 if probe:
-                    da[:, :H2] = dgh[:, :H2]
+                    da[:, :H2] = dgh_t[t][:, :H2]
             if probe:
                 probe(at("gates", t), da)
-                self._probe_step(p, t, probe, da, dGh[:, t], h_prev, seq[..., t, :, :])
+                self._probe_step(p, t, probe, da, dgh_t[t], h_prev, seq[..., t, :, :])
             # dL/dh_{t-1} through the recurrence
             if t:
-                np.matmul(W_hhT, dGh[:, t], out=dh_next)
+                np.matmul(W_hhT, dgh_t[t], out=dh_next)
                 if self.kind == "gru":
-                    dh_next += np.multiply(dh, gt[:, Hd:H2], out=s1)
+                    dh_next += np.multiply(dh, z, out=s1)
         if self.kind == "gru" and need_dx and not probe:
             dA[:, :, :H2] = dGh[:, :, :H2]  # the input product below reads dA whole
         # Weight gradients: one matmul each over all steps, the steps laid side by side

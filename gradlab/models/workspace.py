@@ -17,6 +17,7 @@ import numpy as np
 class Workspace:
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self._derived: dict[str, tuple[np.ndarray, object]] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """The buffer called `name`, uninitialised; a new one when its shape or dtype changed."""
@@ -29,6 +30,14 @@ class Workspace:
         buf = self.get(name, shape, dtype)
         buf.fill(0)
         return buf
+
+    def derived(self, key: str, base: np.ndarray, make):
+        """make(), kept while `base` is the same buffer (views of a buffer the loop reuses are
+        made once, not every step); made again when `base` was replaced."""
+        ent = self._derived.get(key)
+        if ent is None or ent[0] is not base:
+            ent = self._derived[key] = (base, make())
+        return ent[1]
 
     @property
     def nbytes(self) -> int:

@@ -49,10 +49,11 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
             sums[i] = np.vecdot(f, f) if p == 2.0 else np.sum(np.abs(f) ** p, axis=1)
         out = np.sqrt(sums) if p == 2.0 else sums ** (1.0 / p)
         # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
-        redo = ~np.isfinite(sums) | (sums < _tiny([f.dtype for f in flats])[:, None])
-        for i, v in zip(*np.nonzero(redo)):
-            f = flats[i][v]
-            out[i, v] = _slow_norm(f, p) if f.any() else 0.0
+        redo = ~np.isfinite(sums) | (sums < _tiny(tuple(f.dtype for f in flats))[:, None])
+        if redo.any():
+            for i, v in zip(*np.nonzero(redo)):
+                f = flats[i][v]
+                out[i, v] = _slow_norm(f, p) if f.any() else 0.0
     return out
 
 
@@ -65,9 +66,13 @@ def _tiny_of(dtype: np.dtype) -> float:
     return float(np.finfo(dtype).tiny) * 1e4
 
 
-def _tiny(dtypes: list) -> np.ndarray:
-    """Below these sums of powers an underflow may have happened (np.finfo is slow per call)."""
-    return np.array([_tiny_of(d) for d in dtypes])
+@lru_cache(maxsize=64)
+def _tiny(dtypes: tuple) -> np.ndarray:
+    """Below these sums of powers an underflow may have happened (np.finfo is slow per call;
+    one array per tuple of dtypes, made once: read-only)."""
+    a = np.array([_tiny_of(d) for d in dtypes])
+    a.flags.writeable = False
+    return a
 
 
 def row_norms(a: np.ndarray) -> np.ndarray:
@@ -93,7 +98,8 @@ def total_norm(norms: np.ndarray, p: float = 2.0) -> np.ndarray:
             safe = np.where((m > 0) & np.isfinite(m), m, 1.0)
             t = safe[:, 0] * np.sum((rows / safe) ** p, axis=1) ** (1.0 / p)
             t = np.where(m[:, 0] == 0, 0.0, t)
-        # NaN wins over inf, as in torch.
-        t = np.where(np.isnan(rows).any(axis=1), np.nan, t)
-        t = np.where(np.isinf(rows).any(axis=1) & ~np.isnan(t), np.inf, t)
+        if not np.isfinite(rows).all():  # (the usual all-finite step skips the four passes)
+            # NaN wins over inf, as in torch.
+            t = np.where(np.isnan(rows).any(axis=1), np.nan, t)
+            t = np.where(np.isinf(rows).any(axis=1) & ~np.isnan(t), np.inf, t)
     return t

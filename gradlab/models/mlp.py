@@ -42,6 +42,10 @@ class MLP(Model):
             self.shapes[f"layer{i}.W"] = (dims[i], dims[i + 1])
             self.shapes[f"layer{i}.b"] = (dims[i + 1],)
         self._act, self._act_back = activation(activation_name)
+        # Per layer: its parameters' and buffers' names, made once (the step's loops would
+        # otherwise format six strings a layer).
+        self._names = [(f"layer{i}.W", f"layer{i}.b", f"mlp.z{i}", f"mlp.dx{i}", f"mlp.dW{i}", f"mlp.db{i}")
+                       for i in range(depth)]
 
     @property
     def param_specs(self) -> dict[str, ParamSpec]:
@@ -71,9 +75,9 @@ class MLP(Model):
         h = c.rounded(x)
         last = self.depth - 1
         V, B = params["layer0.W"].shape[0], x.shape[-2]
-        for i in range(self.depth):
-            W, b = params[f"layer{i}.W"], params[f"layer{i}.b"]
-            z = buffer(ws, f"mlp.z{i}", (V, B, W.shape[-1]), np.result_type(h, W))
+        for i, (w_name, b_name, z_name, *_) in enumerate(self._names):
+            W, b = params[w_name], params[b_name]
+            z = buffer(ws, z_name, (V, B, W.shape[-1]), np.result_type(h, W))
             c.round_(linear_forward(h, W, b, out=z))
             if probe:
                 probe(f"layer{i}.linear", z)
@@ -101,17 +105,18 @@ class MLP(Model):
         V, B = dout.shape[0], dout.shape[-2]
         for i in range(self.depth - 1, -1, -1):
             x_in, _ = layers[i]
-            W = params[f"layer{i}.W"]
+            w_name, b_name, _, dx_name, dW_name, db_name = self._names[i]
+            W = params[w_name]
             dt = np.result_type(x_in, dz)
-            out = (buffer(ws, f"mlp.dx{i}", (V, B, W.shape[-2]), dt) if i > 0 else None,
-                   buffer(ws, f"mlp.dW{i}", W.shape, dt), buffer(ws, f"mlp.db{i}", (V, W.shape[-1]), dt))
+            out = (buffer(ws, dx_name, (V, B, W.shape[-2]), dt) if i > 0 else None,
+                   buffer(ws, dW_name, W.shape, dt), buffer(ws, db_name, (V, W.shape[-1]), dt))
             dx, dW, db = linear_backward(dz, x_in, W, need_dx=i > 0, out=out)
             c.round_(dW)
             c.round_(db)
-            grads[f"layer{i}.W"], grads[f"layer{i}.b"] = dW, db
+            grads[w_name], grads[b_name] = dW, db
             if probe:
-                probe(f"layer{i}.W", dW)
-                probe(f"layer{i}.b", db)
+                probe(w_name, dW)
+                probe(b_name, db)
             if i > 0:
                 c.round_(dx)
                 if probe:

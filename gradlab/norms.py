@@ -44,16 +44,39 @@ def param_norms(grads: Mapping[str, np.ndarray], p: float = 2.0) -> np.ndarray:
         if math.isinf(p):  # a max cannot overflow, and it propagates NaN
             return np.array([np.maximum(f.max(axis=1), -f.min(axis=1)) if f.shape[1] else np.zeros(V)
                              for f in flats], dtype=np.float64).reshape(len(flats), V)
-        sums = np.empty((len(flats), V), dtype=np.float64)
-        for i, f in enumerate(flats):
-            sums[i] = np.vecdot(f, f) if p == 2.0 else np.sum(np.abs(f) ** p, axis=1)
-        out = np.sqrt(sums) if p == 2.0 else sums ** (1.0 / p)
-        # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
-        redo = ~np.isfinite(sums) | (sums < _tiny(tuple(f.dtype for f in flats))[:, None])
-        if redo.any():
-            for i, v in zip(*np.nonzero(redo)):
-                f = flats[i][v]
-                out[i, v] = _slow_norm(f, p) if f.any() else 0.0
+        return _finish([np.vecdot(f, f) if p == 2.0 else np.sum(np.abs(f) ** p, axis=1) for f in flats],
+                       flats, V, p)
+
+
+def squares(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, sums): the per-variant rows of a stacked tensor as param_norms reduces them, and
+    their sums of squares, its fast path's one reduction. For a caller that has just written
+    `g` and measures it while it is still in cache (l2_norms finishes the norms)."""
+    f = _contiguous_rows(g.reshape(g.shape[0], -1))
+    return f, np.vecdot(f, f)
+
+
+def l2_norms(measured: list[tuple[np.ndarray, np.ndarray]], V: int) -> np.ndarray:
+    """param_norms(tensors) (p = 2), bit for bit, from `measured`, each tensor's squares(),
+    in the tensors' order."""
+    with np.errstate(all="ignore"):
+        return _finish([m[1] for m in measured], [m[0] for m in measured], V, 2.0)
+
+
+def _finish(parts: list, flats: list, V: int, p: float) -> np.ndarray:
+    """The norms from each tensor's (V,) sum of powers (`parts`), re-measuring in float64
+    where the fast path overflowed or may have underflowed."""
+    # Each tensor's sums in its dtype, cast to float64 once (exactly) as one array.
+    sums = np.array(parts, dtype=np.float64).reshape(len(flats), V)
+    out = np.sqrt(sums) if p == 2.0 else sums ** (1.0 / p)
+    # Overflowed, non-finite, or so small that the powers may have underflowed: re-measure.
+    dtypes = {f.dtype for f in flats}
+    tiny = _tiny_of(dtypes.pop()) if len(dtypes) == 1 else _tiny(tuple(f.dtype for f in flats))[:, None]
+    redo = ~np.isfinite(sums) | (sums < tiny)
+    if redo.any():
+        for i, v in zip(*np.nonzero(redo)):
+            f = flats[i][v]
+            out[i, v] = _slow_norm(f, p) if f.any() else 0.0
     return out
 
 

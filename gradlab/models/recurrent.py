@@ -24,7 +24,7 @@ from .base import Model
 from .activations import activation
 from ..norms import row_norms
 from .init import init_weight, orthogonal
-from .workspace import Workspace, buffer, zeros
+from .workspace import Workspace, buffer
 
 Probe = Optional[Callable[[str, np.ndarray], None]]
 
@@ -314,7 +314,9 @@ class Recurrent(Model):
         dout = cr.rounded(dout)
         grads: dict[str, np.ndarray] = {}
         name = f"{self.kind}.{self.depth - 1}.dH"
-        dH = (buffer if self.per_step else zeros)(ws, name, (V, T, H, B), self.dtype)
+        # Without per_step only the last step's dL/dh comes from the head: the other steps of
+        # the top layer's dH are never read before the time loop writes them (head_only).
+        dH = buffer(ws, name, (V, T, H, B), self.dtype)
         if self.per_step:  # dout: (V, T, B, O)
             grads["head.W"] = np.matmul(top, dout).sum(axis=1)
             grads["head.b"] = dout.sum(axis=(1, 2))
@@ -325,24 +327,28 @@ class Recurrent(Model):
             np.matmul(W, _t(dout), out=dH[:, -1])
         cr.round_(grads["head.W"])
         cr.round_(grads["head.b"])
-        cr.round_(dH)
+        cr.round_(dH if self.per_step else dH[:, -1])
         if probe:
             probe("head.W", grads["head.W"])
             probe("head.b", grads["head.b"])
         for l in range(self.depth - 1, -1, -1):
             p = f"{self.kind}.{l}"
-            dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0, ws=ws)
+            dH_below = self._layer_backward(params, p, layers[l], dH, grads, probe, need_dx=l > 0, ws=ws,
+                                            head_only=l == self.depth - 1 and not self.per_step)
             if dh_norms is not None:  # dH now holds the total dL/dh_t of every step
                 dh_norms[p] = row_norms(dH.reshape(V, T, H * B))
             dH = dH_below
         return {name: grads[name] for name in self.shapes}
 
     def _layer_backward(self, params, p: str, c: dict, dH: np.ndarray, grads: dict,
-                        probe: Probe, need_dx: bool, ws: Optional[Workspace] = None) -> Optional[np.ndarray]:
+                        probe: Probe, need_dx: bool, ws: Optional[Workspace] = None,
+                        head_only: bool = False) -> Optional[np.ndarray]:
         """One layer's BPTT, feature-major like the forward pass. `dH` (V, T, H, B) holds
         dL/dh_t from above and is overwritten with the total dL/dh_t; the weight gradients go
         into `grads`; returns dL/d(input), (V, T, in, B). Every per-step product goes into a
-        preallocated buffer: no temporaries in the loop."""
+        preallocated buffer: no temporaries in the loop. `head_only`: dH holds the last step's
+        alone (the rest, zero from above, is not even initialised: the loop writes
+        0 + dL/dh_t, bit for bit what adding to zeros gives, without filling them first)."""
         W_ih, W_hh = c["W_ih"], c["W_hh"]  # as the forward pass used them (lstm: reordered)
         Hs, gates, extra, cells, seq = c["H"], c["gates"], c["extra"], c["cells"], c["seq"]
         V, T, Hd, B = Hs.shape
@@ -389,7 +395,10 @@ class Recurrent(Model):
                 if dc_next is not None:
                     dc_next[...] = 0.0
             dh = dh_t[t]
-            dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
+            if head_only and t != T - 1:
+                np.add(dh_next, 0.0, out=dh)  # nothing from above: 0 + dh_next (-0 becomes +0 alike)
+            else:
+                dh += dh_next  # dL/dh_t, total: from above (or the head) and from step t + 1
             r(dh)  # the gradient reaching the cell's output h_t (from above and through time)
             if probe:
                 probe(at("h", t), dh)

@@ -78,6 +78,12 @@ def _build_transformer(cfg, task, dtype: str, tbptt: Optional[int] = None):
                        max_len=cfg.max_len, dtype=dtype)
 
 
+def _build_scalar_rnn(cfg, task, dtype: str, tbptt: Optional[int] = None):
+    from .models.scalar_rnn import ScalarRNN
+
+    return ScalarRNN(task.seq_len, cfg.w, cfg.b, dtype)
+
+
 def _transformer_layers(m) -> list[str]:
     """The parameter layers in forward order (the head excluded), as the model names them."""
     names = ["tok", "pos"]
@@ -170,4 +176,10 @@ MODEL_KINDS: dict[str, ModelKind] = {k.name: k for k in (
               layers=_transformer_layers, parameter_count=_transformer_parameters,
               saved_per_example=_transformer_saved, init_scheme="xavier", activations=("gelu",),
               config="TransformerConfig", tokens=True, details=_transformer_details),
+    # Pascanu et al. 2013's one-unit recurrence, unrolled over the scalar_target task's T
+    # steps inside one forward pass: no sequence input, so not a sequence kind.
+    ModelKind(name="scalar_rnn", sequence=False, flow=False, build=_build_scalar_rnn,
+              layers=lambda m: ["rnn"], parameter_count=lambda m, n_in, n_out: 2,
+              saved_per_example=lambda m, task: task.seq_len + 1, config="ScalarRNNConfig",
+              details=lambda m: [f"w0 {m.get('w')}", f"b0 {m.get('b')}"]),
 )}

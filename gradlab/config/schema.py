@@ -65,7 +65,11 @@ class ModelConfig(_Strict):
         return data
 
     def check_task(self, task: Any) -> None:
-        """The pairing of kind and task is checked by the experiment; nothing else here."""
+        """The pairing of kind and sequence task is checked by the experiment; scalar_target
+        is the scalar_rnn's alone (its T unrolls that model)."""
+        if task.kind == "scalar_target":
+            raise _Conflict(f"model {self.kind} cannot learn task scalar_target: it needs kind scalar_rnn",
+                            ("model", "kind"), ("task", "kind"))
 
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
@@ -129,6 +133,26 @@ class TransformerConfig(_Strict):
         if self.z_loss and t.kind == "adding":
             raise _Conflict("z_loss applies to a softmax output; task adding is a regression (mse)",
                             ("model", "z_loss"), ("task", "kind"))
+
+
+class ScalarRNNConfig(_Strict):
+    """Pascanu et al. 2013's one-unit recurrence x_t = w sigmoid(x_{t-1}) + b (section 3.2,
+    Figure 6), unrolled over the scalar_target task's seq_len steps; `w` and `b` are its
+    initial parameters (the paper's trajectories start on either side of the wall)."""
+
+    kind: Literal["scalar_rnn"]
+    w: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 1.0
+    b: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.0
+
+    @property
+    def depth(self) -> int:
+        """One recurrent unit: what the memory estimate counts per layer."""
+        return 1
+
+    def check_task(self, t: Any) -> None:
+        if t.kind != "scalar_target":
+            raise _Conflict(f"model scalar_rnn learns task scalar_target only (its error is sigmoid(x_T) against "
+                            f"a target), not {t.kind}", ("model", "kind"), ("task", "kind"))
 
 
 def _model_classes() -> tuple:
@@ -244,8 +268,19 @@ class LMTask(_Task):
     sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
 
 
+class ScalarTargetTask(_Task):
+    """Drive sigmoid(x_T) of the scalar_rnn, started at x_0, to `target` (Pascanu et al. 2013:
+    T 50, x_0 0.5, target 0.7). Every example is the same, so one is the default batch."""
+
+    kind: Literal["scalar_target"]
+    batch_size: Size = 1
+    seq_len: Annotated[int, Field(ge=1, le=100_000)] = 50
+    x0: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.5
+    target: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.7
+
+
 TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask,
-                             AssociativeRecallTask, DyckTask, LMTask],
+                             AssociativeRecallTask, DyckTask, LMTask, ScalarTargetTask],
                        Field(discriminator="kind")]
 SEQUENCE_TASKS = ("adding", "copy", "temporal_order", "associative_recall", "dyck", "lm")
 

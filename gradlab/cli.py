@@ -368,6 +368,87 @@ def landscape(
     print(csv)
 
 
+@app.command()
+def reproduce(
+    name: Optional[str] = typer.Argument(None, metavar="NAME",
+                                         help="The reproduction to run; without it (and without --all), the list."),
+    all_: bool = typer.Option(False, "--all", help="Run every reproduction, one after another."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
+                                             help="Override a value in every config of the reproduction (repeatable), "
+                                                  "e.g. --set train.steps=50 for a quick look; the page says so."),
+    out: Path = OutOpt,
+    workers: Optional[int] = WorkersOpt,
+    cluster: Optional[str] = ClusterOpt,
+    force: bool = ForceOpt,
+    quiet: bool = QuietOpt,
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip each experiment's own plots (the reproduction's "
+                                                            "figures are drawn all the same)."),
+) -> None:
+    """Reproduce a paper's result from the shipped configs (configs/papers/): train them, put the
+    paper's claim beside the measured numbers, and write OUT/reproductions/NAME/reproduction.md with
+    a verdict (reproduced, partly, not)."""
+    from .reproductions import get, reproductions
+
+    if name is not None and all_:
+        raise UserError("give a NAME or --all, not both", key="--all")
+    if name is None and not all_:
+        _list_reproductions(reproductions())
+        return
+    chosen = list(reproductions().values()) if all_ else [get(name)]
+    where = _where(workers, cluster)
+    from .reproductions.runner import load_configs, run_reproduction
+
+    for rep in chosen:  # every config of every chosen reproduction checked before anything trains
+        load_configs(rep, set_ or ())
+    done = []
+    for rep in chosen:
+        if not quiet:
+            _console(stderr=True).print(f"{rep.name}: {rep.title}", highlight=False)
+        try:
+            root = run_reproduction(rep, out, sets=set_ or (), force=force, plots=not no_plots,
+                                    progress=(lambda stem: _QuietProgress() if quiet else _RichProgress()), **where)
+        except KeyboardInterrupt as e:
+            from .errors import Terminated
+            from .reproductions.runner import reproduction_root
+
+            what = "terminated" if isinstance(e, Terminated) else "interrupted"
+            print(f"gradlab: {what}; complete runs kept in {reproduction_root(rep, out)} (run the same command "
+                  "to resume)", file=sys.stderr)
+            raise SystemExit(143 if isinstance(e, Terminated) else 130)
+        done.append((rep, root))
+        if quiet:
+            print(root / "reproduction.md")
+        else:
+            from .io import read_json
+
+            rec = read_json(root / "reproduction.json")
+            _console().print(f"{rep.name}: {rec['verdict']}: {rec['why']}\n  {root / 'reproduction.md'}",
+                             highlight=False, soft_wrap=False)
+    if len(done) > 1 and not quiet:
+        from .io import read_json
+
+        con = _console()
+        for rep, root in done:
+            rec = read_json(root / "reproduction.json")
+            con.print(f"{rep.name:<28} {rec['verdict']:<11} {rec['seconds'] / 60:5.1f} min", highlight=False)
+
+
+def _list_reproductions(known: dict) -> None:
+    from rich.table import Table
+
+    if not known:
+        print("no reproductions are registered")
+        return
+    table = Table(title="Reproductions (gradlab reproduce NAME runs one, --all every one)", title_justify="left")
+    for header in ("name", "paper and result", "configs", "min"):
+        table.add_column(header, justify="right" if header == "min" else "left", overflow="fold")
+    for rep in known.values():
+        table.add_row(rep.name, rep.title, "\n".join(f"configs/papers/{c}" for c in rep.configs), f"{rep.minutes:g}")
+    _console().print(table)
+    total = sum(rep.minutes for rep in known.values())
+    print(f"all of them: about {total:g} min on 2 cores")
+
+
 def _print_outcome(exp: Path, quiet: bool, reports: Optional[list] = None, wide: bool = False,
                    suggestion: bool = False) -> None:
     if quiet:

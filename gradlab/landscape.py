@@ -246,9 +246,10 @@ def _losses(model, task, points, shapes: dict[str, tuple[int, ...]], dtype, x, y
 def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optional[tuple[str, str]] = None,
             directions: Optional[tuple[str, str]] = None, span: float = 1.0,
             box: Optional[tuple[float, float, float, float]] = None, resolution: int = 41,
-            random_seed: int = 0) -> Landscape:
-    """The slice, its losses and the seed's projected trajectories (see the module's doc).
-    Bad input is a UserError before anything is computed."""
+            random_seed: int = 0, variants: Optional[Sequence[str]] = None) -> Landscape:
+    """The slice, its losses and the seed's projected trajectories (see the module's doc):
+    every variant's, or with `variants` those (by variant id) and the run's own. Bad input is
+    a UserError before anything is computed."""
     from threadpoolctl import threadpool_limits
 
     from .config import load_resolved
@@ -361,6 +362,8 @@ def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optio
         paths, diverged = {}, {}
         order = [mine] + [v for v in sorted(rec.points) if v != mine]
         for v in order:
+            if variants is not None and v != mine and variant_id(cfg.clipping[v]) not in variants:
+                continue
             pts = rec.points[v]
             st = np.array([s for s, _ in pts])
             flat = np.stack([p for _, p in pts])

@@ -61,6 +61,7 @@ def draw_landscape(ls, path: Path) -> Path:
 
     colors = _colors(list(ls.paths))
     handles = []
+    exits = 0  # labels of paths that leave the frame, stacked so that none hides another
     for v, (steps, coords, losses) in ls.paths.items():
         if not len(steps):
             continue
@@ -71,7 +72,7 @@ def draw_landscape(ls, path: Path) -> Path:
                        marker="o", ms=2.5, mec=edge, mew=0.3, path_effects=outline)
         div = ls.diverged.get(v)
         label = f"{v}" + (" (this run)" if mine else "") + (f", diverged at step {div}" if div is not None else "")
-        label += f": final loss {losses[-1]:.3g}" if np.isfinite(losses[-1]) else ""
+        label += f": loss {losses[-1]:.3g} after step {int(steps[-1]) - 1}" if np.isfinite(losses[-1]) else ""
         h.set_label(label)
         handles.append(h)
         ax.plot(*coords[0], "o", color=c, ms=8, mec=edge, zorder=4)
@@ -88,7 +89,8 @@ def draw_landscape(ls, path: Path) -> Path:
             if not inside:
                 at_x = (tip[0] - a0) / (a1 - a0)
                 ha = "left" if at_x < 0.25 else "right" if at_x > 0.75 else "center"
-                dy = -14 if tip[1] >= b0 + 0.5 * (b1 - b0) else 8
+                dy = (-14 - 14 * exits) if tip[1] >= b0 + 0.5 * (b1 - b0) else (8 + 14 * exits)
+                exits += 1
                 ax.annotate(f"{v}: step {int(steps[k])} -> ({end[0]:.3g}, {end[1]:.3g})", xy=tip,
                             xytext=(0, dy), textcoords="offset points", fontsize=8,
                             color="black", ha=ha, zorder=6,

@@ -360,7 +360,7 @@ def landscape(
                    resolution=resolution, random_seed=seed)
     png, csv = L.write(exp, ls)
     print(f"centre: step {ls.step} of {ls.run_id} ({ls.centre_reason}); {len(ls.alphas)}x{len(ls.betas)} grid "
-          f"evaluated in {ls.seconds:.2f} s")
+          f"evaluated in {ls.seconds:.2f} s ({ls.cpu_seconds:.2f} s CPU)")
     if not L.replay_matches(ls):
         print(f"gradlab: the replay's loss at step {ls.step} ({ls.replayed_loss:.6g}) is not metrics.csv's "
               f"({ls.recorded_loss:.6g}): another machine or BLAS kernel trained this run", file=sys.stderr)

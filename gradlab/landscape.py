@@ -61,7 +61,8 @@ class Landscape:
     recorded_loss: Optional[float] = None  # metrics.csv's loss at the centre step
     replayed_loss: Optional[float] = None  # the replay's, on the same batch
     stride: int = 1  # every k-th step recorded
-    seconds: float = 0.0  # the grid's evaluation time
+    seconds: float = 0.0  # the grid's evaluation time (wall)
+    cpu_seconds: float = 0.0  # and its CPU time (one BLAS thread: the fair figure on a busy machine)
     description: str = ""
 
 
@@ -351,10 +352,10 @@ def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optio
     def grid(lo: int, hi: int) -> np.ndarray:
         return c_flat[None] + A[lo:hi] * D[0][None] + B[lo:hi] * D[1][None]
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with threadpool_limits(1, user_api="blas"):
         loss = _losses(model, task, (len(A), grid), shapes, dtype, x, y).reshape(resolution, resolution)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         replayed = float(_losses(model, task, c_flat[None], shapes, dtype, x, y)[0])
 
         # The trajectories: least-squares coordinates in the (d1, d2) plane, through theta_c.
@@ -381,7 +382,7 @@ def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optio
         run_id=run_id, step=centre, centre_reason=reason, mode="params" if entries is not None else "directions",
         axes=axes, alphas=alphas, betas=betas, loss=loss, centre=(float(coords_c[0]), float(coords_c[1])),
         paths=paths, diverged=diverged, recorded_loss=recorded, replayed_loss=replayed, stride=stride,
-        seconds=seconds, description=f"{cfg.name}, seed {seed}")
+        seconds=seconds, cpu_seconds=cpu, description=f"{cfg.name}, seed {seed}")
 
 
 def replay_matches(ls: Landscape) -> bool:

@@ -47,6 +47,9 @@ class ModelKind:
     tokens: bool = False
     # What a title or report adds after depth and width, from the resolved model config.
     details: Callable[[dict], list[str]] = lambda m: []
+    # The only tasks it learns, and that only it learns (scalar_rnn: scalar_target); None: any
+    # task of its kind (sequence or not) that no other kind claims.
+    tasks: Optional[tuple[str, ...]] = None
 
     @property
     def fixed_activation(self) -> bool:
@@ -180,6 +183,6 @@ MODEL_KINDS: dict[str, ModelKind] = {k.name: k for k in (
     # steps inside one forward pass: no sequence input, so not a sequence kind.
     ModelKind(name="scalar_rnn", sequence=False, flow=False, build=_build_scalar_rnn,
               layers=lambda m: ["rnn"], parameter_count=lambda m, n_in, n_out: 2,
-              saved_per_example=lambda m, task: task.seq_len + 1, config="ScalarRNNConfig",
+              saved_per_example=lambda m, task: task.seq_len + 1, config="ScalarRNNConfig", tasks=("scalar_target",),
               details=lambda m: [f"w0 {m.get('w')}", f"b0 {m.get('b')}"]),
 )}

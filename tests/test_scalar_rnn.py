@@ -75,8 +75,12 @@ def test_the_model_pairs_with_its_task_only():
         ExperimentConfig.model_validate(dict(name="s", model=dict(kind="scalar_rnn"), task=dict(kind="teacher")))
     with pytest.raises(ValueError, match="needs kind scalar_rnn"):
         ExperimentConfig.model_validate(dict(name="s", model=dict(kind="mlp"), task=dict(kind="scalar_target")))
-    with pytest.raises(ValueError, match="sequence model"):
+    with pytest.raises(ValueError, match="scalar_target only, not adding"):
         ExperimentConfig.model_validate(dict(name="s", model=dict(kind="scalar_rnn"), task=dict(kind="adding")))
+    with pytest.raises(ValueError, match="needs kind scalar_rnn"):  # not the other non-sequence kinds
+        ExperimentConfig.model_validate(dict(name="s", model=dict(kind="lstm"), task=dict(kind="scalar_target")))
+    with pytest.raises(ValueError, match=r"it needs kind mlp \["):  # the scalar_rnn learns its own task only
+        ExperimentConfig.model_validate(dict(name="s", model=dict(kind="gru"), task=dict(kind="teacher")))
 
 
 def test_a_bad_value_is_one_line_naming_its_key(tmp_path):

@@ -65,11 +65,7 @@ class ModelConfig(_Strict):
         return data
 
     def check_task(self, task: Any) -> None:
-        """The pairing of kind and sequence task is checked by the experiment; scalar_target
-        is the scalar_rnn's alone (its T unrolls that model)."""
-        if task.kind == "scalar_target":
-            raise _Conflict(f"model {self.kind} cannot learn task scalar_target: it needs kind scalar_rnn",
-                            ("model", "kind"), ("task", "kind"))
+        """The pairing of kind and task is checked by the experiment; nothing else here."""
 
     @model_validator(mode="after")
     def _defaults_by_kind(self) -> "ModelConfig":
@@ -150,9 +146,7 @@ class ScalarRNNConfig(_Strict):
         return 1
 
     def check_task(self, t: Any) -> None:
-        if t.kind != "scalar_target":
-            raise _Conflict(f"model scalar_rnn learns task scalar_target only (its error is sigmoid(x_T) against "
-                            f"a target), not {t.kind}", ("model", "kind"), ("task", "kind"))
+        """Its task (scalar_target only) is checked by the experiment (ModelKind.tasks)."""
 
 
 def _model_classes() -> tuple:
@@ -592,8 +586,17 @@ class ExperimentConfig(_Strict):
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
         sequence = self.task.kind in SEQUENCE_TASKS
-        if sequence != MODEL_KINDS[self.model.kind].sequence:
-            fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence]
+        kind, task = MODEL_KINDS[self.model.kind], self.task.kind
+        # A kind with tasks of its own (ModelKind.tasks) and those tasks go together only.
+        owner = next((name for name, k in MODEL_KINDS.items() if task in (k.tasks or ())), None)
+        if kind.tasks is not None and task not in kind.tasks:
+            raise _Conflict(f"model {self.model.kind} learns task {' or '.join(kind.tasks)} only, not {task}",
+                            ("model", "kind"), ("task", "kind"))
+        if owner is not None and owner != self.model.kind:
+            raise _Conflict(f"model {self.model.kind} cannot learn task {task}: it needs kind {owner}",
+                            ("model", "kind"), ("task", "kind"))
+        if sequence != kind.sequence:
+            fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence and k.tasks is None]
             need = f"a sequence model ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))

@@ -10,8 +10,9 @@ directions d1, d2: theta(alpha, beta) = theta_c + alpha d1 + beta d2. Either
   Landscape of Neural Nets", section 4): every filter of the direction (here every output
   unit's weights: one slice along the tensor's fan-in axis, or the whole of a vector) is
   rescaled to the norm of the same filter of theta_c, so that a unit of alpha means the same
-  relative change in every layer whatever its scale. (A vector whose weights are all zero,
-  as biases at initialisation, gets a zero direction: Li et al. leave biases unperturbed.)
+  relative change in every layer whatever its scale. A vector (a bias, a LayerNorm gain) is
+  one filter here, so a vector of zeros, as biases at initialisation, gets a zero direction;
+  Li et al. may leave biases unperturbed altogether.
 
 The weights of a step come from replaying the seed: training is deterministic (same config,
 seed and batches), so `train_seed` with an observer records every variant's parameters at
@@ -143,15 +144,15 @@ def _run_report(exp: Path, run_id: str) -> tuple[dict, list[dict]]:
         ids = sorted(by_id)
         listed = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
         raise _bad(f"no complete run `{clip(run_id)}` in {exp.name}; its runs are {listed}", "--run")
-    if "/" in run_id or by_id[run_id].get("grid") is not None:
-        raise _bad("a grid experiment's run cannot be replayed here yet; give a run of a plain experiment", "--run")
     return by_id[run_id], reports
 
 
 def _metrics(exp: Path, run_id: str) -> dict[str, np.ndarray]:
     from .plots.load import read_table
 
-    header, table = read_table(exp / "runs" / run_id / "metrics.csv")
+    from .store import run_dir
+
+    header, table = read_table(run_dir(exp, run_id) / "metrics.csv")
     return {c: table[:, i] for i, c in enumerate(header)}
 
 
@@ -273,7 +274,12 @@ def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optio
         if directions[0] == directions[1] == "grad":
             raise _bad("grad,grad spans a line, not a plane: give grad,random or random,random", "--directions")
     cfg = load_resolved(exp / "config.yaml")
-    report, _ = _run_report(exp, run_id)
+    report, reports = _run_report(exp, run_id)
+    point = report.get("grid")
+    if point is not None:  # a grid run: its point's config, trained alone (as a stack, bit for bit)
+        from .config.grid import grid_points
+
+        cfg = next(c for p, c in grid_points(cfg) if p == point)
     metrics = _metrics(exp, run_id)
     centre, reason = choose_centre(report, metrics, step)
 
@@ -372,10 +378,8 @@ def compute(exp: Path, run_id: str, *, step: Optional[int] = None, params: Optio
             st, flat = st[ok], flat[ok]
             coords = np.linalg.solve(gram, D @ (flat - c_flat[None]).T).T + coords_c[None]
             paths[variant_id(cfg.clipping[v])] = (st, coords, _losses(model, task, flat, shapes, dtype, x, y))
-    from .store import collect_reports
-
-    for r in collect_reports(exp):
-        if r["seed"] == seed and r.get("grid") is None:
+    for r in reports:
+        if r["seed"] == seed and r.get("grid") == point:
             diverged[r["variant"]] = r.get("divergence_step")
     recorded = float(metrics["loss"][centre])
     return Landscape(
@@ -395,7 +399,7 @@ def replay_matches(ls: Landscape) -> bool:
 
 
 def csv_rows(ls: Landscape) -> tuple[list[str], list[list]]:
-    """landscape_<run>.csv: the grid (series `grid`) and each variant's projected trajectory
+    """landscape_<run>.csv (a grid run's `/` as `_`): the grid (series `grid`) and each variant's projected trajectory
     (series = its variant id, with its step), alpha and beta in the slice's coordinates."""
     header = ["series", "step", "alpha", "beta", "loss"]
     rows: list[list] = []
@@ -413,8 +417,9 @@ def write(exp: Path, ls: Landscape) -> tuple[Path, Path]:
     from .io import make_dir, write_csv
     from .plots.landscape import draw_landscape
 
-    csv_path = exp / f"landscape_{ls.run_id}.csv"
-    png = exp / "plots" / f"landscape_{ls.run_id}.png"
+    name = ls.run_id.replace("/", "_")  # a grid run's id `lr=0.1/norm-1-s0`
+    csv_path = exp / f"landscape_{name}.csv"
+    png = exp / "plots" / f"landscape_{name}.png"
     make_dir(png.parent)
     draw_landscape(ls, png)
     write_csv(csv_path, *csv_rows(ls))

@@ -157,3 +157,17 @@ def test_entries_are_named_by_tensor_or_last_part_with_an_index():
     with pytest.raises(UserError, match="outside"):
         L.resolve_entry("layer0.b[3]", shapes)
     assert L.parse_pair("layer0.W[3,2],layer0.b[1]", "--params") == ("layer0.W[3,2]", "layer0.b[1]")
+
+
+def test_a_grid_run_is_replayed_from_its_points_config(tmp_path):
+    cfg = tmp_path / "cliff.yaml"
+    cfg.write_text(SCALAR)
+    assert cli("run", cfg, "--set", "train.steps=20", "--grid", "train.optimizer.lr=1,3", "--out", tmp_path,
+               "--quiet", "--no-plots") == 0
+    (exp,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    ls = L.compute(exp, "lr=3/none-s0", resolution=5)
+    assert L.replay_matches(ls) and set(ls.paths) == {"none", "norm-0.1"}
+    rows = _metrics(exp, "lr=3/none-s0")
+    assert ls.step == int(np.argmax([float(r["grad_norm"]) for r in rows]))
+    assert cli("landscape", exp, "--run", "lr=1/norm-0.1-s0", "--resolution", "5") == 0
+    assert (exp / "plots" / "landscape_lr=1_norm-0.1-s0.png").is_file() and (exp / "landscape_lr=1_norm-0.1-s0.csv").is_file()

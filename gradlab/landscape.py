@@ -104,7 +104,8 @@ def parse_box(text: Optional[str]) -> Optional[tuple[float, float, float, float]
     return vals[0], vals[1], vals[2], vals[3]
 
 
-def resolve_entry(name: str, shapes: dict[str, tuple[int, ...]], key: str = "--params") -> tuple[str, tuple[int, ...], str]:
+def resolve_entry(name: str, shapes: dict[str, tuple[int, ...]],
+                  key: str = "--params") -> tuple[str, tuple[int, ...], str]:
     """`rnn.w`, `w` (a unique last part), `layer0.W[3,4]` -> (tensor, index, label). A tensor
     of one entry needs no index."""
     m = re.fullmatch(r"([^\[\]]+?)(?:\[([0-9,\s]*)\])?", name.strip())
@@ -120,7 +121,8 @@ def resolve_entry(name: str, shapes: dict[str, tuple[int, ...]], key: str = "--p
     tensor, shape = cands[0], shapes[cands[0]]
     if idx is None:
         if math.prod(shape) != 1:
-            raise _bad(f"`{tensor}` has shape {tuple(shape)}: name one entry, e.g. {tensor}[{','.join('0' * len(shape))}]".replace("00", "0,0"), key)
+            first = ",".join("0" * len(shape))
+            raise _bad(f"`{tensor}` has shape {tuple(shape)}: name one entry, e.g. {tensor}[{first}]", key)
         index = (0,) * len(shape)
     else:
         try:

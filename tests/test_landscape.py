@@ -152,8 +152,10 @@ def test_entries_are_named_by_tensor_or_last_part_with_an_index():
     shapes = {"layer0.W": (4, 3), "layer0.b": (3,), "rnn.w": (1,)}
     assert L.resolve_entry("layer0.W[3,2]", shapes)[:2] == ("layer0.W", (3, 2))
     assert L.resolve_entry("w", shapes)[:2] == ("rnn.w", (0,))
-    with pytest.raises(UserError, match="name one entry"):
+    with pytest.raises(UserError, match=r"shape \(4, 3\): name one entry, e.g. layer0.W\[0,0\]"):
         L.resolve_entry("layer0.W", shapes)
+    with pytest.raises(UserError, match=r"shape \(100,\): name one entry, e.g. big\[0\]"):
+        L.resolve_entry("big", {"big": (100,)})
     with pytest.raises(UserError, match="outside"):
         L.resolve_entry("layer0.b[3]", shapes)
     assert L.parse_pair("layer0.W[3,2],layer0.b[1]", "--params") == ("layer0.W[3,2]", "layer0.b[1]")
@@ -170,4 +172,5 @@ def test_a_grid_run_is_replayed_from_its_points_config(tmp_path):
     rows = _metrics(exp, "lr=3/none-s0")
     assert ls.step == int(np.argmax([float(r["grad_norm"]) for r in rows]))
     assert cli("landscape", exp, "--run", "lr=1/norm-0.1-s0", "--resolution", "5") == 0
-    assert (exp / "plots" / "landscape_lr=1_norm-0.1-s0.png").is_file() and (exp / "landscape_lr=1_norm-0.1-s0.csv").is_file()
+    assert (exp / "plots" / "landscape_lr=1_norm-0.1-s0.png").is_file()
+    assert (exp / "landscape_lr=1_norm-0.1-s0.csv").is_file()

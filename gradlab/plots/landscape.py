@@ -37,9 +37,13 @@ def draw_landscape(ls, path: Path) -> Path:
     from matplotlib.colors import LogNorm, Normalize
 
     outline = _outline()
-    fig = new_figure(8.6, 6.4)
-    ax = fig.add_axes((0.1, 0.25, 0.64, 0.64))
-    cax = fig.add_axes((0.76, 0.25, 0.022, 0.64))
+    rows = (len(ls.paths) + 2) // 2  # legend rows: the paths and the centre, two columns
+    legend = 0.17 * rows + 0.5  # inches below the axes for the x label and the legend
+    height = 4.6 + legend
+    fig = new_figure(8.6, height)
+    bottom, top = (legend + 0.45) / height, 0.55 / height
+    ax = fig.add_axes((0.1, bottom, 0.64, 1 - bottom - top))
+    cax = fig.add_axes((0.76, bottom, 0.022, 1 - bottom - top))
     loss = np.array(ls.loss, dtype=float)
     finite = loss[np.isfinite(loss)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -103,7 +107,8 @@ def draw_landscape(ls, path: Path) -> Path:
     ax.set_title(f"loss landscape of {ls.run_id} ({ls.description})\ncentre: step {ls.step}, {ls.centre_reason}",
                  fontsize=10)
     star = ax.lines[-1]
-    ax.legend(handles=handles + [star], loc="upper left", bbox_to_anchor=(-0.05, -0.1), fontsize=8, ncol=2,
+    below = -0.5 / (ax.get_position().height * height)  # half an inch under the axes, past the x label
+    ax.legend(handles=handles + [star], loc="upper left", bbox_to_anchor=(-0.05, below), fontsize=8, ncol=2,
               frameon=False)
     return save(fig, path)
 

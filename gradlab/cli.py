@@ -321,6 +321,54 @@ def report(
 
 
 @app.command()
+def landscape(
+    experiment: Optional[Path] = ExperimentArg,
+    run_: str = typer.Option(..., "--run", metavar="RUN_ID", help="The run whose weights centre the slice, e.g. none-s0."),
+    step: Optional[int] = typer.Option(None, "--step", metavar="N",
+                                       help="The centre step (default: the last healthy step before the run's "
+                                            "divergence, else the step of its largest gradient norm)."),
+    params: Optional[str] = typer.Option(None, "--params", metavar="A,B",
+                                         help="Two parameter entries as axes: rnn.w,rnn.b (or w,b: a unique last "
+                                              "part), layer0.W[3,4],layer0.b[1]. Default for a model of two scalars."),
+    directions: Optional[str] = typer.Option(None, "--directions", metavar="grad,random",
+                                             help="Two directions as axes: grad (the gradient at the centre) and/or "
+                                                  "random, filter-normalised as Li et al. 2018 (the default)."),
+    span: float = typer.Option(1.0, "--span", metavar="S",
+                               help="Half-width of each axis around the centre (parameter units for --params, "
+                                    "multiples of the direction for --directions)."),
+    box: Optional[str] = typer.Option(None, "--box", metavar="A0,A1,B0,B1",
+                                      help="The axes' ranges instead of --span, e.g. -2,12,-8,4."),
+    resolution: int = typer.Option(41, "--resolution", metavar="R", help="Grid points per axis (3-401)."),
+    seed: int = typer.Option(0, "--seed", min=0, metavar="K", help="Seed of the random direction."),
+    out: Path = OutOpt,
+) -> None:
+    """Draw RUN's loss over a 2-D slice of parameter space, with its seed's clipping variants'
+    trajectories projected on it: plots/landscape_RUN.png and landscape_RUN.csv."""
+    from . import landscape as L
+    from .config import load_resolved
+    from .experiment import check_config, find_experiment
+
+    exp = find_experiment(experiment, out)
+    try:
+        load_resolved(exp / "config.yaml")
+    except UserError as e:
+        e.message += f" (is {exp} a gradlab experiment directory?)"
+        raise
+    check_config(exp)
+    ls = L.compute(exp, run_, step=step, params=L.parse_pair(params, "--params"),
+                   directions=L.parse_pair(directions, "--directions"), span=span, box=L.parse_box(box),
+                   resolution=resolution, random_seed=seed)
+    png, csv = L.write(exp, ls)
+    print(f"centre: step {ls.step} of {ls.run_id} ({ls.centre_reason}); {len(ls.alphas)}x{len(ls.betas)} grid "
+          f"evaluated in {ls.seconds:.2f} s ({ls.cpu_seconds:.2f} s CPU)")
+    if not L.replay_matches(ls):
+        print(f"gradlab: the replay's loss at step {ls.step} ({ls.replayed_loss:.6g}) is not metrics.csv's "
+              f"({ls.recorded_loss:.6g}): another machine or BLAS kernel trained this run", file=sys.stderr)
+    print(png)
+    print(csv)
+
+
+@app.command()
 def reproduce(
     name: Optional[str] = typer.Argument(None, metavar="NAME",
                                          help="The reproduction to run; without it (and without --all), the list."),

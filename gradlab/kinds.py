@@ -47,6 +47,9 @@ class ModelKind:
     tokens: bool = False
     # What a title or report adds after depth and width, from the resolved model config.
     details: Callable[[dict], list[str]] = lambda m: []
+    # The only tasks it learns, and that only it learns (scalar_rnn: scalar_target); None: any
+    # task of its kind (sequence or not) that no other kind claims.
+    tasks: Optional[tuple[str, ...]] = None
 
     @property
     def fixed_activation(self) -> bool:
@@ -76,6 +79,12 @@ def _build_transformer(cfg, task, dtype: str, tbptt: Optional[int] = None):
 
     return Transformer(cfg, task.input_dim, task.output_dim, per_step=task.per_step,
                        max_len=cfg.max_len, dtype=dtype)
+
+
+def _build_scalar_rnn(cfg, task, dtype: str, tbptt: Optional[int] = None):
+    from .models.scalar_rnn import ScalarRNN
+
+    return ScalarRNN(task.seq_len, cfg.w, cfg.b, dtype)
 
 
 def _transformer_layers(m) -> list[str]:
@@ -170,4 +179,10 @@ MODEL_KINDS: dict[str, ModelKind] = {k.name: k for k in (
               layers=_transformer_layers, parameter_count=_transformer_parameters,
               saved_per_example=_transformer_saved, init_scheme="xavier", activations=("gelu",),
               config="TransformerConfig", tokens=True, details=_transformer_details),
+    # Pascanu et al. 2013's one-unit recurrence, unrolled over the scalar_target task's T
+    # steps inside one forward pass: no sequence input, so not a sequence kind.
+    ModelKind(name="scalar_rnn", sequence=False, flow=False, build=_build_scalar_rnn,
+              layers=lambda m: ["rnn"], parameter_count=lambda m, n_in, n_out: 2,
+              saved_per_example=lambda m, task: task.seq_len + 1, config="ScalarRNNConfig", tasks=("scalar_target",),
+              details=lambda m: [f"w0 {m.get('w')}", f"b0 {m.get('b')}"]),
 )}

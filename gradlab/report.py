@@ -711,8 +711,9 @@ def render(exp: Path, reports: list[dict]) -> str:
     lines = [
         f"# NaN-divergence report: {cfg['name']}",
         "",
-        f"{describe_model(m)}, init {m['init']['scheme']} "
-        f"x {m['init']['gain']:g}; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
+        f"{describe_model(m)}"
+        + (f", init {m['init']['scheme']} x {m['init']['gain']:g}" if isinstance(m.get("init"), dict) else "")
+        + f"; task {task['kind']}{seq}, batch {task['batch_size']}{tbptt}; "
         f"{o['kind']} lr {o['lr']:g}" + (f" momentum {o['momentum']:g}" if o.get("momentum") else "")
         + f", {t['steps']} steps, {t['dtype']}{_scaling(t.get('precision'))}; seeds {cfg['seeds']}.",
         "",

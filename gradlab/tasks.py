@@ -354,8 +354,24 @@ class LMTask(Task):
         return [self._windows(self.val_ids, rng) for _ in range(n_batches)]
 
 
+class ScalarTargetTask(Task):
+    """The scalar_rnn's task (Pascanu et al. 2013, section 3.2): every example is x_0 as
+    input and `target` as the value sigmoid(x_T) should take; the squared error is the
+    paper's (sigmoid(x_50) - 0.7)^2. Deterministic: the data stream is never drawn from."""
+
+    kind = "scalar_target"
+
+    def __init__(self, cfg, dtype: str, task_rng: np.random.Generator) -> None:
+        super().__init__(cfg, dtype, task_rng)
+        self.seq_len, self.x0, self.target = cfg.seq_len, cfg.x0, cfg.target
+
+    def batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.batch_size, 1)
+        return np.full(shape, self.x0, dtype=self.dtype), np.full(shape, self.target, dtype=self.dtype)
+
+
 TASKS = {cls.kind: cls for cls in (TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask,
-                                    AssociativeRecallTask, DyckTask, LMTask)}
+                                    AssociativeRecallTask, DyckTask, LMTask, ScalarTargetTask)}
 
 
 def build_task(cfg, dtype: str, task_rng: np.random.Generator, tokens: bool = False) -> Task:

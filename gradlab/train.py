@@ -228,7 +228,8 @@ def _put(node: Any, saved: Any, idx: np.ndarray) -> None:
 def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = None,
                indices: Sequence[int] | None = None,
                on_step: Callable[[int], None] | None = None,
-               configs: Sequence[ExperimentConfig] | None = None) -> list[RunResult]:
+               configs: Sequence[ExperimentConfig] | None = None,
+               observe: Callable[..., None] | None = None) -> list[RunResult]:
     """Train the given clipping variants (default: all of the config) of one seed together.
 
     Returns one RunResult per variant, in the order given. `indices` are the variants'
@@ -239,6 +240,11 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     each variant's numbers are those of its config trained alone, bit for bit. A config that
     differs elsewhere cannot share the stack (ValueError).
 
+    `observe(step, variants, params, x, y)`: sees each step's parameters before its update
+    and the step's batch, and after the last step (step = steps, x = y = None) the final
+    ones; row r of every parameter is the variant clips[variants[r]] (those still training).
+    It must not write to them (gradlab.landscape records trajectories with it).
+
     BLAS runs on one thread here, whatever the process asked for: OpenBLAS adds up a matrix
     product in another order on two threads than on one, so a run's numbers would otherwise
     depend on `--workers` and on the machine's core count. Seeds use the cores instead.
@@ -248,7 +254,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None = N
     from .environment import current
 
     with threadpool_limits(1, user_api="blas"):
-        results = _train_seed(cfg, seed, clips, indices, on_step, configs)
+        results = _train_seed(cfg, seed, clips, indices, on_step, configs, observe)
         env = current()
     for r in results:
         r.environment = env
@@ -272,7 +278,8 @@ def _hyperparameters(cfg: ExperimentConfig, configs: Sequence[ExperimentConfig] 
 
 def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 indices: Sequence[int] | None, on_step: Callable[[int], None] | None,
-                configs: Sequence[ExperimentConfig] | None = None) -> list[RunResult]:
+                configs: Sequence[ExperimentConfig] | None = None,
+                observe: Callable[..., None] | None = None) -> list[RunResult]:
     clips = list(cfg.clipping) if clips is None else list(clips)
     indices = list(range(len(clips))) if indices is None else list(indices)
     own = _hyperparameters(cfg, configs, len(clips))
@@ -312,6 +319,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
         heldout = task.heldout(rng["heldout"], cfg.train.evaluate_batches)  # drawn once, before any step
         for step in range(steps):
             x, y = task.batch(data)
+            if observe is not None:
+                observe(step, np.asarray(order)[run.alive], run.params, x, y)
             out, cache = model.forward(run.params, x, ws=ws)
             diag = model.diagnostics(cache)  # attention statistics (transformer); the loss adds logit_z
             loss, dout = task.loss(out, y, z_loss=model.z_loss, stats=diag)
@@ -374,6 +383,8 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                 rec.log_eval(step, run.alive, *evaluate(model, task, run.params, heldout, eval_ws))
             if on_step:
                 on_step(len(run.alive))
+        if observe is not None and run.alive.size:
+            observe(steps, np.asarray(order)[run.alive], run.params, None, None)
 
     results = []
     for pos, i in enumerate(order):

@@ -35,6 +35,7 @@ CASES = {
                                  bias=False, mlp_ratio=2), dict(kind="temporal_order", seq_len=10)),
     "transformer-adding": (dict(kind="transformer", depth=1, width=6, heads=3, z_loss=0.0),
                            dict(kind="adding", seq_len=5)),
+    "scalar_rnn": (dict(kind="scalar_rnn", w=5.0, b=-2.5), dict(kind="scalar_target", seq_len=6)),
 }
 
 

@@ -30,7 +30,7 @@ def task_dims(task: Any) -> tuple[int, int]:
 
         n = len(set(lm_text(task.path, task.sha256)))
         return n, n
-    return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4)}[task.kind]
+    return {"spirals": (2, 2), "adding": (2, 1), "temporal_order": (8, 4), "scalar_target": (1, 1)}[task.kind]
 
 
 def _parameter_count(cfg: ExperimentConfig) -> int:

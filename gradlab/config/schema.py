@@ -131,6 +131,24 @@ class TransformerConfig(_Strict):
                             ("model", "z_loss"), ("task", "kind"))
 
 
+class ScalarRNNConfig(_Strict):
+    """Pascanu et al. 2013's one-unit recurrence x_t = w sigmoid(x_{t-1}) + b (section 3.2,
+    Figure 6), unrolled over the scalar_target task's seq_len steps; `w` and `b` are its
+    initial parameters (the paper's trajectories start on either side of the wall)."""
+
+    kind: Literal["scalar_rnn"]
+    w: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 1.0
+    b: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.0
+
+    @property
+    def depth(self) -> int:
+        """One recurrent unit: what the memory estimate counts per layer."""
+        return 1
+
+    def check_task(self, t: Any) -> None:
+        """Its task (scalar_target only) is checked by the experiment (ModelKind.tasks)."""
+
+
 def _model_classes() -> tuple:
     """Each registered kind's config class, named by the kind (gradlab.kinds stays free of pydantic)."""
     return tuple(dict.fromkeys(globals()[k.config] for k in MODEL_KINDS.values()))
@@ -244,8 +262,19 @@ class LMTask(_Task):
     sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
 
 
+class ScalarTargetTask(_Task):
+    """Drive sigmoid(x_T) of the scalar_rnn, started at x_0, to `target` (Pascanu et al. 2013:
+    T 50, x_0 0.5, target 0.7). Every example is the same, so one is the default batch."""
+
+    kind: Literal["scalar_target"]
+    batch_size: Size = 1
+    seq_len: Annotated[int, Field(ge=1, le=100_000)] = 50
+    x0: Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)] = 0.5
+    target: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 0.7
+
+
 TaskConfig = Annotated[Union[TeacherTask, SpiralsTask, AddingTask, CopyTask, TemporalOrderTask,
-                             AssociativeRecallTask, DyckTask, LMTask],
+                             AssociativeRecallTask, DyckTask, LMTask, ScalarTargetTask],
                        Field(discriminator="kind")]
 SEQUENCE_TASKS = ("adding", "copy", "temporal_order", "associative_recall", "dyck", "lm")
 
@@ -557,8 +586,17 @@ class ExperimentConfig(_Strict):
         object.__setattr__(self, "seeds", list(seeds))
         object.__setattr__(self, "seed", None)
         sequence = self.task.kind in SEQUENCE_TASKS
-        if sequence != MODEL_KINDS[self.model.kind].sequence:
-            fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence]
+        kind, task = MODEL_KINDS[self.model.kind], self.task.kind
+        # A kind with tasks of its own (ModelKind.tasks) and those tasks go together only.
+        owner = next((name for name, k in MODEL_KINDS.items() if task in (k.tasks or ())), None)
+        if kind.tasks is not None and task not in kind.tasks:
+            raise _Conflict(f"model {self.model.kind} learns task {' or '.join(kind.tasks)} only, not {task}",
+                            ("model", "kind"), ("task", "kind"))
+        if owner is not None and owner != self.model.kind:
+            raise _Conflict(f"model {self.model.kind} cannot learn task {task}: it needs kind {owner}",
+                            ("model", "kind"), ("task", "kind"))
+        if sequence != kind.sequence:
+            fit = [name for name, k in MODEL_KINDS.items() if k.sequence == sequence and k.tasks is None]
             need = f"a sequence model ({', '.join(fit)})" if sequence else f"kind {' or '.join(fit)}"
             raise _Conflict(f"model {self.model.kind} cannot learn task {self.task.kind}: it needs {need}",
                             ("model", "kind"), ("task", "kind"))

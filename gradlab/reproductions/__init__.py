@@ -13,7 +13,9 @@ from ..errors import UserError, clip
 from .base import VERDICTS, Context, Outcome, Reproduction, table
 
 # Module names, in the order of the papers (listing and `--all`).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = (
+    "pascanu_temporal_order",
+)
 
 
 def reproductions() -> dict:

@@ -15,6 +15,10 @@ from .base import VERDICTS, Context, Outcome, Reproduction, table
 # Module names, in the order of the papers (listing and `--all`).
 _MODULES: tuple[str, ...] = (
     "pascanu_cliff",
+    "pascanu_temporal_order",
+    "zhang_smoothness",
+    "xiong_warmup",
+    "wortsman_stability",
 )
 
 

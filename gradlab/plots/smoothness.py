@@ -37,6 +37,10 @@ def draw_panel(ax, steps: np.ndarray, norms: np.ndarray, smooth: np.ndarray, las
                       edgecolors="none", alpha=0.85, zorder=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if norms.size:
+        # 1, 2, 5 x each power of ten: the norms often span less than a decade.
+        style.few_decade_ticks(ax.xaxis, float(norms.min()), float(norms.max()))
+        style.few_decade_ticks(ax.yaxis, float(smooth.min()), float(smooth.max()))
     ax.grid(True, which="major", alpha=0.3)
     l0, l1 = fit_affine(norms, smooth)
     c = correlations(norms, smooth)
@@ -45,7 +49,7 @@ def draw_panel(ax, steps: np.ndarray, norms: np.ndarray, smooth: np.ndarray, las
         line = l0 + l1 * g
         ok = line > 0
         ax.plot(g[ok], line[ok], color=FIT_COLOR, linestyle="--", linewidth=1.3, zorder=4)
-    numbers = (f"L0 {style.fmt(l0)}, L1 {style.fmt(l1)}; r(log) {c['pearson_log']:.2f}, "
+    numbers = (f"L0 {l0:.3g}, L1 {l1:.3g}; r(log) {c['pearson_log']:.2f}, "
                f"rho {c['spearman']:.2f}, n={c['n']}") if c["n"] >= 3 else f"n={c['n']}"
     ax.set_title(f"{title}\n{numbers}", fontsize=10, **style.TITLE)
     return dots
@@ -81,6 +85,8 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
     bar = fig.colorbar(dots, cax=corner.inset_axes([1.06, 0.0, 0.05, 0.55]))
     bar.set_label("step", fontsize=9)
     handles = [Line2D([], [], color=FIT_COLOR, linestyle="--", linewidth=1.3, label="L0 + L1 ||grad||, least squares")]
-    if len(exp.seeds) > 1:
-        handles.append(Line2D([], [], linestyle="none", label=f"every seed's points ({len(exp.seeds)})"))
+    n = max(sum(1 for r in runs if r.variant == v) for v in variants)
+    if n > 1:
+        what = "grid point and seed" if isinstance(exp.config.get("grid"), dict) else "seed"
+        handles.append(Line2D([], [], linestyle="none", label=f"a panel holds every {what}'s points ({n} runs)"))
     return key_and_save(fig, panels, handles, HEADING, exp.summary, path)

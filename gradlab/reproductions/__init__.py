@@ -13,7 +13,7 @@ from ..errors import UserError, clip
 from .base import VERDICTS, Context, Outcome, Reproduction, table
 
 # Module names, in the order of the papers (listing and `--all`).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("zhang_smoothness",)
 
 
 def reproductions() -> dict:

@@ -42,6 +42,9 @@ def test_the_shrunk_reproduction_runs_end_to_end(shrunk):
     assert record["verdict"] in VERDICTS and record["runs_trained"] == 12
     for png in ("smoothness.png", "speed.png"):
         assert (shrunk / "plots" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The grid experiment's own figure: a panel per grid point and variant.
+    exp = next(p for p in shrunk.iterdir() if p.name.startswith(CONFIG))
+    assert (exp / "plots" / "smoothness.png").stat().st_size > 10_000
     page = (shrunk / "reproduction.md").read_text()
     assert f"## Verdict: {record['verdict']}" in page
     assert "![smoothness](plots/smoothness.png)" in page and "![speed](plots/speed.png)" in page

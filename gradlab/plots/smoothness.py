@@ -51,42 +51,82 @@ def draw_panel(ax, steps: np.ndarray, norms: np.ndarray, smooth: np.ndarray, las
         ax.plot(g[ok], line[ok], color=FIT_COLOR, linestyle="--", linewidth=1.3, zorder=4)
     numbers = (f"L0 {l0:.3g}, L1 {l1:.3g}; r(log) {c['pearson_log']:.2f}, "
                f"rho {c['spearman']:.2f}, n={c['n']}") if c["n"] >= 3 else f"n={c['n']}"
-    ax.set_title(f"{title}\n{numbers}", fontsize=10, **style.TITLE)
+    ax.set_title(title, fontsize=10, **style.TITLE)
+    # The numbers inside the panel, top left: a second title line would run into the row above.
+    ax.text(0.02, 0.98, numbers, transform=ax.transAxes, va="top", ha="left", fontsize=8, zorder=6,
+            bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1.5))
     return dots
 
 
+# A grid's panels are its (point, variant) pairs: more than this many, and the first ones only.
+MAX_PANELS = 24
+
+
 def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
-    """The figure; None when no run has a measured step."""
+    """The figure; None when no run has a measured step. A panel per variant, or in a grid
+    experiment per grid point and variant (the learning rate sets the step, and with it the
+    smoothness measured along it: the points do not share one cloud)."""
     from matplotlib.lines import Line2D
 
-    from .over_steps import key_and_save
-    from .scale import _variant_grid
+    from gradlab.points import point_label
+
+    from .over_steps import lay_out
+    from .style import legend_width
 
     data = {r.run_id: measured(r) for r in exp.runs}
     runs = [r for r in exp.runs if data[r.run_id][0].size]
     if not runs:
         return None
-    variants = [v for v in exp.variants if any(r.variant == v for r in runs)]
-    fig, panels = _variant_grid(exp, variants, HEADING)
+    gridded = isinstance(exp.config.get("grid"), dict)
+
+    def key(r) -> tuple:
+        return (point_label(r.report.get("grid") or {}) if gridded else "", r.variant)
+
+    keys = list(dict.fromkeys(key(r) for r in sorted(
+        runs, key=lambda r: (exp.runs.index(r) if gridded else 0, exp.variants.index(r.variant)))))
+    if gridded:  # the grid's order: its points as listed, each point's variants in their order
+        points = list(dict.fromkeys(k[0] for k in keys))
+        keys.sort(key=lambda k: (points.index(k[0]), exp.variants.index(k[1])))
+    shown = keys[:MAX_PANELS]
+    fig, panels = _panel_grid(len(shown))
     last = float(max(float(data[r.run_id][0].max()) for r in runs))
     dots = None
-    for i, variant in enumerate(variants):
-        mine = [data[r.run_id] for r in runs if r.variant == variant]
-        steps, norms, smooth = (np.concatenate([d[k] for d in mine]) for k in range(3))
-        ax = panels[variant]
-        dots = draw_panel(ax, steps, norms, smooth, last, style.variant_label(exp, variant))
-        ax.set_xlabel("gradient norm (before clipping)")
-        ax.xaxis.set_tick_params(labelbottom=True)
+    for i, (k, ax) in enumerate(zip(shown, panels)):
+        mine = [data[r.run_id] for r in runs if key(r) == k]
+        steps, norms, smooth = (np.concatenate([d[j] for d in mine]) for j in range(3))
+        label = style.variant_label(exp, k[1])
+        dots = draw_panel(ax, steps, norms, smooth, last, f"{k[0]}: {label}" if k[0] else label)
+        if i + min(len(shown), style.MAX_PANEL_COLUMNS) >= len(shown):
+            ax.set_xlabel("gradient norm (before clipping)")
         if i % style.MAX_PANEL_COLUMNS == 0:
             ax.set_ylabel("smoothness ||Δgrad|| / ||Δx||")
+    named = dict(zip(range(len(panels)), panels))
     # The colour key under the legend, beside the first row's last panel (lay_out leaves
     # that column to the key).
-    corner = list(panels.values())[min(len(panels), style.MAX_PANEL_COLUMNS) - 1]
+    corner = panels[min(len(panels), style.MAX_PANEL_COLUMNS) - 1]
     bar = fig.colorbar(dots, cax=corner.inset_axes([1.06, 0.0, 0.05, 0.55]))
     bar.set_label("step", fontsize=9)
     handles = [Line2D([], [], color=FIT_COLOR, linestyle="--", linewidth=1.3, label="L0 + L1 ||grad||, least squares")]
-    n = max(sum(1 for r in runs if r.variant == v) for v in variants)
-    if n > 1:
-        what = "grid point and seed" if isinstance(exp.config.get("grid"), dict) else "seed"
-        handles.append(Line2D([], [], linestyle="none", label=f"a panel holds every {what}'s points ({n} runs)"))
-    return key_and_save(fig, panels, handles, HEADING, exp.summary, path)
+    if len(exp.seeds) > 1:
+        handles.append(Line2D([], [], linestyle="none", label=f"a panel holds every seed's points ({len(exp.seeds)})"))
+    if len(keys) > len(shown):
+        handles.append(Line2D([], [], linestyle="none", label=f"the first {len(shown)} of {len(keys)} panels"))
+    corner.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0,
+                  fontsize=9, frameon=False)
+    lay_out(fig, named, legend_width(handles, 9), HEADING, exp.summary)
+    # lay_out keeps 0.1 inch above the heading; matplotlib puts it 2% of the height down,
+    # which in a tall grid of panels runs it into the first row's titles.
+    fig.suptitle(fig.get_suptitle(), y=1 - 0.1 / fig.get_size_inches()[1], va="top")
+    return style.save(fig, path)
+
+
+def _panel_grid(n: int):
+    """n panels, MAX_PANEL_COLUMNS to a row, each with its own axes (the learning rates'
+    clouds lie decades apart)."""
+    ncols = min(n, style.MAX_PANEL_COLUMNS)
+    nrows = math.ceil(n / ncols)
+    fig = style.new_figure(4.6 * ncols + 3.6, 3.6 * nrows + 1.1)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])

@@ -88,7 +88,7 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
         points = list(dict.fromkeys(k[0] for k in keys))
         keys.sort(key=lambda k: (points.index(k[0]), exp.variants.index(k[1])))
     shown = keys[:MAX_PANELS]
-    fig, panels = _panel_grid(len(shown))
+    fig, panels = _panel_grid(len(shown), share=not gridded)
     last = float(max(float(data[r.run_id][0].max()) for r in runs))
     dots = None
     for i, (k, ax) in enumerate(zip(shown, panels)):
@@ -98,6 +98,7 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
         dots = draw_panel(ax, steps, norms, smooth, last, f"{k[0]}: {label}" if k[0] else label)
         if i + min(len(shown), style.MAX_PANEL_COLUMNS) >= len(shown):
             ax.set_xlabel("gradient norm (before clipping)")
+            ax.xaxis.set_tick_params(labelbottom=True)
         if i % style.MAX_PANEL_COLUMNS == 0:
             ax.set_ylabel("smoothness ||Δgrad|| / ||Δx||")
     named = dict(zip(range(len(panels)), panels))
@@ -117,16 +118,19 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
     # lay_out keeps 0.1 inch above the heading; matplotlib puts it 2% of the height down,
     # which in a tall grid of panels runs it into the first row's titles.
     fig.suptitle(fig.get_suptitle(), y=1 - 0.1 / fig.get_size_inches()[1], va="top")
+    if gridded:  # each panel's own y tick labels need room beside the panel to its left
+        fig.subplots_adjust(wspace=fig.subplotpars.wspace * 2.5)
     return style.save(fig, path)
 
 
-def _panel_grid(n: int):
-    """n panels, MAX_PANEL_COLUMNS to a row, each with its own axes (the learning rates'
-    clouds lie decades apart)."""
+def _panel_grid(n: int, share: bool):
+    """n panels, MAX_PANEL_COLUMNS to a row; `share`: one pair of axes for all (the variants
+    of one experiment), else each its own (a grid's learning rates put the clouds decades
+    apart)."""
     ncols = min(n, style.MAX_PANEL_COLUMNS)
     nrows = math.ceil(n / ncols)
     fig = style.new_figure(4.6 * ncols + 3.6, 3.6 * nrows + 1.1)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=share, sharey=share, squeeze=False)).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig, list(axes[:n])

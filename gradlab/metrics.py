@@ -15,6 +15,11 @@ import numpy as np
 from .records import DIAGNOSTIC_COLUMNS, INTEGER_COLUMNS, METRIC_COLUMNS, summarize, underflow_worst
 
 
+# Columns a run adds when it measures something (train.precision.measure_underflow,
+# train.measure_smoothness), after every rule's own.
+MEASURED = ("underflow", "smoothness")
+
+
 @dataclass
 class StepValues:
     """Per-variant values of one step, arrays over the current stack."""
@@ -59,6 +64,9 @@ class Recorder:
         """`extra`: per variant, the metrics.csv columns its rule adds (`skipped`)."""
         extra = [tuple(e) for e in extra] or [()] * n_variants
         union = tuple(dict.fromkeys(c for e in extra for c in e))
+        # The measurements last, whichever variant comes first: a variant's columns are in the
+        # same order in a stack as alone (a skip rule's `skipped` before `smoothness`).
+        union = tuple(c for c in union if c not in MEASURED) + tuple(c for c in MEASURED if c in union)
         # `lr` after grad_cosine: the store requires METRIC_COLUMNS only, so runs written before
         # schedules existed (without `lr`) stay readable.
         # The held-out columns last: runs written before they existed lack them and still load.
@@ -101,8 +109,9 @@ class Recorder:
                "accuracy": np.nan if v.accuracy is None else v.accuracy,
                "lr": np.nan if v.lr is None else v.lr,
                # NaN on the steps not evaluated; log_eval fills the others. The same for the
-               # steps whose underflow is not measured.
-               "val_loss": np.nan, "val_accuracy": np.nan, "underflow": v.stats.get("underflow", np.nan)}
+               # steps whose underflow or smoothness is not measured.
+               "val_loss": np.nan, "val_accuracy": np.nan, "underflow": v.stats.get("underflow", np.nan),
+               "smoothness": v.stats.get("smoothness", np.nan)}
         s = v.stats
         for k, name in enumerate(self.all_columns[1:]):
             # The rules' stats by name; a column a rule does not report (skipped) is 0 there.

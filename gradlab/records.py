@@ -18,7 +18,8 @@ METRIC_COLUMNS = ("step", "loss", "grad_norm", "clipped_norm", "clip_coef", "cli
 INTEGER_COLUMNS = ("clipped", "nonfinite", "skipped")
 OUTCOME_FIELDS = ("max_grad_norm", "final_loss", "steps_completed", "clip_fraction", "final_accuracy",
                   "mean_grad_cosine", "skip_fraction", "final_val_loss", "best_val_loss", "final_loss_scale",
-                  "min_loss_scale", "max_underflow", "final_underflow")
+                  "min_loss_scale", "max_underflow", "final_underflow", "smoothness_measured",
+                  "max_smoothness", "median_smoothness")
 # The model's and the loss's own statistics (the transformer's attention, a classifier's log Z),
 # last in metrics.csv and only where some model produces them: a run of a model without them
 # keeps the metrics.csv it always had, byte for byte. Per block, `max_attn_logit` is reduced
@@ -76,6 +77,14 @@ def summarize(columns: Sequence[str], rows: Sequence[Sequence[float]]) -> dict:
         last = [r[at["underflow"]] for r in healthy if not math.isnan(r[at["underflow"]])]
         out["max_underflow"] = float(max(measured)) if measured else None
         out["final_underflow"] = float(last[-1]) if last else None
+    if "smoothness" in at:
+        # The healthy steps measured (NaN elsewhere, and where the step moved nothing): how
+        # many, the largest estimate and the median (the scale a fixed L would have to cover).
+        smooth = sorted(r[at["smoothness"]] for r in healthy if not math.isnan(r[at["smoothness"]]))
+        out["smoothness_measured"] = len(smooth)
+        out["max_smoothness"] = float(smooth[-1]) if smooth else None
+        out["median_smoothness"] = (float((smooth[(len(smooth) - 1) // 2] + smooth[len(smooth) // 2]) / 2)
+                                    if smooth else None)
     if "accuracy" in at:
         acc: Optional[float] = float(healthy[-1][at["accuracy"]]) if healthy else None
         out["final_accuracy"] = acc if acc is None or math.isfinite(acc) else None

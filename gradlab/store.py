@@ -128,7 +128,28 @@ def _check_run(exp: Path, rid: str, config: Optional[str] = None) -> tuple[str, 
     why = _underflow_problem(d, rows, rep, *metrics)
     if why:
         return "damaged", f"{UNDERFLOW_CSV}: {why}", None
+    why = _smoothness_problem(*metrics)
+    if why:
+        return "damaged", f"metrics.csv: {why}", None
     return "complete", "", rep
+
+
+def _smoothness_problem(metric_columns: list[str], metric_rows: list[list[float]]) -> str:
+    """What is wrong with metrics.csv's `smoothness` (train.measure_smoothness), or "": a ratio
+    of two norms, so NaN (not measured, or a step that moved nothing) or finite and >= 0; and
+    a measured step has a finite gradient norm (the estimate's first gradient is that step's)."""
+    if "smoothness" not in metric_columns:
+        return ""
+    col, norm = metric_columns.index("smoothness"), metric_columns.index("grad_norm")
+    for step, m in enumerate(metric_rows):
+        s = m[col]
+        if math.isnan(s):
+            continue
+        if not (math.isfinite(s) and s >= 0):
+            return f"step {step}: smoothness {s} is not a finite number >= 0 (a ratio of two norms)"
+        if not math.isfinite(m[norm]):
+            return f"step {step}: smoothness measured where the gradient norm is {m[norm]}"
+    return ""
 
 
 def _underflow_problem(d: Path, rows: int, rep: dict, metric_columns: list[str], metric_rows: list[list[float]]) -> str:

@@ -24,6 +24,7 @@ from .norms import param_norms
 from .optim import branches, build_optimizer
 from .precision import LossScaler, UnderflowMeter
 from .schedules import build_schedules
+from .smoothness import SmoothnessMeter
 from .tasks import build_task
 from .transforms import Clipper, apply_updates, columns_of, group_order, take
 
@@ -300,12 +301,16 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
               if precision.scaling else None)
     meter = (UnderflowMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), precision.compute,
                             precision.measure_underflow, steps) if precision.measures_underflow else None)
+    smooth = cfg.train.measure_smoothness
+    # Its own model (float32 compute) and workspace: the step's buffers stay the step's.
+    smoothness = (SmoothnessMeter(build_model(cfg.model, task, dtype, cfg.train.tbptt), task, smooth.every, steps)
+                  if smooth is not None else None)
     # Each variant's own optimizer numbers, in stack order (one optimizer when they all agree).
     optimizer = build_optimizer(cfg.train.optimizer, [own[i].train.optimizer for i in order] if configs else None)
     run = _Stack(p0, [clips[i] for i in order], optimizer, dtype, model.fan_in_axes, scaler)
     rec = Recorder(steps, len(order), model.param_names, accuracy=task.classification,
                    extra=[columns_of(clips[i]) + (SCALER_COLUMNS if scaler else ()) + (("underflow",) if meter else ())
-                          for i in order])
+                          + (("smoothness",) if smoothness else ()) for i in order])
     recurrent = MODEL_KINDS[cfg.model.kind].flow  # its backward records the gradient through time
     schedule = build_schedules([own[i].train.schedule for i in order], [own[i].train.optimizer for i in order], steps)
 
@@ -366,7 +371,13 @@ def _train_seed(cfg: ExperimentConfig, seed: int, clips: Sequence[Any] | None,
                                    dout_scale=vals.stats["loss_scale"])
                 for pos, (phase, where, _) in born.items():
                     births[int(run.alive[pos])][f"{where} ({phase})"] += 1
+            # x_prev, for the smoothness along the step about to be taken (a copy: the update
+            # writes the weights in place).
+            before = ({k: p.copy() for k, p in run.params.items()}
+                      if smoothness is not None and smoothness.due(step) else None)
             vals.update_norm, found = run.update(grads, skipped, vals.lr)
+            if before is not None:
+                vals.stats = {**vals.stats, "smoothness": smoothness.measure(before, run.params, x, y)}
             if run.scaler is not None:
                 # The scale moves after the step, as GradScaler.update; a collapse ends the variant
                 # there, unless its update already did.

@@ -44,7 +44,7 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     held-out set and the metrics. float16 or bfloat16 compute adds the step's compute copy of
     the parameters (P; held in float32, see gradlab.compute); measuring underflow, the float32
     backward replay's gradients and buffers (at most P + the activations) and underflow.csv's
-    table."""
+    table; measuring smoothness, three parameter sets and the activations."""
     v, m = len(cfg.clipping), cfg.model
     saved = MODEL_KINDS[m.kind].saved_per_example(m, cfg.task)
     copies = 5 if cfg.train.precision.compute != "float32" else 4
@@ -53,6 +53,9 @@ def estimate_memory_bytes(cfg: ExperimentConfig) -> int:
     if cfg.train.precision.measures_underflow:
         arrays += _parameter_count(cfg) + cfg.task.batch_size * saved
         metrics += 8 * cfg.train.steps * v * m.depth * 4
+    if cfg.train.measure_smoothness is not None:
+        # x_prev's copy, x_mid, the first gradient's copy and the float32 model's buffers.
+        arrays += 3 * _parameter_count(cfg) + cfg.task.batch_size * saved
     # The held-out batches, kept for the whole run (inputs as vectors: the larger encoding).
     steps_per_example = getattr(cfg.task, "seq_len", 1)
     heldout = cfg.train.evaluate_batches * cfg.task.batch_size * steps_per_example * (task_dims(cfg.task)[0] + 1)

@@ -438,6 +438,13 @@ class PrecisionConfig(_Strict):
         return self.measure_underflow is not None and self.compute != "float32"
 
 
+class SmoothnessConfig(_Strict):
+    """`train.measure_smoothness`: every `every` steps (and at the last), the local smoothness
+    along the step taken, Zhang et al. 2020's estimator (gradlab.smoothness)."""
+
+    every: Annotated[int, Field(ge=1, le=10_000_000)]
+
+
 class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
@@ -471,7 +478,7 @@ class TrainConfig(_Strict):
             data.pop("schedule", None)
         if self.precision == PrecisionConfig():
             data.pop("precision", None)
-        for key in ("eval_every", "eval_batches"):
+        for key in ("eval_every", "eval_batches", "measure_smoothness"):
             if getattr(self, key) is None:
                 data.pop(key, None)
         return data
@@ -502,6 +509,8 @@ class TrainConfig(_Strict):
     eval_every: Optional[Annotated[int, Field(ge=1, le=10_000_000)]] = None
     eval_batches: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
     precision: PrecisionConfig = PrecisionConfig()
+    # None (unset, as every config before it: the same hash): never measured.
+    measure_smoothness: Optional[SmoothnessConfig] = None
 
 
 # Four batches: a held-out estimate steadier than one training batch's, for about a fifth of

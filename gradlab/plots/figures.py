@@ -61,6 +61,8 @@ def plan(exp: Experiment) -> Plan:
     if measures_underflow(exp.config):
         figures.append(Figure("underflow.png", "underflow", None,
                               shared + tuple(r.path / UNDERFLOW_CSV for r in exp.runs)))
+    if measures_smoothness(exp.config):
+        figures.append(Figure("smoothness.png", "smoothness", None, shared))
     attention = [r for r in exp.runs if (r.path / ATTENTION_CSV).is_file()]
     if attention:  # transformers only: a model without attention has nothing to draw
         figures.append(Figure("attention.png", "attention", None,
@@ -151,11 +153,17 @@ def measures_underflow(config: dict) -> bool:
     return isinstance(precision, dict) and precision.get("measure_underflow") is not None
 
 
+def measures_smoothness(config: dict) -> bool:
+    """Whether the experiment measures local smoothness (smoothness.png): from the config too."""
+    train = config.get("train") if isinstance(config, dict) else None
+    return isinstance(train, dict) and isinstance(train.get("measure_smoothness"), dict)
+
+
 MAX_OWN_FIGURE_VARIANTS = 3
 # What a figure costs to draw, roughly, in units of ~60 ms (benchmarks/plot_bench.py): the
 # drawing processes take the longest first, so that none is left with a long one at the end.
 COST = {"grad_norm": 3.0, "loss": 2.5, "accuracy": 2.5, "sweep_grad_norm": 2.5, "attention": 3.0,
-        "loss_scale": 2.0, "underflow": 2.0}
+        "loss_scale": 2.0, "underflow": 2.0, "smoothness": 2.0}
 
 
 def expected_cost(fig: Figure) -> float:
@@ -242,6 +250,10 @@ def draw(p: Plan, fig: Figure) -> Optional[Path]:
         from . import scale
 
         return scale.draw_underflow(exp, path)
+    if fig.kind == "smoothness":
+        from . import smoothness
+
+        return smoothness.draw_smoothness(exp, path)
     if fig.kind == "sweep_direction":
         return direction.draw_sweep_direction(exp, p.sweep, path)
     if fig.kind in ("grad_norm", "loss", "accuracy"):

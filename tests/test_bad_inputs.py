@@ -438,7 +438,7 @@ CASES = [
     Case("option_of_another_command", ["plot", "--thresholds", "1"], "No such option: --thresholds",
          "(--thresholds is an option of sweep, not of plot)"),
     Case("option_of_other_commands", ["validate", Q, "--workers", "2"], "No such option: --workers",
-         "(--workers is an option of run and sweep, not of validate)"),
+         "(--workers is an option of run, sweep and reproduce, not of validate)"),
     Case("option_before_the_command", ["--seeds", "1", "validate", Q], "No such option: --seeds",
          "(an option of run, sweep and validate: give it after the command name)"),
     # --- where results go

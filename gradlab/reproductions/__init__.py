@@ -13,7 +13,7 @@ from ..errors import UserError, clip
 from .base import VERDICTS, Context, Outcome, Reproduction, table
 
 # Module names, in the order of the papers (listing and `--all`).
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("xiong_warmup", "wortsman_stability")
 
 
 def reproductions() -> dict:

@@ -102,6 +102,18 @@ class TransformerConfig(_Strict):
     tie_embeddings: bool = False
     max_len: Optional[Annotated[int, Field(ge=1, le=100_000)]] = None
     init: InitConfig = InitConfig()
+    # gpt2: residual projections x 1/sqrt(2 depth), embeddings N(0, 1/width); vaswani: neither
+    # (every weight by `init`, embeddings N(0, 1): the scale of Vaswani et al.'s sqrt(width)
+    # multiplier), the initialisation Xiong et al. 2020 analyse.
+    init_style: Literal["gpt2", "vaswani"] = "gpt2"
+
+    @model_serializer(mode="wrap")
+    def _init_style_when_set(self, handler):
+        # The default is left out of the resolved config, so configs written before it keep their hash.
+        data = handler(self)
+        if self.init_style == "gpt2":
+            data.pop("init_style", None)
+        return data
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "TransformerConfig":

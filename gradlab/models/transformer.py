@@ -20,7 +20,8 @@ Initialisation: every linear weight by the config's scheme x gain, q, k and v ea
 (D, D) matrix; the residual projections (attn.proj, mlp.proj) further scaled by
 1/sqrt(2 depth), as GPT-2 does, so that the residual stream's variance does not grow with
 depth at init; embeddings N(0, 1/D) (the LayerNorms rescale them; tied logits start O(1));
-LayerNorm gains 1 and every bias 0.
+LayerNorm gains 1 and every bias 0. `init_style: vaswani` drops both (no depth scaling,
+embeddings N(0, 1)): the initialisation Xiong et al. 2020 analyse.
 
 Probes, in computation order, name the tensor and the block: `tok.embedding`,
 `pos.embedding`, `block.2.ln1`, `block.2.attn.qkv`, `block.2.attn.logits` (only the
@@ -121,6 +122,7 @@ class Transformer(Model):
         self.bias, self.tied, self.z_loss = cfg.bias, cfg.tie_embeddings, float(cfg.z_loss)
         self.max_len, self.per_step = max_len, per_step
         self.init_scheme, self.gain = cfg.init.scheme, cfg.init.gain
+        self.init_style = cfg.init_style
         self.dtype = np.dtype(dtype)
         self.input_dim, self.output_dim = input_dim, output_dim
         D, R = self.D, self.ratio * self.D
@@ -179,12 +181,14 @@ class Transformer(Model):
 
     def init(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         D = self.D
-        resid = 1.0 / math.sqrt(2 * self.depth)
+        gpt2 = self.init_style == "gpt2"  # vaswani: no depth scaling, unit-variance embeddings
+        resid = 1.0 / math.sqrt(2 * self.depth) if gpt2 else 1.0
+        emb = math.sqrt(D) if gpt2 else 1.0
         params = {}
         for name, shape in self.shapes.items():
             short = name.rsplit(".", 1)[1]
             if short == "E":
-                w = rng.standard_normal(shape) / math.sqrt(D)
+                w = rng.standard_normal(shape) / emb
             elif name.endswith("attn.qkv.W"):
                 w = np.concatenate([init_weight(rng, (D, D), self.init_scheme, self.gain) for _ in range(3)], axis=1)
             elif short == "W":

@@ -13,7 +13,6 @@ from ..errors import UserError, clip
 from .base import VERDICTS, Context, Outcome, Reproduction, table
 
 # Module names, in the order of the papers (listing and `--all`).
-<<<<<<< HEAD
 _MODULES: tuple[str, ...] = (
     "pascanu_cliff",
     "pascanu_temporal_order",
@@ -21,6 +20,15 @@ _MODULES: tuple[str, ...] = (
     "xiong_warmup",
     "wortsman_stability",
 )
+
+
+def reproductions() -> dict:
+    """name -> Reproduction, in listing order."""
+    found = {}
+    for module in _MODULES:
+        rep = importlib.import_module(f"{__name__}.{module}").REPRODUCTION
+        if rep.name in found:
+            raise ValueError(f"two reproductions are named {rep.name!r}")
         found[rep.name] = rep
     return found
 

@@ -273,8 +273,17 @@ def _experiment(experiment: Optional[Path], out: Path, doing: str) -> tuple[Path
     """The experiment directory to plot or report on and its complete runs' reports. Refused
     (before anything is written into it) unless its config.yaml is the resolved config gradlab
     wrote; damaged runs are named in warnings and summary.json is rebuilt."""
+    from .experiment import complete_runs
+
+    exp = _checked_experiment(experiment, out)
+    return exp, complete_runs(exp, doing, _QuietProgress().warn)
+
+
+def _checked_experiment(experiment: Optional[Path], out: Path) -> Path:
+    """The experiment directory named (default: the most recent under `out`), refused unless
+    its config.yaml is the resolved config gradlab wrote and its hash matches."""
     from .config import load_resolved
-    from .experiment import check_config, complete_runs, find_experiment
+    from .experiment import check_config, find_experiment
 
     exp = find_experiment(experiment, out)
     try:
@@ -283,7 +292,7 @@ def _experiment(experiment: Optional[Path], out: Path, doing: str) -> tuple[Path
         e.message += f" (is {exp} a gradlab experiment directory?)"
         raise
     check_config(exp)
-    return exp, complete_runs(exp, doing, _QuietProgress().warn)
+    return exp
 
 
 @app.command()
@@ -345,16 +354,8 @@ def landscape(
     """Draw RUN's loss over a 2-D slice of parameter space, with its seed's clipping variants'
     trajectories projected on it: plots/landscape_RUN.png and landscape_RUN.csv."""
     from . import landscape as L
-    from .config import load_resolved
-    from .experiment import check_config, find_experiment
 
-    exp = find_experiment(experiment, out)
-    try:
-        load_resolved(exp / "config.yaml")
-    except UserError as e:
-        e.message += f" (is {exp} a gradlab experiment directory?)"
-        raise
-    check_config(exp)
+    exp = _checked_experiment(experiment, out)
     ls = L.compute(exp, run_, step=step, params=L.parse_pair(params, "--params"),
                    directions=L.parse_pair(directions, "--directions"), span=span, box=L.parse_box(box),
                    resolution=resolution, random_seed=seed)

@@ -198,11 +198,7 @@ def _variant_grid(exp: Experiment, variants: list, heading: str):
     """One panel per variant (shared axes) titled with its label; (fig, {variant: ax})."""
     n = len(variants)
     ncols = min(n, style.MAX_PANEL_COLUMNS)
-    nrows = math.ceil(n / ncols)
-    fig = style.new_figure(4.6 * ncols + 3.6, 3.6 * nrows + 1.1)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
+    fig, axes = style.panel_grid(n)
     panels = {}
     for i, (variant, ax) in enumerate(zip(variants, axes)):
         ax.set_title(variant_label(exp, variant), **style.TITLE)

@@ -88,7 +88,7 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
         points = list(dict.fromkeys(k[0] for k in keys))
         keys.sort(key=lambda k: (points.index(k[0]), exp.variants.index(k[1])))
     shown = keys[:MAX_PANELS]
-    fig, panels = _panel_grid(len(shown), share=not gridded)
+    fig, panels = style.panel_grid(len(shown), share=not gridded)
     last = float(max(float(data[r.run_id][0].max()) for r in runs))
     dots = None
     for i, (k, ax) in enumerate(zip(shown, panels)):
@@ -121,16 +121,3 @@ def draw_smoothness(exp: Experiment, path: Path) -> Path | None:
     if gridded:  # each panel's own y tick labels need room beside the panel to its left
         fig.subplots_adjust(wspace=fig.subplotpars.wspace * 2.5)
     return style.save(fig, path)
-
-
-def _panel_grid(n: int, share: bool):
-    """n panels, MAX_PANEL_COLUMNS to a row; `share`: one pair of axes for all (the variants
-    of one experiment), else each its own (a grid's learning rates put the clouds decades
-    apart)."""
-    ncols = min(n, style.MAX_PANEL_COLUMNS)
-    nrows = math.ceil(n / ncols)
-    fig = style.new_figure(4.6 * ncols + 3.6, 3.6 * nrows + 1.1)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=share, sharey=share, squeeze=False)).ravel()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, list(axes[:n])

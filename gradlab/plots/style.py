@@ -241,3 +241,18 @@ MAX_MULTIPLE_COLUMNS = 4
 MULTIPLE_PANEL_WIDTH = 3.3  # inches: four panels, the key and the colour bar stay under 17
 MULTIPLE_HEATMAP_COLUMNS = 400  # per panel: about its width in pixels, so no column is lost
 MAX_PANEL_YTICK_LABELS = 12
+
+
+def panel_grid(n: int, share: bool = True):
+    """n panels, MAX_PANEL_COLUMNS to a row, the unused ones hidden; `share`: one pair of axes
+    for all (the variants of one experiment), else each its own (a grid's learning rates can
+    put panels decades apart). (fig, [ax] * n)."""
+    import numpy as np
+
+    ncols = min(n, MAX_PANEL_COLUMNS)
+    nrows = math.ceil(n / ncols)
+    fig = new_figure(4.6 * ncols + 3.6, 3.6 * nrows + 1.1)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=share, sharey=share, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, list(axes[:n])

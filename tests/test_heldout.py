@@ -144,18 +144,19 @@ def test_a_diverged_variant_is_not_evaluated_after_it_diverged():
 
 # ----------------------------------------------------------------------------- the lm text in the loader
 
-def write_lm(tmp_path: Path, text: bytes, seq_len: int = 8, path: str = "data/text.txt") -> Path:
+def write_lm(tmp_path: Path, text: bytes, seq_len: int = 8, path: str = "data/text.txt", model: str = "gru") -> Path:
     (tmp_path / "data").mkdir(exist_ok=True)
     (tmp_path / "data" / "text.txt").write_bytes(text)
     cfg = tmp_path / "lm.yaml"
-    cfg.write_text(f"name: lm\nmodel: {{kind: gru, depth: 1, width: 8}}\n"
+    cfg.write_text(f"name: lm\nmodel: {{kind: {model}, depth: 1, width: 8}}\n"
                    f"task:\n  kind: lm\n  seq_len: {seq_len}\n  path: {path}\n")
     return cfg
 
 
-def test_lm_path_is_relative_to_the_config_and_the_hash_covers_the_text(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["gru", "transformer"])  # a transformer checks its task while validating
+def test_lm_path_is_relative_to_the_config_and_the_hash_covers_the_text(tmp_path, monkeypatch, model):
     text = ("the quick brown fox jumps over the lazy dog. " * 10).encode()
-    cfg_path = write_lm(tmp_path, text)
+    cfg_path = write_lm(tmp_path, text, model=model)
     monkeypatch.chdir("/")  # not the config's directory
     cfg = load_config(cfg_path)
     import hashlib

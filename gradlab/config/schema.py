@@ -133,7 +133,9 @@ class TransformerConfig(_Strict):
             raise _Conflict(f"the task's sequences ({t.seq_len} tokens) are longer than the positional table "
                             f"(model.max_len {self.max_len}); raise max_len or leave it out", ("model", "max_len"),
                             ("task", "seq_len"))
-        n_in, n_out = task_dims(t)
+        # An lm task reads and predicts the same characters; its text is not read here, where a
+        # relative task.path is not yet resolved against the config's directory.
+        n_in, n_out = (1, 1) if t.kind == "lm" else task_dims(t)
         if self.tie_embeddings and (t.kind == "adding" or n_in != n_out):
             raise _Conflict(f"tie_embeddings needs a task that predicts its own input tokens (as lm and dyck do); "
                             f"task {t.kind} reads {n_in} {'features' if t.kind == 'adding' else 'tokens'} and "

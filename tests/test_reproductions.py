@@ -35,6 +35,20 @@ def test_every_paper_config_belongs_to_a_reproduction():
     assert shipped <= owned, f"configs/papers/ files no reproduction runs: {sorted(shipped - owned)}"
 
 
+def test_docs_page_is_assembled_from_the_sections_and_the_registry():
+    """docs/reproductions.md is generated; a section or a title edited without rerunning
+    `python docs/assemble_reproductions.py` leaves it stale."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("assemble", ROOT / "docs" / "assemble_reproductions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "reproductions.md").read_text(encoding="utf-8")
+    assert page == module.assemble(), "docs/reproductions.md is stale: run python docs/assemble_reproductions.py"
+    for figure in re.findall(r"\]\((reproductions/[\w.-]+\.png)\)", page):
+        assert (ROOT / "docs" / figure).is_file(), figure
+
+
 def test_papers_dir_is_the_checkouts():
     assert papers_dir() == ROOT / "configs" / "papers"
 

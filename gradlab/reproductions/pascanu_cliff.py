@@ -188,5 +188,5 @@ REPRODUCTION = Reproduction(
            "from half to ten times the average gradient norm over many updates still converges."),
     configs=("pascanu_cliff.yaml", "pascanu_cliff_plateau.yaml"),
     analyse=analyse,
-    minutes=0.2,
+    minutes=0.1,
 )

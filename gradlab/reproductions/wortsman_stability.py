@@ -307,5 +307,5 @@ REPRODUCTION = Reproduction(
           "lowers it too.",
     configs=("wortsman_stability.yaml",),
     analyse=analyse,
-    minutes=3.5,
+    minutes=2.9,
 )

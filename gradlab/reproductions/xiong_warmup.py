@@ -384,5 +384,5 @@ REPRODUCTION = Reproduction(
           "is O(d sqrt(ln d / L)) and the same in every layer.",
     configs=("xiong_warmup.yaml", "xiong_init.yaml"),
     analyse=analyse,
-    minutes=4.0,
+    minutes=3.5,
 )

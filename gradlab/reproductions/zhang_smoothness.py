@@ -269,5 +269,5 @@ REPRODUCTION = Reproduction(
            "experiments show as clipped SGD reaching a given loss in fewer iterations."),
     configs=(f"{CONFIG}.yaml",),
     analyse=analyse,
-    minutes=1.0,
+    minutes=0.9,
 )

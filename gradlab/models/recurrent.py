@@ -170,27 +170,49 @@ class Recurrent(Model):
         V, GH, H = W_hh.shape
         T, B = seq.shape[-3], seq.shape[-1]
         dt = self.dtype
-        # Input projections of every step at once: (V, T, G*H, B).
-        A = buffer(ws, f"{p}.A", (V, T, GH, B), dt)
-        np.matmul(W_ih[:, None], seq, out=A)
-        A += _columns(b_ih, B)
         Hs = buffer(ws, f"{p}.H", (V, T, H, B), dt)
         at = (lambda name, t: f"{p}.{name} @ t={t}") if probe else None
-        c = {"seq": seq, "A": A, "H": Hs, "gates": None, "extra": None, "cells": None,
-             "W_ih": W_ih, "W_hh": W_hh}
+        c = {"seq": seq, "H": Hs, "gates": None, "extra": None, "cells": None, "W_ih": W_ih, "W_hh": W_hh}
         sv = lambda name, base, block=None: _steps(ws, f"{p}.{name}", base, block)  # noqa: E731
+        # b_hh adds to the input projection, as a second bias, on every row but a GRU's n rows
+        # (b_hn sits inside r's product there).
+        inp = self._inputs(W_ih, b_ih, b_hh, seq, 2 * H if self.kind == "gru" else GH, ws, p)
         if self.kind == "rnn":
-            self._rnn_forward(A, b_hh, W_hh, Hs, probe, at, sv)
+            self._rnn_forward(inp, W_hh, Hs, probe, at, sv)
             return c
-        c["gates"] = buffer(ws, f"{p}.gates", A.shape, dt)  # the gates after their nonlinearities, for the backward pass
+        c["gates"] = buffer(ws, f"{p}.gates", (V, T, GH, B), dt)  # the gates after their nonlinearities, for the backward pass
         if self.kind == "lstm":
             c["extra"] = buffer(ws, f"{p}.tanh_c", (V, T, H, B), dt)  # tanh(c_t)
             c["cells"] = buffer(ws, f"{p}.c", (V, T, H, B), dt)
-            self._lstm_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], c["cells"], probe, at, sv)
+            self._lstm_forward(inp, W_hh, Hs, c["gates"], c["extra"], c["cells"], probe, at, sv)
         else:
             c["extra"] = buffer(ws, f"{p}.hh", (V, T, 3 * H, B), dt)  # W_hh h + b_hh per step
-            self._gru_forward(A, b_hh, W_hh, Hs, c["gates"], c["extra"], probe, at, sv)
+            self._gru_forward(inp, b_hh, W_hh, Hs, c["gates"], c["extra"], probe, at, sv)
         return c
+
+    def _inputs(self, W_ih, b_ih, b_hh, seq, hh_rows: int, ws: Optional[Workspace], p: str):
+        """inp(t): step t's input projection W_ih x_t + b_ih, plus b_hh on its first `hh_rows`
+        rows, (V, G*H, B), in one scratch block that the next call overwrites.
+
+        Computed step by step inside the time loop, where the block stays in cache, rather than
+        for all steps at once before it: the same products and additions (a batched matmul is
+        one product per step anyway), so the same bits, without writing a (V, T, G*H, B)
+        tensor and streaming it through memory twice more for the biases (an LSTM's is 6.5 MB
+        at hidden 128, T 100, batch 32)."""
+        B = seq.shape[-1]
+        V, GH = W_ih.shape[:2]
+        a = np.empty((V, GH, B), dtype=self.dtype)
+        bi = _columns(b_ih, B)[:, 0]
+        bh = _columns(b_hh[:, :hh_rows], B)[:, 0]
+        ah = a[:, :hh_rows]
+        xs = list(seq) if seq.ndim == 3 else _steps(ws, f"{p}.x", seq)
+
+        def inp(t: int) -> np.ndarray:
+            np.matmul(W_ih, xs[t], out=a)
+            np.add(a, bi, out=a)
+            np.add(ah, bh, out=ah)
+            return a
+        return inp
 
     @staticmethod
     def _lstm_order(GH: int) -> np.ndarray:
@@ -198,14 +220,13 @@ class Recurrent(Model):
         H = GH // 4
         return np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]
 
-    def _lstm_forward(self, A, b_hh, W_hh, Hs, gates, tanh_c, cells, probe, at, sv) -> None:
+    def _lstm_forward(self, inp, W_hh, Hs, gates, tanh_c, cells, probe, at, sv) -> None:
         """c_t = f c_{t-1} + i g, h_t = o tanh(c_t), written into the preallocated buffers
         (gates in the internal order i, f, o, g)."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         scratch = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
-        A_t, pre_t, h_t, c_t, tc_t = sv("A", A), sv("gates", gates), sv("H", Hs), sv("c", cells), sv("tanh_c", tanh_c)
+        pre_t, h_t, c_t, tc_t = sv("gates", gates), sv("H", Hs), sv("c", cells), sv("tanh_c", tanh_c)
         sig_t, g_t = sv("gates", gates, (0, 3 * H)), sv("gates", gates, (3 * H, 4 * H))
         i_t, f_t, o_t = (sv("gates", gates, (k * H, (k + 1) * H)) for k in range(3))
         with np.errstate(over="ignore"):  # the sigmoids' exp (_sigmoid)
@@ -213,9 +234,9 @@ class Recurrent(Model):
                 pre = pre_t[t]
                 if t:
                     np.matmul(W_hh, h_t[t - 1], out=pre)
-                    pre += A_t[t]
+                    pre += inp(t)
                 else:
-                    pre[...] = A_t[0]  # h_{-1} = 0
+                    pre[...] = inp(0)  # h_{-1} = 0
                 if probe:
                     probe(at("gates", t), pre)
                 g = g_t[t]
@@ -234,16 +255,13 @@ class Recurrent(Model):
                 if probe:
                     probe(at("h", t), h_t[t])
 
-    def _gru_forward(self, A, b_hh, W_hh, Hs, gates, HH, probe, at, sv) -> None:
+    def _gru_forward(self, inp, b_hh, W_hh, Hs, gates, HH, probe, at, sv) -> None:
         """r, z = sigmoid(.), n = tanh(A_n + r (W_hn h + b_hn)), h_t = n + z (h_{t-1} - n).
         HH[:, t] keeps W_hh h_{t-1} (+ b_hn on the n block): the backward pass needs its n part."""
         H = Hs.shape[-2]
         r = self.compute.round_
-        b_cols = _columns(b_hh, A.shape[-1])
-        A[:, :, :2 * H] += b_cols[:, :, :2 * H]  # b_hr, b_hz add like the input biases
-        b_hn = b_cols[:, 0, 2 * H:]  # b_hn sits inside r's product: kept apart
+        b_hn = _columns(b_hh[:, 2 * H:], HH.shape[-1])[:, 0]  # inside r's product: not in inp(t)
         hh_t, hrz_t, hn_t = sv("hh", HH), sv("hh", HH, (0, 2 * H)), sv("hh", HH, (2 * H, 3 * H))
-        Arz_t, An_t = sv("A", A, (0, 2 * H)), sv("A", A, (2 * H, 3 * H))
         rz_t, n_t = sv("gates", gates, (0, 2 * H)), sv("gates", gates, (2 * H, 3 * H))
         r_t, z_t = sv("gates", gates, (0, H)), sv("gates", gates, (H, 2 * H))
         h_t = sv("H", Hs)
@@ -259,10 +277,11 @@ class Recurrent(Model):
                 if probe:
                     probe(at("gates", t), hh)
                 rz, n = rz_t[t], n_t[t]
-                np.add(Arz_t[t], hrz_t[t], out=rz)
+                a = inp(t)
+                np.add(a[:, :2 * H], hrz_t[t], out=rz)
                 _sigmoid(rz)  # r and z together
                 np.multiply(r_t[t], hn, out=n)
-                n += An_t[t]
+                n += a[:, 2 * H:]
                 np.tanh(n, out=n)
                 h = h_t[t]
                 if t:
@@ -276,20 +295,19 @@ class Recurrent(Model):
                 if probe:
                     probe(at("h", t), h)
 
-    def _rnn_forward(self, A, b_hh, W_hh, Hs, probe, at, sv) -> None:
-        """The Elman recurrence, written into preallocated buffers: h_t = act(A_t + W_hh h_{t-1})."""
+    def _rnn_forward(self, inp, W_hh, Hs, probe, at, sv) -> None:
+        """The Elman recurrence, written into preallocated buffers: h_t = act(inp(t) + W_hh h_{t-1})."""
         r = self.compute.round_
-        A += _columns(b_hh, A.shape[-1])  # both biases add to the same pre-activation
         buf = np.empty(Hs.shape[:1] + Hs.shape[2:], dtype=self.dtype)
         relu = self._act is activation("relu")[0]
-        A_t, h_t = sv("A", A), sv("H", Hs)
+        h_t = sv("H", Hs)
         for t in range(Hs.shape[1]):
             if t:
                 np.matmul(W_hh, h_t[t - 1], out=buf)
-                buf += A_t[t]
+                buf += inp(t)
                 pre = buf
             else:
-                pre = A_t[0]  # h_{-1} = 0
+                pre = inp(0)  # h_{-1} = 0
             if probe:
                 probe(at("pre", t), pre)
             if relu:
@@ -470,7 +488,7 @@ class Recurrent(Model):
             dA[:, :, :H2] = dGh[:, :, :H2]  # the input product below reads dA whole
         # Weight gradients: one matmul each over all steps, the steps laid side by side
         # (h_{-1} = 0 adds nothing).
-        def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: tuple,
+        def side_by_side(name: str, a: np.ndarray, axes: tuple, shape: Optional[tuple],
                          out: Optional[np.ndarray] = None) -> np.ndarray:
             if out is None:
                 out = buffer(ws, f"{p}.{name}", tuple(a.shape[i] for i in axes), dt)
@@ -481,16 +499,19 @@ class Recurrent(Model):
                 np.copyto(out.view(row)[..., 0], a.view(row)[..., 0].transpose(axes[:-1]))
             else:
                 np.copyto(out, a.transpose(axes))  # into a reused buffer: a fresh one costs page faults
-            return out.reshape(shape)
+            return out if shape is None else out.reshape(shape)
 
         if self.kind == "gru":
-            # dA's r and z rows are dGh's: laid side by side once, then copied as one block;
-            # only dA's n rows (dn, not dn r) are laid out from dA.
-            dGh_r = side_by_side("dGh_r", dGh, (0, 2, 1, 3), (V, GH, T * B))
-            dA_r = buffer(ws, f"{p}.dA_r", (V, GH, T * B), dt)
-            dA_r[:, :H2] = dGh_r[:, :H2]
-            side_by_side("", dA[:, :, H2:], (0, 2, 1, 3), (V, Hd, T * B),
-                         out=dA_r[:, H2:].reshape(V, Hd, T, B))
+            # dA's r and z rows are dGh's. Laid side by side once, as rows (dGh's n, r, z, then
+            # dA's n): dGh's three blocks and dA's (r, z, n) are both 3H contiguous rows, so each
+            # weight product reads its operand in place, with the shape (3H rows) it always had:
+            # a product split into 2H and H rows may take another BLAS path and round otherwise.
+            X = buffer(ws, f"{p}.dGA_r", (V, 4 * Hd, T, B), dt)
+            side_by_side("", dGh[:, :, H2:], (0, 2, 1, 3), None, out=X[:, :Hd])
+            side_by_side("", dGh[:, :, :H2], (0, 2, 1, 3), None, out=X[:, Hd:H3])
+            side_by_side("", dA[:, :, H2:], (0, 2, 1, 3), None, out=X[:, H3:])
+            X = X.reshape(V, 4 * Hd, T * B)
+            dGh_r, dA_r = X[:, :H3], X[:, Hd:]  # dGh's rows in the order (n, r, z); dA's (r, z, n)
         else:
             dA_r = dGh_r = side_by_side("dA_r", dA, (0, 2, 1, 3), (V, GH, T * B))
         H_r = side_by_side("H_r", Hs[:, :-1], (0, 1, 3, 2), (V, (T - 1) * B, Hd))
@@ -498,13 +519,17 @@ class Recurrent(Model):
         x_r = side_by_side("x_r", seq, (*lead, *(i + len(lead) for i in (0, 2, 1))),
                            (*seq.shape[:-3], T * B, seq.shape[-2]))
         g_hh = np.matmul(dGh_r[:, :, B:], H_r) if T > 1 else np.zeros_like(W_hh)
-        if dGh_r is dA_r:  # one sum when both biases see dA
+        if self.kind != "gru":  # one sum when both biases see dA
+            g_ih = np.matmul(dA_r, x_r)
             b_ih = dA_r.sum(axis=-1)
             b_hh = b_ih.copy()
-        else:  # gru: the r and z rows' sums are b_hh's (the same rows, summed alike)
-            b_hh = dGh_r.sum(axis=-1)
+        else:
+            g_ih = np.matmul(dA_r, x_r)
+            g_hh = np.roll(g_hh, -Hd, axis=1)  # rows (n, r, z) back to (r, z, n)
+            b_hh = np.roll(dGh_r.sum(axis=-1), -Hd, axis=1)
+            # The r and z rows' sums are b_ih's too (the same rows, summed alike).
             b_ih = np.concatenate([b_hh[:, :H2], dA_r[:, H2:].sum(axis=-1)], axis=1)
-        layer = {"W_ih": np.matmul(dA_r, x_r), "W_hh": g_hh, "b_ih": b_ih, "b_hh": b_hh}
+        layer = {"W_ih": g_ih, "W_hh": g_hh, "b_ih": b_ih, "b_hh": b_hh}
         if self.kind == "lstm":  # back to torch's (i, f, g, o) rows
             back = np.argsort(self._lstm_order(GH))
             layer = {k: v[:, back] for k, v in layer.items()}

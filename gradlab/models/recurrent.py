@@ -8,8 +8,8 @@ gradlab model they carry the variant axis V first.
 
 Inputs are time-major, (T, B, in), shared by all variants. Inside, every state and gate
 tensor is feature-major, (V, T, features, B), so that a step's gate block is contiguous.
-The input projections of all steps are one matmul call per layer; only the recurrence runs
-step by step. Backpropagation through time collects the per-step gate gradients and turns
+Each step's input projection is computed inside the time loop, into one cache-resident block
+(see `_inputs`). Backpropagation through time collects the per-step gate gradients and turns
 them into weight gradients with one matmul per weight, again outside the time loop.
 """
 

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -203,7 +203,7 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, where: dict, plots: bool 
              wide: bool = False) -> None:
     """Run an experiment with a progress bar; Ctrl-C -> 130, SIGTERM -> 143, finished runs kept."""
     from .config import experiment_dir
-    from .errors import Terminated, WorkerLost
+    from .errors import WorkerLost
     from .experiment import collect_reports, run_experiment
 
     progress = _QuietProgress() if quiet else _RichProgress()
@@ -231,11 +231,7 @@ def _execute(cfg, out: Path, force: bool, quiet: bool, where: dict, plots: bool 
         _fail(f"{e}; {n} complete run(s) kept in {exp}; run the same command to resume", 3)
     except KeyboardInterrupt as e:
         exp = experiment_dir(cfg, out)
-        n = len(collect_reports(exp)) if exp.is_dir() else 0
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"gradlab: {what}; {n} complete run(s) kept in {exp} (run the same command to resume)",
-              file=sys.stderr)
-        raise SystemExit(143 if isinstance(e, Terminated) else 130)
+        _stopped(e, f"{len(collect_reports(exp)) if exp.is_dir() else 0} complete run(s) kept in {exp}")
     _print_outcome(exp, quiet, wide=wide)
 
 
@@ -409,13 +405,9 @@ def reproduce(
             root = run_reproduction(rep, out, sets=set_ or (), force=force, plots=not no_plots,
                                     progress=(lambda stem: _QuietProgress() if quiet else _RichProgress()), **where)
         except KeyboardInterrupt as e:
-            from .errors import Terminated
             from .reproductions.runner import reproduction_root
 
-            what = "terminated" if isinstance(e, Terminated) else "interrupted"
-            print(f"gradlab: {what}; complete runs kept in {reproduction_root(rep, out)} (run the same command "
-                  "to resume)", file=sys.stderr)
-            raise SystemExit(143 if isinstance(e, Terminated) else 130)
+            _stopped(e, f"complete runs kept in {reproduction_root(rep, out)}")
         done.append((rep, root))
         if quiet:
             print(root / "reproduction.md")
@@ -664,6 +656,16 @@ def _terminated(signum, frame) -> None:
     from .errors import Terminated
 
     raise Terminated()
+
+
+def _stopped(e: KeyboardInterrupt, kept: str) -> NoReturn:
+    """Ctrl-C (130) or SIGTERM (143, `Terminated`) mid-work: one line saying what is kept, and
+    that the same command resumes."""
+    from .errors import Terminated
+
+    what = "terminated" if isinstance(e, Terminated) else "interrupted"
+    print(f"gradlab: {what}; {kept} (run the same command to resume)", file=sys.stderr)
+    raise SystemExit(143 if isinstance(e, Terminated) else 130)
 
 
 def _fail(message: str, code: int, who: str = "gradlab") -> None:

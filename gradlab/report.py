@@ -105,12 +105,23 @@ def _pct(x) -> str:
 
 
 
-def _place(f: dict) -> str:
-    """Why a run stopped, for the summary: where its first non-finite value was born, or the
-    loss scale's collapse (every step skipped until the scale fell below min_scale)."""
-    if f.get("kind") == "loss_scale_collapse":
-        return "the loss scale fell below min_scale: non-finite gradients at every scale tried"
-    return f"first non-finite value: {f['phase']} at {f['where']}"
+def _places(firsts: list[dict]) -> str:
+    """Why runs stopped, for the summary: where their first non-finite values were born,
+    grouped by phase ("forward at layer1.linear (2 seeds) and loss"), or the loss scale's
+    collapse (every step skipped until the scale fell below min_scale)."""
+    by_phase: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for f in firsts:
+        if f.get("kind") != "loss_scale_collapse":
+            by_phase[f["phase"]][f["where"]] += 1
+    located = []
+    for phase in sorted(by_phase):
+        wheres = [w + (f" ({n} seeds)" if n > 1 else "") for w, n in sorted(by_phase[phase].items())]
+        located.append(f"{phase} at " + (wheres[0] if len(wheres) == 1 else ", ".join(wheres[:-1]) + " and " + wheres[-1]))
+    parts = ["first non-finite value: " + "; ".join(located)] if located else []
+    if any(f.get("kind") == "loss_scale_collapse" for f in firsts):
+        parts.append("the loss scale fell below min_scale: non-finite gradients at every scale tried")
+    return "; ".join(parts)
+
 
 def findings(reports: list[dict], exp: Optional[Path] = None) -> str:
     """A few sentences a reader can take away, one per clipping variant across seeds. `exp`,
@@ -133,12 +144,12 @@ def findings(reports: list[dict], exp: Optional[Path] = None) -> str:
         if div:
             steps = sorted(r["divergence_step"] for r in div)
             span = str(steps[0]) if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
-            places = sorted({_place(r["first_nonfinite"]) for r in div})
+            places = _places([r["first_nonfinite"] for r in div])
             logits = [r["max_attn_logit"] for r in div if isinstance(r.get("max_attn_logit"), (int, float))]
             # A transformer's attention logits before it diverged: their growth is the usual cause.
             grown = f"; largest attention logit {max(logits):.3g}" if logits else ""
             sentences.append(f"`{variant}` diverged in {len(div)} of {seeds} at step {span} "
-                             f"({'; '.join(places)}{grown}).")
+                             f"({places}{grown}).")
         ok = [r for r in rs if not r["diverged"]]
         if ok:
             losses = [r["final_loss"] for r in ok if isinstance(r.get("final_loss"), (int, float))]

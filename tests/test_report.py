@@ -193,3 +193,17 @@ def test_the_baseline_alone_diverging_reads_as_the_baseline():
     finding = sweep_finding(reports, cfg)
     assert "the unclipped baseline diverged in all 3 seeds (step 7)" in finding, finding
     assert "no clipping" not in finding
+
+
+def test_findings_group_where_runs_diverged_by_phase_naming_each_place_once():
+    from gradlab.report import findings
+
+    def run(seed: int, phase: str, where: str) -> dict:
+        return {"variant": "none", "seed": seed, "diverged": True, "divergence_step": 4 + seed,
+                "first_nonfinite": {"step": 4 + seed, "phase": phase, "where": where, "kind": "inf", "t": None}}
+
+    text = findings([run(0, "forward", "layer10.linear"), run(1, "forward", "layer1.linear"),
+                     run(2, "forward", "layer1.linear"), run(3, "backward", "layer0.W")])
+    assert text == ("`none` diverged in 4 of 4 seeds at step 4-7 (first non-finite value: backward at "
+                    "layer0.W; forward at layer1.linear (2 seeds) and layer10.linear).")
+    assert text.count("first non-finite value") == 1

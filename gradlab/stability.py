@@ -35,6 +35,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from .io import as_float, json_safe
 from .points import short_names  # the names of the run ids' point labels: `lr`, `betas.0`
+from .sweeps import sweep_rows
 
 CLIPPING = "clipping"  # the axis of the clipping variants
 
@@ -236,8 +237,6 @@ class Grid:
 def build(reports: Sequence[dict], cfg: Any = None, exp_dir: Optional[Path] = None) -> Optional[Grid]:
     """The grid of an experiment; None when it is not one. The axes and their values in
     config.yaml's order; values only the runs have (a config changed since) after them."""
-    from .report import sweep_rows
-
     reports = [r for r in reports if isinstance(r.get("grid"), dict)]
     spec = grid_spec(cfg)
     if not spec and not reports:

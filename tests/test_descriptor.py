@@ -142,7 +142,8 @@ def _rep(rule: dict, seed: int, **kw) -> dict:
 
 
 def test_sweep_rows_come_from_the_descriptors_and_the_config():
-    from gradlab.report import family_names, sweep_rows, sweep_table
+    from gradlab.report import sweep_table
+    from gradlab.sweeps import family_names, sweep_rows
 
     clips = [{"method": "none"}, {"method": "norm", "max_norm": 1.0}, {"method": "norm", "max_norm": 10.0},
              {"method": "norm", "max_norm": 1.0, "norm_type": 1.0}, {"method": "norm", "max_norm": 10.0, "norm_type": 1.0}]
@@ -165,7 +166,7 @@ def test_sweep_rows_come_from_the_descriptors_and_the_config():
 def test_a_complete_experiment_is_described_by_its_runs_alone(tmp_path, monkeypatch):
     """Every config entry is matched to its runs' descriptors by its knobs (inf, lists and a
     chain's rules included): no schema parse for a finished experiment."""
-    import gradlab.report as report
+    import gradlab.sweeps as sweeps
     from gradlab.store import collect_reports
     from gradlab.io import read_yaml
 
@@ -179,8 +180,8 @@ def test_a_complete_experiment_is_described_by_its_runs_alone(tmp_path, monkeypa
     def unmatched(clip):
         raise AssertionError(f"parsed {clip}")
 
-    monkeypatch.setattr(report, "_described", unmatched)
-    _, rows = report.sweep_rows(collect_reports(exp), read_yaml(exp / "config.yaml"))
+    monkeypatch.setattr(sweeps, "_described", unmatched)
+    _, rows = sweeps.sweep_rows(collect_reports(exp), read_yaml(exp / "config.yaml"))
     assert [(r.variant, r.label, len(r.runs)) for r in rows] == [
         ("norm-pinf-0.5", "norm max_norm 0.5 (norm_type inf)", 1),
         ("agc-0.01-xhead", "agc clipping 0.01 (exclude head)", 1),

@@ -13,7 +13,7 @@ from conftest import cli
 from gradlab.store import collect_reports
 from gradlab.plots import figures, style
 from gradlab.plots.load import load_experiment
-from gradlab.report import sweep_rows
+from gradlab.sweeps import sweep_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

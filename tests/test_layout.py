@@ -50,6 +50,14 @@ def test_no_cycle_between_the_experiment_the_report_and_the_executors():
     assert "report" not in graph["executors"] | graph["cluster"] | graph["store"], graph
 
 
+def test_the_report_reads_sweeps_and_grids_which_never_import_it():
+    """The sweep's grouping (`sweeps`) and the grid's cells (`stability`) are read by the
+    report and the plots alike; they once imported the report back from inside a function."""
+    for module in ("sweeps", "stability"):
+        assert "report" not in gradlab_imports(module), (module, gradlab_imports(module))
+        assert "plots" not in gradlab_imports(module), (module, gradlab_imports(module))
+
+
 def test_ci_and_the_readme_run_every_test_file_that_compares_with_torch():
     """The parity command names its files: one that compares with torch and is left off
     would be skipped in CI without anyone noticing."""

@@ -6,7 +6,8 @@ import yaml
 
 from gradlab.config import ExperimentConfig
 from gradlab.io import write_json, write_text
-from gradlab.report import is_sweep, render, sweep_finding, sweep_rows, sweep_table
+from gradlab.report import render, sweep_finding, sweep_table
+from gradlab.sweeps import is_sweep, sweep_rows
 
 STEPS = 50
 

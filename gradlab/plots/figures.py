@@ -177,11 +177,11 @@ def expected_cost(fig: Figure) -> float:
 def small_multiples(exp: Experiment) -> bool:
     """Whether the per-run figures are drawn as small multiples (one figure per seed, one
     panel per variant) rather than one figure per run: for a sweep, where comparison is the
-    point (`report.is_sweep`: the config has `sweep:`, or its clipping list or its runs have
+    point (`sweeps.is_sweep`: the config has `sweep:`, or its clipping list or its runs have
     one method at two or more thresholds), and for any experiment of more than
     MAX_OWN_FIGURE_VARIANTS variants. Decided from the config (and the runs), not from which
     runs are complete yet, so that the figures' names do not change as a sweep fills in."""
-    from gradlab.report import is_sweep
+    from gradlab.sweeps import is_sweep
 
     return is_sweep([r.report for r in exp.runs], exp.config) or len(exp.variants) > MAX_OWN_FIGURE_VARIANTS
 

@@ -11,7 +11,7 @@ from gradlab import stability
 
 from . import style
 from .load import Experiment
-from .style import BASELINE_COLOR, TITLE, few_decade_ticks, margins, new_figure, text_height, text_width, wrap
+from .style import BASELINE_COLOR, few_decade_ticks, margins, new_figure, text_height, text_width, wrap
 
 DIVERGED_COLOR = "#bdbdbd"  # every seed of the cell diverged: no loss to colour it by
 EMPTY_COLOR = "white"  # no run at that cell (not finished yet)

@@ -118,7 +118,7 @@ def load_experiment(exp_dir: Path, only: Optional[set[str]] = None, reports: Opt
     `reports`: the runs' reports as `collect_reports` returned them, when the caller has them
     already (`gradlab run` and `plot` do): validating every run twice per command would cost
     as much as drawing a figure."""
-    from gradlab.report import sweep_rows
+    from gradlab.sweeps import sweep_rows
 
     if reports is None:
         from gradlab.store import collect_reports
@@ -132,7 +132,7 @@ def load_experiment(exp_dir: Path, only: Optional[set[str]] = None, reports: Opt
     steps = as_int(train.get("steps")) or max((r.steps for r in runs), default=0) or None
 
     # The config's variants are there before their runs finish: a variant keeps its colour
-    # while the rest of the experiment is still running. report.sweep_rows reads them for
+    # while the rest of the experiment is still running. sweeps.sweep_rows reads them for
     # the sweep table too, so that table and figures never name a variant differently.
     _, rows = sweep_rows(reports, cfg)
     info = {row.variant: (row.method, row.threshold, row.norm_type if row.method == "norm" else None) for row in rows}

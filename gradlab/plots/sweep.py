@@ -1,6 +1,6 @@
 """A threshold sweep in an experiment: its clipping families and their runs by threshold.
 
-The sweep is found by `report.sweep_rows`, the grouping the report's threshold x seed table
+The sweep is found by `sweeps.sweep_rows`, the grouping the report's threshold x seed table
 uses: table and figures cannot disagree on which variants make a family or in what order.
 Pure Python: deciding which figures an experiment has needs no NumPy or matplotlib.
 """
@@ -31,11 +31,11 @@ class Family:
 
     method: str
     knob: str  # the swept knob, from the variants' descriptors
-    title: str  # report.family_names: the method, the knob, the fixed knobs telling it apart
+    title: str  # sweeps.family_names: the method, the knob, the fixed knobs telling it apart
     thresholds: list[float]
     runs: dict[tuple[Optional[int], float], Run]
     variants: dict[float, str]
-    rows: dict[float, Any]  # threshold -> its report.SweepRow (the table's row)
+    rows: dict[float, Any]  # threshold -> its sweeps.SweepRow (the table's row)
 
     @property
     def color(self) -> Any:
@@ -80,7 +80,7 @@ def find_sweep(exp: Experiment) -> Optional[Sweep]:
     """The threshold sweep of an experiment: every clipping family with two or more
     thresholds among the complete runs, and the family a `sweep:` config entry names (even
     with one threshold); None when there is none (a plain run with one threshold each)."""
-    from gradlab.report import family_names, sweep_rows
+    from gradlab.sweeps import family_names, sweep_rows
 
     spec = exp.config.get("sweep") if isinstance(exp.config.get("sweep"), dict) else None
     swept = spec.get("method") if spec else None

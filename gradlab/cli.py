@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import List, NoReturn, Optional
 
-import typer
+from .entry import ignore_ctrl_c_if_spawned
+
+ignore_ctrl_c_if_spawned()  # `python -m gradlab.cli` spawning Dask workers: they import this as their main
+
+import typer  # noqa: E402
 
 from .errors import UserError, clip, one_line
 
@@ -555,10 +559,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     debug = os.environ.get("GRADLAB_DEBUG") == "1" or "--debug" in args
     args = [a for a in args if a != "--debug"]
+    _last_signal[0] = None
     signal.signal(signal.SIGTERM, _terminated)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
     _standard_streams()
     try:
-        app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
+        code = app(args=args or ["--help"], prog_name="gradlab", standalone_mode=False)
+        if code:
+            # Typer catches a KeyboardInterrupt (Ctrl-C, or SIGTERM's Terminated) that no
+            # command caught itself and, outside standalone mode, hands back its exit code 130
+            # instead of raising: it would leave as exit 0.
+            _fail(*_STOPPED.get(_last_signal[0], ("interrupted", 130)))
         sys.stdout.flush()  # here, where a closed pipe can still be told apart from a bug
     except BrokenPipeError:
         _pipe_closed()
@@ -590,6 +602,10 @@ def main(argv: Optional[list[str]] = None) -> None:
             ctx = getattr(e, "ctx", None)
             cmd = f" {ctx.info_name}" if ctx is not None and ctx.info_name != "gradlab" else ""
             _fail(one_line(_usage_message(e)), e.exit_code, f"gradlab{cmd}")
+        if _signal_inside(e) or _last_signal[0] is not None:
+            # A library wrapped the interrupt (pydantic's SchemaError, built in Rust, keeps
+            # no cause): after Ctrl-C or SIGTERM, that is what the error is.
+            _fail(*_STOPPED.get(_last_signal[0], ("interrupted", 130)))
         if debug:
             raise
         _bug(e)
@@ -652,10 +668,33 @@ def _usage_message(e: Exception) -> str:
     return e.format_message()
 
 
+# The last stopping signal received: what a KeyboardInterrupt that Typer or a library turned
+# into something else was.
+_last_signal: list[Optional[int]] = [None]
+_STOPPED = {signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}
+
+
+def _interrupt(signum, frame) -> None:
+    _last_signal[0] = signum
+    signal.default_int_handler(signum, frame)
+
+
 def _terminated(signum, frame) -> None:
     from .errors import Terminated
 
+    _last_signal[0] = signum
     raise Terminated()
+
+
+def _signal_inside(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt (or Terminated) is among the causes of `e`."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _stopped(e: KeyboardInterrupt, kept: str) -> NoReturn:

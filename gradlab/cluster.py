@@ -17,6 +17,9 @@ load it.
 from __future__ import annotations
 
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import UserError, clip
@@ -53,6 +56,24 @@ def _dask():
         raise UserError(f"needs Dask, which is not installed ({e}); pip install -e \".[cluster]\"",
                         key="--cluster") from None
     return dask, distributed
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold Ctrl-C in this process while a LocalCluster starts: it arrives when the block
+    ends, with the cluster whole, which then closes the usual way (a second late at most). A
+    Ctrl-C in the middle of the start left a half-made cluster, and Dask's exit hook printed
+    a traceback closing it. The signal is blocked, not ignored: nothing is lost. (The worker
+    processes get the terminal's Ctrl-C too, and ignore it: gradlab.cli in a spawned process,
+    dask_setup once started.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _probe(address: str) -> None:
@@ -152,11 +173,11 @@ class DaskExecutor:
                 # (the same process otherwise), and a 64-run grid sweep 1.32x the local pool's time
                 # against 1.10x without. Unset for our own workers; `dask worker` is the operator's.
                 environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": None}
-                with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _ctrl_c_held():
                     self._cluster = distributed.LocalCluster(
                         n_workers=int(m.group(1)), threads_per_worker=1, processes=True, dashboard_address=None,
                         silence_logs=logging.CRITICAL, host="127.0.0.1", preload=["gradlab.cluster"])
-                self._client = distributed.Client(self._cluster, set_as_default=False)
+                    self._client = distributed.Client(self._cluster, set_as_default=False)
             else:
                 _probe(spec)
                 with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT}s"}):
@@ -240,8 +261,5 @@ def dask_setup(worker) -> None:
     Ctrl-C reaches the whole process group, and the `gradlab` process, not each worker, decides
     what it means (cancel the pending units, close the cluster). A worker left to itself would
     print a KeyboardInterrupt traceback per process."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)

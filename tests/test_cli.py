@@ -196,6 +196,71 @@ def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path):
         assert (r.parent / "metrics.csv").is_file()
 
 
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "gradlab: interrupted"),
+                                                (signal.SIGTERM, 143, "gradlab: error: terminated")])
+def test_a_signal_during_a_command_without_its_own_handler_is_not_a_success(tmp_path, capsys, monkeypatch,
+                                                                               signum, code, line):
+    """Typer catches a KeyboardInterrupt no command caught and, outside its standalone mode,
+    returns exit code 130 instead of raising: `gradlab plot` stopped by Ctrl-C or SIGTERM
+    mid-drawing used to leave as exit 0, silently."""
+    import gradlab.experiment
+
+    out = tmp_path / "out"
+    assert cli("run", QUICKSTART, *SMALL, "--out", out, "--no-plots") == 0
+    (exp,) = out.iterdir()
+    capsys.readouterr()
+
+    def drawing(*a, **k):
+        os.kill(os.getpid(), signum)  # through the handler main() installed, as from a terminal
+        time.sleep(5)  # not reached: the handler raises at once
+        raise AssertionError("the signal was not delivered")
+
+    monkeypatch.setattr(gradlab.experiment, "finish", drawing)
+    assert cli("plot", exp) == code
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_an_interrupt_a_library_wraps_is_still_an_interrupt(tmp_path, capsys, monkeypatch):
+    """pydantic turns a KeyboardInterrupt raised while it builds a schema into a SchemaError:
+    Ctrl-C during `validate`'s imports read as an internal error (exit 1, a bug report)."""
+    import gradlab.cli
+
+    def load(*a, **k):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Error building validator") from e
+
+    monkeypatch.setattr(gradlab.cli, "_load", load)
+    assert cli("validate", QUICKSTART) == 130
+    assert capsys.readouterr().err == "gradlab: interrupted\n"
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(tmp_path):
+    """Before the command's libraries have loaded (Typer and pydantic are most of start-up),
+    the console script's handler leaves at once: exit 130, one line, no traceback through
+    the import machinery. A process multiprocessing spawns (a Dask worker re-importing the
+    main module) ignores Ctrl-C instead: the `gradlab` process decides what it means."""
+    code = ("import os, signal, sys, time; sys.argv = ['gradlab', '--help']; import gradlab.entry as e; "
+            "signal.signal(signal.SIGINT, e._interrupted_at_start); os.kill(os.getpid(), signal.SIGINT); "
+            "time.sleep(5); print('not interrupted')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "gradlab: interrupted\n", "")
+    code = ("import multiprocessing as mp, signal\n"
+            "def child(q):\n"
+            "    import gradlab.entry\n"
+            "    q.put(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+            "if __name__ == '__main__':\n"
+            "    ctx = mp.get_context('spawn'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,))\n"
+            "    p.start(); print(q.get(timeout=30)); p.join()\n"
+            "    import gradlab.entry\n"
+            "    print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n")
+    script = tmp_path / "spawn.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
 def test_a_signal_during_a_write_is_delivered_after_it(tmp_path):
     from gradlab import io
 

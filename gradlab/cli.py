@@ -437,10 +437,13 @@ def _list_reproductions(known: dict) -> None:
         print("no reproductions are registered")
         return
     table = Table(title="Reproductions (gradlab reproduce NAME runs one, --all every one)", title_justify="left")
-    for header in ("name", "paper and result", "configs", "min"):
-        table.add_column(header, justify="right" if header == "min" else "left", overflow="fold")
+    # The names whole (a user copies them); the paper's title and the configs take the
+    # wrapping, in one column, so that an 80-column terminal still has room for a sentence.
+    table.add_column("name", no_wrap=True)
+    table.add_column("paper and result; its configs in configs/papers/")
+    table.add_column("min", justify="right", no_wrap=True)
     for rep in known.values():
-        table.add_row(rep.name, rep.title, "\n".join(f"configs/papers/{c}" for c in rep.configs), f"{rep.minutes:g}")
+        table.add_row(rep.name, f"{rep.title}\n[dim]{', '.join(rep.configs)}[/dim]", f"{rep.minutes:g}")
     _console().print(table)
     total = sum(rep.minutes for rep in known.values())
     print(f"all of them: about {total:g} min on 2 cores")

@@ -142,7 +142,7 @@ def test_cli_lists_runs_and_refuses(tmp_path, capsys, fake_registry):
     tmp_path.mkdir()
     assert cli("reproduce") == 0
     out = capsys.readouterr().out
-    assert "fake-paper" in out and "configs/papers/tiny.yaml" in out
+    assert "fake-paper" in out and "configs in configs/papers/" in out and "tiny.yaml" in out
     assert cli("reproduce", "fake-papr", "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert "NAME: no reproduction `fake-papr` (did you mean `fake-paper`?)" in err and not list(tmp_path.iterdir())
